@@ -1,0 +1,1 @@
+"""tg-gateway: Telegram channel gateway."""

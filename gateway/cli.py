@@ -1,0 +1,269 @@
+"""The ``tg-gateway`` command (also ``python -m gateway``): one subcommand per role and task.
+
+This is the composition root: it is the one module of ``gateway/`` that loads ``workers``
+(lazily, by subcommand); nothing else in ``gateway/`` imports ``workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.errors import ConfigError, GatewayError, TelegramFatal
+from gateway.logs import setup_logging
+from gateway.settings import (
+    IngressSettings,
+    LogSettings,
+    PipelineSettings,
+    RedisSettings,
+    SenderSettings,
+    TelegramSettings,
+    WorkerSettings,
+    load,
+)
+
+log = logging.getLogger("tg-gateway")
+
+EXIT_CONFIG = 2
+EXIT_TELEGRAM = 3
+
+
+def _roles() -> Any:
+    return importlib.import_module("workers.roles")
+
+
+def load_config(**telegram_overrides: Any) -> Any:
+    """Every settings class, validated; ``ConfigError`` names the first bad variable."""
+    settings = {
+        "telegram": load(TelegramSettings, **telegram_overrides),
+        "redis": load(RedisSettings),
+        "pipeline": load(PipelineSettings),
+        "ingress": load(IngressSettings),
+        "worker": load(WorkerSettings),
+        "sender": load(SenderSettings),
+    }
+    load(LogSettings)
+    return _roles().Config(**settings)
+
+
+def _secrets(cfg: Any) -> tuple[str, ...]:
+    out = []
+    tg = cfg.telegram
+    if tg.telegram_bot_token is not None:
+        out.append(tg.telegram_bot_token.get_secret_value())
+    if tg.webhook_secret:
+        out.append(tg.webhook_secret)
+    if cfg.pipeline.delivery_secret is not None:
+        out.append(cfg.pipeline.delivery_secret.get_secret_value())
+    return tuple(out)
+
+
+def run_async(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run a role; SIGTERM/SIGINT set the stop event (graceful), a second one kills."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
+        await main(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(runner())
+    return 0
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("second %s: exiting now", sig.name)
+        raise SystemExit(1)
+    log.info("%s received: stopping (in-flight work finishes, the rest stays pending)", sig.name)
+    stop.set()
+
+
+def _role(name: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        cfg = load_config()
+        logs = load(LogSettings)
+        setup_logging(logs.log_level, logs.log_format, _secrets(cfg))
+        fn = getattr(_roles(), name)
+        return run_async(lambda stop: fn(cfg, stop))
+
+    return command
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    from gateway.telegram import BotApi
+
+    tg = load(TelegramSettings, telegram_enabled=True)
+    logs = load(LogSettings)
+    setup_logging(logs.log_level, logs.log_format, (tg.token,))
+
+    async def go() -> Any:
+        async with BotApi(tg.telegram_api_url, tg.token) as api:
+            if args.action == "set":
+                if not tg.telegram_webhook_url:
+                    raise ConfigError("TELEGRAM_WEBHOOK_URL: required for `webhook set`")
+                params: dict[str, Any] = {
+                    "url": tg.telegram_webhook_url,
+                    "allowed_updates": tg.telegram_allowed_updates,
+                    "max_connections": tg.telegram_max_connections,
+                    "drop_pending_updates": args.drop_pending,
+                }
+                if tg.webhook_secret:
+                    params["secret_token"] = tg.webhook_secret
+                return await api.call("setWebhook", params)
+            if args.action == "delete":
+                return await api.call("deleteWebhook", {"drop_pending_updates": args.drop_pending})
+            return await api.call("getWebhookInfo")
+
+    from gateway.telegram import BotApiError
+
+    try:
+        result = asyncio.run(go())
+    except BotApiError as exc:
+        print(f"tg-gateway: webhook {args.action} failed: {exc}", file=sys.stderr)
+        return EXIT_TELEGRAM
+    import json
+
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from gateway.emulator import EmulatorLimits, run_emulator
+
+    setup_logging(load(LogSettings).log_level)
+    limits = EmulatorLimits() if args.limits else None
+    print(
+        f"Bot API emulator on http://{args.host}:{args.port} "
+        f"(TELEGRAM_API_URL=http://{args.host}:{args.port}, token {args.token.split(':')[0]}:…)",
+        file=sys.stderr,
+    )
+    return run_async(
+        lambda stop: _until(stop, run_emulator(args.host, args.port, args.token, args.username, limits))
+    )
+
+
+async def _until(stop: asyncio.Event, coro: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    for t in (task, waiter):
+        t.cancel()
+    await asyncio.gather(task, waiter, return_exceptions=True)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    ref = importlib.import_module("workers.reference_app")
+    setup_logging(load(LogSettings).log_level)
+    log.info("reference pipeline on http://%s:%s (%s mode)", args.host, args.port, args.mode)
+    return run_async(
+        lambda stop: _until(stop, ref.run_reference_pipeline(args.host, args.port, args.mode))
+    )
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    sandbox = importlib.import_module("workers.sandbox")
+    return int(sandbox.main(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tg-gateway",
+        description="Telegram channel gateway: ingress -> Redis streams -> workers -> pipeline "
+        "-> rate-limited sender. Settings come from the environment and .env "
+        "(see .env.example).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, fn, help_ in (
+        ("ingress", "serve_ingress_role", "HTTP service: Telegram webhook or long polling, "
+         "pipeline callbacks, /healthz, /readyz"),
+        ("worker", "serve_worker", "update consumer: bot commands and the pipeline"),
+        ("sender", "serve_sender", "outbound consumer: rate-limited sends to the Bot API"),
+        ("run", "serve_all", "ingress, worker and sender in one process"),
+    ):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=_role(fn))
+
+    wh = sub.add_parser(
+        "webhook",
+        help="manage the Telegram webhook",
+        description="set uses TELEGRAM_WEBHOOK_URL, TELEGRAM_WEBHOOK_SECRET, "
+        "TELEGRAM_ALLOWED_UPDATES and TELEGRAM_MAX_CONNECTIONS",
+    )
+    wh.add_argument("action", choices=["set", "delete", "info"])
+    wh.add_argument(
+        "--drop-pending", action="store_true", help="drop updates Telegram is holding"
+    )
+    wh.set_defaults(func=cmd_webhook)
+
+    em = sub.add_parser(
+        "emulator",
+        help="the Telegram Bot API emulator, standalone",
+        description="Serves the Bot API wire format plus a user-side API under /_emu/.",
+    )
+    em.add_argument("--host", default="127.0.0.1")
+    em.add_argument("--port", type=int, default=8081)
+    em.add_argument("--token", default="7689012345:SANDBOXsandboxSANDBOXsandbox00")
+    em.add_argument("--username", default="example_gateway_bot")
+    em.add_argument("--limits", action="store_true", help="enforce Telegram's rate limits (429)")
+    em.set_defaults(func=cmd_emulator)
+
+    pl = sub.add_parser(
+        "pipeline",
+        help="the reference message pipeline as an HTTP service",
+        description="POST /api/messages/ with X-Webhook-URL; replies by callback (async) "
+        "or in the response (sync).",
+    )
+    pl.add_argument("--host", default="127.0.0.1")
+    pl.add_argument("--port", type=int, default=8090)
+    pl.add_argument("--mode", choices=["async", "sync"], default="async")
+    pl.set_defaults(func=cmd_pipeline)
+
+    sb = sub.add_parser(
+        "sandbox",
+        help="everything on one machine with no token: chat with the bot in the terminal",
+        description="Starts Redis (REDIS_URL if set and reachable, else a private one), the "
+        "emulator, ingress, worker, sender and the embedded pipeline. Interactive on a "
+        "terminal; otherwise plays a script and exits 0 only if every message got a reply.",
+    )
+    sb.add_argument("--script", help="file with one user message per line ('#' = comment)")
+    sb.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for each reply"
+    )
+    sb.set_defaults(func=cmd_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"tg-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TelegramFatal as exc:
+        print(f"tg-gateway: {exc}", file=sys.stderr)
+        return EXIT_TELEGRAM
+    except GatewayError as exc:
+        print(f"tg-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Redis adapters: connect, bootstrap groups, publish updates (coalesced), outbound, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from gateway.contracts import (
+    GROUP_SENDERS,
+    GROUP_WORKERS,
+    Keys,
+    OutboundEntry,
+    Reason,
+    Stage,
+    dead_fields,
+    partition_for,
+    update_fields,
+)
+from gateway.errors import RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] dedupe key, KEYS[2] stream; ARGV[1] ttl seconds, ARGV[2..] field/value pairs.
+# The dedupe key and the entry appear together or not at all.
+PUBLISH_UPDATE_LUA = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+end
+return false
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A pooled client; bytes in, bytes out (entries carry raw JSON)."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=15,
+    )
+
+
+async def ensure_groups(redis: aioredis.Redis, keys: Keys) -> None:
+    """Create every stream and group at id 0, so entries published earlier are seen."""
+    pairs = [(s, GROUP_WORKERS) for s in keys.all_updates()]
+    pairs += [(s, GROUP_SENDERS) for s in keys.all_outbound()]
+    for stream, group in pairs:
+        try:
+            await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def groups_present(redis: aioredis.Redis, keys: Keys) -> list[str]:
+    """Streams whose consumer group is missing (empty list = ready)."""
+    missing: list[str] = []
+    wanted = [(s, GROUP_WORKERS) for s in keys.all_updates()]
+    wanted += [(s, GROUP_SENDERS) for s in keys.all_outbound()]
+    for stream, group in wanted:
+        try:
+            groups = await redis.xinfo_groups(stream)
+        except ResponseError:
+            missing.append(stream)
+            continue
+        names = {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in groups}
+        if group not in names:
+            missing.append(stream)
+    return missing
+
+
+class UpdatePublisher:
+    """Publishes updates with dedupe, coalescing concurrent calls into one pipeline.
+
+    Each caller's coroutine returns only after Redis answered for its own entry, so a
+    webhook is acknowledged only once its update is stored; callers that arrive while a
+    pipeline is in flight ride the next one (one round trip for many requests).
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, dedupe_ttl: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl = str(dedupe_ttl)
+        self._script = redis.register_script(PUBLISH_UPDATE_LUA)
+        self._queue: list[tuple[list[Any], asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def publish(
+        self,
+        *,
+        bot_id: int,
+        update_id: int,
+        chat_id: int | None,
+        source: str,
+        raw_update: bytes | str,
+        received_at: float | None = None,
+    ) -> bool:
+        """Store one update; True if new, False if a duplicate ``update_id`` (not stored)."""
+        p = partition_for(chat_id, self._keys.partitions)
+        fields = update_fields(
+            bot_id=bot_id,
+            update_id=update_id,
+            chat_id=chat_id,
+            source=source,
+            raw_update=raw_update,
+            received_at=received_at,
+        )
+        args: list[Any] = [self._keys.dedupe(p, bot_id, update_id), self._keys.updates(p), self._ttl]
+        for k, v in fields.items():
+            args += [k, v]
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._run([args for args, _ in batch])
+                except (RedisError, OSError) as exc:
+                    error = RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(error)
+                    continue
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(res, Exception):
+                        fut.set_exception(RedisUnavailable(f"redis: {res}"))
+                    else:
+                        fut.set_result(res is not None and res is not False)
+        finally:
+            self._flusher = None
+
+    async def _run(self, batch: Sequence[list[Any]]) -> list[Any]:
+        results = await self._pipeline(batch)
+        if any(isinstance(r, NoScriptError) for r in results):
+            # Redis restarted or flushed its script cache: load once, rerun those entries.
+            await self._redis.script_load(PUBLISH_UPDATE_LUA)
+            redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            again = await self._pipeline([batch[i] for i in redo])
+            for i, r in zip(redo, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _pipeline(self, batch: Sequence[list[Any]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for args in batch:
+            pipe.execute_command("EVALSHA", self._script.sha, 2, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def aclose(self) -> None:
+        """Wait for an in-flight pipeline so no caller is left without an answer."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+
+async def publish_outbound(
+    redis: aioredis.Redis, keys: Keys, entries: Iterable[OutboundEntry]
+) -> list[str]:
+    """XADD outbound entries to their chat's partition (one pipeline); returns entry ids."""
+    pipe = redis.pipeline(transaction=False)
+    count = 0
+    for entry in entries:
+        pipe.xadd(keys.outbound(partition_for(entry.chat_id, keys.partitions)), entry.to_fields())
+        count += 1
+    if not count:
+        return []
+    try:
+        ids = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+async def dead_letter_and_ack(
+    redis: aioredis.Redis,
+    keys: Keys,
+    *,
+    group: str,
+    stage: Stage,
+    reason: Reason,
+    stream: str,
+    entry_id: str,
+    entry: dict[str, str],
+    attempts: int,
+    error: str,
+) -> None:
+    """Move an entry to the dead-letter stream and acknowledge it, in one MULTI."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.xadd(
+        keys.dead,
+        dead_fields(
+            stage=stage,
+            reason=reason,
+            stream=stream,
+            entry_id=entry_id,
+            entry=entry,
+            attempts=attempts,
+            error=error,
+        ),
+    )
+    pipe.xack(stream, group, entry_id)
+    await pipe.execute()
+    log.warning(
+        "dead-lettered %s %s from %s: %s (%s)",
+        stage.value,
+        entry_id,
+        stream,
+        reason.value,
+        error[:200],
+    )

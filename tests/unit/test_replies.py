@@ -1,0 +1,83 @@
+"""Pipeline reply shapes → outbound entries."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import ReplyShapeError
+from gateway.replies import parse_reply, reply_entries
+from gateway.tokens import Route
+
+FIELDS = ["content", "response", "text", "message"]
+ROUTE = Route(bot_id=7, chat_id=42, reply_to=1287, update_id=99, expires_at=0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"content": "Hello"},
+        {"response": "Hello"},
+        {"text": "Hello"},
+        {"message": "Hello"},
+        {"message": {"text": "Hello"}},
+        {"content": "", "response": "Hello"},
+        {"status": "done", "content": "Hello", "escalated": True},
+    ],
+)
+def test_common_shapes_give_the_text(body: dict[str, object]) -> None:
+    assert parse_reply(body, FIELDS).text == "Hello"
+
+
+def test_field_mapping_is_configurable() -> None:
+    assert parse_reply({"answer": "Hi", "content": "no"}, ["answer"]).text == "Hi"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([], "JSON object"),
+        ("hello", "JSON object"),
+        ({}, "no reply text"),
+        ({"content": "   "}, "no reply text"),
+        ({"content": 5}, "no reply text"),
+        ({"content": "x", "attachments": "nope"}, "list"),
+        ({"attachments": [{"type": "video", "url": "https://x/y"}]}, "not supported"),
+        ({"attachments": [{"type": "photo"}]}, "url"),
+        ({"content": "x", "parse_mode": "BBCode"}, "parse_mode"),
+    ],
+)
+def test_bad_bodies_say_why(body: object, reason: str) -> None:
+    with pytest.raises(ReplyShapeError, match=reason):
+        parse_reply(body, FIELDS)
+
+
+def test_attachments_by_url_and_file_id() -> None:
+    reply = parse_reply(
+        {
+            "content": "See attached",
+            "attachments": [
+                "https://example.com/a.JPG?x=1",
+                "https://example.com/report.pdf",
+                {"type": "photo", "file_id": "AgAC123", "caption": "receipt"},
+            ],
+        },
+        FIELDS,
+    )
+    entries = reply_entries(ROUTE, reply, origin="pipeline", ttl=60, now=1000.0)
+    assert [e.method for e in entries] == ["sendMessage", "sendPhoto", "sendDocument", "sendPhoto"]
+    assert entries[0].payload["text"] == "See attached"
+    assert entries[0].payload["reply_parameters"]["message_id"] == 1287
+    assert entries[1].payload == {"photo": "https://example.com/a.JPG?x=1"}
+    assert entries[3].payload == {"photo": "AgAC123", "caption": "receipt"}
+    assert all(e.chat_id == 42 and e.update_id == 99 and e.deadline == 1060.0 for e in entries)
+    assert len({e.reply_id for e in entries}) == 4
+
+
+def test_same_callback_twice_gives_the_same_reply_ids() -> None:
+    """A pipeline retrying its callback must not make the user see the reply twice."""
+    reply = parse_reply({"content": "Hello"}, FIELDS)
+    a = reply_entries(ROUTE, reply, origin="pipeline", ttl=60, now=1.0)
+    b = reply_entries(ROUTE, reply, origin="pipeline", ttl=60, now=2.0)
+    c = reply_entries(ROUTE, parse_reply({"content": "Other"}, FIELDS), origin="p", ttl=60)
+    assert a[0].reply_id == b[0].reply_id
+    assert a[0].reply_id != c[0].reply_id

@@ -1,0 +1,1 @@
+"""tg-gateway workers: update consumer, sender and the reference pipeline."""

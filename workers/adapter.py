@@ -1,0 +1,114 @@
+"""Telegram Update → the pipeline's message (pure: works on the raw Update JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+HANDLED_TYPES = ("message", "edited_message", "callback_query")
+MEDIA_KEYS = ("photo", "document", "video", "voice", "audio", "sticker", "animation", "video_note")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineMessage:
+    """One ``POST /api/messages/`` body, plus the routing the gateway keeps for the reply."""
+
+    client_id: str
+    content: str
+    timestamp: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    chat_id: int = 0
+    reply_to: int | None = None
+    update_type: str = "message"
+    callback_query_id: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "content": self.content,
+            "timestamp": self.timestamp,
+            "metadata": self.metadata,
+        }
+
+
+def update_type(update: dict[str, Any]) -> str | None:
+    """The Update's payload key (``message``, ``callback_query``, ...)."""
+    for key, value in update.items():
+        if key != "update_id" and isinstance(value, dict):
+            return key
+    return None
+
+
+def _iso(ts: Any) -> str:
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+    return datetime.now(tz=UTC).isoformat()
+
+
+def _media_file_ids(message: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key in MEDIA_KEYS:
+        value = message.get(key)
+        if key == "photo" and isinstance(value, list) and value:
+            largest = value[-1]  # Telegram orders sizes ascending
+            if isinstance(largest, dict) and isinstance(largest.get("file_id"), str):
+                out["photo"] = largest["file_id"]
+        elif isinstance(value, dict) and isinstance(value.get("file_id"), str):
+            out[key] = value["file_id"]
+    return out
+
+
+def adapt(update: dict[str, Any], bot_id: int) -> PipelineMessage | None:
+    """The pipeline message for a message, edited message or button press; None otherwise."""
+    kind = update_type(update)
+    if kind not in HANDLED_TYPES:
+        return None
+    payload = update[kind]
+    if kind == "callback_query":
+        message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+        content = payload.get("data") if isinstance(payload.get("data"), str) else ""
+        date = message.get("date")
+    else:
+        message = payload
+        text = message.get("text")
+        caption = message.get("caption")
+        content = text if isinstance(text, str) else caption if isinstance(caption, str) else ""
+        date = message.get("edit_date") if kind == "edited_message" else message.get("date")
+    sender = payload.get("from")
+    chat = message.get("chat")
+    if not isinstance(sender, dict) or not isinstance(sender.get("id"), int):
+        return None  # channel posts and anonymous admins have no user to answer
+    chat_id = chat.get("id") if isinstance(chat, dict) else None
+    if not isinstance(chat_id, int):
+        chat_id = sender["id"]
+    metadata: dict[str, Any] = {
+        "source": "telegram",
+        "bot_id": bot_id,
+        "update_id": update.get("update_id"),
+        "update_type": kind,
+        "chat_id": chat_id,
+        "chat_type": chat.get("type") if isinstance(chat, dict) else None,
+        "message_id": message.get("message_id"),
+        "user_id": sender["id"],
+        "username": sender.get("username"),
+        "first_name": sender.get("first_name"),
+        "language_code": sender.get("language_code"),
+    }
+    media = _media_file_ids(message)
+    if media:
+        metadata["media"] = media
+    if kind == "callback_query":
+        metadata["callback_data"] = content
+    if kind == "edited_message":
+        metadata["edited"] = True
+    return PipelineMessage(
+        client_id=f"telegram_{sender['id']}",
+        content=content,
+        timestamp=_iso(date),
+        metadata={k: v for k, v in metadata.items() if v is not None},
+        chat_id=chat_id,
+        reply_to=message.get("message_id") if kind != "callback_query" else None,
+        update_type=kind,
+        callback_query_id=payload.get("id") if kind == "callback_query" else None,
+    )

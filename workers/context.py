@@ -1,0 +1,126 @@
+"""What a handler sees while one update is handled: the entry, and how to reply."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, OutboundEntry, UpdateEntry
+from gateway.streams import publish_outbound
+from workers.pipeline import Pipeline
+
+
+@dataclass
+class WorkerServices:
+    """Long-lived resources of a worker process, built once in its lifespan."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    bot_id: int
+    pipeline: Pipeline
+    admin_ids: frozenset[int]
+    outbound_ttl: float
+    gateway_public_url: str
+    delivery_secret: bytes | None
+    token_ttl: int
+    retry_seconds: float
+    apology_text: str
+    reply_fields: list[str] = field(
+        default_factory=lambda: ["content", "response", "text", "message"]
+    )
+    started_at: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+@dataclass
+class WorkerContext:
+    """Passed to aiogram handlers as ``gw``."""
+
+    services: WorkerServices
+    entry: UpdateEntry
+    chat_id: int
+    sent: list[str] = field(default_factory=list)
+
+    def is_admin(self, user_id: int) -> bool:
+        return user_id in self.services.admin_ids
+
+    async def reply(
+        self,
+        text: str,
+        *,
+        reply_to: int | None = None,
+        parse_mode: str | None = None,
+        origin: str = "command",
+        key: str = "reply",
+    ) -> str:
+        """Queue a text reply to this update's chat; returns the reply id.
+
+        The reply id is derived from the update and ``key``: handling the same update
+        twice queues the same id, and the sender's sent marker sends it once.
+        """
+        payload: dict[str, Any] = {"text": text}
+        if parse_mode:
+            payload["parse_mode"] = parse_mode
+        if reply_to:
+            payload["reply_parameters"] = {
+                "message_id": reply_to,
+                "allow_sending_without_reply": True,
+            }
+        return await self.send("sendMessage", payload, origin=origin, key=key)
+
+    async def send(
+        self, method: str, payload: dict[str, Any], *, origin: str, key: str, ttl: float | None = None
+    ) -> str:
+        now = time.time()
+        entry = OutboundEntry(
+            reply_id=f"u{self.entry.update_id}-{key}",
+            bot_id=self.services.bot_id,
+            chat_id=self.chat_id,
+            method=method,  # type: ignore[arg-type]
+            payload=payload,
+            origin=origin,
+            update_id=self.entry.update_id,
+            enqueued_at=now,
+            deadline=now + (self.services.outbound_ttl if ttl is None else ttl),
+        )
+        await publish_outbound(self.services.redis, self.services.keys, [entry])
+        self.sent.append(entry.reply_id)
+        return entry.reply_id
+
+    async def status_text(self, *, detailed: bool) -> str:
+        s = self.services
+        try:
+            await s.redis.ping()
+            redis_ok = True
+        except (RedisError, OSError):
+            redis_ok = False
+        pipeline_ok = await s.pipeline.healthy()
+        lines = [
+            f"Gateway: {'ok' if redis_ok else 'DEGRADED (storage unreachable)'}",
+            f"Pipeline ({s.pipeline.name}): {'ok' if pipeline_ok else 'UNREACHABLE'}",
+        ]
+        if detailed and redis_ok:
+            lines.append(f"Uptime: {int(time.time() - s.started_at)} s")
+            for role, group, streams in (
+                ("updates", GROUP_WORKERS, s.keys.all_updates()),
+                ("outbound", GROUP_SENDERS, s.keys.all_outbound()),
+            ):
+                length = pending = 0
+                for stream in streams:
+                    length += int(await s.redis.xlen(stream))
+                    info = await s.redis.xpending(stream, group)
+                    pending += int(info.get("pending", 0) if isinstance(info, dict) else 0)
+                lines.append(f"{role}: {length} entries, {pending} pending")
+            lines.append(f"dead letters: {int(await s.redis.xlen(s.keys.dead))}")
+            if s.counters:
+                lines.append(
+                    "this worker: " + ", ".join(f"{k}={v}" for k, v in sorted(s.counters.items()))
+                )
+        return "\n".join(lines)

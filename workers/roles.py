@@ -1,0 +1,221 @@
+"""Running the worker and sender roles: resources opened in one stack, closed in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import User
+
+from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, Stage
+from gateway.errors import TelegramFatal
+from gateway.poller import UNAUTHORIZED_HELP, backoff
+from gateway.serve import serve_ingress
+from gateway.settings import (
+    IngressSettings,
+    PipelineSettings,
+    RedisSettings,
+    SenderSettings,
+    TelegramSettings,
+    WorkerSettings,
+)
+from gateway.streams import connect
+from gateway.telegram import BotApi, BotApiError
+from workers.commands import load_routers
+from workers.consumer import ConsumerConfig, StreamConsumer, run_until_stopped
+from workers.context import WorkerServices
+from workers.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
+from workers.ratelimit import Limits, RateLimiter
+from workers.sender import Sender
+from workers.worker import UpdateHandler, build_dispatcher
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"
+
+
+@dataclass
+class Config:
+    """All settings of the roles, built once by the CLI and passed down."""
+
+    telegram: TelegramSettings
+    redis: RedisSettings
+    pipeline: PipelineSettings
+    ingress: IngressSettings
+    worker: WorkerSettings
+    sender: SenderSettings
+    extra_routers: list[object] = field(default_factory=list)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.redis.stream_prefix, self.redis.partitions)
+
+
+def make_bot(tg: TelegramSettings) -> Bot:
+    token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
+    session = AiohttpSession(
+        api=TelegramAPIServer.from_base(tg.telegram_api_url),
+        timeout=tg.telegram_request_timeout,
+    )
+    return Bot(token, session=session)
+
+
+async def resolve_me(tg: TelegramSettings, stop: asyncio.Event) -> User:
+    """The bot's own user (for /cmd@ThisBot); from getMe, retried until it answers."""
+    if not tg.telegram_enabled:
+        return User(
+            id=tg.bot_id or 1,
+            is_bot=True,
+            first_name="tg-gateway",
+            username=tg.telegram_bot_username,
+        )
+    attempt = 0
+    async with BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout) as api:
+        while True:
+            try:
+                return User.model_validate(await api.call("getMe"))
+            except BotApiError as exc:
+                if exc.error_code == 401:
+                    raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
+                if stop.is_set():
+                    raise
+                delay = backoff(attempt, cap=10.0)
+                attempt += 1
+                log.warning("getMe failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+
+def make_pipeline(ps: PipelineSettings) -> Pipeline:
+    if ps.pipeline_url:
+        ps.require_secret()
+        return HttpPipeline(ps.pipeline_url, ps.pipeline_timeout)
+    return EmbeddedPipeline()
+
+
+async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
+    """Consume updates until ``stop``; in-flight work finishes within the grace period."""
+    ps, ws = cfg.pipeline, cfg.worker
+    async with contextlib.AsyncExitStack() as stack:
+        pipeline = make_pipeline(ps)
+        stack.push_async_callback(pipeline.aclose)
+        redis = connect(cfg.redis.redis_url)
+        stack.push_async_callback(redis.aclose)
+        bot = make_bot(cfg.telegram)
+        stack.push_async_callback(bot.session.close)
+        bot._me = await resolve_me(cfg.telegram, stop)  # noqa: SLF001 - aiogram's cache
+        routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)  # type: ignore[arg-type]
+        services = WorkerServices(
+            redis=redis,
+            keys=cfg.keys,
+            bot_id=cfg.telegram.bot_id,
+            pipeline=pipeline,
+            admin_ids=frozenset(ws.admin_user_ids),
+            outbound_ttl=cfg.sender.outbound_ttl_seconds,
+            gateway_public_url=ps.gateway_public_url,
+            delivery_secret=(
+                ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
+            ),
+            token_ttl=ps.delivery_token_ttl,
+            retry_seconds=ps.pipeline_retry_seconds,
+            apology_text=ws.apology_text,
+            reply_fields=ps.pipeline_reply_fields,
+        )
+        handler = UpdateHandler(services, bot, build_dispatcher(routers))  # type: ignore[arg-type]
+        consumer = StreamConsumer(
+            redis,
+            cfg.keys,
+            ConsumerConfig(
+                role="worker",
+                group=GROUP_WORKERS,
+                stage=Stage.WORKER,
+                streams=cfg.keys.all_updates(),
+                count=ws.worker_batch,
+                block_ms=ws.worker_block_ms,
+                claim_idle_ms=ws.claim_idle_ms,
+                max_deliveries=ws.max_deliveries,
+                grace=ws.shutdown_grace_seconds,
+            ),
+            handler,
+        )
+        log.info(
+            "worker %s consuming %d partition(s); pipeline: %s",
+            consumer.name,
+            cfg.keys.partitions,
+            ps.pipeline_url or "embedded reference pipeline",
+        )
+        await run_until_stopped([consumer], stop, ws.shutdown_grace_seconds)
+        log.info("worker stopped: %s", services.counters)
+
+
+async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
+    """Drain the outbound streams until ``stop``."""
+    tg, ss = cfg.telegram, cfg.sender
+    if not tg.telegram_enabled:
+        log.warning("TELEGRAM_ENABLED=false: sender idle, outbound entries wait in their streams")
+        await stop.wait()
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        redis = connect(cfg.redis.redis_url)
+        stack.push_async_callback(redis.aclose)
+        bot = make_bot(tg)
+        stack.push_async_callback(bot.session.close)
+        limits = Limits(
+            global_per_second=ss.sender_global_per_second,
+            chat_per_second=ss.sender_chat_per_second,
+            group_per_minute=ss.sender_group_per_minute,
+            margin=ss.rate_margin,
+        )
+        sender = Sender(
+            redis,
+            cfg.keys,
+            bot,
+            RateLimiter(redis, cfg.keys, tg.bot_id, limits),
+            max_attempts=ss.sender_max_attempts,
+            backoff_max=ss.sender_backoff_max,
+            token=tg.token,
+        )
+        consumer = StreamConsumer(
+            redis,
+            cfg.keys,
+            ConsumerConfig(
+                role="sender",
+                group=GROUP_SENDERS,
+                stage=Stage.SENDER,
+                streams=cfg.keys.all_outbound(),
+                count=ss.sender_batch,
+                block_ms=ss.sender_block_ms,
+                claim_idle_ms=ss.claim_idle_ms,
+                max_deliveries=ss.max_deliveries,
+                grace=ss.shutdown_grace_seconds,
+            ),
+            sender,
+        )
+        log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
+        await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)
+        log.info("sender stopped: %d sent, %d flood waits", sender.sent, sender.flood_waits)
+
+
+async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
+    await serve_ingress(
+        cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
+    )
+
+
+async def serve_all(cfg: Config, stop: asyncio.Event) -> None:
+    """Ingress, worker and sender in one process (small deployments, development)."""
+    tasks = [
+        asyncio.create_task(serve_ingress_role(cfg, stop), name="ingress"),
+        asyncio.create_task(serve_worker(cfg, stop), name="worker"),
+        asyncio.create_task(serve_sender(cfg, stop), name="sender"),
+    ]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

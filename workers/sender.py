@@ -1,0 +1,284 @@
+"""The sender: outbound stream → Telegram Bot API (aiogram ``Bot``), rate-limited.
+
+Telegram errors are translated here, at the edge, into: wait (429), retry with
+backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id), dead-letter with a
+reason code (403, permanent 400s, expired), or stop the role (401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiogram import Bot
+from aiogram.exceptions import (
+    ClientDecodeError,
+    RestartingTelegram,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import (
+    AnswerCallbackQuery,
+    SendChatAction,
+    SendDocument,
+    SendMessage,
+    SendPhoto,
+    TelegramMethod,
+)
+from pydantic import ValidationError
+
+from gateway.contracts import EnvelopeError, Keys, OutboundEntry, Reason, partition_for, result_fields
+from gateway.errors import TelegramFatal
+from gateway.logs import redact
+from gateway.poller import backoff
+from workers.consumer import Ack, Dead, Outcome
+from workers.ratelimit import RateLimiter
+from workers.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, type[TelegramMethod[Any]]] = {
+    "sendMessage": SendMessage,
+    "sendPhoto": SendPhoto,
+    "sendDocument": SendDocument,
+    "sendChatAction": SendChatAction,
+    "answerCallbackQuery": AnswerCallbackQuery,
+}
+COUNTED = frozenset({"sendMessage", "sendPhoto", "sendDocument"})  # count toward limits
+SENT_TTL = 7 * 86_400
+
+
+def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
+    """The Bot API calls for one entry, in order: long texts and captions split (pure)."""
+    payload = dict(entry.payload)
+    parse_mode = payload.get("parse_mode")
+    if entry.method == "sendMessage":
+        text = payload.get("text")
+        if not isinstance(text, str):
+            return [(entry.method, payload)]
+        chunks = split_text(text, TEXT_LIMIT, parse_mode) or [text]
+        parts = []
+        for i, chunk in enumerate(chunks):
+            part = {**payload, "text": chunk}
+            if i > 0:
+                part.pop("reply_parameters", None)
+                part.pop("reply_markup", None)
+            if i < len(chunks) - 1:
+                part.pop("reply_markup", None)  # buttons go on the last part
+            parts.append(("sendMessage", part))
+        return parts
+    if entry.method in ("sendPhoto", "sendDocument"):
+        caption = payload.get("caption")
+        if isinstance(caption, str):
+            chunks = split_text(caption, CAPTION_LIMIT, parse_mode)
+            if len(chunks) > 1:
+                first = {**payload, "caption": chunks[0]}
+                rest = split_text(caption[len(chunks[0]) :].strip(), TEXT_LIMIT, parse_mode)
+                extra = {"parse_mode": parse_mode} if parse_mode else {}
+                return [(entry.method, first)] + [
+                    ("sendMessage", {"text": c, **extra}) for c in rest
+                ]
+    return [(entry.method, payload)]
+
+
+class Sender:
+    """Handles one outbound entry: every part sent once, in order, then one result entry."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        bot: Bot,
+        limiter: RateLimiter,
+        *,
+        max_attempts: int,
+        backoff_max: float,
+        token: str,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.bot = bot
+        self.limiter = limiter
+        self.max_attempts = max_attempts
+        self.backoff_max = backoff_max
+        self._token = token
+        self.sent = 0
+        self.flood_waits = 0
+
+    async def __call__(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
+    ) -> Outcome:
+        try:
+            entry = OutboundEntry.from_fields(fields)
+        except (EnvelopeError, ValidationError) as exc:
+            return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
+        started = time.time()
+        p = partition_for(entry.chat_id, self.keys.partitions)
+        if entry.method in COUNTED and await self.redis.exists(
+            self.keys.blocked_chat(entry.bot_id, entry.chat_id)
+        ):
+            return await self._fail(entry, Reason.BOT_BLOCKED, 403, "chat blocked the bot", 0, started)
+        if entry.deadline is not None and time.time() > entry.deadline:
+            if entry.method not in COUNTED:  # a stale typing/callback answer is harmless
+                await self._result(entry, True, [], 0, started, description="skipped: expired")
+                return Ack()
+            return await self._fail(entry, Reason.EXPIRED, None, "deadline passed", 0, started)
+        message_ids: list[int] = []
+        attempts = 0
+        chat_id = entry.chat_id
+        for index, (method, payload) in enumerate(plan_parts(entry)):
+            marker = self.keys.sent(p, f"{entry.reply_id}#{index}")
+            done = await self.redis.get(marker)
+            if done is not None:  # sent before a crash or redelivery: never twice
+                if done.isdigit():
+                    message_ids.append(int(done))
+                continue
+            outcome = await self._send_part(entry, method, payload, chat_id)
+            attempts += outcome.attempts
+            if outcome.dead is not None:
+                reason, code, description = outcome.dead
+                return await self._fail(entry, reason, code, description, attempts, started)
+            chat_id = outcome.chat_id
+            mid = outcome.message_id
+            await self.redis.set(marker, str(mid) if mid is not None else "1", ex=SENT_TTL)
+            if mid is not None:
+                message_ids.append(mid)
+        self.sent += 1
+        await self._result(entry, True, message_ids, max(attempts, 1), started)
+        return Ack()
+
+    async def _send_part(
+        self, entry: OutboundEntry, method: str, payload: dict[str, Any], chat_id: int | str
+    ) -> _PartOutcome:
+        attempts = 0
+        migrated = False
+        plain_retry = False
+        while True:
+            if entry.deadline is not None and time.time() > entry.deadline and method in COUNTED:
+                return _PartOutcome(attempts, dead=(Reason.EXPIRED, None, "deadline passed"))
+            wait = await self.limiter.acquire(chat_id, counts=method in COUNTED)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            attempts += 1
+            try:
+                call = METHODS[method](chat_id=chat_id, **payload) if method != (
+                    "answerCallbackQuery"
+                ) else METHODS[method](**payload)
+            except (ValidationError, TypeError) as exc:
+                return _PartOutcome(attempts, dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300])))
+            try:
+                result = await self.bot(call)
+            except TelegramRetryAfter as exc:
+                self.flood_waits += 1
+                log.warning("429 for chat %s: waiting %ss", chat_id, exc.retry_after)
+                await self.limiter.flood(chat_id, exc.retry_after)
+                continue
+            except TelegramMigrateToChat as exc:
+                if migrated:
+                    return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 400, "migrated twice"))
+                migrated = True
+                log.info("chat %s migrated to %s", chat_id, exc.migrate_to_chat_id)
+                chat_id = exc.migrate_to_chat_id
+                continue
+            except TelegramUnauthorizedError as exc:
+                raise TelegramFatal(
+                    f"Telegram answered 401 ({exc.message}): TELEGRAM_BOT_TOKEN is wrong or revoked",
+                    401,
+                ) from None
+            except TelegramForbiddenError as exc:
+                await self.redis.set(self.keys.blocked_chat(entry.bot_id, chat_id), "1", ex=30 * 86_400)
+                return _PartOutcome(attempts, dead=(Reason.BOT_BLOCKED, 403, exc.message))
+            except TelegramBadRequest as exc:
+                text = exc.message.lower()
+                if "can't parse entities" in text and "parse_mode" in payload and not plain_retry:
+                    plain_retry = True
+                    payload = {k: v for k, v in payload.items() if k != "parse_mode"}
+                    continue
+                reason = Reason.CHAT_NOT_FOUND if "chat not found" in text else Reason.BAD_REQUEST
+                return _PartOutcome(attempts, dead=(reason, 400, exc.message))
+            except TelegramNotFound as exc:
+                return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 404, exc.message))
+            except (
+                TelegramServerError,
+                RestartingTelegram,
+                TelegramNetworkError,
+                ClientDecodeError,
+                TelegramAPIError,
+            ) as exc:
+                detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
+                if attempts >= self.max_attempts:
+                    return _PartOutcome(attempts, dead=(Reason.RETRIES_EXHAUSTED, None, detail))
+                delay = backoff(attempts, base=0.5, cap=self.backoff_max)
+                log.warning("send to %s failed (%s); retry in %.1fs", chat_id, detail, delay)
+                await asyncio.sleep(delay)
+                continue
+            mid = getattr(result, "message_id", None)
+            return _PartOutcome(attempts, message_id=mid if isinstance(mid, int) else None, chat_id=chat_id)
+
+    async def _fail(
+        self,
+        entry: OutboundEntry,
+        reason: Reason,
+        code: int | None,
+        description: str,
+        attempts: int,
+        started: float,
+    ) -> Outcome:
+        await self._result(entry, False, [], attempts, started, code, f"{reason.value}: {description}")
+        return Dead(reason, f"{code or ''} {description}".strip())
+
+    async def _result(
+        self,
+        entry: OutboundEntry,
+        ok: bool,
+        message_ids: list[int],
+        attempts: int,
+        started: float,
+        error_code: int | None = None,
+        description: str = "",
+    ) -> None:
+        now = time.time()
+        await self.redis.xadd(
+            self.keys.results,
+            result_fields(
+                reply_id=entry.reply_id,
+                chat_id=entry.chat_id,
+                method=entry.method,
+                ok=ok,
+                message_ids=message_ids,
+                attempts=attempts,
+                queue_latency_ms=max(0.0, (started - entry.enqueued_at) * 1000),
+                send_latency_ms=(now - started) * 1000,
+                error_code=error_code,
+                description=redact(description, (self._token,)),
+                update_id=entry.update_id,
+            ),
+        )
+
+
+class _PartOutcome:
+    __slots__ = ("attempts", "chat_id", "dead", "message_id")
+
+    def __init__(
+        self,
+        attempts: int,
+        *,
+        message_id: int | None = None,
+        chat_id: int | str = 0,
+        dead: tuple[Reason, int | None, str] | None = None,
+    ) -> None:
+        self.attempts = attempts
+        self.message_id = message_id
+        self.chat_id = chat_id
+        self.dead = dead
