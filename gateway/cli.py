@@ -151,7 +151,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return run_async(
-        lambda stop: _until(stop, run_emulator(args.host, args.port, args.token, args.username, limits))
+        lambda stop: _until(
+            stop, run_emulator(args.host, args.port, args.token, args.username, limits)
+        )
     )
 
 
@@ -189,8 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn, help_ in (
-        ("ingress", "serve_ingress_role", "HTTP service: Telegram webhook or long polling, "
-         "pipeline callbacks, /healthz, /readyz"),
+        (
+            "ingress",
+            "serve_ingress_role",
+            "HTTP service: Telegram webhook or long polling, pipeline callbacks, /healthz, /readyz",
+        ),
         ("worker", "serve_worker", "update consumer: bot commands and the pipeline"),
         ("sender", "serve_sender", "outbound consumer: rate-limited sends to the Bot API"),
         ("run", "serve_all", "ingress, worker and sender in one process"),
@@ -205,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "TELEGRAM_ALLOWED_UPDATES and TELEGRAM_MAX_CONNECTIONS",
     )
     wh.add_argument("action", choices=["set", "delete", "info"])
-    wh.add_argument(
-        "--drop-pending", action="store_true", help="drop updates Telegram is holding"
-    )
+    wh.add_argument("--drop-pending", action="store_true", help="drop updates Telegram is holding")
     wh.set_defaults(func=cmd_webhook)
 
     em = sub.add_parser(
@@ -241,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "terminal; otherwise plays a script and exits 0 only if every message got a reply.",
     )
     sb.add_argument("--script", help="file with one user message per line ('#' = comment)")
-    sb.add_argument(
-        "--timeout", type=float, default=20.0, help="seconds to wait for each reply"
-    )
+    sb.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for each reply")
     sb.set_defaults(func=cmd_sandbox)
     return parser
 

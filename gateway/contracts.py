@@ -279,7 +279,7 @@ class OutboundEntry(BaseModel):
                 reply_id=f["reply_id"],
                 bot_id=int(f["bot_id"]),
                 chat_id=chat_id,
-                method=f.get("method") or "sendMessage",  # type: ignore[arg-type]
+                method=f.get("method") or "sendMessage",
                 payload=orjson.loads(f.get("payload") or "{}"),
                 origin=f.get("origin", ""),
                 update_id=_opt_int(f.get("update_id", "")),

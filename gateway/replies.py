@@ -142,7 +142,7 @@ def _entry(
         reply_id=_reply_id(route, index, content + repr(sorted(payload.items()))),
         bot_id=route.bot_id,
         chat_id=route.chat_id,
-        method=method,  # type: ignore[arg-type]
+        method=method,
         payload=payload,
         origin=origin,
         update_id=route.update_id,

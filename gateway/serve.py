@@ -29,7 +29,10 @@ class _Server(uvicorn.Server):
 
 
 def build_ingress(
-    tg: TelegramSettings, rs: RedisSettings, ps: PipelineSettings, ing: IngressSettings,
+    tg: TelegramSettings,
+    rs: RedisSettings,
+    ps: PipelineSettings,
+    ing: IngressSettings,
     outbound_ttl: float,
 ) -> IngressApp:
     keys = Keys(rs.stream_prefix, rs.partitions)

@@ -262,7 +262,9 @@ def format_validation_error(exc: ValidationError) -> str:
     if not loc:
         return msg
     value = err.get("input")
-    shown = "" if isinstance(value, dict) or "secret" in loc[0] or "token" in loc[0] else (
-        f" (got {value!r})" if value is not None else ""
+    shown = (
+        ""
+        if isinstance(value, dict) or "secret" in loc[0] or "token" in loc[0]
+        else (f" (got {value!r})" if value is not None else "")
     )
     return f"{loc[0].upper()}: {msg}{shown}"

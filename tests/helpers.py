@@ -58,21 +58,30 @@ class RedisProcess:
     def start(self) -> None:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", self.dir,
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "no",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return
@@ -116,7 +125,9 @@ async def wait_for(
 
 
 @contextlib.asynccontextmanager
-async def running(*coros: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[asyncio.Event]:
+async def running(
+    *coros: Callable[[asyncio.Event], Awaitable[None]],
+) -> AsyncIterator[asyncio.Event]:
     """Run role coroutines (``fn(stop)``) in tasks; stop them gracefully on exit."""
     stop = asyncio.Event()
     tasks = [asyncio.create_task(fn(stop)) for fn in coros]
@@ -136,3 +147,82 @@ def env_without_gateway_vars() -> dict[str, str]:
     """The current environment minus settings that would leak into a child process."""
     prefixes = ("TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_")
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+def make_config(
+    redis_url: str,
+    api_url: str,
+    *,
+    telegram: dict[str, Any] | None = None,
+    redis: dict[str, Any] | None = None,
+    pipeline: dict[str, Any] | None = None,
+    ingress: dict[str, Any] | None = None,
+    worker: dict[str, Any] | None = None,
+    sender: dict[str, Any] | None = None,
+) -> Any:
+    """A role ``Config`` for tests: fast polling, short blocks, everything overridable."""
+    from gateway.settings import (
+        IngressSettings,
+        PipelineSettings,
+        RedisSettings,
+        SenderSettings,
+        TelegramSettings,
+        WorkerSettings,
+        load,
+    )
+    from workers.roles import Config
+
+    port = free_port()
+    return Config(
+        telegram=load(
+            TelegramSettings,
+            **{
+                "telegram_bot_token": TOKEN,
+                "telegram_api_url": api_url,
+                "telegram_poll_timeout": 1,
+                "telegram_mode": "polling",
+                **(telegram or {}),
+            },
+        ),
+        redis=load(RedisSettings, **{"redis_url": redis_url, **(redis or {})}),
+        pipeline=load(
+            PipelineSettings,
+            **{
+                "gateway_public_url": f"http://127.0.0.1:{port}",
+                "delivery_secret": "test-delivery-secret-0123",
+                "pipeline_retry_seconds": 10,
+                **(pipeline or {}),
+            },
+        ),
+        ingress=load(
+            IngressSettings,
+            **{"ingress_host": "127.0.0.1", "ingress_port": port, **(ingress or {})},
+        ),
+        worker=load(WorkerSettings, **{"worker_block_ms": 100, **(worker or {})}),
+        sender=load(
+            SenderSettings,
+            **{"sender_block_ms": 100, "sender_backoff_max": 0.2, **(sender or {})},
+        ),
+    )
+
+
+def all_roles(cfg: Any) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
+    from workers.roles import serve_ingress_role, serve_sender, serve_worker
+
+    return [
+        lambda stop: serve_ingress_role(cfg, stop),
+        lambda stop: serve_worker(cfg, stop),
+        lambda stop: serve_sender(cfg, stop),
+    ]
+
+
+async def dead_letters(redis: Any, cfg: Any) -> list[dict[str, str]]:
+    from gateway.contracts import decode_fields
+
+    return [decode_fields(f) for _, f in await redis.xrange(cfg.keys.dead)]
+
+
+async def results(redis: Any, cfg: Any) -> list[dict[str, str]]:
+    from gateway.contracts import decode_fields
+
+    return [decode_fields(f) for _, f in await redis.xrange(cfg.keys.results)]

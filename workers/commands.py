@@ -43,7 +43,9 @@ def commands_router() -> Router:
     @router.message(Command("status"))
     async def status(message: Message, gw: WorkerContext) -> None:
         user_id = message.from_user.id if message.from_user else 0
-        await gw.reply(await gw.status_text(detailed=gw.is_admin(user_id)), reply_to=message.message_id)
+        await gw.reply(
+            await gw.status_text(detailed=gw.is_admin(user_id)), reply_to=message.message_id
+        )
 
     return router
 

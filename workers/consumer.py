@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -123,10 +126,8 @@ class StreamConsumer:
                 await self._process(batch)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def _bootstrap(self) -> None:
         attempt = 0
@@ -137,12 +138,14 @@ class StreamConsumer:
             except (RedisError, OSError) as exc:
                 delay = backoff(attempt, cap=5.0)
                 attempt += 1
-                log.warning("%s: cannot create groups (%s); retry in %.1fs", self.config.role, exc, delay)
+                log.warning(
+                    "%s: cannot create groups (%s); retry in %.1fs", self.config.role, exc, delay
+                )
                 await self._sleep(delay)
 
     async def _read(self) -> list[tuple[str, str, dict[bytes, bytes], int]]:
         streams = {s: ">" for s in self.config.streams}
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.config.group,
             self.name,
             streams,  # type: ignore[arg-type]
@@ -164,7 +167,7 @@ class StreamConsumer:
         self._last_claim = loop.time()
         out: list[tuple[str, str, dict[bytes, bytes], int]] = []
         for stream in self.config.streams:
-            res = await self.redis.xautoclaim(
+            res: Any = await self.redis.xautoclaim(
                 stream,
                 self.config.group,
                 self.name,
@@ -191,12 +194,11 @@ class StreamConsumer:
         pending = await self.redis.xpending_range(
             stream, self.config.group, min=lo, max=hi, count=len(ids) + 100
         )
-        return {
-            (p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): int(
-                p["times_delivered"]
-            )
-            for p in pending
-        }
+        out: dict[str, int] = {}
+        for item in pending:
+            mid = item["message_id"]
+            out[mid.decode() if isinstance(mid, bytes) else str(mid)] = int(item["times_delivered"])
+        return out
 
     async def _process(self, batch: list[tuple[str, str, dict[bytes, bytes], int]]) -> None:
         by_chat: dict[tuple[str, bytes], list[tuple[str, str, dict[bytes, bytes], int]]]
@@ -216,10 +218,16 @@ class StreamConsumer:
     ) -> None:
         cfg = self.config
         if deliveries > cfg.max_deliveries:
-            await self._dead(stream, entry_id, fields, deliveries, Dead(
-                Reason.RETRIES_EXHAUSTED if cfg.stage is Stage.SENDER else Reason.HANDLER_ERROR,
-                f"delivered {deliveries} times without success",
-            ))
+            await self._dead(
+                stream,
+                entry_id,
+                fields,
+                deliveries,
+                Dead(
+                    Reason.RETRIES_EXHAUSTED if cfg.stage is Stage.SENDER else Reason.HANDLER_ERROR,
+                    f"delivered {deliveries} times without success",
+                ),
+            )
             return
         try:
             outcome = await self.handler(stream, entry_id, fields, deliveries)
@@ -267,10 +275,12 @@ class StreamConsumer:
         self.dead += 1
 
 
-async def run_until_stopped(consumers: list[StreamConsumer], stop: asyncio.Event, grace: float) -> None:
+async def run_until_stopped(
+    consumers: list[StreamConsumer], stop: asyncio.Event, grace: float
+) -> None:
     """Run consumers; on ``stop`` ask them to stop and wait up to ``grace`` seconds."""
     tasks = [asyncio.create_task(c.run()) for c in consumers]
-    waiter = asyncio.create_task(stop.wait())
+    waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
     for c in consumers:
         c.stop()
@@ -280,6 +290,6 @@ async def run_until_stopped(consumers: list[StreamConsumer], stop: asyncio.Event
     await asyncio.gather(*tasks, return_exceptions=True)
     waiter.cancel()
     for t in done:
-        if t is not waiter and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]
-
+        error = None if t is waiter or t.cancelled() else t.exception()
+        if error is not None:
+            raise error

@@ -76,14 +76,20 @@ class WorkerContext:
         return await self.send("sendMessage", payload, origin=origin, key=key)
 
     async def send(
-        self, method: str, payload: dict[str, Any], *, origin: str, key: str, ttl: float | None = None
+        self,
+        method: str,
+        payload: dict[str, Any],
+        *,
+        origin: str,
+        key: str,
+        ttl: float | None = None,
     ) -> str:
         now = time.time()
         entry = OutboundEntry(
             reply_id=f"u{self.entry.update_id}-{key}",
             bot_id=self.services.bot_id,
             chat_id=self.chat_id,
-            method=method,  # type: ignore[arg-type]
+            method=method,
             payload=payload,
             origin=origin,
             update_id=self.entry.update_id,

@@ -61,7 +61,7 @@ class Limits:
         """(global, chat) emission intervals in µs; groups use the per-minute limit."""
         scale = 1.0 + self.margin
         global_us = int(1_000_000 * scale / self.global_per_second)
-        is_group = isinstance(chat_id, int) and chat_id < 0 or isinstance(chat_id, str)
+        is_group = (isinstance(chat_id, int) and chat_id < 0) or isinstance(chat_id, str)
         chat_us = (
             int(60_000_000 * scale / self.group_per_minute)
             if is_group

@@ -116,6 +116,7 @@ class ReferencePipelineServer:
         self.shutdown_timeout = shutdown_timeout
         self.faults = Faults()
         self.requests: list[dict[str, Any]] = []
+        self.arrivals = 0
         self._answers: dict[str, _Answer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -178,10 +179,11 @@ class ReferencePipelineServer:
     # --- handlers ---------------------------------------------------------------
 
     async def _messages(self, request: web.Request) -> web.Response:
+        self.arrivals += 1  # counted on arrival: a caller that times out still shows up
+        raw = await request.read()
         pause = self.delay + self.faults.delay
         if pause > 0:
             await asyncio.sleep(pause)
-        raw = await request.read()
         key = request.headers.get("Idempotency-Key") or None
         webhook = request.headers.get("X-Webhook-URL")
         answer = self._answer(raw, key, webhook)

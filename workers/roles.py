@@ -36,7 +36,7 @@ from workers.worker import UpdateHandler, build_dispatcher
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"
+PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
 
 
 @dataclass
@@ -107,8 +107,8 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
         stack.push_async_callback(redis.aclose)
         bot = make_bot(cfg.telegram)
         stack.push_async_callback(bot.session.close)
-        bot._me = await resolve_me(cfg.telegram, stop)  # noqa: SLF001 - aiogram's cache
-        routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)  # type: ignore[arg-type]
+        bot._me = await resolve_me(cfg.telegram, stop)
+        routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)
         services = WorkerServices(
             redis=redis,
             keys=cfg.keys,
@@ -213,7 +213,7 @@ async def serve_all(cfg: Config, stop: asyncio.Event) -> None:
         asyncio.create_task(serve_worker(cfg, stop), name="worker"),
         asyncio.create_task(serve_sender(cfg, stop), name="sender"),
     ]
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     stop.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for result in results:

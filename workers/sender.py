@@ -37,10 +37,18 @@ from aiogram.methods import (
 )
 from pydantic import ValidationError
 
-from gateway.contracts import EnvelopeError, Keys, OutboundEntry, Reason, partition_for, result_fields
+from gateway.contracts import (
+    EnvelopeError,
+    Keys,
+    OutboundEntry,
+    Reason,
+    partition_for,
+    result_fields,
+)
 from gateway.errors import TelegramFatal
 from gateway.logs import redact
 from gateway.poller import backoff
+from gateway.streams import fields_arg
 from workers.consumer import Ack, Dead, Outcome
 from workers.ratelimit import RateLimiter
 from workers.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
@@ -127,7 +135,9 @@ class Sender:
         if entry.method in COUNTED and await self.redis.exists(
             self.keys.blocked_chat(entry.bot_id, entry.chat_id)
         ):
-            return await self._fail(entry, Reason.BOT_BLOCKED, 403, "chat blocked the bot", 0, started)
+            return await self._fail(
+                entry, Reason.BOT_BLOCKED, 403, "chat blocked the bot", 0, started
+            )
         if entry.deadline is not None and time.time() > entry.deadline:
             if entry.method not in COUNTED:  # a stale typing/callback answer is harmless
                 await self._result(entry, True, [], 0, started, description="skipped: expired")
@@ -172,11 +182,15 @@ class Sender:
                 continue
             attempts += 1
             try:
-                call = METHODS[method](chat_id=chat_id, **payload) if method != (
-                    "answerCallbackQuery"
-                ) else METHODS[method](**payload)
+                call = (
+                    METHODS[method](chat_id=chat_id, **payload)
+                    if method != ("answerCallbackQuery")
+                    else METHODS[method](**payload)
+                )
             except (ValidationError, TypeError) as exc:
-                return _PartOutcome(attempts, dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300])))
+                return _PartOutcome(
+                    attempts, dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300]))
+                )
             try:
                 result = await self.bot(call)
             except TelegramRetryAfter as exc:
@@ -193,11 +207,14 @@ class Sender:
                 continue
             except TelegramUnauthorizedError as exc:
                 raise TelegramFatal(
-                    f"Telegram answered 401 ({exc.message}): TELEGRAM_BOT_TOKEN is wrong or revoked",
+                    f"Telegram answered 401 ({exc.message}): "
+                    "TELEGRAM_BOT_TOKEN is wrong or revoked",
                     401,
                 ) from None
             except TelegramForbiddenError as exc:
-                await self.redis.set(self.keys.blocked_chat(entry.bot_id, chat_id), "1", ex=30 * 86_400)
+                await self.redis.set(
+                    self.keys.blocked_chat(entry.bot_id, chat_id), "1", ex=30 * 86_400
+                )
                 return _PartOutcome(attempts, dead=(Reason.BOT_BLOCKED, 403, exc.message))
             except TelegramBadRequest as exc:
                 text = exc.message.lower()
@@ -224,7 +241,9 @@ class Sender:
                 await asyncio.sleep(delay)
                 continue
             mid = getattr(result, "message_id", None)
-            return _PartOutcome(attempts, message_id=mid if isinstance(mid, int) else None, chat_id=chat_id)
+            return _PartOutcome(
+                attempts, message_id=mid if isinstance(mid, int) else None, chat_id=chat_id
+            )
 
     async def _fail(
         self,
@@ -235,7 +254,9 @@ class Sender:
         attempts: int,
         started: float,
     ) -> Outcome:
-        await self._result(entry, False, [], attempts, started, code, f"{reason.value}: {description}")
+        await self._result(
+            entry, False, [], attempts, started, code, f"{reason.value}: {description}"
+        )
         return Dead(reason, f"{code or ''} {description}".strip())
 
     async def _result(
@@ -251,18 +272,20 @@ class Sender:
         now = time.time()
         await self.redis.xadd(
             self.keys.results,
-            result_fields(
-                reply_id=entry.reply_id,
-                chat_id=entry.chat_id,
-                method=entry.method,
-                ok=ok,
-                message_ids=message_ids,
-                attempts=attempts,
-                queue_latency_ms=max(0.0, (started - entry.enqueued_at) * 1000),
-                send_latency_ms=(now - started) * 1000,
-                error_code=error_code,
-                description=redact(description, (self._token,)),
-                update_id=entry.update_id,
+            fields_arg(
+                result_fields(
+                    reply_id=entry.reply_id,
+                    chat_id=entry.chat_id,
+                    method=entry.method,
+                    ok=ok,
+                    message_ids=message_ids,
+                    attempts=attempts,
+                    queue_latency_ms=max(0.0, (started - entry.enqueued_at) * 1000),
+                    send_latency_ms=(now - started) * 1000,
+                    error_code=error_code,
+                    description=redact(description, (self._token,)),
+                    update_id=entry.update_id,
+                )
             ),
         )
 

@@ -92,9 +92,7 @@ async def forward(gw: WorkerContext) -> Outcome:
     key = f"tg-{s.bot_id}-{gw.entry.update_id}"
     started = time.monotonic()
     attempt = 0
-    typing_task = (
-        asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
-    )
+    typing_task = asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
     try:
         while True:
             try:

@@ -173,7 +173,7 @@ class Emulator:
         self,
         chat_id: int,
         count: int,
-        timeout: float = 10.0,  # noqa: ASYNC109 - the documented signature
+        timeout: float = 10.0,
     ) -> list[Obj]:
         """At least ``count`` bot messages in ``chat_id``; TimeoutError after ``timeout``."""
 

@@ -199,8 +199,10 @@ async def test_redis_down_is_503_then_recovers(
         assert (await client.get(f"{base}/readyz")).status_code == 503
         assert (await client.get(f"{base}/healthz")).status_code == 200
         own_redis.start()
+        url, body = hook(base), orjson.dumps(other)
         resp = await wait_for(
-            lambda: _post_ok(client, hook(base), orjson.dumps(other)), timeout=15,
+            lambda: _post_ok(client, url, body),  # noqa: B023 - awaited inside the loop
+            timeout=15,
             message="ingress to recover",
         )
         assert resp
@@ -222,9 +224,7 @@ async def test_readyz_reports_groups(
     ingress: tuple[str, Keys], client: httpx.AsyncClient, redis: aioredis.Redis
 ) -> None:
     base, keys = ingress
-    await wait_for(
-        lambda: _status(client, f"{base}/readyz", 200), message="readyz to turn 200"
-    )
+    await wait_for(lambda: _status(client, f"{base}/readyz", 200), message="readyz to turn 200")
     info = await redis.xinfo_groups(keys.updates(0))
     assert [g["name"] for g in info] == [GROUP_WORKERS.encode()]
     await redis.xgroup_destroy(keys.updates(1), GROUP_WORKERS)
@@ -241,7 +241,11 @@ async def _status(client: httpx.AsyncClient, url: str, status: int) -> bool:
 
 def delivery_url(base: str, **kw: object) -> str:
     args: dict[str, object] = {
-        "bot_id": BOT_ID, "chat_id": 42, "reply_to": 7, "update_id": 99, "ttl": 60,
+        "bot_id": BOT_ID,
+        "chat_id": 42,
+        "reply_to": 7,
+        "update_id": 99,
+        "ttl": 60,
     }
     args.update(kw)
     return f"{base}/api/delivery/{sign_route(DELIVERY.encode(), **args)}"  # type: ignore[arg-type]
@@ -274,8 +278,11 @@ async def test_callback_publishes_outbound(
     ],
 )
 async def test_forged_tokens_are_403(
-    ingress: tuple[str, Keys], client: httpx.AsyncClient, redis: aioredis.Redis,
-    mutate: object, status: int,
+    ingress: tuple[str, Keys],
+    client: httpx.AsyncClient,
+    redis: aioredis.Redis,
+    mutate: object,
+    status: int,
 ) -> None:
     base, keys = ingress
     url = mutate(delivery_url(base))  # type: ignore[operator]

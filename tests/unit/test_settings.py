@@ -24,8 +24,13 @@ from gateway.settings import (
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL = (
-    TelegramSettings, RedisSettings, PipelineSettings, IngressSettings,
-    WorkerSettings, SenderSettings, LogSettings,
+    TelegramSettings,
+    RedisSettings,
+    PipelineSettings,
+    IngressSettings,
+    WorkerSettings,
+    SenderSettings,
+    LogSettings,
 )
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 

@@ -19,7 +19,10 @@ def _token(**kw: object) -> str:
 def test_round_trip_keeps_the_route() -> None:
     route = verify_route(SECRET, _token(), now=1001.0)
     assert (route.bot_id, route.chat_id, route.reply_to, route.update_id) == (
-        7, -1002143658709, 5531, 99,
+        7,
+        -1002143658709,
+        5531,
+        99,
     )
     assert route.expires_at == 1060
 

@@ -1,0 +1,166 @@
+"""Roles as separate processes, started the way users start them (`tg-gateway <role>`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import BOT_ID, TOKEN, env_without_gateway_vars, free_port
+
+pytestmark = pytest.mark.e2e
+
+ALICE = 6123456789
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} not open after {timeout}s")
+
+
+class Cluster:
+    """Processes started with `python -m gateway …` (same entry point as `tg-gateway`)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.files: list[object] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop_all
+        self.files.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args],
+            env={**env_without_gateway_vars(), **env},
+            cwd=self.tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log")
+        )
+
+    def stop_all(self) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                codes[name] = -9
+        for f in self.files:
+            f.close()  # type: ignore[attr-defined]
+        self.files.clear()
+        return codes
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+@pytest.mark.parametrize("mode", ["webhook", "polling"])
+def test_roles_as_processes(cluster: Cluster, redis_url: str, mode: str) -> None:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    emu_port, pipe_port, ingress_port = free_port(), free_port(), free_port()
+    emu_url = f"http://127.0.0.1:{emu_port}"
+    emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
+    pipe = cluster.start("pipeline", ["pipeline", "--port", str(pipe_port)], {})
+    _wait_port(emu_port, emu)
+    _wait_port(pipe_port, pipe)
+    env = {
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_URL": emu_url,
+        "TELEGRAM_POLL_TIMEOUT": "1",
+        "REDIS_URL": redis_url,
+        "PIPELINE_URL": f"http://127.0.0.1:{pipe_port}",
+        "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{ingress_port}",
+        "DELIVERY_SECRET": "e2e-delivery-secret-0123456",
+        "INGRESS_HOST": "127.0.0.1",
+        "INGRESS_PORT": str(ingress_port),
+        "WORKER_BLOCK_MS": "200",
+        "SENDER_BLOCK_MS": "200",
+        "LOG_FORMAT": "json",
+    }
+    if mode == "webhook":
+        env["TELEGRAM_WEBHOOK_URL"] = f"http://127.0.0.1:{ingress_port}/webhook/telegram"
+        env["TELEGRAM_WEBHOOK_SECRET"] = "e2e_secret-token"
+    ingress = cluster.start("ingress", ["ingress"], env)
+    cluster.start("worker", ["worker"], env)
+    cluster.start("sender", ["sender"], env)
+    _wait_port(ingress_port, ingress)
+    with httpx.Client(base_url=emu_url, timeout=30) as client:
+        if mode == "webhook":
+            deadline = time.monotonic() + 20
+            while client.get("/_emu/webhook").json()["info"]["url"] == "":
+                assert time.monotonic() < deadline, cluster.logs()
+                time.sleep(0.05)
+        for text in ("/start", "/help", "My parcel is broken, refund please"):
+            client.post("/_emu/send", json={"user_id": ALICE, "text": text}).raise_for_status()
+        resp = client.get(f"/_emu/chats/{ALICE}/messages", params={"wait": 3, "timeout": 25})
+        assert resp.status_code == 200, cluster.logs()
+        texts = [m["text"] for m in resp.json()]
+        ready = httpx.get(f"http://127.0.0.1:{ingress_port}/readyz").json()
+    assert any(t.startswith("Hello, Alice") for t in texts)
+    assert any("/status" in t for t in texts)
+    assert any("sorry" in t.lower() for t in texts), texts  # the pipeline's complaint reply
+    assert ready == {"ready": True}
+    codes = cluster.stop_all()
+    assert codes == {name: 0 for name in codes}, cluster.logs()
+    logs = cluster.logs()
+    assert TOKEN not in logs and TOKEN.split(":")[1] not in logs
+    assert str(BOT_ID) in TOKEN  # sanity: the check above looked for the real token
+
+
+def test_sandbox_demo_script(tmp_path: Path) -> None:
+    """The README's first command's core: a scripted conversation, exit 0, replies shown."""
+    script = tmp_path / "chat.txt"
+    script.write_text("/start\n# a comment\nWhat time do you open?\nget me a human operator\n")
+    env = env_without_gateway_vars()
+    env.pop("REDIS_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "sandbox", "--script", str(script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "you: /start" in out and "bot: Hello, Alice" in out
+    assert "you: What time do you open?" in out
+    assert "operator" in out.split("you: get me a human operator", 1)[1]
+    assert "# a comment" not in out
+    assert os.path.exists(script)

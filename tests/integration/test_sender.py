@@ -1,0 +1,240 @@
+"""The sender against the emulator: splitting, error classification, idempotence, results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.contracts import OutboundEntry
+from gateway.emulator import Emulator
+from gateway.errors import TelegramFatal
+from gateway.streams import ensure_groups, publish_outbound
+from tests.helpers import (
+    BOT_ID,
+    BOT_USERNAME,
+    TOKEN,
+    dead_letters,
+    make_config,
+    results,
+    running,
+    wait_for,
+)
+from workers.roles import serve_sender
+
+pytestmark = pytest.mark.integration
+
+CHAT = 1001
+OTHER = 1002
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    emulator = Emulator(token=TOKEN, bot_username=BOT_USERNAME)
+    await emulator.start("127.0.0.1", 0)
+    for chat in (CHAT, OTHER):
+        emulator.add_chat(chat, type="private")
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+def entry(chat: int | str = CHAT, text: str = "hello", **kw: object) -> OutboundEntry:
+    payload = kw.pop("payload", {"text": text})
+    return OutboundEntry(bot_id=BOT_ID, chat_id=chat, payload=payload, **kw)  # type: ignore[arg-type]
+
+
+async def publish(redis: aioredis.Redis, cfg: object, *entries: OutboundEntry) -> None:
+    await ensure_groups(redis, cfg.keys)  # type: ignore[attr-defined]
+    await publish_outbound(redis, cfg.keys, entries)  # type: ignore[attr-defined]
+
+
+async def test_long_text_is_split_in_order_with_one_result(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    cfg = make_config(redis_url, emu.api_url)
+    paragraphs = [f"Paragraph {i}: " + "word " * 300 for i in range(6)]
+    text = "\n\n".join(paragraphs)
+    assert len(text) > 2 * 4096
+    e = entry(text=text)
+    await publish(redis, cfg, e)
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        got = await emu.wait_messages(CHAT, 3, timeout=15)
+        [res] = await wait_for(lambda: results(redis, cfg), message="result")
+    assert all(len(m["text"]) <= 4096 for m in got)
+    assert " ".join(m["text"] for m in got).split() == text.split()
+    assert res["ok"] == "1" and res["reply_id"] == e.reply_id
+    assert res["message_ids"] == str([m["message_id"] for m in got]).replace(" ", "")
+
+
+async def test_redelivered_entry_is_not_sent_twice(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """The same reply_id published twice (a retried callback, a replay) goes out once."""
+    cfg = make_config(redis_url, emu.api_url)
+    e = entry(text="only once")
+    await publish(redis, cfg, e, e, entry(text="then this"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await emu.wait_messages(CHAT, 2, timeout=15)
+        await wait_for(lambda: _count(redis, cfg, 3), message="3 results")
+    assert [m["text"] for m in emu.messages(CHAT)] == ["only once", "then this"]
+
+
+async def _count(redis: aioredis.Redis, cfg: object, n: int) -> bool:
+    return len(await results(redis, cfg)) >= n
+
+
+async def test_blocked_chat_is_dead_lettered_and_remembered(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.faults.forbid_chat(CHAT)
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(text="first"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(lambda: dead_letters(redis, cfg), message="dead letter")
+        calls = emu.stats()["requests"].get("sendMessage", 0)
+        await publish(redis, cfg, entry(text="second"), entry(chat=OTHER, text="other chat"))
+        await emu.wait_messages(OTHER, 1, timeout=10)
+        dead = await wait_for(lambda: _dead_n(redis, cfg, 2), message="second dead letter")
+    assert [d["reason"] for d in dead] == ["bot_blocked", "bot_blocked"]
+    # the second reply to the blocked chat never reached Telegram
+    assert emu.stats()["requests"].get("sendMessage", 0) == calls + 1
+    res = [r for r in await results(redis, cfg) if r["chat_id"] == str(CHAT)]
+    assert [r["ok"] for r in res] == ["0", "0"] and res[0]["error_code"] == "403"
+
+
+async def _dead_n(redis: aioredis.Redis, cfg: object, n: int) -> list[dict[str, str]]:
+    dead = await dead_letters(redis, cfg)
+    return dead if len(dead) >= n else []
+
+
+async def test_chat_not_found_is_permanent(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(chat=999_999, text="nobody"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="dead letter")
+    assert dead["reason"] == "chat_not_found" and dead["stage"] == "sender"
+    assert emu.stats()["requests"]["sendMessage"] == 1
+
+
+async def test_5xx_html_is_retried_then_delivered(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.faults.fail_next("sendMessage", 2, status=502)
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(text="through the storm"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [msg] = await emu.wait_messages(CHAT, 1, timeout=15)
+        [res] = await wait_for(lambda: results(redis, cfg), message="result")
+    assert msg["text"] == "through the storm"
+    assert res["ok"] == "1" and res["attempts"] == "3"
+
+
+async def test_5xx_past_the_attempt_budget_is_dead_lettered(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.faults.fail_next("sendMessage", 50, status=500)
+    cfg = make_config(redis_url, emu.api_url, sender={"sender_max_attempts": 3})
+    await publish(redis, cfg, entry(text="doomed"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="dead letter")
+    assert dead["reason"] == "retries_exhausted"
+    assert emu.stats()["requests"]["sendMessage"] == 3
+
+
+async def test_flood_wait_holds_only_that_chat(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.faults.flood_chat(CHAT, retry_after=1, count=1)
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(text="flooded"), entry(chat=OTHER, text="free"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [flooded] = await emu.wait_messages(CHAT, 1, timeout=15)
+        await emu.wait_messages(OTHER, 1, timeout=15)
+    assert flooded["text"] == "flooded"
+    sent = {s["chat_id"]: s["ts"] for s in emu.sent()}
+    assert sent[CHAT] - sent[OTHER] >= 0.9  # waited retry_after; the other chat did not
+
+
+async def test_migrated_group_gets_the_message_at_its_new_id(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    old, new = -4001, -1004001
+    emu.add_chat(old, type="group", title="Old")
+    emu.add_chat(new, type="supergroup", title="New")
+    emu.faults.migrate_chat(old, new)
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(chat=old, text="moved"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [msg] = await emu.wait_messages(new, 1, timeout=15)
+    assert msg["text"] == "moved"
+    assert emu.messages(old) == []
+
+
+async def test_expired_entry_is_dead_lettered_not_sent(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(text="too late", deadline=time.time() - 1))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="dead letter")
+    assert dead["reason"] == "expired"
+    assert emu.sent() == []
+
+
+async def test_photo_document_and_long_caption(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    cfg = make_config(redis_url, emu.api_url)
+    caption = "Caption sentence. " * 100  # > 1024
+    await publish(
+        redis,
+        cfg,
+        entry(
+            method="sendPhoto", payload={"photo": "https://example.com/a.png", "caption": caption}
+        ),
+        entry(method="sendDocument", payload={"document": "BQACAgIAAxkBAAIF"}),
+    )
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        got = await emu.wait_messages(CHAT, 3, timeout=15)
+    assert "photo" in got[0] and len(got[0]["caption"]) <= 1024
+    assert "text" in got[1]
+    assert (got[0]["caption"] + " " + got[1]["text"]).split() == caption.split()
+    assert "document" in got[-1]
+
+
+async def test_bad_html_is_retried_without_parse_mode(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(payload={"text": "<b>unclosed", "parse_mode": "HTML"}))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [msg] = await emu.wait_messages(CHAT, 1, timeout=15)
+    assert msg["text"] == "<b>unclosed"
+
+
+async def test_unauthorized_stops_the_sender_with_a_clear_error(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.faults.unauthorized(True)
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(text="x"))
+    stop = asyncio.Event()
+    with pytest.raises(TelegramFatal, match="TELEGRAM_BOT_TOKEN"):
+        await asyncio.wait_for(serve_sender(cfg, stop), 15)
+    # nothing acknowledged: the entry waits for a sender with a good token
+    info = await redis.xpending(_stream_of(cfg, CHAT), "senders")
+    assert info["pending"] == 1
+
+
+def _stream_of(cfg: object, chat: int) -> str:
+    from gateway.contracts import partition_for
+
+    keys = cfg.keys  # type: ignore[attr-defined]
+    return keys.outbound(partition_for(chat, keys.partitions))  # type: ignore[no-any-return]
