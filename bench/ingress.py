@@ -379,13 +379,13 @@ def table(results: list[ServerResult], duration: int) -> str:
     by = {r.server: r for r in results}
     head = (
         "| server | req/s | p50 ms | p99 ms | non-2xx | socket errors | idle RSS MiB "
-        "| server CPU | redis CPU | vs aiogram | vs bare |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| server CPU | CPU µs/req | redis CPU | vs aiogram | vs bare |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [head]
     for r in results:
         if r.run is None:
-            rows.append(f"| {r.server} | failed: {r.error} | | | | | | | | | |")
+            rows.append(f"| {r.server} | failed: {r.error} | | | | | | | | | | |")
             continue
         w = r.run
         span = w.duration_s or float(duration)
@@ -393,7 +393,8 @@ def table(results: list[ServerResult], duration: int) -> str:
         rows.append(
             f"| {r.server} | {w.rps:,.0f} | {w.p50_ms:.2f} | {w.p99_ms:.2f} | {w.non_2xx} "
             f"| {sum(w.socket_errors.values())} | {r.idle_rss_kib / 1024:.1f} "
-            f"| {100 * r.server_cpu_s / span:.0f}% | {redis_cpu} "
+            f"| {100 * r.server_cpu_s / span:.0f}% | {1e6 * r.server_cpu_s / w.requests:.0f} "
+            f"| {redis_cpu} "
             f"| {_fmt_ratio(_ratio(r, by.get('aiogram')))} "
             f"| {_fmt_ratio(_ratio(r, by.get('bare')))} |"
         )

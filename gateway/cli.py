@@ -18,6 +18,7 @@ from typing import Any
 from gateway.errors import ConfigError, GatewayError, TelegramFatal
 from gateway.logs import setup_logging
 from gateway.settings import (
+    Config,
     IngressSettings,
     LogSettings,
     PipelineSettings,
@@ -34,25 +35,21 @@ EXIT_CONFIG = 2
 EXIT_TELEGRAM = 3
 
 
-def _roles() -> Any:
-    return importlib.import_module("workers.roles")
-
-
-def load_config(**telegram_overrides: Any) -> Any:
+def load_config(**telegram_overrides: Any) -> Config:
     """Every settings class, validated; ``ConfigError`` names the first bad variable."""
-    settings = {
-        "telegram": load(TelegramSettings, **telegram_overrides),
-        "redis": load(RedisSettings),
-        "pipeline": load(PipelineSettings),
-        "ingress": load(IngressSettings),
-        "worker": load(WorkerSettings),
-        "sender": load(SenderSettings),
-    }
+    config = Config(
+        telegram=load(TelegramSettings, **telegram_overrides),
+        redis=load(RedisSettings),
+        pipeline=load(PipelineSettings),
+        ingress=load(IngressSettings),
+        worker=load(WorkerSettings),
+        sender=load(SenderSettings),
+    )
     load(LogSettings)
-    return _roles().Config(**settings)
+    return config
 
 
-def _secrets(cfg: Any) -> tuple[str, ...]:
+def _secrets(cfg: Config) -> tuple[str, ...]:
     out = []
     tg = cfg.telegram
     if tg.telegram_bot_token is not None:
@@ -91,12 +88,15 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
     stop.set()
 
 
-def _role(name: str) -> Callable[[argparse.Namespace], int]:
+def _role(target: str) -> Callable[[argparse.Namespace], int]:
+    """``module:function``; imported only when the role runs (ingress never loads aiogram)."""
+
     def command(args: argparse.Namespace) -> int:
         cfg = load_config()
         logs = load(LogSettings)
         setup_logging(logs.log_level, logs.log_format, _secrets(cfg))
-        fn = getattr(_roles(), name)
+        module, _, name = target.partition(":")
+        fn = getattr(importlib.import_module(module), name)
         return run_async(lambda stop: fn(cfg, stop))
 
     return command
@@ -193,12 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, help_ in (
         (
             "ingress",
-            "serve_ingress_role",
+            "gateway.serve:serve_ingress_role",
             "HTTP service: Telegram webhook or long polling, pipeline callbacks, /healthz, /readyz",
         ),
-        ("worker", "serve_worker", "update consumer: bot commands and the pipeline"),
-        ("sender", "serve_sender", "outbound consumer: rate-limited sends to the Bot API"),
-        ("run", "serve_all", "ingress, worker and sender in one process"),
+        ("worker", "workers.roles:serve_worker", "update consumer: bot commands and the pipeline"),
+        (
+            "sender",
+            "workers.roles:serve_sender",
+            "outbound consumer: rate-limited sends to the Bot API",
+        ),
+        ("run", "workers.roles:serve_all", "ingress, worker and sender in one process"),
     ):
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=_role(fn))

@@ -13,7 +13,13 @@ from gateway.contracts import Keys
 from gateway.errors import TelegramFatal
 from gateway.ingress import IngressApp, IngressConfig
 from gateway.poller import UNAUTHORIZED_HELP, Poller, backoff
-from gateway.settings import IngressSettings, PipelineSettings, RedisSettings, TelegramSettings
+from gateway.settings import (
+    Config,
+    IngressSettings,
+    PipelineSettings,
+    RedisSettings,
+    TelegramSettings,
+)
 from gateway.streams import connect, ensure_groups
 from gateway.telegram import BotApi, BotApiError
 
@@ -152,6 +158,13 @@ async def serve_ingress(
         stop_task.cancel()
         if api is not None:
             await api.aclose()
+
+
+async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
+    """The ingress role from the shared ``Config`` (no aiogram import: small and fast)."""
+    await serve_ingress(
+        cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
+    )
 
 
 def redact_url(url: str) -> str:

@@ -7,11 +7,13 @@ validation failure into one ``ConfigError`` line naming the variable.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.contracts import Keys
 from gateway.errors import ConfigError
 
 PUBLIC_API_URL = "https://api.telegram.org"
@@ -241,6 +243,23 @@ class LogSettings(_Base):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+
+@dataclass
+class Config:
+    """All settings of the roles, built once at start and passed down."""
+
+    telegram: TelegramSettings
+    redis: RedisSettings
+    pipeline: PipelineSettings
+    ingress: IngressSettings
+    worker: WorkerSettings
+    sender: SenderSettings
+    extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.redis.stream_prefix, self.redis.partitions)
 
 
 S = TypeVar("S", bound=BaseSettings)

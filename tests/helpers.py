@@ -162,6 +162,7 @@ def make_config(
 ) -> Any:
     """A role ``Config`` for tests: fast polling, short blocks, everything overridable."""
     from gateway.settings import (
+        Config,
         IngressSettings,
         PipelineSettings,
         RedisSettings,
@@ -170,7 +171,6 @@ def make_config(
         WorkerSettings,
         load,
     )
-    from workers.roles import Config
 
     port = free_port()
     return Config(
@@ -207,7 +207,8 @@ def make_config(
 
 
 def all_roles(cfg: Any) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
-    from workers.roles import serve_ingress_role, serve_sender, serve_worker
+    from gateway.serve import serve_ingress_role
+    from workers.roles import serve_sender, serve_worker
 
     return [
         lambda stop: serve_ingress_role(cfg, stop),

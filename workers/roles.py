@@ -5,25 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import User
 
-from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, Stage
+from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.errors import TelegramFatal
 from gateway.poller import UNAUTHORIZED_HELP, backoff
-from gateway.serve import serve_ingress
-from gateway.settings import (
-    IngressSettings,
-    PipelineSettings,
-    RedisSettings,
-    SenderSettings,
-    TelegramSettings,
-    WorkerSettings,
-)
+from gateway.serve import serve_ingress_role
+from gateway.settings import Config, PipelineSettings, TelegramSettings
 from gateway.streams import connect
 from gateway.telegram import BotApi, BotApiError
 from workers.commands import load_routers
@@ -37,23 +29,6 @@ from workers.worker import UpdateHandler, build_dispatcher
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
-
-
-@dataclass
-class Config:
-    """All settings of the roles, built once by the CLI and passed down."""
-
-    telegram: TelegramSettings
-    redis: RedisSettings
-    pipeline: PipelineSettings
-    ingress: IngressSettings
-    worker: WorkerSettings
-    sender: SenderSettings
-    extra_routers: list[object] = field(default_factory=list)
-
-    @property
-    def keys(self) -> Keys:
-        return Keys(self.redis.stream_prefix, self.redis.partitions)
 
 
 def make_bot(tg: TelegramSettings) -> Bot:
@@ -125,7 +100,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             apology_text=ws.apology_text,
             reply_fields=ps.pipeline_reply_fields,
         )
-        handler = UpdateHandler(services, bot, build_dispatcher(routers))  # type: ignore[arg-type]
+        handler = UpdateHandler(services, bot, build_dispatcher(routers))
         consumer = StreamConsumer(
             redis,
             cfg.keys,
@@ -198,12 +173,6 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)
         log.info("sender stopped: %d sent, %d flood waits", sender.sent, sender.flood_waits)
-
-
-async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
-    await serve_ingress(
-        cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
-    )
 
 
 async def serve_all(cfg: Config, stop: asyncio.Event) -> None:

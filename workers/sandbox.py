@@ -28,7 +28,9 @@ import redis.asyncio as aioredis
 from gateway.cli import run_async
 from gateway.emulator import Emulator
 from gateway.logs import setup_logging
+from gateway.serve import serve_ingress_role
 from gateway.settings import (
+    Config,
     IngressSettings,
     PipelineSettings,
     RedisSettings,
@@ -37,7 +39,7 @@ from gateway.settings import (
     WorkerSettings,
     load,
 )
-from workers.roles import Config, serve_ingress_role, serve_sender, serve_worker
+from workers.roles import serve_sender, serve_worker
 
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"  # noqa: S105 - the emulator's token
 USERNAME = "example_gateway_bot"

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 
 from gateway.emulator import Emulator
 from gateway.errors import TelegramFatal
+from gateway.serve import serve_ingress_role
 from gateway.streams import connect
 from tests.helpers import BOT_USERNAME, TOKEN, RedisProcess, make_config, running, wait_for
-from workers.roles import serve_ingress_role
 
 pytestmark = pytest.mark.integration
 

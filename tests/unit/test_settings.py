@@ -140,3 +140,10 @@ def test_cli_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("tg-gateway: configuration error: PARTITIONS:")
+
+
+def test_readme_configuration_table_names_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    fields = {name.upper() for cls in ALL for name in cls.model_fields}
+    missing = sorted(f for f in fields if f"`{f}`" not in readme)
+    assert missing == [], f"README's configuration table lacks {missing}"
