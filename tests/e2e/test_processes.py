@@ -164,3 +164,69 @@ def test_sandbox_demo_script(tmp_path: Path) -> None:
     assert "operator" in out.split("you: get me a human operator", 1)[1]
     assert "# a comment" not in out
     assert os.path.exists(script)
+
+
+def test_webhook_commands_against_the_emulator(cluster: Cluster, tmp_path: Path) -> None:
+    """`tg-gateway webhook set|info|delete` with the settings an operator would use."""
+    emu_port = free_port()
+    emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
+    _wait_port(emu_port, emu)
+    env = {
+        **env_without_gateway_vars(),
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_URL": f"http://127.0.0.1:{emu_port}",
+        "TELEGRAM_WEBHOOK_URL": "https://gw.example.com/webhook/telegram",
+        "TELEGRAM_WEBHOOK_SECRET": "op_secret-1",
+        "TELEGRAM_MAX_CONNECTIONS": "7",
+        "TELEGRAM_ALLOWED_UPDATES": "message,callback_query",
+    }
+
+    def webhook(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "webhook", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert webhook("set", "--drop-pending").returncode == 0
+    info = webhook("info")
+    assert info.returncode == 0, info.stderr
+    assert '"url": "https://gw.example.com/webhook/telegram"' in info.stdout
+    assert '"max_connections": 7' in info.stdout
+    assert webhook("delete").returncode == 0
+    assert '"url": ""' in webhook("info").stdout
+    env["TELEGRAM_BOT_TOKEN"] = "123:wrong-token-wrong-token-xx"
+    bad = webhook("info")
+    assert bad.returncode == 3
+    assert "401" in bad.stderr and "wrong-token" not in bad.stderr
+
+
+def test_run_all_roles_in_one_process(cluster: Cluster, redis_url: str) -> None:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushall()
+    emu_port, ingress_port = free_port(), free_port()
+    emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
+    _wait_port(emu_port, emu)
+    run = cluster.start(
+        "run",
+        ["run"],
+        {
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": f"http://127.0.0.1:{emu_port}",
+            "TELEGRAM_POLL_TIMEOUT": "1",
+            "REDIS_URL": redis_url,
+            "INGRESS_HOST": "127.0.0.1",
+            "INGRESS_PORT": str(ingress_port),
+        },
+    )
+    _wait_port(ingress_port, run)
+    with httpx.Client(base_url=f"http://127.0.0.1:{emu_port}", timeout=30) as client:
+        client.post("/_emu/send", json={"user_id": ALICE, "text": "hello"}).raise_for_status()
+        resp = client.get(f"/_emu/chats/{ALICE}/messages", params={"wait": 1, "timeout": 25})
+    assert resp.status_code == 200, cluster.logs()
+    assert cluster.stop_all()["run"] == 0, cluster.logs()
