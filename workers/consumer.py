@@ -1,8 +1,12 @@
 """A consumer-group loop shared by the worker and the sender (redis-py directly).
 
-- reads every partition of a role with one bounded XREADGROUP (``count``), so a stop
-  leaves little in flight;
-- handles different chats concurrently and one chat's entries strictly in order;
+- reads every partition of a role with bounded XREADGROUPs and keeps at most
+  ``max_in_flight`` entries fetched but unfinished, so a stop leaves little in flight;
+- gives every chat a *lane*: one chat's entries run strictly in order, different chats
+  run concurrently, and a slow chat (a slow pipeline call, a rate-limit wait) holds only
+  its own lane while reads continue for the others;
+- keeps its fetched entries from looking idle (XCLAIM ... JUSTID to itself) so no other
+  consumer claims an entry that is only waiting in a lane;
 - XACKs only after the handler finished (or dead-letters with a reason, then acks);
 - an entry whose handler raised stays pending and is re-claimed (XAUTOCLAIM) after
   ``claim_idle_ms``, also from dead consumers; past ``max_deliveries`` it is dead-lettered;
@@ -18,7 +22,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +57,8 @@ class Dead:
 
 
 Outcome = Ack | Dead
+Item = tuple[str, str, dict[bytes, bytes], int]
+"""(stream, entry id, fields, delivery count)"""
 Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
 """(stream, entry id, fields, delivery count) → outcome; raising leaves the entry pending."""
 
@@ -69,6 +75,7 @@ class ConsumerConfig:
     claim_every: float = 5.0
     max_deliveries: int = 5
     grace: float = 10.0
+    max_in_flight: int = 256
 
 
 class StreamConsumer:
@@ -92,6 +99,14 @@ class StreamConsumer:
         self.dead = 0
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
+        self._lanes: dict[tuple[str, bytes], deque[Item]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[str, set[str]] = defaultdict(set)  # stream -> fetched, unfinished ids
+        self._in_flight = 0
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._fatal: BaseException | None = None
+        self._unfinished: dict[str, list[str]] = defaultdict(list)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -100,15 +115,27 @@ class StreamConsumer:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     async def run(self) -> None:
-        """Consume until stopped. Redis errors are retried, never fatal."""
+        """Consume until stopped, then let the lanes finish. Redis errors are retried."""
         failures = 0
         await self._bootstrap()
         while not self.stopping:
+            if self._fatal is not None:
+                raise self._fatal
             try:
-                batch = await self._claim_due()
+                await self._keep_held_fresh()
+                free = self.config.max_in_flight - self._in_flight
+                if free <= 0:
+                    self._capacity.clear()
+                    await self._wait_capacity()
+                    continue
+                batch = await self._claim_due(free)
                 if not batch:
-                    batch = await self._read()
+                    batch = await self._read(min(free, self.config.count))
                 failures = 0
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -122,8 +149,99 @@ class StreamConsumer:
                 log.warning("%s: redis error (%s); retrying in %.1fs", self.config.role, exc, delay)
                 await self._sleep(delay)
                 continue
-            if batch:
-                await self._process(batch)
+            for item in batch:
+                self._dispatch(item)
+        await self.drain()
+        await self._hand_back()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def drain(self) -> None:
+        """Wait until every lane finished what it holds."""
+        while self._lane_tasks:
+            await asyncio.gather(*list(self._lane_tasks), return_exceptions=True)
+
+    async def _wait_capacity(self) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        cap = asyncio.ensure_future(self._capacity.wait())
+        await asyncio.wait(
+            [stop, cap], timeout=self.config.claim_every, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop.cancel()
+        cap.cancel()
+
+    def _dispatch(self, item: Item) -> None:
+        stream, entry_id, fields, _ = item
+        if entry_id in self._held[stream]:
+            return  # our own entry, claimed back while it waits in a lane
+        self._held[stream].add(entry_id)
+        self._in_flight += 1
+        key = (stream, self.order_key(fields))
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(item)
+            return
+        self._lanes[key] = deque([item])
+        task = asyncio.create_task(self._run_lane(key))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _run_lane(self, key: tuple[str, bytes]) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                if self.stopping:
+                    break  # finish only what a lane had started; hand back the rest
+                stream, entry_id, fields, deliveries = lane[0]
+                try:
+                    await self._handle_one(stream, entry_id, fields, deliveries)
+                except GatewayFatal as exc:
+                    self._fatal = exc
+                    self.stop()
+                    return
+                lane.popleft()
+                self._held[stream].discard(entry_id)
+                self._in_flight -= 1
+                self._capacity.set()
+        finally:
+            # On cancel (grace over) or a fatal error the rest stays pending: claimed later.
+            for stream, entry_id, _, _ in lane:
+                self._held[stream].discard(entry_id)
+                self._unfinished[stream].append(entry_id)
+                self._in_flight -= 1
+            del self._lanes[key]
+            self._capacity.set()
+
+    async def _hand_back(self) -> None:
+        """Make entries we fetched but did not start claimable at once by other consumers."""
+        for stream, ids in self._unfinished.items():
+            if not ids:
+                continue
+            try:
+                await self.redis.xclaim(
+                    stream,
+                    self.config.group,
+                    self.name,
+                    0,
+                    list[Any](ids),
+                    idle=self.config.claim_idle_ms,
+                    justid=True,
+                )
+                log.info("%s: handed back %d unstarted entries", self.config.role, len(ids))
+            except (RedisError, OSError) as exc:  # they stay pending and are claimed later
+                log.warning("%s: hand-back failed (%s)", self.config.role, exc)
+        self._unfinished.clear()
+
+    async def _keep_held_fresh(self) -> None:
+        """Reset the idle time of entries waiting in our lanes, so nobody claims them."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_claim < self.config.claim_every:
+            return
+        for stream, ids in self._held.items():
+            if ids:
+                await self.redis.xclaim(
+                    stream, self.config.group, self.name, 0, list(ids), justid=True
+                )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -143,29 +261,29 @@ class StreamConsumer:
                 )
                 await self._sleep(delay)
 
-    async def _read(self) -> list[tuple[str, str, dict[bytes, bytes], int]]:
+    async def _read(self, count: int) -> list[Item]:
         streams = {s: ">" for s in self.config.streams}
         reply: Any = await self.redis.xreadgroup(
             self.config.group,
             self.name,
             streams,  # type: ignore[arg-type]
-            count=self.config.count,
+            count=count,
             block=self.config.block_ms,
         )
-        out: list[tuple[str, str, dict[bytes, bytes], int]] = []
+        out: list[Item] = []
         for stream, entries in reply or []:
             s = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in entries:
                 out.append((s, entry_id.decode(), fields, 1))
         return out
 
-    async def _claim_due(self) -> list[tuple[str, str, dict[bytes, bytes], int]]:
+    async def _claim_due(self, limit: int) -> list[Item]:
         """Entries idle past ``claim_idle_ms`` (any consumer's), with their delivery counts."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_claim < self.config.claim_every:
             return []
         self._last_claim = loop.time()
-        out: list[tuple[str, str, dict[bytes, bytes], int]] = []
+        out: list[Item] = []
         for stream in self.config.streams:
             res: Any = await self.redis.xautoclaim(
                 stream,
@@ -173,7 +291,7 @@ class StreamConsumer:
                 self.name,
                 min_idle_time=self.config.claim_idle_ms,
                 start_id="0-0",
-                count=self.config.count,
+                count=min(limit, self.config.count),
             )
             claimed = res[1] if len(res) > 1 else []
             deleted = res[2] if len(res) > 2 else []
@@ -185,7 +303,7 @@ class StreamConsumer:
             for entry_id, fields in claimed:
                 eid = entry_id.decode()
                 out.append((stream, eid, fields, counts.get(eid, 2)))
-            if len(out) >= self.config.count:
+            if len(out) >= limit:
                 break
         return out
 
@@ -199,19 +317,6 @@ class StreamConsumer:
             mid = item["message_id"]
             out[mid.decode() if isinstance(mid, bytes) else str(mid)] = int(item["times_delivered"])
         return out
-
-    async def _process(self, batch: list[tuple[str, str, dict[bytes, bytes], int]]) -> None:
-        by_chat: dict[tuple[str, bytes], list[tuple[str, str, dict[bytes, bytes], int]]]
-        by_chat = defaultdict(list)
-        for item in batch:
-            by_chat[(item[0], self.order_key(item[2]))].append(item)
-        await asyncio.gather(*(self._run_chat(items) for items in by_chat.values()))
-
-    async def _run_chat(self, items: list[tuple[str, str, dict[bytes, bytes], int]]) -> None:
-        # Fetched entries are finished even after stop(); run_until_stopped bounds that by
-        # the grace period and cancels the rest, which stay pending for a claim.
-        for stream, entry_id, fields, deliveries in items:
-            await self._handle_one(stream, entry_id, fields, deliveries)
 
     async def _handle_one(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int

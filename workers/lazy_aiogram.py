@@ -75,5 +75,13 @@ def import_aiogram() -> bool:
         namespace.update(vars(sys.modules[cls.__module__]))
         namespace.update(given.get(cls, {}))
         cls.__pydantic_parent_namespace__ = namespace  # type: ignore[attr-defined]
+    # Models built later as parts of others (``Response[Message]`` is parametrized at call
+    # time) resolve forward refs in their own module's globals, where aiogram imports the
+    # types only under TYPE_CHECKING: give every aiogram module the names it lacks.
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("aiogram.") and module is not None:
+            module_ns = vars(module)
+            for name, value in types_ns.items():
+                module_ns.setdefault(name, value)
     _state["lazy"] = True
     return True

@@ -44,6 +44,12 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
         "  'answerCallbackQuery': {'callback_query_id': '1'}}\n"
         "for name, cls in METHODS.items():\n"
         "    cls(**samples[name])\n"
+        "from aiogram.methods.base import Response\n"
+        "msg = {'message_id': 1, 'date': 0, 'chat': {'id': 1, 'type': 'private'}}\n"
+        "Response[Message].model_validate({'ok': True, 'result': msg})\n"
+        "Response[list[Update]].model_validate(\n"
+        "    {'ok': True, 'result': [{'update_id': 1, 'message': msg}]})\n"
+        "Response[bool].model_validate({'ok': True, 'result': True})\n"
         "print(lazy(), len(files), ','.join(kinds))"
     )
     lazy, count, kinds = out.split()

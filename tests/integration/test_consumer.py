@@ -1,0 +1,260 @@
+"""The consumer-group loop on real Redis: order per chat, concurrency, claims, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.contracts import Keys, Reason, Stage, decode_fields
+from gateway.streams import connect, ensure_groups
+from tests.helpers import RedisProcess, wait_for
+from workers.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys("t", 2)
+GROUP = "workers"
+
+Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
+
+
+def consumer(redis: aioredis.Redis, handler: Handler, **kw: object) -> StreamConsumer:
+    cfg = ConsumerConfig(
+        role=str(kw.pop("role", "worker")),
+        group=GROUP,
+        stage=Stage.WORKER,
+        streams=KEYS.all_updates(),
+        count=int(kw.pop("count", 8)),  # type: ignore[call-overload]
+        block_ms=50,
+        claim_idle_ms=int(kw.pop("claim_idle_ms", 300)),  # type: ignore[call-overload]
+        claim_every=0.1,
+        max_deliveries=int(kw.pop("max_deliveries", 3)),  # type: ignore[call-overload]
+        max_in_flight=int(kw.pop("max_in_flight", 64)),  # type: ignore[call-overload]
+    )
+    c = StreamConsumer(redis, KEYS, cfg, handler)
+    if "name" in kw:
+        c.name = str(kw["name"])
+    return c
+
+
+async def add(redis: aioredis.Redis, chat: int, seq: int) -> str:
+    await ensure_groups(redis, KEYS)
+    entry_id = await redis.xadd(KEYS.updates(chat % 2), {"chat_id": str(chat), "seq": str(seq)})
+    return str(entry_id.decode())
+
+
+def seq_of(fields: dict[bytes, bytes]) -> tuple[int, int]:
+    return int(fields[b"chat_id"]), int(fields[b"seq"])
+
+
+async def run_until(c: StreamConsumer, cond: Callable[[], object], timeout: float = 15) -> None:
+    task = asyncio.create_task(c.run())
+    try:
+        await wait_for(cond, timeout=timeout, message="consumer progress")
+    finally:
+        c.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_per_chat_order_with_chats_in_parallel(redis: aioredis.Redis) -> None:
+    seen: dict[int, list[int]] = defaultdict(list)
+    active = 0
+    peak = 0
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        nonlocal active, peak
+        chat, seq = seq_of(fields)
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(random.uniform(0, 0.01))
+        seen[chat].append(seq)
+        active -= 1
+        return Ack()
+
+    for seq in range(20):
+        for chat in range(10):
+            await add(redis, chat, seq)
+    c = consumer(redis, handler)
+    await run_until(c, lambda: sum(map(len, seen.values())) == 200)
+    assert all(seqs == list(range(20)) for seqs in seen.values())
+    assert peak > 1
+    for stream in KEYS.all_updates():
+        assert (await redis.xpending(stream, GROUP))["pending"] == 0
+
+
+async def test_a_slow_chat_does_not_hold_up_the_others(redis: aioredis.Redis) -> None:
+    release = asyncio.Event()
+    done: list[int] = []
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        chat, _ = seq_of(fields)
+        if chat == 0:
+            await release.wait()
+        done.append(chat)
+        return Ack()
+
+    for seq in range(3):
+        await add(redis, 0, seq)
+    for seq in range(30):
+        await add(redis, 1 + seq % 5, seq)
+    c = consumer(redis, handler, count=4)
+    task = asyncio.create_task(c.run())
+    await wait_for(lambda: len(done) == 30, message="other chats done while chat 0 waits")
+    assert 0 not in done
+    release.set()
+    await wait_for(lambda: done.count(0) == 3, message="chat 0 finishes")
+    c.stop()
+    await task
+
+
+async def test_failed_entry_is_retried_then_dead_lettered(redis: aioredis.Redis) -> None:
+    attempts: dict[str, list[int]] = defaultdict(list)  # ids repeat across streams
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        attempts[f"{stream}/{eid}"].append(n)
+        chat, _ = seq_of(fields)
+        if chat == 7:
+            raise RuntimeError("poison")
+        if len(attempts[f"{stream}/{eid}"]) == 1 and chat == 3:
+            raise RuntimeError("transient")
+        return Ack()
+
+    poison = f"{KEYS.updates(1)}/{await add(redis, 7, 0)}"
+    flaky = f"{KEYS.updates(1)}/{await add(redis, 3, 0)}"
+    fine = f"{KEYS.updates(0)}/{await add(redis, 4, 0)}"
+    c = consumer(redis, handler, max_deliveries=3)
+    await run_until(c, lambda: _dead_count(redis, 1))
+    assert attempts[flaky] == [1, 2]
+    assert attempts[fine] == [1]
+    assert attempts[poison] == [1, 2, 3]  # the 4th delivery goes straight to the dead stream
+    [(_, dead)] = await redis.xrange(KEYS.dead)
+    d = decode_fields(dead)
+    assert d["reason"] == Reason.HANDLER_ERROR.value
+    assert f"{d['stream']}/{d['entry_id']}" == poison
+    assert decode_fields(__import__("orjson").loads(d["entry"])) == {"chat_id": "7", "seq": "0"}
+
+
+async def _dead_count(redis: aioredis.Redis, n: int) -> bool:
+    return int(await redis.xlen(KEYS.dead)) >= n
+
+
+async def test_dead_outcome_is_dead_lettered_and_acked(redis: aioredis.Redis) -> None:
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        return Dead(Reason.PIPELINE_REJECTED, "422 nope")
+
+    await add(redis, 1, 0)
+    c = consumer(redis, handler)
+    await run_until(c, lambda: _dead_count(redis, 1))
+    assert (await redis.xpending(KEYS.updates(1), GROUP))["pending"] == 0
+
+
+async def test_entries_of_a_dead_consumer_are_claimed(redis: aioredis.Redis) -> None:
+    await add(redis, 1, 0)
+    await add(redis, 1, 1)
+    # a consumer that read and then died (kill -9): entries pending under its name
+    await redis.xreadgroup(GROUP, "dead-consumer", {KEYS.updates(1): ">"}, count=10)
+    got: list[tuple[int, int]] = []
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        got.append((seq_of(fields)[1], n))
+        return Ack()
+
+    c = consumer(redis, handler, claim_idle_ms=200)
+    await run_until(c, lambda: len(got) == 2)
+    assert got == [(0, 2), (1, 2)]
+
+
+async def test_waiting_entries_are_not_stolen_by_another_consumer(redis: aioredis.Redis) -> None:
+    """An entry queued in a slow lane must not be claimed and run elsewhere meanwhile."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        runs.append(f"a{seq_of(fields)[1]}")
+        await release.wait()
+        return Ack()
+
+    async def other(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        runs.append(f"b{seq_of(fields)[1]}")
+        return Ack()
+
+    await add(redis, 1, 0)
+    await add(redis, 1, 1)
+    a = consumer(redis, slow, claim_idle_ms=200, name="a")
+    ta = asyncio.create_task(a.run())
+    await wait_for(lambda: runs == ["a0"], message="a holds both entries")
+    b = consumer(redis, other, claim_idle_ms=200, name="b")
+    tb = asyncio.create_task(b.run())
+    await asyncio.sleep(1.0)  # five claim periods of b, well past claim_idle_ms
+    assert runs == ["a0"]
+    release.set()
+    await wait_for(lambda: runs == ["a0", "a1"], message="a finishes in order")
+    a.stop()
+    b.stop()
+    await asyncio.gather(ta, tb)
+
+
+async def test_stop_hands_back_unstarted_entries(redis: aioredis.Redis) -> None:
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        started.append(seq_of(fields)[1])
+        await release.wait()
+        return Ack()
+
+    for seq in range(5):
+        await add(redis, 1, seq)
+    a = consumer(redis, slow, claim_idle_ms=60_000, name="a")
+    ta = asyncio.create_task(a.run())
+    await wait_for(lambda: started == [0], message="first entry started")
+    a.stop()
+    release.set()
+    await asyncio.wait_for(ta, 10)
+    assert started == [0]  # stopped after the entry in progress
+    got: list[int] = []
+
+    async def fast(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        got.append(seq_of(fields)[1])
+        return Ack()
+
+    # handed back with idle = claim_idle_ms: another consumer takes them at once
+    b = consumer(redis, fast, claim_idle_ms=60_000, name="b")
+    await run_until(b, lambda: got == [1, 2, 3, 4], timeout=10)
+
+
+async def test_survives_a_redis_restart_and_recreates_groups(own_redis: RedisProcess) -> None:
+    redis = connect(own_redis.url)
+    got: list[int] = []
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        got.append(seq_of(fields)[1])
+        return Ack()
+
+    c = consumer(redis, handler)
+    task = asyncio.create_task(c.run())
+    try:
+        await add(redis, 1, 0)
+        await wait_for(lambda: got == [0], message="first entry")
+        own_redis.stop(kill=True)  # no persistence: streams and groups are gone
+        own_redis.start()
+        await wait_for(lambda: _add_ok(redis), timeout=15, message="redis back")
+        await wait_for(lambda: got == [0, 1], timeout=20, message="entry after restart")
+        assert not task.done()
+    finally:
+        c.stop()
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
+
+
+async def _add_ok(redis: aioredis.Redis) -> bool:
+    try:
+        await redis.xadd(KEYS.updates(1), {"chat_id": "1", "seq": "1"})
+        return True
+    except Exception:
+        return False
