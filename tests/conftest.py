@@ -9,7 +9,6 @@ import pytest
 import redis.asyncio as aioredis
 
 import workers  # noqa: F401 - first aiogram import of the session: the lazy path, as in production
-
 from tests.helpers import RedisProcess, redis_server_binary
 
 

@@ -3,10 +3,11 @@
 aiogram's ``types/__init__`` rebuilds all of its ~450 models eagerly: about 105 MB of RSS
 on CPython 3.11, which put every worker and sender near 180 MB idle. The gateway touches a
 few dozen of them. While aiogram imports, its own ``model_rebuild`` calls are recorded
-instead of run; each incomplete model then gets the namespace that call would have used,
-and pydantic builds it the first time it validates (measured: 74 MB with every fixture
-update and every method the sender uses). ``TG_GATEWAY_EAGER_AIOGRAM=1`` turns this off;
-any surprise falls back to the normal import.
+instead of run; then every aiogram module gets the type names it imports only under
+TYPE_CHECKING, so pydantic can resolve a model's forward references whenever it first
+builds it (alone, or inside ``Response[Message]`` at call time). Measured: idle worker
+~96 MB, sender ~93 MB (``bench/idle_rss.py``). ``TG_GATEWAY_EAGER_AIOGRAM=1`` turns this
+off; any surprise during the import falls back to the normal import.
 """
 
 from __future__ import annotations
@@ -65,16 +66,9 @@ def import_aiogram() -> bool:
     finally:
         pydantic.BaseModel.model_rebuild = original  # type: ignore[method-assign]
     types_ns = {k: v for k, v in vars(aiogram.types).items() if not k.startswith("_")}
-    given = {cls: kw.get("_types_namespace") or {} for cls, kw in recorded}
-    for cls in set(_subclasses(pydantic.BaseModel)):
-        if not cls.__module__.startswith("aiogram"):
-            continue
-        if getattr(cls, "__pydantic_complete__", True):
-            continue
-        namespace = dict(types_ns)
-        namespace.update(vars(sys.modules[cls.__module__]))
-        namespace.update(given.get(cls, {}))
-        cls.__pydantic_parent_namespace__ = namespace  # type: ignore[attr-defined]
+    for _, kw in recorded:  # names aiogram passed to its rebuilds (List, Optional, Default)
+        for name, value in (kw.get("_types_namespace") or {}).items():
+            types_ns.setdefault(name, value)
     # Models built later as parts of others (``Response[Message]`` is parametrized at call
     # time) resolve forward refs in their own module's globals, where aiogram imports the
     # types only under TYPE_CHECKING: give every aiogram module the names it lacks.
