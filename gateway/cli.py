@@ -177,6 +177,61 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    """Publish one proactive message to the outbound stream (the sender delivers it)."""
+    import time as _time
+
+    from gateway.contracts import Keys, OutboundEntry
+    from gateway.streams import connect, ensure_groups, publish_outbound
+
+    tg = load(TelegramSettings, telegram_enabled=False)
+    rs = load(RedisSettings)
+    ss = load(SenderSettings)
+    if tg.bot_id == 0:
+        raise ConfigError("TELEGRAM_BOT_TOKEN: required for `send` (the bot id is its prefix)")
+    chat: int | str = int(args.chat_id) if args.chat_id.lstrip("-").isdigit() else args.chat_id
+    media = [(k, v) for k, v in (("photo", args.photo), ("document", args.document)) if v]
+    if len(media) > 1:
+        raise ConfigError("send: give --photo or --document, not both")
+    if not media and not args.text:
+        raise ConfigError("send: --text is required unless --photo or --document is given")
+    payload: dict[str, Any]
+    if media:
+        kind, ref = media[0]
+        method = "sendPhoto" if kind == "photo" else "sendDocument"
+        payload = {kind: ref}
+        if args.text:
+            payload["caption"] = args.text
+    else:
+        method, payload = "sendMessage", {"text": args.text}
+    if args.parse_mode:
+        payload["parse_mode"] = args.parse_mode
+    now = _time.time()
+    entry = OutboundEntry(
+        bot_id=tg.bot_id,
+        chat_id=chat,
+        method=method,
+        payload=payload,
+        origin="cli",
+        enqueued_at=now,
+        deadline=now + (args.ttl if args.ttl is not None else ss.outbound_ttl_seconds),
+    )
+
+    async def go() -> str:
+        redis = connect(rs.redis_url)
+        try:
+            keys = Keys(rs.stream_prefix, rs.partitions)
+            await ensure_groups(redis, keys)
+            [entry_id] = await publish_outbound(redis, keys, [entry])
+            return entry_id
+        finally:
+            await redis.aclose()
+
+    entry_id = asyncio.run(go())
+    print(f"queued reply_id={entry.reply_id} entry={entry_id} chat={chat} method={method}")
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     sandbox = importlib.import_module("workers.sandbox")
     return int(sandbox.main(args))
@@ -239,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--port", type=int, default=8090)
     pl.add_argument("--mode", choices=["async", "sync"], default="async")
     pl.set_defaults(func=cmd_pipeline)
+
+    se = sub.add_parser(
+        "send",
+        help="queue a proactive message (the sender delivers it, rate-limited)",
+        description="Publishes one entry to the outbound stream, like a CRM would. With "
+        "--photo/--document the text becomes the caption.",
+    )
+    se.add_argument("--chat-id", required=True, help="chat id or @channelusername")
+    se.add_argument("--text", help="message text (or the caption with media)")
+    se.add_argument("--photo", help="photo URL or file_id")
+    se.add_argument("--document", help="document URL or file_id")
+    se.add_argument("--parse-mode", choices=["HTML", "MarkdownV2", "Markdown"])
+    se.add_argument("--ttl", type=float, help="seconds before an unsent message expires")
+    se.set_defaults(func=cmd_send)
 
     sb = sub.add_parser(
         "sandbox",

@@ -121,9 +121,13 @@ class Keys:
         scope = "global" if chat_id is None else f"chat:{chat_id}"
         return f"{self.prefix}:flood:{bot_id}:{scope}"
 
-    def apology(self, bot_id: int, update_id: int) -> str:
-        """Set once the user was told a message could not be handled."""
-        return f"{self.prefix}:apology:{bot_id}:{update_id}"
+    def migrated(self, bot_id: int, chat_id: int | str) -> str:
+        """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
+        return f"{self.prefix}:migrated:{bot_id}:{chat_id}"
+
+    def counter(self, name: str) -> str:
+        """Cluster-wide counters (e.g. ``flood_waits``): cheap totals for ops."""
+        return f"{self.prefix}:counter:{name}"
 
 
 def _s(value: Any) -> str:

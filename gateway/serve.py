@@ -53,7 +53,9 @@ def build_ingress(
         reply_fields=ps.pipeline_reply_fields,
         outbound_ttl=outbound_ttl,
     )
-    return IngressApp(config, lambda: connect(rs.redis_url), rs.dedupe_ttl_seconds)
+    return IngressApp(
+        config, lambda: connect(rs.redis_url, rs.redis_max_connections), rs.dedupe_ttl_seconds
+    )
 
 
 async def _bootstrap_groups(app: IngressApp) -> None:

@@ -132,6 +132,7 @@ class RedisSettings(_Base):
     stream_prefix: str = Field(default="tg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     partitions: int = Field(default=4, ge=1, le=1024)
     dedupe_ttl_seconds: int = Field(default=86_400, ge=60)
+    redis_max_connections: int = Field(default=64, ge=4, le=10_000)
 
     @field_validator("redis_url")
     @classmethod
@@ -206,6 +207,7 @@ class WorkerSettings(_Base):
     claim_idle_ms: int = Field(default=60_000, ge=1000)
     max_deliveries: int = Field(default=5, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    worker_max_in_flight: int = Field(default=256, ge=1, le=100_000)
 
     @field_validator("worker_routers", mode="before")
     @classmethod
@@ -230,9 +232,20 @@ class SenderSettings(_Base):
     sender_backoff_max: float = Field(default=30.0, gt=0)
     outbound_ttl_seconds: float = Field(default=3600.0, gt=0)
     rate_margin: float = Field(default=0.05, ge=0, le=0.5)
+    sender_paid_broadcast: bool = False
+    sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
     claim_idle_ms: int = Field(default=60_000, ge=1000)
     max_deliveries: int = Field(default=5, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _paid_limit(self) -> SenderSettings:
+        if self.sender_global_per_second > 30 and not self.sender_paid_broadcast:
+            raise ValueError(
+                "SENDER_GLOBAL_PER_SECOND: above 30/s Telegram answers 429 unless the bot pays "
+                "for broadcasts (set SENDER_PAID_BROADCAST=true, up to 1000/s)"
+            )
+        return self
 
 
 class LogSettings(_Base):

@@ -41,15 +41,19 @@ def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
     return dict(fields)
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A pooled client; bytes in, bytes out (entries carry raw JSON)."""
-    return aioredis.Redis.from_url(
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client on a bounded pool: callers past ``max_connections`` wait for a connection
+    (up to 20 s) instead of failing; bytes in, bytes out (entries carry raw JSON)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=20,
         decode_responses=False,
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
         health_check_interval=15,
     )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 async def ensure_groups(redis: aioredis.Redis, keys: Keys) -> None:

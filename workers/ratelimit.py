@@ -8,37 +8,36 @@ period never holds more than ``limit`` sends when ``margin`` ≥ one interval's 
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from gateway.contracts import Keys
 
-# KEYS: flood_global, flood_chat, then one TAT key per limit.
-# ARGV: per limit key: emission interval in microseconds.
-# Returns 0 (allowed; TATs advanced) or the microseconds to wait.
+# KEYS: flood_global, flood_chat, [global TAT, chat TAT].
+# ARGV: [global interval µs, chat interval µs] (absent for calls that do not count).
+# Returns {global wait µs, chat wait µs}; both 0 means allowed and both TATs advanced.
+# Keys get a TTL so idle chats cost no memory.
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local wait = 0
-for i = 1, 2 do
-  local ttl = redis.call('PTTL', KEYS[i])
-  if ttl > 0 then wait = math.max(wait, ttl * 1000) end
-end
-if wait > 0 then return wait end
-local tats = {}
-for i = 3, #KEYS do
-  local interval = tonumber(ARGV[i - 2])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  if tat > now then wait = math.max(wait, tat - now) end
-  tats[i] = tat + interval
-end
-if wait > 0 then return wait end
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], tostring(tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
-end
-return 0
+local wait_g, wait_c = 0, 0
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then wait_g = ttl * 1000 end
+ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then wait_c = ttl * 1000 end
+if #KEYS < 4 or wait_g > 0 or wait_c > 0 then return {wait_g, wait_c} end
+local tat_g = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now)
+local tat_c = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now)
+if tat_g > now or tat_c > now then return {tat_g - now, tat_c - now} end
+tat_g = tat_g + tonumber(ARGV[1])
+tat_c = tat_c + tonumber(ARGV[2])
+redis.call('SET', KEYS[3], tostring(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
+redis.call('SET', KEYS[4], tostring(tat_c), 'PX', math.ceil((tat_c - now) / 1000) + 1000)
+return {0, 0}
 """
 
 
@@ -71,7 +70,12 @@ class Limits:
 
 
 class RateLimiter:
-    """Asks Redis whether one send to ``chat_id`` may go now."""
+    """Takes send budget from Redis; waits where needed, fairly.
+
+    A lane whose chat has no budget sleeps on its own. Lanes waiting only for the global
+    budget queue on one in-process lock (FIFO), so one of them polls Redis at a time
+    instead of all of them at every tick.
+    """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, bot_id: int, limits: Limits) -> None:
         self._redis = redis
@@ -79,9 +83,11 @@ class RateLimiter:
         self._bot_id = bot_id
         self._limits = limits
         self._script = redis.register_script(GCRA_LUA)
+        self._global_queue = asyncio.Lock()
+        self._recent_floods: deque[tuple[float, int | str]] = deque(maxlen=16)
 
-    async def acquire(self, chat_id: int | str, *, counts: bool = True) -> float:
-        """0.0 if the send may go now (budget taken), else seconds to wait first."""
+    async def try_acquire(self, chat_id: int | str, *, counts: bool = True) -> tuple[float, float]:
+        """(global wait, chat wait) in seconds; (0, 0) means the budget was taken."""
         k = self._keys
         keys = [k.flood_wait(self._bot_id, None), k.flood_wait(self._bot_id, chat_id)]
         args: list[int] = []
@@ -89,10 +95,42 @@ class RateLimiter:
             global_us, chat_us = self._limits.intervals_us(chat_id)
             keys += [k.rate_global(self._bot_id), k.rate_chat(self._bot_id, chat_id)]
             args = [global_us, chat_us]
-        wait = await self._script(keys=keys, args=args)
-        return int(wait) / 1_000_000
+        wait_g, wait_c = await self._script(keys=keys, args=args)
+        return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
 
-    async def flood(self, chat_id: int | str | None, retry_after: float) -> None:
-        """Record Telegram's 429 so every replica waits (chat scope, or global if None)."""
-        key = self._keys.flood_wait(self._bot_id, chat_id)
-        await self._redis.set(key, "1", px=max(1, int(retry_after * 1000)))
+    async def acquire(self, chat_id: int | str, *, counts: bool = True) -> None:
+        """Return once one send to ``chat_id`` may go (its budget is taken)."""
+        while True:
+            wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
+            if wait_g == 0 and wait_c == 0:
+                return
+            if wait_c >= wait_g:
+                await asyncio.sleep(wait_c)  # this chat's own wait: others go on
+                continue
+            async with self._global_queue:  # only the global budget is missing: queue up
+                while True:
+                    await asyncio.sleep(wait_g)
+                    wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
+                    if wait_g == 0 and wait_c == 0:
+                        return
+                    if wait_c >= wait_g:
+                        break
+
+    async def flood(self, chat_id: int | str, retry_after: float) -> bool:
+        """Record Telegram's 429 so every replica waits; True if it looked global.
+
+        Telegram does not say whether a 429 is per chat or per bot. One chat's 429 waits
+        for that chat; 429s on several chats within a second pause the whole bot.
+        """
+        now = time.monotonic()
+        self._recent_floods.append((now, chat_id))
+        chats = {c for t, c in self._recent_floods if now - t < 1.0}
+        scope: int | str | None = None if len(chats) >= 2 else chat_id
+        px = max(1, int(retry_after * 1000))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._keys.flood_wait(self._bot_id, chat_id), "1", px=px)
+        if scope is None:
+            pipe.set(self._keys.flood_wait(self._bot_id, None), "1", px=px)
+        pipe.incr(self._keys.counter("flood_waits"))
+        await pipe.execute()
+        return scope is None

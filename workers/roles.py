@@ -78,7 +78,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pipeline = make_pipeline(ps)
         stack.push_async_callback(pipeline.aclose)
-        redis = connect(cfg.redis.redis_url)
+        redis = connect(cfg.redis.redis_url, cfg.redis.redis_max_connections)
         stack.push_async_callback(redis.aclose)
         bot = make_bot(cfg.telegram)
         stack.push_async_callback(bot.session.close)
@@ -114,6 +114,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
                 claim_idle_ms=ws.claim_idle_ms,
                 max_deliveries=ws.max_deliveries,
                 grace=ws.shutdown_grace_seconds,
+                max_in_flight=ws.worker_max_in_flight,
             ),
             handler,
         )
@@ -135,7 +136,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         await stop.wait()
         return
     async with contextlib.AsyncExitStack() as stack:
-        redis = connect(cfg.redis.redis_url)
+        redis = connect(cfg.redis.redis_url, cfg.redis.redis_max_connections)
         stack.push_async_callback(redis.aclose)
         bot = make_bot(tg)
         stack.push_async_callback(bot.session.close)
@@ -153,6 +154,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             max_attempts=ss.sender_max_attempts,
             backoff_max=ss.sender_backoff_max,
             token=tg.token,
+            paid_broadcast=ss.sender_paid_broadcast,
         )
         consumer = StreamConsumer(
             redis,
@@ -167,6 +169,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
                 claim_idle_ms=ss.claim_idle_ms,
                 max_deliveries=ss.max_deliveries,
                 grace=ss.shutdown_grace_seconds,
+                max_in_flight=ss.sender_max_in_flight,
             ),
             sender,
         )

@@ -64,6 +64,8 @@ METHODS: dict[str, type[TelegramMethod[Any]]] = {
 }
 COUNTED = frozenset({"sendMessage", "sendPhoto", "sendDocument"})  # count toward limits
 SENT_TTL = 7 * 86_400
+MIGRATION_TTL = 90 * 86_400
+PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
 
 
 def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
@@ -112,6 +114,7 @@ class Sender:
         max_attempts: int,
         backoff_max: float,
         token: str,
+        paid_broadcast: bool = False,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -120,6 +123,7 @@ class Sender:
         self.max_attempts = max_attempts
         self.backoff_max = backoff_max
         self._token = token
+        self.paid_broadcast = paid_broadcast
         self.sent = 0
         self.flood_waits = 0
 
@@ -146,7 +150,13 @@ class Sender:
         message_ids: list[int] = []
         attempts = 0
         chat_id = entry.chat_id
+        if isinstance(chat_id, int) and chat_id < 0:  # only groups migrate
+            moved = await self.redis.get(self.keys.migrated(entry.bot_id, chat_id))
+            if moved is not None:
+                chat_id = int(moved)
         for index, (method, payload) in enumerate(plan_parts(entry)):
+            if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
+                payload = {**payload, "allow_paid_broadcast": True}
             marker = self.keys.sent(p, f"{entry.reply_id}#{index}")
             done = await self.redis.get(marker)
             if done is not None:  # sent before a crash or redelivery: never twice
@@ -174,12 +184,17 @@ class Sender:
         migrated = False
         plain_retry = False
         while True:
-            if entry.deadline is not None and time.time() > entry.deadline and method in COUNTED:
+            counts = method in COUNTED
+            remaining = None if entry.deadline is None else entry.deadline - time.time()
+            if counts and remaining is not None and remaining <= 0:
                 return _PartOutcome(attempts, dead=(Reason.EXPIRED, None, "deadline passed"))
-            wait = await self.limiter.acquire(chat_id, counts=method in COUNTED)
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
+            try:
+                async with asyncio.timeout(remaining if counts else None):
+                    await self.limiter.acquire(chat_id, counts=counts)
+            except TimeoutError:
+                return _PartOutcome(
+                    attempts, dead=(Reason.EXPIRED, None, "deadline passed waiting for budget")
+                )
             attempts += 1
             try:
                 call = (
@@ -195,14 +210,24 @@ class Sender:
                 result = await self.bot(call)
             except TelegramRetryAfter as exc:
                 self.flood_waits += 1
-                log.warning("429 for chat %s: waiting %ss", chat_id, exc.retry_after)
-                await self.limiter.flood(chat_id, exc.retry_after)
+                is_global = await self.limiter.flood(chat_id, exc.retry_after)
+                log.warning(
+                    "429 for chat %s: %s waits %ss",
+                    chat_id,
+                    "the whole bot" if is_global else "this chat",
+                    exc.retry_after,
+                )
                 continue
             except TelegramMigrateToChat as exc:
                 if migrated:
                     return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 400, "migrated twice"))
                 migrated = True
                 log.info("chat %s migrated to %s", chat_id, exc.migrate_to_chat_id)
+                await self.redis.set(
+                    self.keys.migrated(entry.bot_id, chat_id),
+                    str(exc.migrate_to_chat_id),
+                    ex=MIGRATION_TTL,
+                )
                 chat_id = exc.migrate_to_chat_id
                 continue
             except TelegramUnauthorizedError as exc:

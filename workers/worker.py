@@ -162,6 +162,21 @@ async def _keep_typing(gw: WorkerContext) -> None:
 class UpdateHandler:
     """Turns one updates-stream entry into an outcome for the consumer."""
 
+    async def _track_blocking(self, entry: UpdateEntry, chat_id: int) -> None:
+        """Mark a chat that blocked the bot (replies dead-letter at once); clear it when
+        the user unblocks or writes again."""
+        s = self.services
+        key = s.keys.blocked_chat(s.bot_id, chat_id)
+        member = entry.update.get("my_chat_member")
+        if isinstance(member, dict):
+            status = (member.get("new_chat_member") or {}).get("status")
+            if status in ("kicked", "left"):
+                await s.redis.set(key, "1", ex=30 * 86_400)
+            elif status is not None:
+                await s.redis.delete(key)
+        elif chat_id > 0 and ("message" in entry.update or "callback_query" in entry.update):
+            await s.redis.delete(key)
+
     def __init__(self, services: WorkerServices, bot: Bot, dispatcher: Dispatcher) -> None:
         self.services = services
         self.bot = bot
@@ -179,6 +194,7 @@ class UpdateHandler:
         except ValidationError as exc:
             return Dead(Reason.INVALID_ENTRY, f"not a Telegram Update: {exc.error_count()} errors")
         chat_id = entry.chat_id if entry.chat_id is not None else 0
+        await self._track_blocking(entry, chat_id)
         gw = WorkerContext(services=self.services, entry=entry, chat_id=chat_id)
         result = await self.dp.feed_update(self.bot, update, gw=gw)
         if result is UNHANDLED:
