@@ -8,7 +8,6 @@ send that would put a sliding window over its limit, and reports the peak window
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ SENDER = {
     "sender_global_per_second": GLOBAL,
     "sender_chat_per_second": CHAT,
     "sender_group_per_minute": GROUP_MIN,
+    "rate_margin": 0.05,  # tests tolerate a loaded CI machine's jitter (50 ms per window)
 }
 
 
@@ -187,6 +187,7 @@ async def test_three_sender_processes_share_the_limits(
         "SENDER_CHAT_PER_SECOND": str(CHAT),
         "SENDER_GROUP_PER_MINUTE": str(GROUP_MIN),
         "SENDER_BLOCK_MS": "100",
+        "RATE_MARGIN": "0.05",
     }
     procs = [
         subprocess.Popen(
@@ -208,4 +209,3 @@ async def test_three_sender_processes_share_the_limits(
     assert codes == [0, 0, 0]
     senders = {s["chat_id"] for s in emu.sent()}
     assert len(senders) == 152
-    assert os.environ.get("CI") is None or True
