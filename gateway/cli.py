@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -232,6 +233,58 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """Dead letters: list, show, requeue, purge (filters: --stage, --reason, --older-than)."""
+    import json
+
+    from gateway import dlq
+    from gateway.contracts import Keys
+    from gateway.streams import connect
+
+    rs = load(RedisSettings)
+    keys = Keys(rs.stream_prefix, rs.partitions)
+    sel = dlq.Selection(
+        ids=tuple(getattr(args, "ids", None) or ()),
+        stage=args.stage,
+        reason=args.reason,
+        older_than=getattr(args, "older_than", None),
+        all=getattr(args, "all", False),
+    )
+    if args.action in ("requeue", "purge") and sel.empty:
+        raise ConfigError(
+            f"dlq {args.action}: select entries (ids, --stage, --reason, "
+            "--older-than) or pass --all"
+        )
+
+    async def go() -> int:
+        redis = connect(rs.redis_url)
+        try:
+            chosen = await dlq.select(redis, keys, sel)
+            if args.action == "list":
+                for e in chosen[-args.limit :]:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at))
+                    print(
+                        f"{e.id}  {when}  {e.stage:<7} {e.reason:<22} {e.attempts:>3}  "
+                        f"{e.stream}  {e.error[:80]}"
+                    )
+                print(f"{len(chosen)} dead letter(s)", file=sys.stderr)
+            elif args.action == "show":
+                for e in chosen:
+                    print(json.dumps(e.as_dict(), indent=2, ensure_ascii=False))
+                if not chosen:
+                    print("no such dead letter", file=sys.stderr)
+                    return 1
+            elif args.action == "requeue":
+                print(f"requeued {await dlq.requeue(redis, keys, chosen)} entr(ies)")
+            else:
+                print(f"purged {await dlq.purge(redis, keys, chosen)} entr(ies)")
+            return 0
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     sandbox = importlib.import_module("workers.sandbox")
     return int(sandbox.main(args))
@@ -308,6 +361,31 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--parse-mode", choices=["HTML", "MarkdownV2", "Markdown"])
     se.add_argument("--ttl", type=float, help="seconds before an unsent message expires")
     se.set_defaults(func=cmd_send)
+
+    dq = sub.add_parser(
+        "dlq",
+        help="dead letters: list, show, requeue, purge",
+        description="Dead-lettered entries keep their original fields and where they came "
+        "from; requeue puts them back on that stream.",
+    )
+    dq_sub = dq.add_subparsers(dest="action", required=True)
+    for action, help_ in (
+        ("list", "one line per dead letter (newest last)"),
+        ("show", "the full entries, as JSON"),
+        ("requeue", "put entries back on their original stream"),
+        ("purge", "delete entries"),
+    ):
+        p = dq_sub.add_parser(action, help=help_, description=help_)
+        p.add_argument("--stage", choices=["ingress", "worker", "sender"])
+        p.add_argument("--reason", help="a reason code, e.g. pipeline_unavailable")
+        if action == "list":
+            p.add_argument("--limit", type=int, default=50)
+        else:
+            p.add_argument("ids", nargs="*", help="dead-letter entry ids")
+        if action in ("requeue", "purge"):
+            p.add_argument("--older-than", type=float, metavar="SECONDS")
+            p.add_argument("--all", action="store_true", help="every dead letter")
+        p.set_defaults(func=cmd_dlq)
 
     sb = sub.add_parser(
         "sandbox",

@@ -54,7 +54,7 @@ class Limits:
     global_per_second: float = 30.0
     chat_per_second: float = 1.0
     group_per_minute: float = 20.0
-    margin: float = 0.025 # fraction of headroom under each limit
+    margin: float = 0.025  # fraction of headroom under each limit
 
     def intervals_us(self, chat_id: int | str) -> tuple[int, int]:
         """(global, chat) emission intervals in µs; groups use the per-minute limit."""

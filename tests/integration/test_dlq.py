@@ -1,0 +1,89 @@
+"""`tg-gateway dlq`: dead letters listed, filtered, requeued where they came from, purged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.contracts import GROUP_WORKERS, Keys, Reason, Stage
+from gateway.streams import dead_letter_and_ack, ensure_groups
+from tests.helpers import env_without_gateway_vars
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys("tg", 4)
+
+
+async def seed(redis: aioredis.Redis) -> list[str]:
+    """Three entries read by a worker and dead-lettered with different reasons."""
+    await ensure_groups(redis, KEYS)
+    stream = KEYS.updates(2)
+    originals = []
+    for i, reason in enumerate(
+        [Reason.PIPELINE_REJECTED, Reason.PIPELINE_UNAVAILABLE, Reason.PIPELINE_UNAVAILABLE]
+    ):
+        fields = {"schema": "1", "update_id": str(100 + i), "chat_id": "5", "update": "{}"}
+        entry_id = (await redis.xadd(stream, fields)).decode()
+        await redis.xreadgroup(GROUP_WORKERS, "w1", {stream: ">"}, count=1)
+        await dead_letter_and_ack(
+            redis,
+            KEYS,
+            group=GROUP_WORKERS,
+            stage=Stage.WORKER,
+            reason=reason,
+            stream=stream,
+            entry_id=entry_id,
+            entry=fields,
+            attempts=3,
+            error=f"err {i}",
+        )
+        originals.append(entry_id)
+    return originals
+
+
+def dlq(redis_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "dlq", *args],
+        env={**env_without_gateway_vars(), "REDIS_URL": redis_url},
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_list_filter_requeue_purge(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await seed(redis)
+    stream = KEYS.updates(2)
+    assert (await redis.xpending(stream, GROUP_WORKERS))["pending"] == 0
+
+    listed = dlq(redis_url, tmp_path, "list")
+    assert listed.returncode == 0 and "3 dead letter(s)" in listed.stderr
+    only = dlq(redis_url, tmp_path, "list", "--reason", "pipeline_unavailable")
+    assert only.stdout.count("pipeline_unavailable") == 2 and "pipeline_rejected" not in only.stdout
+
+    refused = dlq(redis_url, tmp_path, "requeue")
+    assert refused.returncode == 2 and "--all" in refused.stderr
+
+    back = dlq(redis_url, tmp_path, "requeue", "--reason", "pipeline_unavailable")
+    assert back.returncode == 0 and "requeued 2" in back.stdout
+    assert await redis.xlen(KEYS.dead) == 1
+    # back on the original stream, unread by the group: the workers will take them again
+    got = await redis.xreadgroup(GROUP_WORKERS, "w2", {stream: ">"}, count=10)
+    ids = sorted(fields[b"update_id"] for _, fields in got[0][1])
+    assert ids == [b"101", b"102"]
+
+    [(dead_id, _)] = await redis.xrange(KEYS.dead)
+    shown = dlq(redis_url, tmp_path, "show", dead_id.decode())
+    assert '"reason": "pipeline_rejected"' in shown.stdout and '"update_id": "100"' in shown.stdout
+    gone = dlq(redis_url, tmp_path, "purge", dead_id.decode())
+    assert "purged 1" in gone.stdout
+    assert await redis.xlen(KEYS.dead) == 0
+    assert dlq(redis_url, tmp_path, "show", dead_id.decode()).returncode == 1
