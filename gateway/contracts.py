@@ -121,6 +121,14 @@ class Keys:
         scope = "global" if chat_id is None else f"chat:{chat_id}"
         return f"{self.prefix}:flood:{bot_id}:{scope}"
 
+    def handed(self, p: int, idempotency_key: str) -> str:
+        """Set once the pipeline accepted an update: a redelivery does not POST it again."""
+        return f"{self.prefix}:handed:{{{p}}}:{idempotency_key}"
+
+    def delay_notice(self, bot_id: int, chat_id: int | str) -> str:
+        """Present while a chat has been told its messages are delayed (pipeline outage)."""
+        return f"{self.prefix}:delayed:{bot_id}:{chat_id}"
+
     def migrated(self, bot_id: int, chat_id: int | str) -> str:
         """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
         return f"{self.prefix}:migrated:{bot_id}:{chat_id}"

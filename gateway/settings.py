@@ -148,6 +148,10 @@ class PipelineSettings(_Base):
     pipeline_url: str | None = None
     pipeline_timeout: float = Field(default=10.0, gt=0)
     pipeline_retry_seconds: float = Field(default=120.0, ge=0)
+    pipeline_breaker_threshold: int = Field(default=5, ge=1)
+    pipeline_breaker_cooldown: float = Field(default=5.0, gt=0)
+    pipeline_delay_notice: str = ""
+    pipeline_delay_notice_after: float = Field(default=10.0, ge=0)
     pipeline_reply_fields: CommaList = Field(
         default_factory=lambda: ["content", "response", "text", "message"]
     )

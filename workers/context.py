@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, OutboundEntry, UpdateEntry
 from gateway.streams import publish_outbound
+from workers.breaker import CircuitBreaker
 from workers.pipeline import Pipeline
 
 
@@ -29,6 +30,11 @@ class WorkerServices:
     token_ttl: int
     retry_seconds: float
     apology_text: str
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    handed_ttl: int = 86_400
+    delay_notice: str = ""  # empty: off
+    delay_notice_after: float = 10.0
+    delay_notice_window: float = 3600.0
     reply_fields: list[str] = field(
         default_factory=lambda: ["content", "response", "text", "message"]
     )

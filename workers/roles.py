@@ -18,6 +18,7 @@ from gateway.serve import serve_ingress_role
 from gateway.settings import Config, PipelineSettings, TelegramSettings
 from gateway.streams import connect
 from gateway.telegram import BotApi, BotApiError
+from workers.breaker import CircuitBreaker
 from workers.commands import load_routers
 from workers.consumer import ConsumerConfig, StreamConsumer, run_until_stopped
 from workers.context import WorkerServices
@@ -99,6 +100,10 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             retry_seconds=ps.pipeline_retry_seconds,
             apology_text=ws.apology_text,
             reply_fields=ps.pipeline_reply_fields,
+            breaker=CircuitBreaker(ps.pipeline_breaker_threshold, ps.pipeline_breaker_cooldown),
+            handed_ttl=cfg.redis.dedupe_ttl_seconds,
+            delay_notice=ps.pipeline_delay_notice,
+            delay_notice_after=ps.pipeline_delay_notice_after,
         )
         handler = UpdateHandler(services, bot, build_dispatcher(routers))
         consumer = StreamConsumer(

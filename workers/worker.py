@@ -12,7 +12,7 @@ from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.types import CallbackQuery, Message, Update
 from pydantic import ValidationError
 
-from gateway.contracts import EnvelopeError, Reason, UpdateEntry
+from gateway.contracts import EnvelopeError, Reason, UpdateEntry, partition_for
 from gateway.errors import PipelineRejected, PipelineUnavailable, ReplyShapeError
 from gateway.poller import backoff
 from gateway.replies import parse_reply, reply_entries
@@ -90,19 +90,27 @@ async def forward(gw: WorkerContext) -> Outcome:
         )
         callback_url = f"{s.gateway_public_url}/api/delivery/{token}"
     key = f"tg-{s.bot_id}-{gw.entry.update_id}"
+    handed = s.keys.handed(partition_for(message.chat_id, s.keys.partitions), key)
+    if await s.redis.exists(handed):
+        # Redelivered after the pipeline took it (a crash before XACK): do not POST twice.
+        s.count("already_handed")
+        return Ack()
     started = time.monotonic()
     attempt = 0
     typing_task = asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
     try:
         while True:
+            await s.breaker.ready()
             try:
                 body = await s.pipeline.submit(message, callback_url, key)
+                s.breaker.success()
                 break
             except PipelineRejected as exc:
                 s.count("pipeline_rejected")
                 await _apologise(gw, message)
                 return Dead(Reason.PIPELINE_REJECTED, str(exc))
             except PipelineUnavailable as exc:
+                s.breaker.failure()
                 elapsed = time.monotonic() - started
                 delay = backoff(attempt, base=0.5, cap=15.0)
                 attempt += 1
@@ -120,6 +128,8 @@ async def forward(gw: WorkerContext) -> Outcome:
                     delay,
                     extra={"update_id": gw.entry.update_id},
                 )
+                if s.delay_notice and elapsed >= s.delay_notice_after:
+                    await _notify_delay(gw, message)
                 await asyncio.sleep(delay)
     finally:
         if typing_task is not None:
@@ -127,7 +137,16 @@ async def forward(gw: WorkerContext) -> Outcome:
     s.count("forwarded")
     if body:
         await _deliver_body(gw, route, body)
+    await s.redis.set(handed, "1", ex=s.handed_ttl)
     return Ack()
+
+
+async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
+    """At most one "we are delayed" note per chat per outage (shared across workers)."""
+    s = gw.services
+    marker = s.keys.delay_notice(s.bot_id, message.chat_id)
+    if await s.redis.set(marker, "1", nx=True, ex=int(s.delay_notice_window)):
+        await gw.reply(s.delay_notice, origin="gateway", key="delayed")
 
 
 async def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:

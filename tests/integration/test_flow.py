@@ -233,3 +233,65 @@ async def test_pipeline_timeout_is_retried(
         pipeline.faults.clear()
         [reply] = await emu.wait_messages(ALICE, 1, timeout=20)
     assert reply["text"] != cfg.worker.apology_text
+
+
+async def test_redelivered_update_is_not_posted_twice(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, pipeline: ReferencePipelineServer
+) -> None:
+    """A worker that dies after the pipeline took an update but before XACK: the next
+    delivery sees the 'handed' marker and does not POST again."""
+    from gateway.contracts import GROUP_WORKERS
+
+    cfg = make_config(redis_url, emu.api_url, pipeline={"pipeline_url": pipeline.base_url})
+    async with running(*all_roles(cfg)):
+        emu.user_send(user_id=ALICE, text="only once please")
+        await emu.wait_messages(ALICE, 1, timeout=15)
+        # simulate the crash window: put the handled entry back as if never acknowledged
+        for stream in cfg.keys.all_updates():
+            for entry_id, fields in await redis.xrange(stream):
+                await redis.xadd(stream, fields)
+                del entry_id
+        await wait_for(lambda: _all_acked(redis, cfg, GROUP_WORKERS), message="re-handled")
+    assert pipeline.arrivals == 1
+    assert len(emu.messages(ALICE)) == 1
+
+
+async def _all_acked(redis: aioredis.Redis, cfg: object, group: str) -> bool:
+    keys = cfg.keys  # type: ignore[attr-defined]
+    for stream in keys.all_updates():
+        info = await redis.xinfo_groups(stream)
+        if any(g["lag"] or g["pending"] for g in info):
+            return False
+    return True
+
+
+async def test_breaker_spares_a_dead_pipeline_and_users_get_one_delay_note(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, pipeline: ReferencePipelineServer
+) -> None:
+    pipeline.faults.fail_next(503, 1000)
+    cfg = make_config(
+        redis_url,
+        emu.api_url,
+        pipeline={
+            "pipeline_url": pipeline.base_url,
+            "pipeline_breaker_threshold": 2,
+            "pipeline_breaker_cooldown": 1.0,
+            "pipeline_delay_notice": "We are a bit slow right now, your message is queued.",
+            "pipeline_delay_notice_after": 0,
+            "pipeline_retry_seconds": 60,
+        },
+    )
+    async with running(*all_roles(cfg)):
+        for i in range(3):
+            emu.user_send(user_id=ALICE, text=f"message {i}")
+        for user in (7001, 7002, 7003):
+            emu.user_send(user_id=user, text="hello?", first_name="U")
+        for chat in (ALICE, 7001, 7002, 7003):
+            await emu.wait_messages(chat, 1, timeout=15)
+        arrivals_during_outage = pipeline.arrivals
+        pipeline.faults.clear()
+        await emu.wait_messages(ALICE, 4, timeout=30)
+    texts = [m["text"] for m in emu.messages(ALICE)]
+    assert texts.count("We are a bit slow right now, your message is queued.") == 1
+    # 6 updates over ~1-2 s of outage: the breaker let only a few calls through
+    assert arrivals_during_outage <= 8, arrivals_during_outage
