@@ -133,6 +133,8 @@ class RedisSettings(_Base):
     partitions: int = Field(default=4, ge=1, le=1024)
     dedupe_ttl_seconds: int = Field(default=86_400, ge=60)
     redis_max_connections: int = Field(default=64, ge=4, le=10_000)
+    stream_retention_seconds: float = Field(default=7 * 86_400, ge=0)
+    results_retention_seconds: float = Field(default=7 * 86_400, ge=0)
 
     @field_validator("redis_url")
     @classmethod

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.errors import TelegramFatal as GatewayFatal
 from gateway.poller import backoff
-from gateway.streams import dead_letter_and_ack, ensure_groups
+from gateway.streams import dead_letter_and_ack, ensure_groups, trim_stream
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class ConsumerConfig:
     max_deliveries: int = 5
     grace: float = 10.0
     max_in_flight: int = 256
+    # (stream, retention seconds, respect consumer groups) trimmed every ``trim_every``
+    trim: tuple[tuple[str, float, bool], ...] = ()
+    trim_every: float = 60.0
 
 
 class StreamConsumer:
@@ -99,6 +102,7 @@ class StreamConsumer:
         self.dead = 0
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
+        self._last_trim = 0.0
         self._lanes: dict[tuple[str, bytes], deque[Item]] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._held: dict[str, set[str]] = defaultdict(set)  # stream -> fetched, unfinished ids
@@ -127,6 +131,7 @@ class StreamConsumer:
             if self._fatal is not None:
                 raise self._fatal
             try:
+                await self._maintain()
                 await self._keep_held_fresh()
                 free = self.config.max_in_flight - self._in_flight
                 if free <= 0:
@@ -211,6 +216,17 @@ class StreamConsumer:
                 self._in_flight -= 1
             del self._lanes[key]
             self._capacity.set()
+
+    async def _maintain(self) -> None:
+        """Retention: trim acknowledged entries past their age (never unread or pending)."""
+        loop = asyncio.get_running_loop()
+        if not self.config.trim or loop.time() - self._last_trim < self.config.trim_every:
+            return
+        self._last_trim = loop.time()
+        for stream, retention, groups in self.config.trim:
+            removed = await trim_stream(self.redis, stream, retention, groups=groups)
+            if removed:
+                log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
 
     async def _hand_back(self) -> None:
         """Make entries we fetched but did not start claimable at once by other consumers."""

@@ -120,6 +120,9 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
                 max_deliveries=ws.max_deliveries,
                 grace=ws.shutdown_grace_seconds,
                 max_in_flight=ws.worker_max_in_flight,
+                trim=tuple(
+                    (s, cfg.redis.stream_retention_seconds, True) for s in cfg.keys.all_updates()
+                ),
             ),
             handler,
         )
@@ -175,6 +178,13 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
                 max_deliveries=ss.max_deliveries,
                 grace=ss.shutdown_grace_seconds,
                 max_in_flight=ss.sender_max_in_flight,
+                trim=(
+                    *(
+                        (s, cfg.redis.stream_retention_seconds, True)
+                        for s in cfg.keys.all_outbound()
+                    ),
+                    (cfg.keys.results, cfg.redis.results_retention_seconds, False),
+                ),
             ),
             sender,
         )
