@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import FIXTURES
 from workers.adapter import adapt
@@ -83,3 +86,77 @@ def test_other_update_types_are_not_forwarded() -> None:
 )
 def test_odd_updates_do_not_crash(update: dict[str, object]) -> None:
     assert adapt(update, BOT) is None
+
+
+def _user() -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries(
+        {"id": st.integers(1, 2**40), "is_bot": st.booleans(), "first_name": st.text(max_size=20)},
+        optional={"username": st.text(max_size=10), "language_code": st.sampled_from(["en", "ru"])},
+    )
+
+
+def _message() -> st.SearchStrategy[dict[str, object]]:
+    chat = st.fixed_dictionaries(
+        {
+            "id": st.integers(-(10**13), 10**12),
+            "type": st.sampled_from(["private", "group", "supergroup"]),
+        }
+    )
+    return st.fixed_dictionaries(
+        {"message_id": st.integers(1, 10**6), "date": st.integers(0, 2**31), "chat": chat},
+        optional={
+            "from": _user(),
+            "text": st.text(max_size=50),
+            "caption": st.text(max_size=50),
+            "photo": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "file_id": st.text(min_size=1, max_size=10),
+                        "file_unique_id": st.text(max_size=5),
+                        "width": st.integers(1, 9),
+                        "height": st.integers(1, 9),
+                    }
+                ),
+                max_size=3,
+            ),
+        },
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    update=st.one_of(
+        st.builds(lambda m, u: {"update_id": u, "message": m}, _message(), st.integers(0, 2**31)),
+        st.builds(
+            lambda m, u: {"update_id": u, "edited_message": m}, _message(), st.integers(0, 2**31)
+        ),
+        st.builds(
+            lambda m, f, d, u: {
+                "update_id": u,
+                "callback_query": {
+                    "id": "1",
+                    "from": f,
+                    "message": m,
+                    "chat_instance": "x",
+                    "data": d,
+                },
+            },
+            _message(),
+            _user(),
+            st.text(max_size=20),
+            st.integers(0, 2**31),
+        ),
+        st.dictionaries(st.text(max_size=10), st.integers() | st.text(), max_size=3).map(
+            lambda d: {"update_id": 1, **d}
+        ),
+    )
+)
+def test_generated_updates_adapt_or_are_skipped(update: dict[str, object]) -> None:
+    """Any Update-shaped input gives a well-formed pipeline message or None, never a crash."""
+    msg = adapt(update, BOT)
+    if msg is None:
+        return
+    assert msg.client_id.startswith("telegram_")
+    assert isinstance(msg.content, str)
+    assert isinstance(msg.chat_id, int)
+    orjson.dumps(msg.body())  # serialisable as the pipeline request

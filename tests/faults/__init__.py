@@ -1,0 +1,1 @@
+"""Fault tests: every role as its own process, faults injected while traffic flows."""
