@@ -285,6 +285,28 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_streams(args: argparse.Namespace) -> int:
+    """Per role: live consumers, lag and pending per partition; dead letters by reason."""
+    import json
+
+    from gateway.contracts import Keys
+    from gateway.status import render, stream_status
+    from gateway.streams import connect
+
+    rs = load(RedisSettings)
+
+    async def go() -> dict[str, Any]:
+        redis = connect(rs.redis_url)
+        try:
+            return await stream_status(redis, Keys(rs.stream_prefix, rs.partitions))
+        finally:
+            await redis.aclose()
+
+    status = asyncio.run(go())
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     sandbox = importlib.import_module("workers.sandbox")
     return int(sandbox.main(args))
@@ -386,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--older-than", type=float, metavar="SECONDS")
             p.add_argument("--all", action="store_true", help="every dead letter")
         p.set_defaults(func=cmd_dlq)
+
+    st = sub.add_parser(
+        "streams",
+        help="per role: live consumers, lag and pending per partition, dead letters",
+        description="A snapshot of the streams for ops (REDIS_URL, STREAM_PREFIX, PARTITIONS).",
+    )
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_streams)
 
     sb = sub.add_parser(
         "sandbox",

@@ -87,3 +87,29 @@ async def test_list_filter_requeue_purge(
     assert "purged 1" in gone.stdout
     assert await redis.xlen(KEYS.dead) == 0
     assert dlq(redis_url, tmp_path, "show", dead_id.decode()).returncode == 1
+
+
+async def test_streams_command_shows_lag_pending_and_dead_letters(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await seed(redis)  # three dead letters from partition 2
+    stream = KEYS.updates(1)
+    for i in range(3):
+        await redis.xadd(stream, {"update_id": str(i), "chat_id": "1"})
+    await redis.xreadgroup(GROUP_WORKERS, "worker-host-42", {stream: ">"}, count=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "streams", "--json"],
+        env={**env_without_gateway_vars(), "REDIS_URL": redis_url},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    status = __import__("json").loads(proc.stdout)
+    workers = status["roles"]["worker"]
+    row = workers["partitions"][1]
+    assert (row["length"], row["lag"], row["pending"]) == (3, 2, 1)
+    assert workers["live"] == ["w1", "worker-host-42"]
+    assert status["dead"] == {"worker/pipeline_rejected": 1, "worker/pipeline_unavailable": 2}

@@ -1,0 +1,89 @@
+"""What ops look at: per-role consumers, lag and pending per partition, dead letters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, decode_fields
+
+LIVE_IDLE_MS = 30_000  # a consumer that has not read for this long is shown as idle
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    """A snapshot: {"roles": {role: {...}}, "dead": {...}, "counters": {...}}."""
+    roles: dict[str, Any] = {}
+    for role, group, streams in (
+        ("worker", GROUP_WORKERS, keys.all_updates()),
+        ("sender", GROUP_SENDERS, keys.all_outbound()),
+    ):
+        partitions = []
+        consumers: dict[str, dict[str, int]] = {}
+        for p, stream in enumerate(streams):
+            row: dict[str, Any] = {"partition": p, "stream": stream, "length": 0}
+            try:
+                row["length"] = int(await redis.xlen(stream))
+                groups: Any = await redis.xinfo_groups(stream)
+            except ResponseError:
+                groups = []
+            ours = next((g for g in groups if _s(g["name"]) == group), None)
+            row["group"] = ours is not None
+            row["lag"] = None if ours is None else ours.get("lag")
+            row["pending"] = 0 if ours is None else int(ours["pending"])
+            partitions.append(row)
+            if ours is None:
+                continue
+            members: Any = await redis.xinfo_consumers(stream, group)
+            for c in members:
+                name = _s(c["name"])
+                seen = consumers.setdefault(name, {"pending": 0, "idle_ms": int(c["idle"])})
+                seen["pending"] += int(c["pending"])
+                seen["idle_ms"] = min(seen["idle_ms"], int(c["idle"]))
+        roles[role] = {
+            "partitions": partitions,
+            "consumers": consumers,
+            "live": sorted(n for n, c in consumers.items() if c["idle_ms"] < LIVE_IDLE_MS),
+        }
+    dead: Counter[str] = Counter()
+    dead_rows: Any = await redis.xrange(keys.dead)
+    for _, fields in dead_rows:
+        f = decode_fields(fields)
+        dead[f"{f.get('stage', '?')}/{f.get('reason', '?')}"] += 1
+    flood = await redis.get(keys.counter("flood_waits"))
+    return {
+        "roles": roles,
+        "dead": dict(dead),
+        "results": int(await redis.xlen(keys.results)),
+        "counters": {"flood_waits": int(flood or 0)},
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for role, info in status["roles"].items():
+        live = info["live"]
+        lines.append(f"{role}s: {len(live)} live ({', '.join(live) or 'none'})")
+        lines.append("  partition  length      lag  pending  group")
+        for row in info["partitions"]:
+            lag = "-" if row["lag"] is None else str(row["lag"])
+            group = "ok" if row["group"] else "MISSING"
+            p, length, pending = row["partition"], row["length"], row["pending"]
+            lines.append(f"  {p:>9}  {length:>6}  {lag:>7}  {pending:>7}  {group}")
+        for name, c in sorted(info["consumers"].items()):
+            lines.append(f"  consumer {name}: {c['pending']} pending, idle {c['idle_ms']} ms")
+    dead = status["dead"]
+    total = sum(dead.values())
+    lines.append(
+        f"dead letters: {total}" + "".join(f"\n  {k}: {v}" for k, v in sorted(dead.items()))
+    )
+    lines.append(
+        f"results: {status['results']}; 429 flood waits: {status['counters']['flood_waits']}"
+    )
+    return "\n".join(lines)
