@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 import workers  # noqa: F401 - first aiogram import of the session: the lazy path, as in production
-from tests.helpers import RedisProcess, redis_server_binary
+from gateway.emulator import Emulator
+from tests.helpers import BOT_USERNAME, TOKEN, RedisProcess, redis_server_binary
 
 
 def _docker_answers() -> bool:
@@ -58,6 +59,17 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    """The Bot API emulator on a free port (no rate-limit enforcement)."""
+    emulator = Emulator(token=TOKEN, bot_username=BOT_USERNAME)
+    await emulator.start("127.0.0.1", 0)
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
 
 
 @pytest.fixture

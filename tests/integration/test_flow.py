@@ -11,7 +11,6 @@ from gateway.emulator import Emulator
 from tests.helpers import (
     BOT_ID,
     BOT_USERNAME,
-    TOKEN,
     all_roles,
     dead_letters,
     free_port,
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.integration
 
 ALICE = 6123456789
 GROUP = -1002143658709
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    emulator = Emulator(token=TOKEN, bot_username=BOT_USERNAME)
-    await emulator.start("127.0.0.1", 0)
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,21 +12,11 @@ from gateway.emulator import Emulator
 from gateway.errors import TelegramFatal
 from gateway.serve import serve_ingress_role
 from gateway.streams import connect
-from tests.helpers import BOT_USERNAME, TOKEN, RedisProcess, make_config, running, wait_for
+from tests.helpers import TOKEN, RedisProcess, make_config, running, wait_for
 
 pytestmark = pytest.mark.integration
 
 ALICE = 6123456789
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    emulator = Emulator(token=TOKEN, bot_username=BOT_USERNAME)
-    await emulator.start("127.0.0.1", 0)
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
 
 
 async def stored(redis: aioredis.Redis, cfg: object) -> int:
