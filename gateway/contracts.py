@@ -129,6 +129,14 @@ class Keys:
         """Present while a chat has been told its messages are delayed (pipeline outage)."""
         return f"{self.prefix}:delayed:{bot_id}:{chat_id}"
 
+    def members(self, role: str) -> str:
+        """Live processes of a role (ZSET, score = heartbeat expiry on Redis's clock)."""
+        return f"{self.prefix}:members:{role}"
+
+    def lease(self, role: str, p: int) -> str:
+        """Who handles partition ``p`` of a role (value: consumer name; PX lease)."""
+        return f"{self.prefix}:lease:{role}:{{{p}}}"
+
     def migrated(self, bot_id: int, chat_id: int | str) -> str:
         """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
         return f"{self.prefix}:migrated:{bot_id}:{chat_id}"

@@ -133,6 +133,8 @@ class RedisSettings(_Base):
     partitions: int = Field(default=4, ge=1, le=1024)
     dedupe_ttl_seconds: int = Field(default=86_400, ge=60)
     redis_max_connections: int = Field(default=64, ge=4, le=10_000)
+    partition_leases: bool = True
+    lease_ttl_ms: int = Field(default=5000, ge=500, le=600_000)
     stream_retention_seconds: float = Field(default=7 * 86_400, ge=0)
     results_retention_seconds: float = Field(default=7 * 86_400, ge=0)
 

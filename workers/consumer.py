@@ -34,6 +34,7 @@ from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.errors import TelegramFatal as GatewayFatal
 from gateway.poller import backoff
 from gateway.streams import dead_letter_and_ack, ensure_groups, trim_stream
+from workers.leases import ACK_IF_OWNER, LeaseManager
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class ConsumerConfig:
     # (stream, retention seconds, respect consumer groups) trimmed every ``trim_every``
     trim: tuple[tuple[str, float, bool], ...] = ()
     trim_every: float = 60.0
+    # Partition leases: one live process per partition (streams[p] is partition p).
+    leases: bool = False
+    lease_ttl_ms: int = 5000
 
 
 class StreamConsumer:
@@ -91,13 +95,14 @@ class StreamConsumer:
         config: ConsumerConfig,
         handler: Handler,
         order_key: Callable[[dict[bytes, bytes]], bytes] = lambda f: f.get(b"chat_id", b""),
+        name: str | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.config = config
         self.handler = handler
         self.order_key = order_key
-        self.name = consumer_name(config.role)
+        self.name = name or consumer_name(config.role)
         self.handled = 0
         self.dead = 0
         self._stopping = asyncio.Event()
@@ -110,6 +115,22 @@ class StreamConsumer:
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._fatal: BaseException | None = None
+        self._partition_of = {stream: p for p, stream in enumerate(config.streams)}
+        self._leases_stop = asyncio.Event()
+        self.leases: LeaseManager | None = None
+        if config.leases:
+            self.leases = LeaseManager(
+                redis,
+                members_key=keys.members(config.role),
+                lease_key=lambda p: keys.lease(config.role, p),
+                name=self.name,
+                partitions=len(config.streams),
+                ttl_ms=config.lease_ttl_ms,
+                on_gain=self._take_over,
+                drained=lambda p: not self._held[config.streams[p]],
+                on_lose=lambda p: None,
+            )
+            self._ack_script = redis.register_script(ACK_IF_OWNER)
         self._unfinished: dict[str, list[str]] = defaultdict(list)
 
     def stop(self) -> None:
@@ -123,10 +144,32 @@ class StreamConsumer:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def active_streams(self) -> list[str]:
+        """Streams this process may read now: all, or those of its valid leases."""
+        if self.leases is None:
+            return self.config.streams
+        return [self.config.streams[p] for p in self.leases.reading()]
+
+    def _may_start(self, stream: str) -> bool:
+        return self.leases is None or self.leases.valid(self._partition_of[stream])
+
     async def run(self) -> None:
         """Consume until stopped, then let the lanes finish. Redis errors are retried."""
-        failures = 0
         await self._bootstrap()
+        lease_task = None
+        if self.leases is not None:
+            lease_task = asyncio.create_task(self.leases.run(self._leases_stop))
+        try:
+            await self._consume()
+        finally:
+            if lease_task is not None:
+                self._leases_stop.set()
+                lease_task.cancel()  # a tick stuck on Redis must not hold the shutdown
+                await asyncio.gather(lease_task, return_exceptions=True)
+                await self.leases.release_all()  # type: ignore[union-attr]
+
+    async def _consume(self) -> None:
+        failures = 0
         while not self.stopping:
             if self._fatal is not None:
                 raise self._fatal
@@ -198,6 +241,8 @@ class StreamConsumer:
                 if self.stopping:
                     break  # finish only what a lane had started; hand back the rest
                 stream, entry_id, fields, deliveries = lane[0]
+                if not self._may_start(stream):
+                    break  # lease lost or not trusted any more: the next owner takes it
                 try:
                     await self._handle_one(stream, entry_id, fields, deliveries)
                 except GatewayFatal as exc:
@@ -216,6 +261,36 @@ class StreamConsumer:
                 self._in_flight -= 1
             del self._lanes[key]
             self._capacity.set()
+
+    async def _take_over(self, p: int) -> None:
+        """A partition just became ours: finish its pending entries first, in order."""
+        stream = self.config.streams[p]
+        start = "-"
+        while True:
+            rows: Any = await self.redis.xpending_range(
+                stream, self.config.group, min=start, max="+", count=200
+            )
+            if not rows:
+                return
+            ids = [r["message_id"] for r in rows]
+            counts = {
+                (
+                    r["message_id"].decode()
+                    if isinstance(r["message_id"], bytes)
+                    else r["message_id"]
+                ): int(r["times_delivered"]) + 1
+                for r in rows
+            }
+            claimed: Any = await self.redis.xclaim(stream, self.config.group, self.name, 0, ids)
+            for entry_id, fields in claimed:
+                if fields is None:
+                    continue  # trimmed meanwhile
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                self._dispatch((stream, eid, fields, counts.get(eid, 2)))
+            if len(rows) < 200:
+                return
+            last = ids[-1].decode() if isinstance(ids[-1], bytes) else ids[-1]
+            start = f"({last}"
 
     async def _maintain(self) -> None:
         """Retention: trim acknowledged entries past their age (never unread or pending)."""
@@ -254,7 +329,7 @@ class StreamConsumer:
         if loop.time() - self._last_claim < self.config.claim_every:
             return
         for stream, ids in self._held.items():
-            if ids:
+            if ids and self._may_start(stream):
                 await self.redis.xclaim(
                     stream, self.config.group, self.name, 0, list(ids), justid=True
                 )
@@ -278,7 +353,11 @@ class StreamConsumer:
                 await self._sleep(delay)
 
     async def _read(self, count: int) -> list[Item]:
-        streams = {s: ">" for s in self.config.streams}
+        active = self.active_streams()
+        if not active:
+            await self._sleep(self.config.block_ms / 1000)
+            return []
+        streams = {s: ">" for s in active}
         reply: Any = await self.redis.xreadgroup(
             self.config.group,
             self.name,
@@ -300,7 +379,7 @@ class StreamConsumer:
             return []
         self._last_claim = loop.time()
         out: list[Item] = []
-        for stream in self.config.streams:
+        for stream in self.active_streams():
             res: Any = await self.redis.xautoclaim(
                 stream,
                 self.config.group,
@@ -366,7 +445,22 @@ class StreamConsumer:
             if isinstance(outcome, Dead):
                 await self._dead(stream, entry_id, fields, deliveries, outcome)
             else:
-                await self.redis.xack(stream, cfg.group, entry_id)
+                if self.leases is None:
+                    await self.redis.xack(stream, cfg.group, entry_id)
+                else:
+                    p = self._partition_of[stream]
+                    acked = await self._ack_script(
+                        keys=[stream, self.keys.lease(cfg.role, p)],
+                        args=[cfg.group, self.name, entry_id],
+                    )
+                    if int(acked) < 0:
+                        log.warning(
+                            "%s: lease of partition %d lost; %s left for its new owner",
+                            cfg.role,
+                            p,
+                            entry_id,
+                        )
+                        return
                 self.handled += 1
         except (RedisError, OSError) as exc:
             # Work done but not acknowledged: it will be claimed and redone; handlers are

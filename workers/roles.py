@@ -120,6 +120,8 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
                 max_deliveries=ws.max_deliveries,
                 grace=ws.shutdown_grace_seconds,
                 max_in_flight=ws.worker_max_in_flight,
+                leases=cfg.redis.partition_leases,
+                lease_ttl_ms=cfg.redis.lease_ttl_ms,
                 trim=tuple(
                     (s, cfg.redis.stream_retention_seconds, True) for s in cfg.keys.all_updates()
                 ),
@@ -178,6 +180,8 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
                 max_deliveries=ss.max_deliveries,
                 grace=ss.shutdown_grace_seconds,
                 max_in_flight=ss.sender_max_in_flight,
+                leases=cfg.redis.partition_leases,
+                lease_ttl_ms=cfg.redis.lease_ttl_ms,
                 trim=(
                     *(
                         (s, cfg.redis.stream_retention_seconds, True)

@@ -36,10 +36,8 @@ def consumer(redis: aioredis.Redis, handler: Handler, **kw: object) -> StreamCon
         max_deliveries=int(kw.pop("max_deliveries", 3)),  # type: ignore[call-overload]
         max_in_flight=int(kw.pop("max_in_flight", 64)),  # type: ignore[call-overload]
     )
-    c = StreamConsumer(redis, KEYS, cfg, handler)
-    if "name" in kw:
-        c.name = str(kw["name"])
-    return c
+    name = str(kw["name"]) if "name" in kw else None
+    return StreamConsumer(redis, KEYS, cfg, handler, name=name)
 
 
 async def add(redis: aioredis.Redis, chat: int, seq: int) -> str:
