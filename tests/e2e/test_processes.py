@@ -3,88 +3,20 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.cluster import Cluster, wait_port
 from tests.helpers import BOT_ID, TOKEN, env_without_gateway_vars, free_port
 
 pytestmark = pytest.mark.e2e
 
 ALICE = 6123456789
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"port {port} not open after {timeout}s")
-
-
-class Cluster:
-    """Processes started with `python -m gateway …` (same entry point as `tg-gateway`)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.files: list[object] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop_all
-        self.files.append(log)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
-            env={**env_without_gateway_vars(), **env},
-            cwd=self.tmp,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs[name] = proc
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log")
-        )
-
-    def stop_all(self) -> dict[str, int]:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = {}
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                codes[name] = -9
-        for f in self.files:
-            f.close()  # type: ignore[attr-defined]
-        self.files.clear()
-        return codes
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 @pytest.mark.parametrize("mode", ["webhook", "polling"])
@@ -96,8 +28,8 @@ def test_roles_as_processes(cluster: Cluster, redis_url: str, mode: str) -> None
     emu_url = f"http://127.0.0.1:{emu_port}"
     emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
     pipe = cluster.start("pipeline", ["pipeline", "--port", str(pipe_port)], {})
-    _wait_port(emu_port, emu)
-    _wait_port(pipe_port, pipe)
+    wait_port(emu_port, emu)
+    wait_port(pipe_port, pipe)
     env = {
         "TELEGRAM_BOT_TOKEN": TOKEN,
         "TELEGRAM_API_URL": emu_url,
@@ -118,7 +50,7 @@ def test_roles_as_processes(cluster: Cluster, redis_url: str, mode: str) -> None
     ingress = cluster.start("ingress", ["ingress"], env)
     cluster.start("worker", ["worker"], env)
     cluster.start("sender", ["sender"], env)
-    _wait_port(ingress_port, ingress)
+    wait_port(ingress_port, ingress)
     with httpx.Client(base_url=emu_url, timeout=30) as client:
         if mode == "webhook":
             deadline = time.monotonic() + 20
@@ -170,7 +102,7 @@ def test_webhook_commands_against_the_emulator(cluster: Cluster, tmp_path: Path)
     """`tg-gateway webhook set|info|delete` with the settings an operator would use."""
     emu_port = free_port()
     emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
-    _wait_port(emu_port, emu)
+    wait_port(emu_port, emu)
     env = {
         **env_without_gateway_vars(),
         "TELEGRAM_BOT_TOKEN": TOKEN,
@@ -211,7 +143,7 @@ def test_run_all_roles_in_one_process(cluster: Cluster, redis_url: str) -> None:
     sync_redis.Redis.from_url(redis_url).flushall()
     emu_port, ingress_port = free_port(), free_port()
     emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
-    _wait_port(emu_port, emu)
+    wait_port(emu_port, emu)
     run = cluster.start(
         "run",
         ["run"],
@@ -224,7 +156,7 @@ def test_run_all_roles_in_one_process(cluster: Cluster, redis_url: str) -> None:
             "INGRESS_PORT": str(ingress_port),
         },
     )
-    _wait_port(ingress_port, run)
+    wait_port(ingress_port, run)
     with httpx.Client(base_url=f"http://127.0.0.1:{emu_port}", timeout=30) as client:
         client.post("/_emu/send", json={"user_id": ALICE, "text": "hello"}).raise_for_status()
         resp = client.get(f"/_emu/chats/{ALICE}/messages", params={"wait": 1, "timeout": 25})
