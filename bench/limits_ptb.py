@@ -2,9 +2,11 @@
 
     .venv/bin/python -m bench.limits_ptb --api URL --plan PLAN.json --out RESULT.json
 
-python-telegram-bot's ``AIORateLimiter()`` with its defaults drives the emulator: one
-``Bot`` inside ``async with bot:`` (getMe on initialize), every message sent concurrently
-with ``asyncio.gather(..., return_exceptions=True)``. Writes one outcome per message:
+python-telegram-bot's ``AIORateLimiter()`` with its defaults drives the emulator: one bot
+inside ``async with bot:`` (getMe on initialize), every message sent concurrently with
+``asyncio.gather(..., return_exceptions=True)``. The bot is an ``ExtBot``: plain
+``telegram.Bot`` takes no ``rate_limiter``; ``ExtBot`` is what
+``Application.builder().rate_limiter(AIORateLimiter())`` builds. Writes one outcome per message:
 ok, or the exception's type, message and ``retry_after``, and when the call finished.
 """
 
@@ -18,20 +20,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from telegram import Bot
 from telegram.error import RetryAfter
-from telegram.ext import AIORateLimiter
+from telegram.ext import AIORateLimiter, ExtBot
 
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 
 
-async def _send(bot: Bot, chat_id: int, text: str) -> float:
+async def _send(bot: ExtBot[int], chat_id: int, text: str) -> float:
     await bot.send_message(chat_id, text)
     return time.time()
 
 
 async def run(api: str, plan: list[tuple[int, str]]) -> dict[str, Any]:
-    bot = Bot(TOKEN, base_url=f"{api}/bot", rate_limiter=AIORateLimiter())
+    bot: ExtBot[int] = ExtBot(TOKEN, base_url=f"{api}/bot", rate_limiter=AIORateLimiter())
     outcomes: list[dict[str, Any]] = []
     async with bot:
         started = time.time()
@@ -40,11 +41,10 @@ async def run(api: str, plan: list[tuple[int, str]]) -> dict[str, Any]:
             try:
                 done = await _send(bot, chat_id, text)
             except Exception as exc:  # counted as not delivered
-                retry_after = None
+                retry_after: float | None = None
                 if isinstance(exc, RetryAfter):
-                    retry_after = exc.retry_after
-                    if not isinstance(retry_after, int | float):
-                        retry_after = retry_after.total_seconds()
+                    wait = exc.retry_after
+                    retry_after = wait if isinstance(wait, int | float) else wait.total_seconds()
                 return {
                     "chat_id": chat_id,
                     "text": text,

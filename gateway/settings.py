@@ -239,7 +239,7 @@ class SenderSettings(_Base):
     sender_max_attempts: int = Field(default=8, ge=1)
     sender_backoff_max: float = Field(default=30.0, gt=0)
     outbound_ttl_seconds: float = Field(default=3600.0, gt=0)
-    rate_margin: float = Field(default=0.025, ge=0, le=0.5)
+    rate_margin: float = Field(default=0.02, ge=0, le=0.5)
     sender_paid_broadcast: bool = False
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
     claim_idle_ms: int = Field(default=60_000, ge=1000)

@@ -55,3 +55,30 @@ def test_groups_use_per_minute_limit() -> None:
     assert limits.intervals_us(-100123)[1] == 3_000_000
     assert limits.intervals_us(555)[1] == 1_000_000
     assert limits.intervals_us("@channel")[1] == 3_000_000
+
+
+def test_late_sends_keep_the_schedule_without_bursts() -> None:
+    """Every real send lands a little late; with credit the rate stays on schedule, and
+    still no closed 1 s window holds more than the limit."""
+    interval, _ = Limits(global_per_second=30, margin=0.02).intervals_us(1)
+    credit = 2_000
+
+    def run(credit_us: int) -> list[int]:
+        tat, now, sent = 0, 0, []
+        for _ in range(300):
+            while True:
+                ok, new_tat, wait = gcra(now, tat, interval, credit_us)
+                if ok:
+                    tat = new_tat
+                    sent.append(now)
+                    now += 600  # the send itself lands 0.6 ms after it was allowed
+                    break
+                now += wait + 600
+        return sent
+
+    with_credit, without = run(credit), run(0)
+    rate = lambda s: (len(s) - 1) / ((s[-1] - s[0]) / 1_000_000)  # noqa: E731
+    assert rate(with_credit) >= 30 * 0.975
+    assert rate(without) < rate(with_credit)
+    for i, t in enumerate(with_credit):
+        assert len([s for s in with_credit[i:] if s <= t + 1_000_000]) <= 30
