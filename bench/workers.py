@@ -30,7 +30,7 @@ from tests.helpers import free_port
 
 PREFIX = "bench"
 PARTITIONS = 8
-TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"  # noqa: S105 - the emulator's token
+TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -66,7 +66,10 @@ async def fill(url: str, updates: int, chats: int, flush: bool = True) -> None:
             },
         }
         fields = update_fields(
-            bot_id=7689012345, update_id=1000 + i, chat_id=chat, source="replay",
+            bot_id=7689012345,
+            update_id=1000 + i,
+            chat_id=chat,
+            source="replay",
             raw_update=orjson.dumps(update),
         )
         pipe.xadd(keys.updates(partition_for(chat, PARTITIONS)), fields)  # type: ignore[arg-type]
@@ -113,8 +116,12 @@ def run_workers(url: str, n: int, env_extra: dict[str, str], updates: int, chats
         **env_extra,
     }
     procs = [
-        subprocess.Popen([sys.executable, "-m", "gateway", "worker"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(n)
     ]
     try:
@@ -177,8 +184,9 @@ def main() -> int:
         "    await asyncio.Event().wait()\n"
         "asyncio.run(main())\n"
     )
-    pipe_proc = subprocess.Popen([sys.executable, "-c", pipe_code], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+    pipe_proc = subprocess.Popen(
+        [sys.executable, "-c", pipe_code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"redis://127.0.0.1:{redis_port}/0"
     try:
         wait_port(redis_port)
