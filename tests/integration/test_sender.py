@@ -238,3 +238,75 @@ def _stream_of(cfg: object, chat: int) -> str:
 
     keys = cfg.keys  # type: ignore[attr-defined]
     return keys.outbound(partition_for(chat, keys.partitions))  # type: ignore[no-any-return]
+
+
+async def test_paid_broadcasts_lift_the_global_limit(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """100 chats in well under a second: 30/s would need more than 3 s."""
+    chats = list(range(20_000, 20_100))
+    for chat in chats:
+        emu.add_chat(chat, type="private")
+    cfg = make_config(
+        redis_url,
+        emu.api_url,
+        sender={"sender_paid_broadcast": True, "sender_global_per_second": 1000},
+    )
+    await publish(redis, cfg, *(entry(chat=c, text="to everyone") for c in chats))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(lambda: len(emu.sent()) == 100, timeout=15, message="100 sends")
+    stamps = sorted(s["ts"] for s in emu.sent())
+    assert stamps[-1] - stamps[0] < 2.0
+
+
+def test_global_limit_above_30_needs_paid_broadcasts() -> None:
+    from gateway.errors import ConfigError
+    from gateway.settings import SenderSettings, load
+
+    with pytest.raises(ConfigError, match="SENDER_PAID_BROADCAST"):
+        load(SenderSettings, sender_global_per_second=100)
+    assert (
+        load(
+            SenderSettings, sender_global_per_second=1000, sender_paid_broadcast=True
+        ).sender_global_per_second
+        == 1000
+    )
+
+
+async def test_send_command_queues_a_proactive_message(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, tmp_path: object
+) -> None:
+    """`tg-gateway send` publishes the public envelope; the sender delivers it."""
+    import subprocess
+    import sys
+
+    from tests.helpers import env_without_gateway_vars
+
+    cfg = make_config(redis_url, emu.api_url)
+    env = {**env_without_gateway_vars(), "TELEGRAM_BOT_TOKEN": TOKEN, "REDIS_URL": redis_url}
+    for args in (
+        ["--chat-id", str(CHAT), "--text", "<b>Sale</b> today", "--parse-mode", "HTML"],
+        ["--chat-id", str(CHAT), "--photo", "https://example.com/p.png", "--text", "caption"],
+    ):
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway", "send", *args],
+            env=env,
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "queued reply_id=" in proc.stdout
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        first, second = await emu.wait_messages(CHAT, 2, timeout=15)
+    assert first["text"] == "Sale today"  # HTML parsed by "Telegram"
+    assert second["caption"] == "caption" and "photo" in second
+    [origin] = {
+        (await redis.xrange(s))[0][1][b"origin"]
+        for s in cfg.keys.all_outbound()
+        if await redis.xlen(s)
+    }
+    assert origin == b"cli"
