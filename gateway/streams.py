@@ -10,7 +10,11 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.contracts import (
     GROUP_SENDERS,
@@ -49,6 +53,10 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
         url,
         max_connections=max_connections,
         timeout=20,
+        # A connection opened before a Redis restart fails its first command: retry it
+        # on a fresh connection instead of failing the caller (503, a pending entry).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
@@ -160,7 +168,10 @@ class UpdatePublisher:
             self._flusher = None
 
     async def _run(self, batch: Sequence[list[Any]]) -> list[Any]:
-        results = await self._pipeline(batch)
+        try:
+            results = await self._pipeline(batch)
+        except (RedisConnectionError, OSError):
+            results = await self._pipeline(batch)  # once more, on a fresh connection
         if any(isinstance(r, NoScriptError) for r in results):
             # Redis restarted or flushed its script cache: load once, rerun those entries.
             await self._redis.script_load(PUBLISH_UPDATE_LUA)

@@ -22,9 +22,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -58,6 +59,14 @@ class Dead:
 
 
 Outcome = Ack | Dead
+
+
+class _Status(Enum):
+    DONE = "done"  # acknowledged or dead-lettered (or the ack was fenced off)
+    FAILED = "failed"  # the handler raised: counts as a delivery
+    RETRY = "retry"  # Redis was away: try again, not the entry's fault
+
+
 Item = tuple[str, str, dict[bytes, bytes], int]
 """(stream, entry id, fields, delivery count)"""
 Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
@@ -132,6 +141,7 @@ class StreamConsumer:
             )
             self._ack_script = redis.register_script(ACK_IF_OWNER)
         self._unfinished: dict[str, list[str]] = defaultdict(list)
+        self._retries: Counter[tuple[str, str]] = Counter()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -244,11 +254,20 @@ class StreamConsumer:
                 if not self._may_start(stream):
                     break  # lease lost or not trusted any more: the next owner takes it
                 try:
-                    await self._handle_one(stream, entry_id, fields, deliveries)
+                    status = await self._handle_one(stream, entry_id, fields, deliveries)
                 except GatewayFatal as exc:
                     self._fatal = exc
                     self.stop()
                     return
+                if status is not _Status.DONE:
+                    # Keep the chat's order: retry this entry in place after a backoff
+                    # (other chats go on); only handler failures count as deliveries.
+                    counted = deliveries + (status is _Status.FAILED)
+                    lane[0] = (stream, entry_id, fields, counted)
+                    self._retries[(stream, entry_id)] += 1
+                    await self._sleep(backoff(self._retries[(stream, entry_id)], base=0.1, cap=5.0))
+                    continue
+                self._retries.pop((stream, entry_id), None)
                 lane.popleft()
                 self._held[stream].discard(entry_id)
                 self._in_flight -= 1
@@ -415,7 +434,16 @@ class StreamConsumer:
 
     async def _handle_one(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
-    ) -> None:
+    ) -> _Status:
+        try:
+            return await self._handle(stream, entry_id, fields, deliveries)
+        except (RedisError, OSError) as exc:  # Redis away: not the entry's fault
+            log.warning("%s: redis error on %s (%s); retrying", self.config.role, entry_id, exc)
+            return _Status.RETRY
+
+    async def _handle(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
+    ) -> _Status:
         cfg = self.config
         if deliveries > cfg.max_deliveries:
             await self._dead(
@@ -428,19 +456,19 @@ class StreamConsumer:
                     f"delivered {deliveries} times without success",
                 ),
             )
-            return
+            return _Status.DONE
         try:
             outcome = await self.handler(stream, entry_id, fields, deliveries)
-        except (asyncio.CancelledError, GatewayFatal):
+        except (asyncio.CancelledError, GatewayFatal, RedisError, OSError):
             raise
         except Exception:
             log.exception(
-                "%s: handling %s failed (delivery %d); left pending for retry",
+                "%s: handling %s failed (delivery %d); retrying in order",
                 cfg.role,
                 entry_id,
                 deliveries,
             )
-            return
+            return _Status.FAILED
         try:
             if isinstance(outcome, Dead):
                 await self._dead(stream, entry_id, fields, deliveries, outcome)
@@ -460,12 +488,13 @@ class StreamConsumer:
                             p,
                             entry_id,
                         )
-                        return
+                        return _Status.DONE
                 self.handled += 1
         except (RedisError, OSError) as exc:
             # Work done but not acknowledged: it will be claimed and redone; handlers are
             # idempotent (dedupe keys, sent markers) so the redo is a no-op.
             log.warning("%s: ack of %s failed: %s", cfg.role, entry_id, exc)
+        return _Status.DONE
 
     async def _dead(
         self,

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
 
 
+def claim_period(claim_idle_ms: int) -> float:
+    """How often to claim and to refresh held entries: well inside the idle threshold, so
+    an entry waiting in a live lane never looks abandoned to another consumer."""
+    return min(5.0, claim_idle_ms / 1000 / 4)
+
+
 def make_bot(tg: TelegramSettings) -> Bot:
     token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
     session = AiohttpSession(
@@ -117,6 +123,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
                 count=ws.worker_batch,
                 block_ms=ws.worker_block_ms,
                 claim_idle_ms=ws.claim_idle_ms,
+                claim_every=claim_period(ws.claim_idle_ms),
                 max_deliveries=ws.max_deliveries,
                 grace=ws.shutdown_grace_seconds,
                 max_in_flight=ws.worker_max_in_flight,
@@ -177,6 +184,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
                 count=ss.sender_batch,
                 block_ms=ss.sender_block_ms,
                 claim_idle_ms=ss.claim_idle_ms,
+                claim_every=claim_period(ss.claim_idle_ms),
                 max_deliveries=ss.max_deliveries,
                 grace=ss.shutdown_grace_seconds,
                 max_in_flight=ss.sender_max_in_flight,

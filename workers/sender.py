@@ -181,6 +181,7 @@ class Sender:
         self, entry: OutboundEntry, method: str, payload: dict[str, Any], chat_id: int | str
     ) -> _PartOutcome:
         attempts = 0
+        failures = 0  # 5xx/network only: 429 waits and migrations do not use the budget
         migrated = False
         plain_retry = False
         while True:
@@ -259,9 +260,10 @@ class Sender:
                 TelegramAPIError,
             ) as exc:
                 detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
-                if attempts >= self.max_attempts:
+                failures += 1
+                if failures >= self.max_attempts:
                     return _PartOutcome(attempts, dead=(Reason.RETRIES_EXHAUSTED, None, detail))
-                delay = backoff(attempts, base=0.5, cap=self.backoff_max)
+                delay = backoff(failures, base=0.5, cap=self.backoff_max)
                 log.warning("send to %s failed (%s); retry in %.1fs", chat_id, detail, delay)
                 await asyncio.sleep(delay)
                 continue

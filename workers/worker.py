@@ -106,6 +106,7 @@ async def forward(gw: WorkerContext) -> Outcome:
                 s.breaker.success()
                 break
             except PipelineRejected as exc:
+                s.breaker.success()  # it answered: up, even if it refused this one
                 s.count("pipeline_rejected")
                 await _apologise(gw, message)
                 return Dead(Reason.PIPELINE_REJECTED, str(exc))
