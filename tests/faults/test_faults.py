@@ -132,7 +132,9 @@ def test_short_claim_idle_never_double_sends(tmp_path: Path, report_path: Path) 
     assert check(report, keep_order=False) == [], report.details["unexplained_duplicates"][:3]
 
 
-def test_rejected_breaker_probe_does_not_wedge_the_worker(tmp_path: Path, report_path: Path) -> None:
+def test_rejected_breaker_probe_does_not_wedge_the_worker(
+    tmp_path: Path, report_path: Path
+) -> None:
     """The pipeline is down (503) long enough to open the breaker; the probe that follows
     is rejected (400): that one message is dead-lettered, the next ones must still flow."""
     options = Options(workers=1, senders=1)
