@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -60,11 +61,22 @@ class Dead:
 
 Outcome = Ack | Dead
 
+lease_valid: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
+    "lease_valid", default=lambda: True
+)
+"""Set for each handler call: may it still act on its partition? Handlers check it right
+before an unfenced side effect (a pipeline POST) and raise ``LeaseLost`` if not."""
+
+
+class LeaseLost(Exception):
+    """The partition moved while its entry was being handled: stop, do not acknowledge."""
+
 
 class _Status(Enum):
     DONE = "done"  # acknowledged or dead-lettered (or the ack was fenced off)
     FAILED = "failed"  # the handler raised: counts as a delivery
     RETRY = "retry"  # Redis was away: try again, not the entry's fault
+    LOST = "lost"  # the partition moved: the next owner handles it
 
 
 Item = tuple[str, str, dict[bytes, bytes], int]
@@ -259,6 +271,8 @@ class StreamConsumer:
                     self._fatal = exc
                     self.stop()
                     return
+                if status is _Status.LOST:
+                    break  # leave this and the rest pending for the partition's new owner
                 if status is not _Status.DONE:
                     # Keep the chat's order: retry this entry in place after a backoff
                     # (other chats go on); only handler failures count as deliveries.
@@ -457,8 +471,14 @@ class StreamConsumer:
                 ),
             )
             return _Status.DONE
+        lease_valid.set(lambda: self._may_start(stream))
         try:
             outcome = await self.handler(stream, entry_id, fields, deliveries)
+        except LeaseLost:
+            log.warning(
+                "%s: partition of %s moved mid-entry; left to its owner", cfg.role, entry_id
+            )
+            return _Status.LOST
         except (asyncio.CancelledError, GatewayFatal, RedisError, OSError):
             raise
         except Exception:

@@ -20,7 +20,7 @@ from gateway.streams import publish_outbound
 from gateway.tokens import Route, sign_route
 from workers.adapter import PipelineMessage, adapt
 from workers.commands import commands_router
-from workers.consumer import Ack, Dead, Outcome
+from workers.consumer import Ack, Dead, LeaseLost, Outcome, lease_valid
 from workers.context import WorkerContext, WorkerServices
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ async def forward(gw: WorkerContext) -> Outcome:
     try:
         while True:
             await s.breaker.ready()
+            if not lease_valid.get()():
+                raise LeaseLost  # another worker owns this chat's partition now
             try:
                 body = await s.pipeline.submit(message, callback_url, key)
                 s.breaker.success()

@@ -995,10 +995,6 @@ SCENARIOS: dict[str, Scenario] = {
             restart_redis,
             options=lambda: Options(aof=True),
             window_dups_per_fault=1,
-            order_exempt=(
-                "known bugs: test_transient_failure_reorders_a_chat, "
-                "test_first_callback_after_redis_restart_is_refused"
-            ),
         ),
         Scenario("pipeline_outage", pipeline_outage, verify=pipeline_faults_seen),
         Scenario("telegram_429_5xx", telegram_storm, verify=storm_seen),
