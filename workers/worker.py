@@ -11,9 +11,15 @@ from aiogram import Bot, Dispatcher, Router
 from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.types import CallbackQuery, Message, Update
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from gateway.contracts import EnvelopeError, Reason, UpdateEntry, partition_for
-from gateway.errors import PipelineRejected, PipelineUnavailable, ReplyShapeError
+from gateway.errors import (
+    PipelineRejected,
+    PipelineUnavailable,
+    RedisUnavailable,
+    ReplyShapeError,
+)
 from gateway.poller import backoff
 from gateway.replies import parse_reply, reply_entries
 from gateway.streams import publish_outbound
@@ -172,11 +178,15 @@ async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
 
 
 async def _keep_typing(gw: WorkerContext) -> None:
+    """Best effort: a typing indicator that cannot be queued (Redis away) is skipped."""
     n = 0
     while True:
-        await gw.send(
-            "sendChatAction", {"action": "typing"}, origin="gateway", key=f"typing{n}", ttl=5.0
-        )
+        try:
+            await gw.send(
+                "sendChatAction", {"action": "typing"}, origin="gateway", key=f"typing{n}", ttl=5.0
+            )
+        except (RedisUnavailable, RedisError, OSError) as exc:
+            log.debug("typing indicator skipped: %s", exc)
         n += 1
         await asyncio.sleep(TYPING_EVERY)
 
