@@ -8,8 +8,10 @@
 - keeps its fetched entries from looking idle (XCLAIM ... JUSTID to itself) so no other
   consumer claims an entry that is only waiting in a lane;
 - XACKs only after the handler finished (or dead-letters with a reason, then acks);
-- an entry whose handler raised stays pending and is re-claimed (XAUTOCLAIM) after
-  ``claim_idle_ms``, also from dead consumers; past ``max_deliveries`` it is dead-lettered;
+- an entry whose handler raised is retried in place (its chat waits), and entries of a
+  dead consumer are re-claimed (XAUTOCLAIM) after ``claim_idle_ms``; the delivery count
+  travels with the entry and past ``max_deliveries`` it is dead-lettered. Entries handed
+  back unstarted keep their count (XCLAIM RETRYCOUNT), so restarts do not use it up;
 - survives Redis outages (backoff, reconnect) and recreates a missing group (NOGROUP);
 - ``stop()`` stops reading, lets in-flight work finish within ``grace`` seconds, and leaves
   the rest pending for a claim — never dropped.
@@ -148,11 +150,16 @@ class StreamConsumer:
                 partitions=len(config.streams),
                 ttl_ms=config.lease_ttl_ms,
                 on_gain=self._take_over,
-                drained=lambda p: not self._held[config.streams[p]],
+                drained=self._drained,
                 on_lose=lambda p: None,
+                # A read the previous owner had blocked on this partition has returned
+                # (its entries are pending, so _take_over queues them) before we read.
+                settle=config.block_ms / 1000 + 0.5,
             )
             self._ack_script = redis.register_script(ACK_IF_OWNER)
-        self._unfinished: dict[str, list[str]] = defaultdict(list)
+        # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop
+        self._unfinished: dict[str, dict[str, int]] = defaultdict(dict)
+        self._reading: frozenset[str] = frozenset()  # streams of the XREADGROUP in flight
         self._retries: Counter[tuple[str, str]] = Counter()
 
     def stop(self) -> None:
@@ -175,6 +182,13 @@ class StreamConsumer:
     def _may_start(self, stream: str) -> bool:
         return self.leases is None or self.leases.valid(self._partition_of[stream])
 
+    def _drained(self, p: int) -> bool:
+        """May partition ``p`` be released: nothing of it in a lane, and no read naming it
+        in flight (a blocked XREADGROUP could still hand us its next entry after the
+        release, and the next owner would read the ones after it first)."""
+        stream = self.config.streams[p]
+        return not self._held.get(stream) and stream not in self._reading
+
     async def run(self) -> None:
         """Consume until stopped, then let the lanes finish. Redis errors are retried."""
         await self._bootstrap()
@@ -184,6 +198,9 @@ class StreamConsumer:
         try:
             await self._consume()
         finally:
+            # Lanes still running (cancelled at the end of the grace period, or a crash)
+            # stop before the leases go: nobody acts on a partition after releasing it.
+            await self._cancel_lanes()
             if lease_task is not None:
                 self._leases_stop.set()
                 lease_task.cancel()  # a tick stuck on Redis must not hold the shutdown
@@ -231,6 +248,12 @@ class StreamConsumer:
         while self._lane_tasks:
             await asyncio.gather(*list(self._lane_tasks), return_exceptions=True)
 
+    async def _cancel_lanes(self) -> None:
+        tasks = list(self._lane_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _wait_capacity(self) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
         cap = asyncio.ensure_future(self._capacity.wait())
@@ -244,6 +267,7 @@ class StreamConsumer:
         stream, entry_id, fields, _ = item
         if entry_id in self._held[stream]:
             return  # our own entry, claimed back while it waits in a lane
+        self._unfinished[stream].pop(entry_id, None)
         self._held[stream].add(entry_id)
         self._in_flight += 1
         key = (stream, self.order_key(fields))
@@ -288,9 +312,9 @@ class StreamConsumer:
                 self._capacity.set()
         finally:
             # On cancel (grace over) or a fatal error the rest stays pending: claimed later.
-            for stream, entry_id, _, _ in lane:
+            for stream, entry_id, _, deliveries in lane:
                 self._held[stream].discard(entry_id)
-                self._unfinished[stream].append(entry_id)
+                self._unfinished[stream][entry_id] = deliveries
                 self._in_flight -= 1
             del self._lanes[key]
             self._capacity.set()
@@ -337,21 +361,30 @@ class StreamConsumer:
                 log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
 
     async def _hand_back(self) -> None:
-        """Make entries we fetched but did not start claimable at once by other consumers."""
-        for stream, ids in self._unfinished.items():
-            if not ids:
+        """Make entries we fetched but did not finish claimable at once by other consumers.
+
+        The next claim counts one more delivery, so each entry's counter is set back to
+        the deliveries it really had (RETRYCOUNT): a rolling restart is not an attempt.
+        Entries of partitions no longer ours are left alone: their new owner has them."""
+        for stream, entries in self._unfinished.items():
+            if not entries or not self._may_start(stream):
                 continue
+            by_count: dict[int, list[str]] = defaultdict(list)
+            for entry_id, deliveries in entries.items():
+                by_count[max(0, deliveries - 1)].append(entry_id)
             try:
-                await self.redis.xclaim(
-                    stream,
-                    self.config.group,
-                    self.name,
-                    0,
-                    list[Any](ids),
-                    idle=self.config.claim_idle_ms,
-                    justid=True,
-                )
-                log.info("%s: handed back %d unstarted entries", self.config.role, len(ids))
+                for retrycount, ids in sorted(by_count.items()):
+                    await self.redis.xclaim(
+                        stream,
+                        self.config.group,
+                        self.name,
+                        0,
+                        list[Any](ids),
+                        idle=self.config.claim_idle_ms,
+                        retrycount=retrycount,
+                        justid=True,
+                    )
+                log.info("%s: handed back %d unstarted entries", self.config.role, len(entries))
             except (RedisError, OSError) as exc:  # they stay pending and are claimed later
                 log.warning("%s: hand-back failed (%s)", self.config.role, exc)
         self._unfinished.clear()
@@ -361,7 +394,8 @@ class StreamConsumer:
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_claim < self.config.claim_every:
             return
-        for stream, ids in self._held.items():
+        # Snapshots: lanes and take-overs change these sets while XCLAIM is awaited.
+        for stream, ids in list(self._held.items()):
             if ids and self._may_start(stream):
                 await self.redis.xclaim(
                     stream, self.config.group, self.name, 0, list(ids), justid=True
@@ -391,13 +425,17 @@ class StreamConsumer:
             await self._sleep(self.config.block_ms / 1000)
             return []
         streams = {s: ">" for s in active}
-        reply: Any = await self.redis.xreadgroup(
-            self.config.group,
-            self.name,
-            streams,  # type: ignore[arg-type]
-            count=count,
-            block=self.config.block_ms,
-        )
+        self._reading = frozenset(active)
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                self.config.group,
+                self.name,
+                streams,  # type: ignore[arg-type]
+                count=count,
+                block=self.config.block_ms,
+            )
+        finally:
+            self._reading = frozenset()
         out: list[Item] = []
         for stream, entries in reply or []:
             s = stream.decode() if isinstance(stream, bytes) else stream

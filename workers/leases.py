@@ -6,8 +6,12 @@
   round-robin): every process computes the same even split.
 - A partition is handled only under its lease ``{prefix}:lease:{role}:{p}`` (SET NX PX,
   renewed by the owner only). A partition that moves away is first drained (the lanes
-  finish what they started), then released; the next owner takes it as soon as the lease
-  is free or expired, and first finishes the previous owner's pending entries.
+  finish what they started and no read naming it is still in flight), then released; the
+  next owner takes it as soon as the lease is free or expired, waits ``settle`` seconds
+  (longer than any XREADGROUP BLOCK the previous owner may still have open, so whatever
+  that read returns is pending by then) and first finishes the previous owner's pending
+  entries, in order, before it reads new ones. The take-over runs beside the heartbeat:
+  renewing the other leases never waits for it.
 - Fencing: a process trusts its lease only until ``renewed_at + 0.8 * ttl`` on its own
   monotonic clock, which ends before Redis expires it. A process frozen (GC pause,
   SIGSTOP) past that stops starting entries of the partition, and its acknowledgements are
@@ -87,6 +91,7 @@ class LeaseManager:
         on_gain: Callable[[int], Awaitable[None]],
         drained: Callable[[int], bool],
         on_lose: Callable[[int], None],
+        settle: float = 0.0,
     ) -> None:
         self.redis = redis
         self.members_key = members_key
@@ -97,9 +102,11 @@ class LeaseManager:
         self.on_gain = on_gain
         self.drained = drained
         self.on_lose = on_lose
+        self.settle = settle
         self.state: dict[int, State] = {}
         self.valid_until: dict[int, float] = {}
         self.members: list[str] = []
+        self._gains: dict[int, asyncio.Task[None]] = {}
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
@@ -117,14 +124,24 @@ class LeaseManager:
         return sorted(p for p, s in self.state.items() if s is State.OWNED and self.valid(p))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop``; then drain and release everything."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except (RedisError, OSError) as exc:
-                log.warning("leases: redis error (%s)", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        """Tick until ``stop`` (the caller drains, then calls ``release_all``)."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except (RedisError, OSError) as exc:
+                    log.warning("leases: redis error (%s)", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        finally:
+            await self.cancel_gains()
+
+    async def cancel_gains(self) -> None:
+        tasks = list(self._gains.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._gains.clear()
 
     async def tick(self) -> None:
         started = time.monotonic()
@@ -150,17 +167,40 @@ class LeaseManager:
                 self.state[p] = State.TAKING  # not read from until the backlog is queued
                 self.valid_until[p] = started + 0.8 * self.ttl_ms / 1000
                 log.info("leases: took partition %d", p)
+                self._gains[p] = asyncio.create_task(self._gain(p))
+
+    async def _gain(self, p: int) -> None:
+        """Wait out the previous owner's reads, queue its backlog, then read the partition.
+
+        Retried with backoff while Redis fails; given up when the lease goes (``_drop``
+        cancels it)."""
+        await asyncio.sleep(self.settle)
+        attempt = 0
+        while self.state.get(p) is State.TAKING:
+            try:
                 await self.on_gain(p)
-                if self.state.get(p) is State.TAKING:
-                    self.state[p] = State.OWNED
+            except (RedisError, OSError) as exc:
+                attempt += 1
+                delay = min(5.0, 0.1 * 2**attempt)
+                log.warning("leases: take-over of partition %d failed (%s)", p, exc)
+                await asyncio.sleep(delay)
+                continue
+            if self.state.get(p) is State.TAKING:
+                self.state[p] = State.OWNED
+        if self._gains.get(p) is asyncio.current_task():
+            del self._gains[p]
 
     def _drop(self, p: int) -> None:
+        gain = self._gains.pop(p, None)
+        if gain is not None and gain is not asyncio.current_task():
+            gain.cancel()
         self.state.pop(p, None)
         self.valid_until.pop(p, None)
         self.on_lose(p)
 
     async def release_all(self) -> None:
         """On shutdown (after draining): free every lease and leave the membership."""
+        await self.cancel_gains()
         for p in list(self.state):
             with contextlib.suppress(RedisError, OSError):  # else it expires by itself
                 await self._release(keys=[self.lease_key(p)], args=[self.name])
