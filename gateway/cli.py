@@ -219,7 +219,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     )
 
     async def go() -> str:
-        redis = connect(rs.redis_url)
+        redis = connect(rs.redis_url, cluster=rs.redis_cluster)
         try:
             keys = Keys(rs.stream_prefix, rs.partitions)
             await ensure_groups(redis, keys)
@@ -257,7 +257,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         )
 
     async def go() -> int:
-        redis = connect(rs.redis_url)
+        redis = connect(rs.redis_url, cluster=rs.redis_cluster)
         try:
             chosen = await dlq.select(redis, keys, sel)
             if args.action == "list":
@@ -296,7 +296,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
     rs = load(RedisSettings)
 
     async def go() -> dict[str, Any]:
-        redis = connect(rs.redis_url)
+        redis = connect(rs.redis_url, cluster=rs.redis_cluster)
         try:
             return await stream_status(redis, Keys(rs.stream_prefix, rs.partitions))
         finally:

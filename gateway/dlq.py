@@ -11,7 +11,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.contracts import Keys, decode_fields
-from gateway.streams import fields_arg
+from gateway.streams import fields_arg, is_cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +109,23 @@ async def requeue(redis: aioredis.Redis, keys: Keys, entries: Iterable[DeadEntry
     """Put each entry back on the stream it came from and remove it from the dead stream.
 
     The XADD and XDEL of one entry run in one MULTI, so an entry is never in both or
-    neither. Entries whose stream is not one of ours are refused.
+    neither. On a Redis Cluster (two slots) the XADD goes first: a crash in between leaves
+    it in both, and requeueing it again is harmless (the handed and sent markers make the
+    second copy a no-op while they last). Entries whose stream is not one of ours are refused.
     """
     allowed = set(keys.all_updates()) | set(keys.all_outbound())
     done = 0
     for e in entries:
         if e.stream not in allowed or not e.entry:
             raise ValueError(f"{e.id}: cannot requeue to {e.stream!r} (not a gateway stream)")
-        pipe = redis.pipeline(transaction=True)
-        pipe.xadd(e.stream, fields_arg(e.entry))
-        pipe.xdel(keys.dead, e.id)
-        await pipe.execute()
+        if is_cluster(redis):
+            await redis.xadd(e.stream, fields_arg(e.entry))
+            await redis.xdel(keys.dead, e.id)
+        else:
+            pipe = redis.pipeline(transaction=True)
+            pipe.xadd(e.stream, fields_arg(e.entry))
+            pipe.xdel(keys.dead, e.id)
+            await pipe.execute()
         done += 1
     return done
 

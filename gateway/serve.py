@@ -54,7 +54,9 @@ def build_ingress(
         outbound_ttl=outbound_ttl,
     )
     return IngressApp(
-        config, lambda: connect(rs.redis_url, rs.redis_max_connections), rs.dedupe_ttl_seconds
+        config,
+        lambda: connect(rs.redis_url, rs.redis_max_connections, cluster=rs.redis_cluster),
+        rs.dedupe_ttl_seconds,
     )
 
 

@@ -129,6 +129,8 @@ class RedisSettings(_Base):
     """Where the streams live and how they are laid out."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL names one node of a Redis Cluster; the client discovers the rest.
+    redis_cluster: bool = False
     stream_prefix: str = Field(default="tg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     partitions: int = Field(default=4, ge=1, le=1024)
     dedupe_ttl_seconds: int = Field(default=86_400, ge=60)

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,9 +47,27 @@ def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
     return dict(fields)
 
 
-def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:
     """A client on a bounded pool: callers past ``max_connections`` wait for a connection
-    (up to 20 s) instead of failing; bytes in, bytes out (entries carry raw JSON)."""
+    (up to 20 s) instead of failing; bytes in, bytes out (entries carry raw JSON).
+
+    With ``cluster`` (``REDIS_CLUSTER=true``) it is a Redis Cluster client seeded from
+    ``url``; ``max_connections`` is then per node. Every key the gateway touches in one
+    command or script shares a hash tag, so the same calls work on both (``is_cluster``
+    marks the few places that run differently).
+    """
+    if cluster:
+        client = RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            decode_responses=False,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+        )
+        # RedisCluster implements the command API the gateway uses; callers that need
+        # more (a pipeline's MULTI, a raw connection) ask is_cluster() first.
+        return cast(aioredis.Redis, client)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -63,6 +82,11 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
         health_check_interval=15,
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def is_cluster(redis: object) -> bool:
+    """Is ``redis`` a Redis Cluster client (no MULTI across slots, no multi-slot reads)?"""
+    return isinstance(redis, RedisCluster)
 
 
 async def ensure_groups(redis: aioredis.Redis, keys: Keys) -> None:
@@ -151,8 +175,10 @@ class UpdatePublisher:
                 batch, self._queue = self._queue, []
                 try:
                     results = await self._run([args for args, _ in batch])
-                except (RedisError, OSError) as exc:
-                    error = RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")
+                except Exception as exc:  # every caller gets an answer, whatever failed
+                    error: Exception = exc
+                    if isinstance(exc, (RedisError, OSError)):
+                        error = RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(error)
@@ -168,6 +194,8 @@ class UpdatePublisher:
             self._flusher = None
 
     async def _run(self, batch: Sequence[list[Any]]) -> list[Any]:
+        if is_cluster(self._redis):
+            return await self._cluster_pipeline(batch)
         try:
             results = await self._pipeline(batch)
         except (RedisConnectionError, OSError):
@@ -207,6 +235,23 @@ class UpdatePublisher:
         finally:
             await pool.release(conn)
 
+    async def _cluster_pipeline(self, batch: Sequence[list[Any]]) -> list[Any]:
+        """The same scripts through redis-py's cluster pipeline: each EVALSHA goes to its
+        partition's node (the dedupe key and the stream share the ``{p}`` tag)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for args in batch:
+            pipe.execute_command("EVALSHA", self._script.sha, 2, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self._redis.script_load(PUBLISH_UPDATE_LUA)  # loads on every primary
+            redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            again = self._redis.pipeline(transaction=False)
+            for i in redo:
+                again.execute_command("EVALSHA", self._script.sha, 2, *batch[i])
+            for i, r in zip(redo, await again.execute(raise_on_error=False), strict=True):
+                results[i] = r
+        return results
+
     async def aclose(self) -> None:
         """Wait for an in-flight pipeline so no caller is left without an answer."""
         if self._flusher is not None:
@@ -245,24 +290,30 @@ async def dead_letter_and_ack(
     attempts: int,
     error: str,
 ) -> None:
-    """Move an entry to the dead-letter stream and acknowledge it, in one MULTI."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.xadd(
-        keys.dead,
-        fields_arg(
-            dead_fields(
-                stage=stage,
-                reason=reason,
-                stream=stream,
-                entry_id=entry_id,
-                entry=entry,
-                attempts=attempts,
-                error=error,
-            )
-        ),
+    """Move an entry to the dead-letter stream and acknowledge it, in one MULTI.
+
+    On a Redis Cluster the dead stream and the entry's partition are different slots: the
+    XADD goes first, then the XACK, so a crash in between leaves the entry pending and it
+    is dead-lettered again (a duplicate dead letter, never a lost one)."""
+    dead = fields_arg(
+        dead_fields(
+            stage=stage,
+            reason=reason,
+            stream=stream,
+            entry_id=entry_id,
+            entry=entry,
+            attempts=attempts,
+            error=error,
+        )
     )
-    pipe.xack(stream, group, entry_id)
-    await pipe.execute()
+    if is_cluster(redis):
+        await redis.xadd(keys.dead, dead)
+        await redis.xack(stream, group, entry_id)
+    else:
+        pipe = redis.pipeline(transaction=True)
+        pipe.xadd(keys.dead, dead)
+        pipe.xack(stream, group, entry_id)
+        await pipe.execute()
     log.warning(
         "dead-lettered %s %s from %s: %s (%s)",
         stage.value,

@@ -10,7 +10,13 @@ import redis.asyncio as aioredis
 
 import workers  # noqa: F401 - first aiogram import of the session: the lazy path, as in production
 from gateway.emulator import Emulator
-from tests.helpers import BOT_USERNAME, TOKEN, RedisProcess, redis_server_binary
+from tests.helpers import (
+    BOT_USERNAME,
+    TOKEN,
+    RedisClusterProcesses,
+    RedisProcess,
+    redis_server_binary,
+)
 
 
 def _docker_answers() -> bool:
@@ -84,6 +90,41 @@ def own_redis() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real three-primary Redis Cluster on 127.0.0.1 for the session (one node's URL).
+
+    ``TEST_REDIS_CLUSTER_URL`` points the tests at an existing cluster instead."""
+    given = os.environ.get("TEST_REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("Redis Cluster tests need a redis-server binary")
+    cluster = RedisClusterProcesses(binary)
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def cluster_redis(redis_cluster_url: str) -> AsyncIterator[aioredis.Redis]:
+    """The gateway's own cluster client (``connect(cluster=True)``), every primary flushed."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from gateway.streams import connect
+
+    client = connect(redis_cluster_url, cluster=True)
+    await client.flushall(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 _GATEWAY_ENV_PREFIXES = (

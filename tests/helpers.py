@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -29,14 +30,29 @@ def redis_server_binary() -> str | None:
     return redis_binary()
 
 
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 55000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisProcess:
     """A throwaway ``redis-server`` on a free port that a test may stop and restart."""
 
-    def __init__(self, binary: str, *, appendonly: bool = False) -> None:
+    def __init__(self, binary: str, *, appendonly: bool = False, cluster: bool = False) -> None:
         self.binary = binary
-        self.port = free_port()
+        self.port = _free_cluster_port() if cluster else free_port()
         self.dir = tempfile.mkdtemp(prefix="tg-redis-")
         self.appendonly = appendonly
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +79,15 @@ class RedisProcess:
             "--protected-mode",
             "no",
         ]
+        if self.cluster:
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                os.path.join(self.dir, "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -91,6 +116,54 @@ class RedisProcess:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterProcesses:
+    """A real Redis Cluster on 127.0.0.1: ``size`` primaries (no replicas) sharing the
+    16384 slots evenly, joined with CLUSTER MEET; no redis-cli needed."""
+
+    def __init__(self, binary: str, size: int = 3) -> None:
+        self.nodes = [RedisProcess(binary, cluster=True) for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        """One node's URL: the cluster client discovers the others."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        import redis as sync_redis
+
+        for node in self.nodes:
+            node.start()
+        clients = [sync_redis.Redis(port=n.port) for n in self.nodes]
+        try:
+            per = 16384 // len(self.nodes)
+            for i, client in enumerate(clients):
+                last = 16383 if i == len(clients) - 1 else (i + 1) * per - 1
+                slots = list(range(i * per, last + 1))
+                for at in range(0, len(slots), 1000):
+                    client.execute_command("CLUSTER ADDSLOTS", *slots[at : at + 1000])
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + 20
+            while True:
+                infos: list[Any] = [c.execute_command("CLUSTER INFO") for c in clients]
+                if all(
+                    str(i["cluster_state"]) == "ok"
+                    and int(i["cluster_known_nodes"]) == len(clients)
+                    for i in infos
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis cluster did not form within 20 s: {infos}")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
 
 
 async def wait_for(

@@ -85,7 +85,9 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pipeline = make_pipeline(ps)
         stack.push_async_callback(pipeline.aclose)
-        redis = connect(cfg.redis.redis_url, cfg.redis.redis_max_connections)
+        redis = connect(
+            cfg.redis.redis_url, cfg.redis.redis_max_connections, cluster=cfg.redis.redis_cluster
+        )
         stack.push_async_callback(redis.aclose)
         bot = make_bot(cfg.telegram)
         stack.push_async_callback(bot.session.close)
@@ -153,7 +155,9 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         await stop.wait()
         return
     async with contextlib.AsyncExitStack() as stack:
-        redis = connect(cfg.redis.redis_url, cfg.redis.redis_max_connections)
+        redis = connect(
+            cfg.redis.redis_url, cfg.redis.redis_max_connections, cluster=cfg.redis.redis_cluster
+        )
         stack.push_async_callback(redis.aclose)
         bot = make_bot(tg)
         stack.push_async_callback(bot.session.close)

@@ -37,13 +37,19 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import redis as sync_redis
 from redis.exceptions import RedisError
 
-from tests.helpers import BOT_ID, TOKEN, RedisProcess, redis_server_binary
+from tests.helpers import (
+    BOT_ID,
+    TOKEN,
+    RedisClusterProcesses,
+    RedisProcess,
+    redis_server_binary,
+)
 
 T = TypeVar("T")
 
@@ -110,6 +116,7 @@ class Options:
     chat_per_second: float = 10.0
     env: dict[str, str] = field(default_factory=dict)
     role_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by role name
+    cluster: bool = False  # a three-primary Redis Cluster instead of one redis-server
 
 
 @dataclass(frozen=True)
@@ -325,7 +332,11 @@ class Harness:
         binary = redis_server_binary()
         if binary is None:
             raise HarnessError("fault tests need a redis-server binary")
-        self.redis_server = RedisProcess(binary, appendonly=self.options.aof)
+        self.redis_server: RedisProcess | RedisClusterProcesses = (
+            RedisClusterProcesses(binary)
+            if self.options.cluster
+            else RedisProcess(binary, appendonly=self.options.aof)
+        )
         self.emu_port, self.pipe_port, self.ingress_port = free_port(), free_port(), free_port()
         self.emu_url = f"http://127.0.0.1:{self.emu_port}"
         self.pipe_url = f"http://127.0.0.1:{self.pipe_port}"
@@ -356,9 +367,18 @@ class Harness:
     def start(self) -> None:
         self._t0 = time.monotonic()
         self.redis_server.start()
-        self._redis = sync_redis.Redis.from_url(
-            self.redis_server.url, decode_responses=True, socket_timeout=5
-        )
+        if isinstance(self.redis_server, RedisClusterProcesses):
+            from redis.cluster import RedisCluster
+
+            cluster = RedisCluster.from_url(
+                self.redis_server.url, decode_responses=True, socket_timeout=5
+            )
+            # The same reads (GET, XRANGE, XINFO) as on one Redis, routed by key.
+            self._redis = cast(sync_redis.Redis, cluster)
+        else:
+            self._redis = sync_redis.Redis.from_url(
+                self.redis_server.url, decode_responses=True, socket_timeout=5
+            )
         self.services["emulator"] = self._spawn(
             "emulator", ["emulator", "--port", str(self.emu_port), "--token", TOKEN], {}
         )
@@ -426,6 +446,7 @@ class Harness:
             "TELEGRAM_POLL_TIMEOUT": "1",
             "TELEGRAM_REQUEST_TIMEOUT": "5",
             "REDIS_URL": self.redis_server.url,
+            "REDIS_CLUSTER": "true" if o.cluster else "false",
             "PARTITIONS": str(PARTITIONS),
             "PIPELINE_URL": self.pipe_url,
             "PIPELINE_TIMEOUT": str(o.pipeline_timeout),
@@ -557,6 +578,8 @@ class Harness:
         acknowledged writes; that is Redis's contract, not the gateway's, so the scenario
         stops Redis cleanly.
         """
+        if not isinstance(self.redis_server, RedisProcess):
+            raise HarnessError("restart_redis needs a single redis-server (not a cluster)")
         start = time.time()
         self.redis_server.stop(kill=False)
         self.note("redis SIGTERM")
