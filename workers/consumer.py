@@ -156,6 +156,7 @@ class StreamConsumer:
                 partitions=len(config.streams),
                 ttl_ms=config.lease_ttl_ms,
                 on_gain=self._take_over,
+                on_release=self._hand_back_partition,
                 drained=self._drained,
                 on_lose=lambda p: None,
                 # A read the previous owner had blocked on this partition has returned
@@ -186,6 +187,13 @@ class StreamConsumer:
         return [self.config.streams[p] for p in self.leases.reading()]
 
     def _may_start(self, stream: str) -> bool:
+        """May a lane start this stream's next entry? Not once its partition is being
+        released: the entry in progress finishes, the rest goes to the next owner at once
+        (a sender behind a saturated rate limit would otherwise hold it for minutes)."""
+        return self.leases is None or self.leases.startable(self._partition_of[stream])
+
+    def _lease_valid(self, stream: str) -> bool:
+        """Is this process still the partition's trusted owner (fencing)?"""
         return self.leases is None or self.leases.valid(self._partition_of[stream])
 
     def _drained(self, p: int) -> bool:
@@ -366,14 +374,20 @@ class StreamConsumer:
             if removed:
                 log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
 
-    async def _hand_back(self) -> None:
+    async def _hand_back_partition(self, p: int) -> None:
+        """Before releasing ``p``: its entries we never started go back with their count."""
+        await self._hand_back([self.config.streams[p]])
+
+    async def _hand_back(self, streams: list[str] | None = None) -> None:
         """Make entries we fetched but did not finish claimable at once by other consumers.
 
         The next claim counts one more delivery, so each entry's counter is set back to
         the deliveries it really had (RETRYCOUNT): a rolling restart is not an attempt.
         Entries of partitions no longer ours are left alone: their new owner has them."""
-        for stream, entries in self._unfinished.items():
-            if not entries or not self._may_start(stream):
+        for stream, entries in list(self._unfinished.items()):
+            if streams is not None and stream not in streams:
+                continue
+            if not entries or not self._lease_valid(stream):
                 continue
             by_count: dict[int, list[str]] = defaultdict(list)
             for entry_id, deliveries in entries.items():
@@ -393,7 +407,7 @@ class StreamConsumer:
                 log.info("%s: handed back %d unstarted entries", self.config.role, len(entries))
             except (RedisError, OSError) as exc:  # they stay pending and are claimed later
                 log.warning("%s: hand-back failed (%s)", self.config.role, exc)
-        self._unfinished.clear()
+            self._unfinished.pop(stream, None)
 
     async def _keep_held_fresh(self) -> None:
         """Reset the idle time of entries waiting in our lanes, so nobody claims them."""
@@ -402,7 +416,7 @@ class StreamConsumer:
             return
         # Snapshots: lanes and take-overs change these sets while XCLAIM is awaited.
         for stream, ids in list(self._held.items()):
-            if ids and self._may_start(stream):
+            if ids and self._lease_valid(stream):
                 await self.redis.xclaim(
                     stream, self.config.group, self.name, 0, list(ids), justid=True
                 )
@@ -524,7 +538,7 @@ class StreamConsumer:
                 ),
             )
             return _Status.DONE
-        lease_valid.set(lambda: self._may_start(stream))
+        lease_valid.set(lambda: self._lease_valid(stream))
         try:
             outcome = await self.handler(stream, entry_id, fields, deliveries)
         except LeaseLost:

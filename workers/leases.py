@@ -5,13 +5,14 @@
 - The desired split is computed from the live members alone (``assign``: sorted names,
   round-robin): every process computes the same even split.
 - A partition is handled only under its lease ``{prefix}:lease:{role}:{p}`` (SET NX PX,
-  renewed by the owner only). A partition that moves away is first drained (the lanes
-  finish what they started and no read naming it is still in flight), then released; the
-  next owner takes it as soon as the lease is free or expired, waits ``settle`` seconds
-  (longer than any XREADGROUP BLOCK the previous owner may still have open, so whatever
-  that read returns is pending by then) and first finishes the previous owner's pending
-  entries, in order, before it reads new ones. The take-over runs beside the heartbeat:
-  renewing the other leases never waits for it.
+  renewed by the owner only). A partition that moves away is first drained (the entries
+  in progress finish, the unstarted ones are handed back through ``on_release``, and no
+  read naming it is still in flight), then released; the next owner takes it as soon as
+  the lease is free or expired, waits ``settle`` seconds (longer than any XREADGROUP
+  BLOCK the previous owner may still have open, so whatever that read returns is pending
+  by then) and first finishes the previous owner's pending entries, in order, before it
+  reads new ones. The take-over runs beside the heartbeat: renewing the other leases
+  never waits for it.
 - Fencing: a process trusts its lease only until ``renewed_at + 0.8 * ttl`` on its own
   monotonic clock, which ends before Redis expires it. A process frozen (GC pause,
   SIGSTOP) past that stops starting entries of the partition, and its acknowledgements are
@@ -91,6 +92,7 @@ class LeaseManager:
         on_gain: Callable[[int], Awaitable[None]],
         drained: Callable[[int], bool],
         on_lose: Callable[[int], None],
+        on_release: Callable[[int], Awaitable[None]] | None = None,
         settle: float = 0.0,
     ) -> None:
         self.redis = redis
@@ -103,6 +105,7 @@ class LeaseManager:
         self.drained = drained
         self.on_lose = on_lose
         self.settle = settle
+        self.on_release = on_release
         self.state: dict[int, State] = {}
         self.valid_until: dict[int, float] = {}
         self.members: list[str] = []
@@ -118,6 +121,10 @@ class LeaseManager:
     def valid(self, p: int) -> bool:
         """May this process start work on partition ``p`` now?"""
         return self.valid_until.get(p, 0.0) > time.monotonic()
+
+    def startable(self, p: int) -> bool:
+        """May a new entry of ``p`` start: the lease is valid and not being released."""
+        return self.valid(p) and self.state.get(p) is not State.RELEASING
 
     def reading(self) -> list[int]:
         """Partitions to read new entries from (owned, valid, not being released)."""
@@ -158,6 +165,8 @@ class LeaseManager:
             if p not in desired and self.state[p] is State.OWNED:
                 self.state[p] = State.RELEASING  # stop reading; lanes finish their entry
             if self.state[p] is State.RELEASING and self.drained(p):
+                if self.on_release is not None:
+                    await self.on_release(p)  # while the lease is still ours
                 await self._release(keys=[self.lease_key(p)], args=[self.name])
                 log.info("leases: released partition %d", p)
                 self._drop(p)

@@ -161,3 +161,51 @@ async def test_a_frozen_owner_is_fenced_off(redis: aioredis.Redis) -> None:
     for c in (a, b):
         c.stop()
     await asyncio.gather(ta, tb)
+
+
+async def test_a_backlog_does_not_hold_a_partition_that_moves(redis: aioredis.Redis) -> None:
+    """a holds a long backlog (a slow handler: a sender behind a saturated rate limit).
+    b joins: a finishes only the entries in progress and hands the rest over, so b gets
+    its half of the partitions in about a second, not after a's backlog; order holds."""
+    await ensure_groups(redis, KEYS)
+    seen: dict[int, list[int]] = defaultdict(list)
+    by: dict[str, int] = defaultdict(int)
+    active: dict[int, int] = defaultdict(int)
+    overlaps = 0
+
+    def handler(name: str) -> Handler:
+        async def handle(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+            nonlocal overlaps
+            chat = int(fields[b"chat_id"])
+            active[chat] += 1
+            overlaps += active[chat] > 1
+            await asyncio.sleep(0.05)  # 60 entries per chat: a 3 s backlog per lane
+            seen[chat].append(int(fields[b"seq"]))
+            by[name] += 1
+            active[chat] -= 1
+            return Ack()
+
+        return handle
+
+    for seq in range(60):
+        for chat in range(P):
+            await redis.xadd(KEYS.updates(chat), {"chat_id": str(chat), "seq": str(seq)})
+    a = make(redis, "a", handler("a"))
+    tasks = [asyncio.create_task(a.run())]
+    await wait_for(lambda: owned([a]) == {"a": P} and by["a"] > 0, message="a owns all")
+    b = make(redis, "b", handler("b"))
+    tasks.append(asyncio.create_task(b.run()))
+    joined = asyncio.get_running_loop().time()
+    await wait_for(lambda: owned([a, b]) == {"a": 4, "b": 4}, timeout=10, message="4/4 split")
+    took = asyncio.get_running_loop().time() - joined
+    # Heartbeat ticks (TTL/5), the settle wait (block + 0.5 s), one entry in progress.
+    assert took < 2.0, f"split took {took:.1f}s: the backlog held the partitions"
+    await wait_for(lambda: all(len(set(seen[c])) == 60 for c in range(P)), timeout=30)
+    for c in (a, b):
+        c.stop()
+    await asyncio.gather(*tasks)
+    assert overlaps == 0, "two processes handled one chat at the same time"
+    assert by["b"] > 0
+    for chat in range(P):
+        assert list(dict.fromkeys(seen[chat])) == list(range(60)), f"chat {chat}: {seen[chat]}"
+        assert seen[chat] == sorted(seen[chat]), f"chat {chat} out of order: {seen[chat]}"
