@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh dev
-exec .venv/bin/python -m pytest "$@"
+# TEST_JOBS=1 runs the tests in one process (pytest-xdist otherwise).
+exec .venv/bin/python -m pytest -n "${TEST_JOBS:-2}" "$@"
