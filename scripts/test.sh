@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh dev
 # TEST_JOBS=1 runs the tests in one process (pytest-xdist otherwise).
-exec .venv/bin/python -m pytest -n "${TEST_JOBS:-2}" "$@"
+exec .venv/bin/python -m pytest -n "${TEST_JOBS:-2}" --dist worksteal "$@"
