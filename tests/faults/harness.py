@@ -874,6 +874,13 @@ class Harness:
         return r
 
 
+def show(report: Report, seed: int) -> None:
+    """Print a report's row and its fault log (``pytest -s``)."""
+    print(f"\n(seed {seed})\n{format_table([report])}")
+    for line in report.faults:
+        print(f"    {line}")
+
+
 def inversions(items: list[int], reference: list[int]) -> int:
     """How many of ``items`` come after an item that ``reference`` orders later (pure)."""
     rank = {x: i for i, x in enumerate(reference)}

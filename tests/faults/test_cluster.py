@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import SCENARIOS, Options, Workload, format_table, run_scenario
+from tests.faults.harness import SCENARIOS, Options, Workload, run_scenario, show
 from tests.helpers import redis_server_binary
 
 pytestmark = [
@@ -26,7 +26,7 @@ WORKLOAD = Workload(chats=20, per_chat=10, seconds=4.0, seed=SEED)
 
 
 @pytest.mark.parametrize("name", ["kill_worker", "kill_sender"])
-def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path) -> None:
+def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path, report_path: Path) -> None:
     scenario = SCENARIOS[name]
     options = Options(cluster=True)
     report, problems = run_scenario(
@@ -35,9 +35,9 @@ def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path) -> None:
         WORKLOAD,
         seed=SEED,
         settle_timeout=45.0,
-        report_path=tmp_path / "report.json",
+        report_path=report_path,
         options=options,
     )
-    print(f"\n(cluster, seed {SEED})\n{format_table([report])}")
+    show(report, SEED)
     assert report.updates == WORKLOAD.total
     assert not problems, "\n".join(problems) + "\n" + str(report.details.get("logs", ""))

@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -35,9 +34,9 @@ from tests.faults.harness import (
     Report,
     Workload,
     check,
-    format_table,
     poll,
     run_scenario,
+    show,
 )
 from tests.helpers import BOT_ID, redis_server_binary
 
@@ -51,18 +50,8 @@ CI_WORKLOAD = Workload(chats=20, per_chat=10, seconds=4.0, seed=SEED)
 SETTLE = 45.0
 
 
-@pytest.fixture(scope="module")
-def report_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.getbasetemp() / "faults-report.json"
-    yield path
-    if path.exists():
-        print(f"\nfault reports: {path}")
-
-
 def _show(report: Report) -> None:
-    print(f"\n(seed {SEED})\n{format_table([report])}")
-    for line in report.faults:
-        print(f"    {line}")
+    show(report, SEED)
 
 
 def _run(name: str, tmp_path: Path, report_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -35,8 +34,8 @@ from tests.faults.harness import (
     Report,
     Workload,
     check,
-    format_table,
     run_scenario,
+    show,
 )
 from tests.helpers import redis_server_binary
 from workers.leases import assign
@@ -57,18 +56,8 @@ SETTLE = 45.0
 KEYS = Keys("tg", PARTITIONS)
 
 
-@pytest.fixture(scope="module")
-def report_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.getbasetemp() / "faults-report.json"
-    yield path
-    if path.exists():
-        print(f"\nfault reports: {path}")
-
-
 def _show(report: Report) -> None:
-    print(f"\n(seed {SEED})\n{format_table([report])}")
-    for line in report.faults:
-        print(f"    {line}")
+    show(report, SEED)
 
 
 # --- leases --------------------------------------------------------------------------
