@@ -1,4 +1,5 @@
-"""What ops look at: per-role consumers, lag and pending per partition, dead letters."""
+"""What ops look at: per role the live processes and the partitions each owns, lag and
+pending per partition, consumers, dead letters."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def _s(value: Any) -> str:
 async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
     """A snapshot: {"roles": {role: {...}}, "dead": {...}, "counters": {...}}."""
     roles: dict[str, Any] = {}
+    sec, usec = await redis.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000  # membership scores are on Redis's clock
     for role, group, streams in (
         ("worker", GROUP_WORKERS, keys.all_updates()),
         ("sender", GROUP_SENDERS, keys.all_outbound()),
@@ -37,6 +40,8 @@ async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
             row["group"] = ours is not None
             row["lag"] = None if ours is None else ours.get("lag")
             row["pending"] = 0 if ours is None else int(ours["pending"])
+            owner = await redis.get(keys.lease(role, p))
+            row["owner"] = None if owner is None else _s(owner)  # None: leases off or moving
             partitions.append(row)
             if ours is None:
                 continue
@@ -46,8 +51,14 @@ async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
                 seen = consumers.setdefault(name, {"pending": 0, "idle_ms": int(c["idle"])})
                 seen["pending"] += int(c["pending"])
                 seen["idle_ms"] = min(seen["idle_ms"], int(c["idle"]))
+        beating: Any = await redis.zrangebyscore(keys.members(role), now_ms, "+inf")
+        processes: dict[str, list[int]] = {_s(m): [] for m in beating}  # heartbeating
+        for row in partitions:
+            if row["owner"] is not None:
+                processes.setdefault(row["owner"], []).append(row["partition"])
         roles[role] = {
             "partitions": partitions,
+            "processes": processes,
             "consumers": consumers,
             "live": sorted(n for n, c in consumers.items() if c["idle_ms"] < LIVE_IDLE_MS),
         }
@@ -70,12 +81,16 @@ def render(status: dict[str, Any]) -> str:
     for role, info in status["roles"].items():
         live = info["live"]
         lines.append(f"{role}s: {len(live)} live ({', '.join(live) or 'none'})")
-        lines.append("  partition  length      lag  pending  group")
+        for name, owned in sorted(info["processes"].items()):
+            shown = ", ".join(map(str, owned)) or "none yet"
+            lines.append(f"  process {name}: partitions {shown}")
+        lines.append("  partition  length      lag  pending  group    owner")
         for row in info["partitions"]:
             lag = "-" if row["lag"] is None else str(row["lag"])
             group = "ok" if row["group"] else "MISSING"
             p, length, pending = row["partition"], row["length"], row["pending"]
-            lines.append(f"  {p:>9}  {length:>6}  {lag:>7}  {pending:>7}  {group}")
+            owner = row["owner"] or "-"
+            lines.append(f"  {p:>9}  {length:>6}  {lag:>7}  {pending:>7}  {group:<7}  {owner}")
         for name, c in sorted(info["consumers"].items()):
             lines.append(f"  consumer {name}: {c['pending']} pending, idle {c['idle_ms']} ms")
     dead = status["dead"]

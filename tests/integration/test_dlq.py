@@ -97,6 +97,10 @@ async def test_streams_command_shows_lag_pending_and_dead_letters(
     for i in range(3):
         await redis.xadd(stream, {"update_id": str(i), "chat_id": "1"})
     await redis.xreadgroup(GROUP_WORKERS, "worker-host-42", {stream: ">"}, count=1)
+    # worker-host-42 heartbeats and holds partition 1's lease; worker-gone stopped long ago
+    await redis.zadd(KEYS.members("worker"), {"worker-host-42": 4_000_000_000_000})
+    await redis.zadd(KEYS.members("worker"), {"worker-gone": 1})
+    await redis.set(KEYS.lease("worker", 1), "worker-host-42")
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "streams", "--json"],
         env={**env_without_gateway_vars(), "REDIS_URL": redis_url},
@@ -112,4 +116,6 @@ async def test_streams_command_shows_lag_pending_and_dead_letters(
     row = workers["partitions"][1]
     assert (row["length"], row["lag"], row["pending"]) == (3, 2, 1)
     assert workers["live"] == ["w1", "worker-host-42"]
+    assert [r["owner"] for r in workers["partitions"]] == [None, "worker-host-42", None, None]
+    assert workers["processes"] == {"worker-host-42": [1]}
     assert status["dead"] == {"worker/pipeline_rejected": 1, "worker/pipeline_unavailable": 2}
