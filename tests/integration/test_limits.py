@@ -36,12 +36,17 @@ from workers.roles import serve_sender
 pytestmark = pytest.mark.integration
 
 GLOBAL, CHAT, GROUP_MIN = 30, 10, 600
+MARGIN = 0.15
 LIMITS = EmulatorLimits(global_per_second=GLOBAL, chat_per_second=CHAT, group_per_minute=GROUP_MIN)
 SENDER = {
     "sender_global_per_second": GLOBAL,
     "sender_chat_per_second": CHAT,
     "sender_group_per_minute": GROUP_MIN,
-    "rate_margin": 0.05,  # tests tolerate a loaded CI machine's jitter (50 ms per window)
+    # RATE_MARGIN is the knob for jitter between the limiter's clock (Redis) and where the
+    # limit is measured. Here that is the emulator's event loop inside a test process that
+    # shares two cores with a second test process (pytest-xdist) running fault tests:
+    # 150 ms per window. The sends must still reach 80% of the limit (test below).
+    "rate_margin": MARGIN,
 }
 
 
@@ -187,7 +192,7 @@ async def test_three_sender_processes_share_the_limits(
         "SENDER_CHAT_PER_SECOND": str(CHAT),
         "SENDER_GROUP_PER_MINUTE": str(GROUP_MIN),
         "SENDER_BLOCK_MS": "100",
-        "RATE_MARGIN": "0.05",
+        "RATE_MARGIN": str(MARGIN),
     }
     procs = [
         subprocess.Popen(
