@@ -183,7 +183,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import time as _time
 
     from gateway.contracts import Keys, OutboundEntry
-    from gateway.streams import connect, ensure_groups, publish_outbound
+    from gateway.streams import connect_with, ensure_groups, publish_outbound
 
     tg = load(TelegramSettings, telegram_enabled=False)
     rs = load(RedisSettings)
@@ -219,7 +219,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     )
 
     async def go() -> str:
-        redis = connect(rs.redis_url, cluster=rs.redis_cluster)
+        redis = connect_with(rs)
         try:
             keys = Keys(rs.stream_prefix, rs.partitions)
             await ensure_groups(redis, keys)
@@ -239,7 +239,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     from gateway import dlq
     from gateway.contracts import Keys
-    from gateway.streams import connect
+    from gateway.streams import connect_with
 
     rs = load(RedisSettings)
     keys = Keys(rs.stream_prefix, rs.partitions)
@@ -257,7 +257,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         )
 
     async def go() -> int:
-        redis = connect(rs.redis_url, cluster=rs.redis_cluster)
+        redis = connect_with(rs)
         try:
             chosen = await dlq.select(redis, keys, sel)
             if args.action == "list":
@@ -286,17 +286,18 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
-    """Per role: live consumers, lag and pending per partition; dead letters by reason."""
+    """Per role: processes and their partitions, consumers, lag and pending per partition,
+    lease owners; dead letters by reason."""
     import json
 
     from gateway.contracts import Keys
     from gateway.status import render, stream_status
-    from gateway.streams import connect
+    from gateway.streams import connect_with
 
     rs = load(RedisSettings)
 
     async def go() -> dict[str, Any]:
-        redis = connect(rs.redis_url, cluster=rs.redis_cluster)
+        redis = connect_with(rs)
         try:
             return await stream_status(redis, Keys(rs.stream_prefix, rs.partitions))
         finally:

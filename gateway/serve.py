@@ -20,7 +20,7 @@ from gateway.settings import (
     RedisSettings,
     TelegramSettings,
 )
-from gateway.streams import connect, ensure_groups
+from gateway.streams import connect_with, ensure_groups
 from gateway.telegram import BotApi, BotApiError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def build_ingress(
     )
     return IngressApp(
         config,
-        lambda: connect(rs.redis_url, rs.redis_max_connections, cluster=rs.redis_cluster),
+        lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
     )
 

@@ -29,6 +29,7 @@ from gateway.contracts import (
     update_fields,
 )
 from gateway.errors import RedisUnavailable
+from gateway.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> ai
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+def connect_with(rs: RedisSettings) -> aioredis.Redis:
+    """The client the settings ask for: ``REDIS_URL``, pool size, cluster or not."""
+    return connect(rs.redis_url, rs.redis_max_connections, cluster=rs.redis_cluster)
+
+
 def is_cluster(redis: object) -> bool:
     """Is ``redis`` a Redis Cluster client (no MULTI across slots, no multi-slot reads)?"""
     return isinstance(redis, RedisCluster)
@@ -133,6 +139,7 @@ class UpdatePublisher:
         self._keys = keys
         self._ttl = str(dedupe_ttl)
         self._script = redis.register_script(PUBLISH_UPDATE_LUA)
+        self._cluster = is_cluster(redis)
         self._queue: list[tuple[list[Any], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -194,20 +201,23 @@ class UpdatePublisher:
             self._flusher = None
 
     async def _run(self, batch: Sequence[list[Any]]) -> list[Any]:
-        if is_cluster(self._redis):
-            return await self._cluster_pipeline(batch)
-        try:
-            results = await self._pipeline(batch)
-        except (RedisConnectionError, OSError):
-            results = await self._pipeline(batch)  # once more, on a fresh connection
+        send = self._cluster_pipeline if self._cluster else self._pipeline_once_more
+        results = await send(batch)
         if any(isinstance(r, NoScriptError) for r in results):
-            # Redis restarted or flushed its script cache: load once, rerun those entries.
+            # Redis restarted or flushed its script cache (on a cluster SCRIPT LOAD goes
+            # to every primary): load once, rerun those entries.
             await self._redis.script_load(PUBLISH_UPDATE_LUA)
             redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            again = await self._pipeline([batch[i] for i in redo])
+            again = await send([batch[i] for i in redo])
             for i, r in zip(redo, again, strict=True):
                 results[i] = r
         return results
+
+    async def _pipeline_once_more(self, batch: Sequence[list[Any]]) -> list[Any]:
+        try:
+            return await self._pipeline(batch)
+        except (RedisConnectionError, OSError):
+            return await self._pipeline(batch)  # once more, on a fresh connection
 
     async def _pipeline(self, batch: Sequence[list[Any]]) -> list[Any]:
         """One write of every EVALSHA, packed by hiredis; one read per entry.
@@ -242,14 +252,6 @@ class UpdatePublisher:
         for args in batch:
             pipe.execute_command("EVALSHA", self._script.sha, 2, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in results):
-            await self._redis.script_load(PUBLISH_UPDATE_LUA)  # loads on every primary
-            redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            again = self._redis.pipeline(transaction=False)
-            for i in redo:
-                again.execute_command("EVALSHA", self._script.sha, 2, *batch[i])
-            for i, r in zip(redo, await again.execute(raise_on_error=False), strict=True):
-                results[i] = r
         return results
 
     async def aclose(self) -> None:

@@ -25,7 +25,6 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
-        self.outages = 0  # times it opened: an outage id for "we are delayed" notes
 
     @property
     def state(self) -> str:
@@ -57,7 +56,5 @@ class CircuitBreaker:
     def failure(self) -> None:
         self._failures += 1
         if self._probing or (self._opened_at is None and self._failures >= self.threshold):
-            if self._opened_at is None:
-                self.outages += 1
             self._opened_at = self._clock()
         self._probing = False

@@ -25,7 +25,7 @@ import contextvars
 import logging
 import os
 import socket
-from collections import Counter, defaultdict, deque
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -158,7 +158,6 @@ class StreamConsumer:
                 on_gain=self._take_over,
                 on_release=self._hand_back_partition,
                 drained=self._drained,
-                on_lose=lambda p: None,
                 # A read the previous owner had blocked on this partition has returned
                 # (its entries are pending, so _take_over queues them) before we read.
                 settle=config.block_ms / 1000 + 0.5,
@@ -167,7 +166,6 @@ class StreamConsumer:
         # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop
         self._unfinished: dict[str, dict[str, int]] = defaultdict(dict)
         self._reading: frozenset[str] = frozenset()  # streams of the XREADGROUP in flight
-        self._retries: Counter[tuple[str, str]] = Counter()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -175,10 +173,6 @@ class StreamConsumer:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     def active_streams(self) -> list[str]:
         """Streams this process may read now: all, or those of its valid leases."""
@@ -296,6 +290,7 @@ class StreamConsumer:
 
     async def _run_lane(self, key: tuple[str, bytes]) -> None:
         lane = self._lanes[key]
+        attempts = 0  # of the entry at the head of the lane
         try:
             while lane:
                 if self.stopping:
@@ -316,10 +311,10 @@ class StreamConsumer:
                     # (other chats go on); only handler failures count as deliveries.
                     counted = deliveries + (status is _Status.FAILED)
                     lane[0] = (stream, entry_id, fields, counted)
-                    self._retries[(stream, entry_id)] += 1
-                    await self._sleep(backoff(self._retries[(stream, entry_id)], base=0.1, cap=5.0))
+                    attempts += 1
+                    await self._sleep(backoff(attempts, base=0.1, cap=5.0))
                     continue
-                self._retries.pop((stream, entry_id), None)
+                attempts = 0
                 lane.popleft()
                 self._held[stream].discard(entry_id)
                 self._in_flight -= 1

@@ -31,6 +31,8 @@ from enum import Enum
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.poller import backoff
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_LUA = """
@@ -91,8 +93,7 @@ class LeaseManager:
         ttl_ms: int,
         on_gain: Callable[[int], Awaitable[None]],
         drained: Callable[[int], bool],
-        on_lose: Callable[[int], None],
-        on_release: Callable[[int], Awaitable[None]] | None = None,
+        on_release: Callable[[int], Awaitable[None]],
         settle: float = 0.0,
     ) -> None:
         self.redis = redis
@@ -103,12 +104,10 @@ class LeaseManager:
         self.ttl_ms = ttl_ms
         self.on_gain = on_gain
         self.drained = drained
-        self.on_lose = on_lose
-        self.settle = settle
         self.on_release = on_release
+        self.settle = settle
         self.state: dict[int, State] = {}
         self.valid_until: dict[int, float] = {}
-        self.members: list[str] = []
         self._gains: dict[int, asyncio.Task[None]] = {}
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
         self._renew = redis.register_script(RENEW_LUA)
@@ -119,7 +118,7 @@ class LeaseManager:
         return self.ttl_ms / 1000 / 5
 
     def valid(self, p: int) -> bool:
-        """May this process start work on partition ``p`` now?"""
+        """Does this process still trust its lease on ``p`` (fencing)?"""
         return self.valid_until.get(p, 0.0) > time.monotonic()
 
     def startable(self, p: int) -> bool:
@@ -153,8 +152,8 @@ class LeaseManager:
     async def tick(self) -> None:
         started = time.monotonic()
         raw = await self._heartbeat(keys=[self.members_key], args=[self.name, self.ttl_ms])
-        self.members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
-        desired = set(assign(self.members, self.partitions).get(self.name, []))
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
+        desired = set(assign(members, self.partitions).get(self.name, []))
         for p in list(self.state):
             renewed = await self._renew(keys=[self.lease_key(p)], args=[self.name, self.ttl_ms])
             if not renewed:
@@ -165,8 +164,7 @@ class LeaseManager:
             if p not in desired and self.state[p] is State.OWNED:
                 self.state[p] = State.RELEASING  # stop reading; lanes finish their entry
             if self.state[p] is State.RELEASING and self.drained(p):
-                if self.on_release is not None:
-                    await self.on_release(p)  # while the lease is still ours
+                await self.on_release(p)  # while the lease is still ours
                 await self._release(keys=[self.lease_key(p)], args=[self.name])
                 log.info("leases: released partition %d", p)
                 self._drop(p)
@@ -190,9 +188,8 @@ class LeaseManager:
                 await self.on_gain(p)
             except (RedisError, OSError) as exc:
                 attempt += 1
-                delay = min(5.0, 0.1 * 2**attempt)
                 log.warning("leases: take-over of partition %d failed (%s)", p, exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff(attempt, base=0.1, cap=5.0))
                 continue
             if self.state.get(p) is State.TAKING:
                 self.state[p] = State.OWNED
@@ -205,7 +202,6 @@ class LeaseManager:
             gain.cancel()
         self.state.pop(p, None)
         self.valid_until.pop(p, None)
-        self.on_lose(p)
 
     async def release_all(self) -> None:
         """On shutdown (after draining): free every lease and leave the membership."""

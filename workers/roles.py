@@ -16,7 +16,7 @@ from gateway.errors import TelegramFatal
 from gateway.poller import UNAUTHORIZED_HELP, backoff
 from gateway.serve import serve_ingress_role
 from gateway.settings import Config, PipelineSettings, TelegramSettings
-from gateway.streams import connect
+from gateway.streams import connect_with
 from gateway.telegram import BotApi, BotApiError
 from workers.breaker import CircuitBreaker
 from workers.commands import load_routers
@@ -85,9 +85,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pipeline = make_pipeline(ps)
         stack.push_async_callback(pipeline.aclose)
-        redis = connect(
-            cfg.redis.redis_url, cfg.redis.redis_max_connections, cluster=cfg.redis.redis_cluster
-        )
+        redis = connect_with(cfg.redis)
         stack.push_async_callback(redis.aclose)
         bot = make_bot(cfg.telegram)
         stack.push_async_callback(bot.session.close)
@@ -155,9 +153,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         await stop.wait()
         return
     async with contextlib.AsyncExitStack() as stack:
-        redis = connect(
-            cfg.redis.redis_url, cfg.redis.redis_max_connections, cluster=cfg.redis.redis_cluster
-        )
+        redis = connect_with(cfg.redis)
         stack.push_async_callback(redis.aclose)
         bot = make_bot(tg)
         stack.push_async_callback(bot.session.close)
