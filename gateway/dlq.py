@@ -110,8 +110,9 @@ async def requeue(redis: aioredis.Redis, keys: Keys, entries: Iterable[DeadEntry
 
     The XADD and XDEL of one entry run in one MULTI, so an entry is never in both or
     neither. On a Redis Cluster (two slots) the XADD goes first: a crash in between leaves
-    it in both, and requeueing it again is harmless (the handed and sent markers make the
-    second copy a no-op while they last). Entries whose stream is not one of ours are refused.
+    it in both, and requeueing it again sends a second copy, which the sent and handed
+    markers and the ``Idempotency-Key`` make harmless. Entries whose stream is not one of
+    ours are refused.
     """
     allowed = set(keys.all_updates()) | set(keys.all_outbound())
     done = 0
