@@ -23,7 +23,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 
 import redis
 
+from bench.common import HOST, BenchBroken, free_port, proc_status, wait_port
 from bench.servers import SERVERS, WEBHOOK_PATH
 from gateway.contracts import Keys
 from gateway.settings import RedisSettings
@@ -42,7 +42,6 @@ from gateway.settings import RedisSettings
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 LUA = BENCH_DIR / "webhook.lua"
-HOST = "127.0.0.1"
 SECRET = "bench-secret-token_0123456789"
 PARTITIONS: int = RedisSettings.model_fields["partitions"].default  # the shipped default
 PREFIXES = {"tg-gateway": "bench", "naive": "naive"}  # servers that store updates
@@ -67,10 +66,6 @@ PROBE_BODY = json.dumps(
         },
     }
 ).encode()
-
-
-class BenchBroken(RuntimeError):
-    """The bench itself failed (not a slow result): exit non-zero."""
 
 
 # --- wrk ------------------------------------------------------------------------------
@@ -180,24 +175,6 @@ def run_wrk(port: int, *, duration: int, connections: int, threads: int, id_base
 # --- processes --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchBroken(f"process {proc.args!r} exited {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise BenchBroken(f"nothing accepted on {HOST}:{port} within {timeout:.0f}s")
-
-
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -207,14 +184,6 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A kB field of /proc/PID/status (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    return 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -25,18 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import contextlib
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +46,7 @@ from gateway.contracts import Keys, OutboundEntry
 from gateway.emulator import Emulator, EmulatorLimits
 from gateway.settings import RedisSettings, SenderSettings
 from gateway.streams import ensure_groups, publish_outbound
+from workers.sandbox import private_redis
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -84,7 +83,6 @@ class Scenario:
     name: str
     title: str
     plan: Plan
-    binds: str  # which limit binds: global, chat, group, or mixed
     expect_s: float  # how long a limiter at the limits needs (for the deadline)
 
     @property
@@ -110,14 +108,14 @@ def _interleave(*lists: Plan) -> Plan:
 def build_scenario(name: str) -> Scenario:
     if name == "a":
         plan = [(PRIVATE_BASE + c, _text("a", PRIVATE_BASE + c, 0)) for c in range(300)]
-        return Scenario(name, "300 messages to 300 private chats", plan, "global", 10.5)
+        return Scenario(name, "300 messages to 300 private chats", plan, 10.5)
     if name == "b":
         chat = PRIVATE_BASE
         plan = [(chat, _text("b", chat, i)) for i in range(60)]
-        return Scenario(name, "60 messages to one private chat", plan, "chat", 61.0)
+        return Scenario(name, "60 messages to one private chat", plan, 61.0)
     if name == "c":
         plan = [(GROUP, _text("c", GROUP, i)) for i in range(60)]
-        return Scenario(name, "60 messages to one group", plan, "group", 182.0)
+        return Scenario(name, "60 messages to one group", plan, 182.0)
     if name == "d":
         private = [
             (PRIVATE_BASE + c, _text("d", PRIVATE_BASE + c, i)) for i in range(2) for c in range(50)
@@ -126,7 +124,7 @@ def build_scenario(name: str) -> Scenario:
         flooded = [(FLOODED, _text("d", FLOODED, i)) for i in range(10)]
         plan = _interleave(private, group, flooded)
         title = "mix: 100 to 50 private chats + 20 to one group + 10 to a flooded chat"
-        return Scenario(name, title, plan, "mixed", 60.0)
+        return Scenario(name, title, plan, 60.0)
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -225,64 +223,6 @@ def measure(
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A throwaway redis-server on a free port, never 6379, no persistence."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH")
-        self.port = free_port()
-        if self.port == 6379:
-            self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-limits-redis-")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                HOST,
-                "--dir",
-                self.dir,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.2):
-                return
-            time.sleep(0.05)
-        self.close()
-        raise SystemExit("redis-server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -597,15 +537,6 @@ def _csv(value: str, allowed: Sequence[str], what: str) -> list[str]:
     return items
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 async def bench(scenarios: list[str], limiters: list[str], stamp: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     limits = EmulatorLimits(
@@ -613,8 +544,8 @@ async def bench(scenarios: list[str], limiters: list[str], stamp: str) -> list[d
         chat_per_second=CHAT_PER_SECOND,
         group_per_minute=GROUP_PER_MINUTE,
     )
-    with redis_server() as server:
-        redis = aioredis.Redis.from_url(server.url)
+    with private_redis() as redis_url:
+        redis = aioredis.Redis.from_url(redis_url)
         emu = Emulator(token=TOKEN, limits=limits)
         await emu.start(HOST, 0)
         try:
@@ -626,7 +557,7 @@ async def bench(scenarios: list[str], limiters: list[str], stamp: str) -> list[d
                         flush=True,
                     )
                     prefix = OUT_DIR / f"limits-{stamp}-{name}-{limiter}"
-                    r = await run_pair(emu, redis, server.url, scenario, limiter, prefix)
+                    r = await run_pair(emu, redis, redis_url, scenario, limiter, prefix)
                     results.append(r)
                     print(
                         f"    {r['delivered']}/{r['total']} delivered in {_f(r['duration_s'])} s, "

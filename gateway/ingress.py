@@ -1,7 +1,7 @@
 """The ingress HTTP service: Telegram webhook, pipeline callbacks, health (a bare ASGI app).
 
-Bare ASGI rather than FastAPI: the webhook is the hot path and FastAPI's per-request
-overhead measured about 0.3x a bare app (see README, bench/). Routes:
+Bare ASGI rather than FastAPI: the webhook is the hot path, so no framework sits between
+uvicorn and the handler (figures: README, bench/ingress.py). Routes:
 
     POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored)
     POST /api/delivery/{token}    pipeline replies  → outbound stream

@@ -1,7 +1,8 @@
 """Import aiogram with its pydantic models built on first use, not all at import.
 
-aiogram's ``types/__init__`` rebuilds all of its ~450 models eagerly: about 105 MB of RSS
-on CPython 3.11, which put every worker and sender near 180 MB idle. The gateway touches a
+aiogram's ``types/__init__`` rebuilds all of its ~450 models eagerly: about 89 MB of RSS
+on CPython 3.11 (``TG_GATEWAY_EAGER_AIOGRAM=1 python -m bench.idle_rss``), which put every
+worker and sender near 185 MB idle. The gateway touches a
 few dozen of them. While aiogram imports, its own ``model_rebuild`` calls are recorded
 instead of run; then every aiogram module gets the type names it imports only under
 TYPE_CHECKING, so pydantic can resolve a model's forward references whenever it first

@@ -1,0 +1,46 @@
+"""What the bench drivers share: a free port, waiting for a port, a process's memory.
+
+``free_port`` and a private redis-server (``private_redis``) come from ``workers.sandbox``,
+as in the tests (bench/ingress.py starts its own Redis, because it measures that
+process's CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from workers.sandbox import free_port
+
+__all__ = ["HOST", "BenchBroken", "free_port", "proc_status", "wait_port"]
+
+HOST = "127.0.0.1"
+
+
+class BenchBroken(RuntimeError):
+    """The bench itself failed (not a slow result): exit non-zero."""
+
+
+def wait_port(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20.0
+) -> None:
+    """Return once something accepts on HOST:port; fail early if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchBroken(f"process {proc.args!r} exited {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise BenchBroken(f"nothing accepted on {HOST}:{port} within {timeout:.0f}s")
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM); 0 if absent."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
