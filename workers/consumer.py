@@ -42,6 +42,8 @@ from workers.leases import ACK_IF_OWNER, LeaseManager
 
 log = logging.getLogger(__name__)
 
+LAPSE_POLL = 0.1  # seconds between checks while a held partition's lease is not trusted
+
 CLUSTER_BLOCK_MS = 100
 """On a Redis Cluster one XREADGROUP cannot name streams of several slots, so every
 partition gets its own read and they run together; the batch is ready when the last
@@ -186,6 +188,10 @@ class StreamConsumer:
         (a sender behind a saturated rate limit would otherwise hold it for minutes)."""
         return self.leases is None or self.leases.startable(self._partition_of[stream])
 
+    def _holds(self, stream: str) -> bool:
+        """Is the partition still this process's (owned or being taken), trusted or not?"""
+        return self.leases is not None and self.leases.holds(self._partition_of[stream])
+
     def _lease_valid(self, stream: str) -> bool:
         """Is this process still the partition's trusted owner (fencing)?"""
         return self.leases is None or self.leases.valid(self._partition_of[stream])
@@ -297,14 +303,20 @@ class StreamConsumer:
                     break  # finish only what a lane had started; hand back the rest
                 stream, entry_id, fields, deliveries = lane[0]
                 if not self._may_start(stream):
-                    break  # lease lost or not trusted any more: the next owner takes it
+                    if self._holds(stream):
+                        # Still ours, trust lapsed (Redis away, a late renewal): wait for
+                        # the renewal or the loss. Leaving would strand these entries
+                        # while the chat's next ones are read and overtake them.
+                        await self._sleep(LAPSE_POLL)
+                        continue
+                    break  # lost or being released: the next owner takes the rest
                 try:
                     status = await self._handle_one(stream, entry_id, fields, deliveries)
                 except GatewayFatal as exc:
                     self._fatal = exc
                     self.stop()
                     return
-                if status is _Status.LOST:
+                if status is _Status.LOST and not self._holds(stream):
                     break  # leave this and the rest pending for the partition's new owner
                 if status is not _Status.DONE:
                     # Keep the chat's order: retry this entry in place after a backoff

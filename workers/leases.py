@@ -125,6 +125,10 @@ class LeaseManager:
         """May a new entry of ``p`` start: the lease is valid and not being released."""
         return self.valid(p) and self.state.get(p) is not State.RELEASING
 
+    def holds(self, p: int) -> bool:
+        """Is ``p`` ours (owned or being taken, not being released), trusted or not?"""
+        return self.state.get(p) in (State.OWNED, State.TAKING)
+
     def reading(self) -> list[int]:
         """Partitions to read new entries from (owned, valid, not being released)."""
         return sorted(p for p, s in self.state.items() if s is State.OWNED and self.valid(p))

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from gateway.contracts import Keys, Stage
 from gateway.streams import ensure_groups
 from tests.helpers import wait_for
-from workers.consumer import Ack, ConsumerConfig, Outcome, StreamConsumer
+from workers.consumer import Ack, ConsumerConfig, LeaseLost, Outcome, StreamConsumer, lease_valid
 from workers.leases import assign
 
 pytestmark = pytest.mark.integration
@@ -123,7 +123,9 @@ async def test_order_per_chat_while_processes_join_and_leave(redis: aioredis.Red
         assert seen[chat] == sorted(seen[chat]), f"chat {chat} out of order: {seen[chat]}"
 
 
-async def test_a_frozen_owner_is_fenced_off(redis: aioredis.Redis) -> None:
+async def test_a_frozen_owner_is_fenced_off(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     """An owner that stops renewing (a long pause) loses the partition before another
     starts it, starts nothing more, and its late acknowledgement is refused."""
     await ensure_groups(redis, KEYS)
@@ -154,10 +156,14 @@ async def test_a_frozen_owner_is_fenced_off(redis: aioredis.Redis) -> None:
     tb = asyncio.create_task(b.run())
     await wait_for(lambda: ("b", 2) in log, timeout=10, message="b takes over and finishes")
     release.set()  # a wakes up after its lease is gone
+    # a's late ack of seq 0 is refused by Redis (ACK_IF_OWNER): the consumer says so
+    await wait_for(
+        lambda: "lease of partition 0 lost" in caplog.text, message="a's late ack refused"
+    )
     await asyncio.sleep(0.3)
     assert log == [("a", 0), ("b", 0), ("b", 1), ("b", 2)]
     pending = await redis.xpending(KEYS.updates(0), "workers")
-    assert pending["pending"] == 0  # b acknowledged everything; a's late ack was refused
+    assert pending["pending"] == 0  # b acknowledged everything
     for c in (a, b):
         c.stop()
     await asyncio.gather(ta, tb)
@@ -209,3 +215,48 @@ async def test_a_backlog_does_not_hold_a_partition_that_moves(redis: aioredis.Re
     for chat in range(P):
         assert list(dict.fromkeys(seen[chat])) == list(range(60)), f"chat {chat}: {seen[chat]}"
         assert seen[chat] == sorted(seen[chat]), f"chat {chat} out of order: {seen[chat]}"
+
+
+async def test_a_lapsed_lease_that_comes_back_keeps_the_chat_in_order(
+    redis: aioredis.Redis,
+) -> None:
+    """Trust in a lease lapses while the partition stays ours (Redis away for a moment,
+    a late renewal): once right after an entry finished (the next must not start), and
+    once mid-entry (the handler sees it and stops: LeaseLost). The lane waits for the
+    renewal and goes on in order; nothing is left pending for a claim while the chat's
+    later entries are read and handled first."""
+    await ensure_groups(redis, KEYS)
+    seen: list[int] = []
+    lapsed: set[int] = set()
+    stream = KEYS.updates(0)
+
+    async def handler(s: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        seq = int(fields[b"seq"])
+        assert a.leases is not None
+        if seq in (1, 4) and seq not in lapsed:
+            lapsed.add(seq)
+            a.leases.valid_until[0] = 0.0  # the next tick renews it (still our lease)
+            if seq == 4 and not lease_valid.get()():
+                raise LeaseLost  # what the worker does before its pipeline POST
+        seen.append(seq)
+        if seq == 2:
+            await redis.xadd(stream, {"chat_id": "0", "seq": "3"})
+        if seq == 4:
+            await redis.xadd(stream, {"chat_id": "0", "seq": "6"})
+        return Ack()
+
+    a = make(redis, "a", handler)
+    task = asyncio.create_task(a.run())
+    try:
+        await wait_for(lambda: owned([a]) == {"a": P}, message="a owns all")
+        for seq in (1, 2):
+            await redis.xadd(stream, {"chat_id": "0", "seq": str(seq)})
+        await wait_for(lambda: seen == [1, 2, 3], timeout=5, message="1, 2, then 3")
+        for seq in (4, 5):
+            await redis.xadd(stream, {"chat_id": "0", "seq": str(seq)})
+        await wait_for(lambda: seen == [1, 2, 3, 4, 5, 6], timeout=5, message="4, 5, then 6")
+    finally:
+        a.stop()
+        await asyncio.wait_for(task, timeout=20)
+    assert lapsed == {1, 4}
+    assert (await redis.xpending(stream, "workers"))["pending"] == 0
