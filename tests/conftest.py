@@ -12,6 +12,7 @@ import workers  # noqa: F401 - first aiogram import of the session: the lazy pat
 from gateway.emulator import Emulator
 from tests.helpers import (
     BOT_USERNAME,
+    GATEWAY_ENV_PREFIXES,
     TOKEN,
     RedisClusterProcesses,
     RedisProcess,
@@ -127,28 +128,10 @@ async def cluster_redis(redis_cluster_url: str) -> AsyncIterator[aioredis.Redis]
         await client.aclose()
 
 
-_GATEWAY_ENV_PREFIXES = (
-    "TELEGRAM_",
-    "REDIS_",
-    "PIPELINE_",
-    "GATEWAY_",
-    "DELIVERY_",
-    "STREAM_",
-    "SENDER_",
-    "WORKER_",
-    "INGRESS_",
-    "PARTITIONS",
-    "ADMIN_",
-    "LOG_",
-    "OUTBOUND_",
-    "MAX_",
-)
-
-
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     """No developer .env or exported setting leaks into a test's settings."""
     for name in list(os.environ):
-        if name.startswith(_GATEWAY_ENV_PREFIXES):
+        if name.startswith(GATEWAY_ENV_PREFIXES):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]

@@ -204,10 +204,18 @@ async def running(
                 raise t.exception()  # type: ignore[misc]
 
 
+# The prefixes of every gateway setting (gateway/settings.py): none may leak from the
+# developer's environment into a test or a child process.
+GATEWAY_ENV_PREFIXES = (
+    "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
+    "WORKER_", "INGRESS_", "PARTITION", "ADMIN_", "LOG_", "OUTBOUND_", "MAX_", "CLAIM_",
+    "SHUTDOWN_", "RATE_", "APOLOGY_", "DEDUPE_", "LEASE_", "RESULTS_",
+)  # fmt: skip
+
+
 def env_without_gateway_vars() -> dict[str, str]:
     """The current environment minus settings that would leak into a child process."""
-    prefixes = ("TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return {k: v for k, v in os.environ.items() if not k.startswith(GATEWAY_ENV_PREFIXES)}
 
 
 def make_config(

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import env_without_gateway_vars
+from tests.helpers import TOKEN, env_without_gateway_vars, free_port
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -46,10 +46,25 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log")
-        )
+    def start_services(self, *names: str) -> list[str]:
+        """The emulator and/or the reference pipeline on free ports, all listening: their
+        URLs, in the order asked."""
+        extra = {"emulator": ["--token", TOKEN], "pipeline": []}
+        started = []
+        for name in names:
+            port = free_port()
+            started.append((port, self.start(name, [name, "--port", str(port), *extra[name]], {})))
+        for port, proc in started:
+            wait_port(port, proc)
+        return [f"http://127.0.0.1:{port}" for port, _ in started]
+
+    def logs(self, tail: int | None = 3000) -> str:
+        """Every process's log (its last ``tail`` characters; None: all of it)."""
+        parts = []
+        for path in self.tmp.glob("*.log"):
+            text = path.read_text(errors="replace")
+            parts.append(f"--- {path.name}\n{text if tail is None else text[-tail:]}")
+        return "\n".join(parts)
 
     def stop_all(self) -> dict[str, int]:
         for proc in self.procs.values():

@@ -27,12 +27,8 @@ def test_order_with_workers_paused_and_killed(
     cluster: Cluster, redis_url: str, tmp_path: Path
 ) -> None:
     sync_redis.Redis.from_url(redis_url).flushall()
-    emu_port, pipe_port, ingress_port = free_port(), free_port(), free_port()
-    emu_url, pipe_url = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{pipe_port}"
-    emu = cluster.start("emulator", ["emulator", "--port", str(emu_port), "--token", TOKEN], {})
-    pipe = cluster.start("pipeline", ["pipeline", "--port", str(pipe_port)], {})
-    wait_port(emu_port, emu)
-    wait_port(pipe_port, pipe)
+    emu_url, pipe_url = cluster.start_services("emulator", "pipeline")
+    ingress_port = free_port()
     env = {
         "TELEGRAM_BOT_TOKEN": TOKEN,
         "TELEGRAM_API_URL": emu_url,

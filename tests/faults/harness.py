@@ -28,7 +28,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,8 @@ from tests.helpers import (
     TOKEN,
     RedisClusterProcesses,
     RedisProcess,
+    env_without_gateway_vars,
+    free_port,
     redis_server_binary,
 )
 
@@ -63,11 +64,6 @@ PARTITIONS = 4
 # the real window is one Redis round trip.
 MARKER_WINDOW = 0.5
 ROLE_KINDS = ("ingress", "worker", "sender")
-_ENV_PREFIXES = (
-    "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
-    "WORKER_", "INGRESS_", "PARTITIONS", "ADMIN_", "LOG_", "OUTBOUND_", "MAX_", "CLAIM_",
-    "SHUTDOWN_", "RATE_", "APOLOGY_", "DEDUPE_", "LEASE_", "RESULTS_",
-)  # fmt: skip
 
 
 class HarnessError(AssertionError):
@@ -86,16 +82,6 @@ def poll(predicate: Callable[[], T], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- options, workload ---------------------------------------------------------------
 
 
@@ -109,8 +95,9 @@ class Options:
     aof: bool = False
     pipeline_timeout: float = 1.0
     pipeline_retry_seconds: float = 90.0
-    # 1000 is safe only with partition leases (the default): without them, live consumers
-    # steal each other's held entries (test_claim_idle_below_refresh_period_double_sends).
+    # Short, so entries of a killed process are claimed soon. Entries waiting in a lane are
+    # refreshed every claim period, so live consumers do not steal them, with or without
+    # partition leases (test_short_claim_idle_never_double_sends).
     claim_idle_ms: int = 1000
     lease_ttl_ms: int = 3000
     chat_per_second: float = 10.0
@@ -481,7 +468,7 @@ class Harness:
             log.flush()
             return subprocess.Popen(
                 [sys.executable, "-m", "gateway", *args],
-                env={**_clean_env(), **env},
+                env={**env_without_gateway_vars(), **env},
                 cwd=self.dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -603,10 +590,6 @@ class Harness:
     def emu_fault(self, op: str, **args: Any) -> None:
         self._http.post(f"{self.emu_url}/_emu/faults", json={"op": op, **args}).raise_for_status()
         self.note(f"emulator {op} {args}")
-
-    def emu_clear(self) -> None:
-        self._http.delete(f"{self.emu_url}/_emu/faults").raise_for_status()
-        self.note("emulator faults cleared")
 
     def ref_fault(self, **spec: Any) -> None:
         self._http.post(f"{self.pipe_url}/_ref/faults", json=spec).raise_for_status()
@@ -1177,3 +1160,29 @@ def run_scenario(
         if problems:
             report.details["logs"] = h.logs(1500)
     return report, problems
+
+
+# --- the tests' runs (bench/soak.py picks its own seed, workload and timeout) -----------
+
+SEED = int(os.environ.get("FAULTS_SEED", "1"))  # the random fault moments
+CI_WORKLOAD = Workload(chats=20, per_chat=10, seconds=4.0, seed=SEED)
+SETTLE = 45.0  # seconds for every message to be accounted for after the traffic
+
+
+def run_and_check(
+    name: str, tmp_path: Path, report_path: Path, *, options: Options | None = None
+) -> Report:
+    """Run scenario ``name`` on the CI workload in ``tmp_path / name``, print its row,
+    fail on any problem."""
+    report, problems = run_scenario(
+        SCENARIOS[name],
+        tmp_path / name,
+        CI_WORKLOAD,
+        seed=SEED,
+        settle_timeout=SETTLE,
+        report_path=report_path,
+        options=options,
+    )
+    show(report, SEED)
+    assert not problems, "\n".join(problems) + "\n" + str(report.details.get("logs", ""))
+    return report

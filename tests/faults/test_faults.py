@@ -15,7 +15,6 @@ counted as deliveries (rolling restarts dead-lettered replies never attempted).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -28,14 +27,14 @@ import pytest
 from tests.faults.harness import (
     DELIVERY_SECRET,
     FIRST_CHAT,
-    SCENARIOS,
+    SEED,
+    SETTLE,
     Harness,
     Options,
-    Report,
     Workload,
     check,
     poll,
-    run_scenario,
+    run_and_check,
     show,
 )
 from tests.helpers import BOT_ID, redis_server_binary
@@ -45,61 +44,40 @@ pytestmark = [
     pytest.mark.skipif(redis_server_binary() is None, reason="needs a redis-server binary"),
 ]
 
-SEED = int(os.environ.get("FAULTS_SEED", "1"))
-CI_WORKLOAD = Workload(chats=20, per_chat=10, seconds=4.0, seed=SEED)
-SETTLE = 45.0
-
-
-def _show(report: Report) -> None:
-    show(report, SEED)
-
-
-def _run(name: str, tmp_path: Path, report_path: Path) -> None:
-    report, problems = run_scenario(
-        SCENARIOS[name],
-        tmp_path / name,
-        CI_WORKLOAD,
-        seed=SEED,
-        settle_timeout=SETTLE,
-        report_path=report_path,
-    )
-    _show(report)
-    assert not problems, "\n".join(problems) + "\n" + str(report.details.get("logs", ""))
-
 
 def test_kill_9_workers_repeatedly(tmp_path: Path, report_path: Path) -> None:
     """1. kill -9 a random worker at random moments while traffic flows; restart it."""
-    _run("kill_worker", tmp_path, report_path)
+    run_and_check("kill_worker", tmp_path, report_path)
 
 
 def test_kill_9_senders_repeatedly(tmp_path: Path, report_path: Path) -> None:
     """2. kill -9 a random sender likewise; only the 200 -> marker window may duplicate."""
-    _run("kill_sender", tmp_path, report_path)
+    run_and_check("kill_sender", tmp_path, report_path)
 
 
 def test_sigterm_every_role_mid_traffic(tmp_path: Path, report_path: Path) -> None:
     """3. SIGTERM all roles at once, then one by one; each exits 0 and is restarted."""
-    _run("sigterm_all", tmp_path, report_path)
+    run_and_check("sigterm_all", tmp_path, report_path)
 
 
 def test_redis_restart_with_aof(tmp_path: Path, report_path: Path) -> None:
     """4. Redis (AOF everysec) stopped cleanly and restarted, twice, mid-traffic."""
-    _run("redis_restart", tmp_path, report_path)
+    run_and_check("redis_restart", tmp_path, report_path)
 
 
 def test_pipeline_5xx_and_timeouts_then_recovery(tmp_path: Path, report_path: Path) -> None:
     """5. The pipeline answers 503, then slower than PIPELINE_TIMEOUT, then 500, then heals."""
-    _run("pipeline_outage", tmp_path, report_path)
+    run_and_check("pipeline_outage", tmp_path, report_path)
 
 
 def test_telegram_429_storms_and_5xx(tmp_path: Path, report_path: Path) -> None:
     """6. The Bot API answers 429 (global and per chat) and 5xx (HTML and JSON), twice."""
-    _run("telegram_429_5xx", tmp_path, report_path)
+    run_and_check("telegram_429_5xx", tmp_path, report_path)
 
 
 def test_webhook_redelivery_while_ingress_dies(tmp_path: Path, report_path: Path) -> None:
     """7. Webhook mode: kill -9 ingress repeatedly; Telegram re-delivers, ingress dedupes."""
-    _run("webhook_retries", tmp_path, report_path)
+    run_and_check("webhook_retries", tmp_path, report_path)
 
 
 # --- bugs found by the harness -------------------------------------------------------
@@ -121,7 +99,7 @@ def test_short_claim_idle_never_double_sends(tmp_path: Path, report_path: Path) 
         h.start_traffic(Workload(chats=8, per_chat=10, seconds=0.5, seed=SEED))
         unsettled = h.settle(SETTLE)
         report = h.report()
-    _show(report)
+    show(report, SEED)
     assert not unsettled
     # Without leases, two senders split a chat between them: order across processes is
     # not promised (README, Scaling); what this pins is that nothing is sent twice.
@@ -151,7 +129,7 @@ def test_rejected_breaker_probe_does_not_wedge_the_worker(
         h.ref_clear()
         unsettled = h.settle(10)
         report = h.report()
-    _show(report)
+    show(report, SEED)
     assert report.dead_reasons == {"pipeline_rejected": 1}
     assert not unsettled, unsettled
     assert report.replies == report.updates - 1
@@ -174,7 +152,7 @@ def test_429_waits_do_not_use_up_the_5xx_attempt_budget(tmp_path: Path, report_p
         h.emu_fault("fail_next", method="sendMessage", count=1, status=502, html=True)
         unsettled = h.settle(20)
         report = h.report()
-    _show(report)
+    show(report, SEED)
     assert not unsettled
     assert report.dead == 0, report.dead_reasons
     assert report.replies == 1
@@ -221,7 +199,7 @@ def test_transient_failure_keeps_a_chat_in_order(tmp_path: Path, report_path: Pa
         unsettled = h.settle(SETTLE)
         report = h.report()
         windows = len(h.marker_windows)
-    _show(report)
+    show(report, SEED)
     assert not unsettled
     # Redis going away between Telegram's 200 and the sent marker is the documented window.
     assert check(report, keep_order=False, max_window_dups=windows) == []
@@ -290,7 +268,7 @@ def test_partition_released_during_a_read_keeps_order(tmp_path: Path, report_pat
         traffic.send_more(chat, [1, 2, 3])
         unsettled = h.settle(SETTLE)
         report = h.report()
-    _show(report)
+    show(report, SEED)
     assert not unsettled, unsettled
     assert check(report) == []
 
@@ -304,6 +282,7 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
     from workers.consumer import Ack, ConsumerConfig, StreamConsumer
 
     keys = Keys("tg", 4)
+    calls: list[tuple[str, object, object]] = []  # (command, stream, ids)
 
     async def handler(*_: object) -> Ack:
         return Ack()
@@ -311,12 +290,14 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
     class Redis:
         """The two commands the refresh and a lane use, answered at once."""
 
-        async def xclaim(self, *_: object, **__: object) -> list[object]:
+        async def xclaim(self, stream: str, *args: object, **__: object) -> list[object]:
+            calls.append(("xclaim", stream, args[-1]))
             consumer._dispatch((keys.outbound(1), "2-0", {b"chat_id": b"7"}, 1))
             await asyncio.sleep(0)
             return []
 
-        async def xack(self, *_: object) -> int:
+        async def xack(self, stream: str, group: str, *ids: str) -> int:
+            calls.append(("xack", stream, list(ids)))
             return 1
 
     config = ConsumerConfig(
@@ -328,6 +309,11 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
         await consumer._keep_held_fresh()
     finally:
         await consumer.drain()
+    # the refresh ran (XCLAIM of the held entry) and the entry taken over was handled
+    assert calls == [
+        ("xclaim", keys.outbound(0), ["1-0"]),
+        ("xack", keys.outbound(1), ["2-0"]),
+    ]
 
 
 def test_rolling_restarts_do_not_dead_letter_unstarted_replies(
@@ -354,7 +340,7 @@ def test_rolling_restarts_do_not_dead_letter_unstarted_replies(
             h.restart("sender-0", kill=False)
         unsettled = h.settle(SETTLE)
         report = h.report()
-    _show(report)
+    show(report, SEED)
     assert report.dead == 0, report.dead_reasons
     assert not unsettled, unsettled
     assert check(report) == []

@@ -17,7 +17,6 @@ Each run prints its report row (``pytest -s``) and appends it, as JSON, to
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
@@ -28,13 +27,13 @@ import pytest
 from gateway.contracts import Keys
 from tests.faults.harness import (
     PARTITIONS,
-    SCENARIOS,
+    SEED,
+    SETTLE,
     Harness,
     Options,
-    Report,
     Workload,
     check,
-    run_scenario,
+    run_and_check,
     show,
 )
 from tests.helpers import redis_server_binary
@@ -45,19 +44,12 @@ pytestmark = [
     pytest.mark.skipif(redis_server_binary() is None, reason="needs a redis-server binary"),
 ]
 
-SEED = int(os.environ.get("FAULTS_SEED", "1"))
 # Small on purpose: six deployments in the matrix, each started from scratch. Replies
 # queue behind the global limit (SENDER_GLOBAL_PER_SECOND, 30/s) while senders join; a
 # moving partition hands its unstarted entries over at once, so the split converges
 # within convergence_bound (~9.7 s) whatever the backlog.
 MATRIX_WORKLOAD = Workload(chats=24, per_chat=5, seconds=2.5, seed=SEED)
-CI_WORKLOAD = Workload(chats=20, per_chat=10, seconds=4.0, seed=SEED)
-SETTLE = 45.0
 KEYS = Keys("tg", PARTITIONS)
-
-
-def _show(report: Report) -> None:
-    show(report, SEED)
 
 
 # --- leases --------------------------------------------------------------------------
@@ -138,7 +130,7 @@ def test_every_chat_stays_in_order_at_any_scale(
         report = h.report()
         problems = check(report)
         logs = h.logs(1500) if unsettled or problems else ""
-    _show(report)
+    show(report, SEED)
     print(
         "    leases split evenly, s after the fleet was up: "
         + ", ".join(f"{k} {v:.2f}" for k, v in splits.items())
@@ -175,17 +167,7 @@ def test_worker_leases_rebalance_on_join_leave_and_kill(tmp_path: Path) -> None:
 # --- the rebalance scenario ----------------------------------------------------------
 
 
-@pytest.mark.skipif("rebalance" not in SCENARIOS, reason="no rebalance scenario")
 def test_a_worker_joining_and_leaving_mid_traffic(tmp_path: Path, report_path: Path) -> None:
     """A third worker joins and leaves (SIGTERM) repeatedly while traffic flows: partitions
     move each time, and nothing is lost, duplicated or reordered."""
-    report, problems = run_scenario(
-        SCENARIOS["rebalance"],
-        tmp_path / "rebalance",
-        CI_WORKLOAD,
-        seed=SEED,
-        settle_timeout=SETTLE,
-        report_path=report_path,
-    )
-    _show(report)
-    assert not problems, "\n".join(problems) + "\n" + str(report.details.get("logs", ""))
+    run_and_check("rebalance", tmp_path, report_path)

@@ -7,6 +7,7 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -134,7 +135,7 @@ async def test_failed_entry_is_retried_then_dead_lettered(redis: aioredis.Redis)
     d = decode_fields(dead)
     assert d["reason"] == Reason.HANDLER_ERROR.value
     assert f"{d['stream']}/{d['entry_id']}" == poison
-    assert decode_fields(__import__("orjson").loads(d["entry"])) == {"chat_id": "7", "seq": "0"}
+    assert decode_fields(orjson.loads(d["entry"])) == {"chat_id": "7", "seq": "0"}
 
 
 async def _dead_count(redis: aioredis.Redis, n: int) -> bool:

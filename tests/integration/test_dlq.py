@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,10 @@ pytestmark = pytest.mark.integration
 KEYS = Keys("tg", 4)
 
 
-async def seed(redis: aioredis.Redis) -> list[str]:
+async def seed(redis: aioredis.Redis) -> None:
     """Three entries read by a worker and dead-lettered with different reasons."""
     await ensure_groups(redis, KEYS)
     stream = KEYS.updates(2)
-    originals = []
     for i, reason in enumerate(
         [Reason.PIPELINE_REJECTED, Reason.PIPELINE_UNAVAILABLE, Reason.PIPELINE_UNAVAILABLE]
     ):
@@ -41,13 +41,12 @@ async def seed(redis: aioredis.Redis) -> list[str]:
             attempts=3,
             error=f"err {i}",
         )
-        originals.append(entry_id)
-    return originals
 
 
-def dlq(redis_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(redis_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tg-gateway <args>`` against ``redis_url``, as an operator runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway", "dlq", *args],
+        [sys.executable, "-m", "gateway", *args],
         env={**env_without_gateway_vars(), "REDIS_URL": redis_url},
         cwd=tmp,
         capture_output=True,
@@ -55,6 +54,10 @@ def dlq(redis_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[st
         timeout=60,
         check=False,
     )
+
+
+def dlq(redis_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(redis_url, tmp, "dlq", *args)
 
 
 async def test_list_filter_requeue_purge(
@@ -101,17 +104,9 @@ async def test_streams_command_shows_lag_pending_and_dead_letters(
     await redis.zadd(KEYS.members("worker"), {"worker-host-42": 4_000_000_000_000})
     await redis.zadd(KEYS.members("worker"), {"worker-gone": 1})
     await redis.set(KEYS.lease("worker", 1), "worker-host-42")
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "streams", "--json"],
-        env={**env_without_gateway_vars(), "REDIS_URL": redis_url},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = cli(redis_url, tmp_path, "streams", "--json")
     assert proc.returncode == 0, proc.stderr
-    status = __import__("json").loads(proc.stdout)
+    status = json.loads(proc.stdout)
     workers = status["roles"]["worker"]
     row = workers["partitions"][1]
     assert (row["length"], row["lag"], row["pending"]) == (3, 2, 1)

@@ -229,23 +229,21 @@ async def test_redelivered_update_is_not_posted_twice(
 ) -> None:
     """A worker that dies after the pipeline took an update but before XACK: the next
     delivery sees the 'handed' marker and does not POST again."""
-    from gateway.contracts import GROUP_WORKERS
-
     cfg = make_config(redis_url, emu.api_url, pipeline={"pipeline_url": pipeline.base_url})
     async with running(*all_roles(cfg)):
         emu.user_send(user_id=ALICE, text="only once please")
         await emu.wait_messages(ALICE, 1, timeout=15)
         # simulate the crash window: put the handled entry back as if never acknowledged
         for stream in cfg.keys.all_updates():
-            for entry_id, fields in await redis.xrange(stream):
+            for _, fields in await redis.xrange(stream):
                 await redis.xadd(stream, fields)
-                del entry_id
-        await wait_for(lambda: _all_acked(redis, cfg, GROUP_WORKERS), message="re-handled")
+        await wait_for(lambda: _all_acked(redis, cfg), message="re-handled")
     assert pipeline.arrivals == 1
     assert len(emu.messages(ALICE)) == 1
 
 
-async def _all_acked(redis: aioredis.Redis, cfg: object, group: str) -> bool:
+async def _all_acked(redis: aioredis.Redis, cfg: object) -> bool:
+    """Every group of every updates stream has read and acknowledged everything."""
     keys = cfg.keys  # type: ignore[attr-defined]
     for stream in keys.all_updates():
         info = await redis.xinfo_groups(stream)

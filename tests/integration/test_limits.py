@@ -88,6 +88,17 @@ async def deliver(emu: Emulator, plan: list[tuple[int, str]], timeout: float) ->
     await wait_for(lambda: len(emu.sent()) >= total, timeout=timeout, message=f"{total} sends")
 
 
+async def send(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, plan: list[tuple[int, str]]
+) -> Any:
+    """Publish ``plan`` and run one sender at the limits until every message went out."""
+    cfg = make_config(redis_url, emu.api_url, sender=SENDER)
+    await publish(redis, cfg, plan)
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await deliver(emu, plan, timeout=40)
+    return cfg
+
+
 def private_plan(chats: int, per_chat: int, base: int = 1000) -> list[tuple[int, str]]:
     return [(base + c, f"c{c}-{i}") for i in range(per_chat) for c in range(chats)]
 
@@ -98,10 +109,7 @@ async def test_300_private_chats_at_the_global_limit(
     plan = private_plan(300, 1)
     for chat, _ in plan:
         emu.add_chat(chat, type="private")
-    cfg = make_config(redis_url, emu.api_url, sender=SENDER)
-    await publish(redis, cfg, plan)
-    async with running(lambda stop: serve_sender(cfg, stop)):
-        await deliver(emu, plan, timeout=40)
+    await send(redis, redis_url, emu, plan)
     stats = check(emu, plan)
     assert stats["max_global_1s"] >= GLOBAL * 0.8  # near the limit, not far under it
 
@@ -111,10 +119,7 @@ async def test_60_messages_to_one_private_chat(
 ) -> None:
     plan = private_plan(1, 60)
     emu.add_chat(1000, type="private")
-    cfg = make_config(redis_url, emu.api_url, sender=SENDER)
-    await publish(redis, cfg, plan)
-    async with running(lambda stop: serve_sender(cfg, stop)):
-        await deliver(emu, plan, timeout=40)
+    await send(redis, redis_url, emu, plan)
     check(emu, plan)
 
 
@@ -124,10 +129,7 @@ async def test_60_messages_to_one_group(
     group = -1002143658709
     emu.add_chat(group, type="supergroup", title="Ops")
     plan = [(group, f"g-{i}") for i in range(60)]
-    cfg = make_config(redis_url, emu.api_url, sender=SENDER)
-    await publish(redis, cfg, plan)
-    async with running(lambda stop: serve_sender(cfg, stop)):
-        await deliver(emu, plan, timeout=40)
+    await send(redis, redis_url, emu, plan)
     check(emu, plan)
 
 
@@ -141,10 +143,7 @@ async def test_a_flooded_chat_does_not_hold_up_the_others(
     for chat, _ in others:
         emu.add_chat(chat, type="private")
     plan = [(flooded, "f-0"), (flooded, "f-1"), *others]
-    cfg = make_config(redis_url, emu.api_url, sender=SENDER)
-    await publish(redis, cfg, plan)
-    async with running(lambda stop: serve_sender(cfg, stop)):
-        await deliver(emu, plan, timeout=40)
+    cfg = await send(redis, redis_url, emu, plan)
     check(emu, plan)
     sent = emu.sent()
     first_flooded = min(s["ts"] for s in sent if s["chat_id"] == flooded)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,7 +14,6 @@ from gateway.errors import TelegramFatal
 from gateway.streams import ensure_groups, publish_outbound
 from tests.helpers import (
     BOT_ID,
-    BOT_USERNAME,
     TOKEN,
     dead_letters,
     make_config,
@@ -32,15 +30,11 @@ OTHER = 1002
 
 
 @pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    emulator = Emulator(token=TOKEN, bot_username=BOT_USERNAME)
-    await emulator.start("127.0.0.1", 0)
+def emu(emu: Emulator) -> Emulator:
+    """The shared emulator (tests/conftest.py) with the two private chats these tests use."""
     for chat in (CHAT, OTHER):
-        emulator.add_chat(chat, type="private")
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
+        emu.add_chat(chat, type="private")
+    return emu
 
 
 def entry(chat: int | str = CHAT, text: str = "hello", **kw: object) -> OutboundEntry:
