@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -68,6 +69,8 @@ class Faults:
         self._flood_global: list[int] = [0, 0]
         self._migrated: dict[int, int] = {}
         self._unauthorized = False
+        self.floods: list[tuple[int, float]] = []
+        """Every injected 429 that fired: (chat_id, epoch seconds when it was answered)."""
 
     def fail_next(
         self, method: str | None, count: int, status: int = 502, html: bool = True
@@ -139,8 +142,10 @@ class Faults:
         chat = self._flood_chat.get(chat_id)
         if chat is not None and chat[1] > 0:
             chat[1] -= 1
+            self.floods.append((chat_id, time.time()))
             return too_many_requests(chat[0])
         if self._flood_global[1] > 0:
             self._flood_global[1] -= 1
+            self.floods.append((chat_id, time.time()))
             return too_many_requests(self._flood_global[0])
         return None

@@ -152,8 +152,11 @@ async def test_flood_wait_holds_only_that_chat(
         [flooded] = await emu.wait_messages(CHAT, 1, timeout=15)
         await emu.wait_messages(OTHER, 1, timeout=15)
     assert flooded["text"] == "flooded"
+    [(flooded_chat, flooded_at)] = emu.faults.floods
     sent = {s["chat_id"]: s["ts"] for s in emu.sent()}
-    assert sent[CHAT] - sent[OTHER] >= 0.9  # waited retry_after; the other chat did not
+    assert flooded_chat == CHAT
+    assert sent[CHAT] - flooded_at >= 1.0  # the chat waited its retry_after...
+    assert sent[OTHER] < sent[CHAT]  # ...and the other chat did not wait behind it
 
 
 async def test_migrated_group_gets_the_message_at_its_new_id(
