@@ -101,7 +101,7 @@ class ReferencePipelineServer:
         mode: str = "async",
         delay: float = 0.0,
         *,
-        callback_retries: int = 5,
+        callback_retries: int = 8,  # 0.1 s doubling: ~25 s, more than an ingress restart
         callback_backoff: float = 0.1,
         callback_timeout: float = 10.0,
         shutdown_timeout: float = 1.0,
