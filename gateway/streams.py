@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.batching import Coalescer
 from gateway.contracts import (
     GROUP_SENDERS,
     GROUP_WORKERS,
@@ -135,13 +134,10 @@ class UpdatePublisher:
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, dedupe_ttl: int) -> None:
-        self._redis = redis
         self._keys = keys
         self._ttl = str(dedupe_ttl)
-        self._script = redis.register_script(PUBLISH_UPDATE_LUA)
-        self._cluster = is_cluster(redis)
-        self._queue: list[tuple[list[Any], asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._calls = Coalescer(redis)
+        self._sha = self._calls.script(PUBLISH_UPDATE_LUA)
 
     async def publish(
         self,
@@ -164,100 +160,28 @@ class UpdatePublisher:
             received_at=received_at,
         )
         args: list[Any] = [
+            "EVALSHA",
+            self._sha,
+            2,
             self._keys.dedupe(p, bot_id, update_id),
             self._keys.updates(p),
             self._ttl,
         ]
         for k, v in fields.items():
             args += [k, v]
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((args, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    results = await self._run([args for args, _ in batch])
-                except Exception as exc:  # every caller gets an answer, whatever failed
-                    error: Exception = exc
-                    if isinstance(exc, (RedisError, OSError)):
-                        error = RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(error)
-                    continue
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(res, Exception):
-                        fut.set_exception(RedisUnavailable(f"redis: {res}"))
-                    else:
-                        fut.set_result(res is not None and res is not False)
-        finally:
-            self._flusher = None
-
-    async def _run(self, batch: Sequence[list[Any]]) -> list[Any]:
-        send = self._cluster_pipeline if self._cluster else self._pipeline_once_more
-        results = await send(batch)
-        if any(isinstance(r, NoScriptError) for r in results):
-            # Redis restarted or flushed its script cache (on a cluster SCRIPT LOAD goes
-            # to every primary): load once, rerun those entries.
-            await self._redis.script_load(PUBLISH_UPDATE_LUA)
-            redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            again = await send([batch[i] for i in redo])
-            for i, r in zip(redo, again, strict=True):
-                results[i] = r
-        return results
-
-    async def _pipeline_once_more(self, batch: Sequence[list[Any]]) -> list[Any]:
-        try:
-            return await self._pipeline(batch)
-        except (RedisConnectionError, OSError):
-            return await self._pipeline(batch)  # once more, on a fresh connection
-
-    async def _pipeline(self, batch: Sequence[list[Any]]) -> list[Any]:
-        """One write of every EVALSHA, packed by hiredis; one read per entry.
-
-        redis-py's pipeline packs commands in pure Python: about 20% of the ingress CPU
-        under load (bench/, docs/bench-ingress.md). A per-entry error is that entry's result.
-        """
-        payload = b"".join(
-            hiredis.pack_command(("EVALSHA", self._script.sha, 2, *args)) for args in batch
-        )
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(payload)
-            results: list[Any] = []
-            for _ in batch:
-                try:
-                    results.append(await conn.read_response())
-                except ResponseError as exc:
-                    results.append(exc)
-            return results
-        except BaseException:
-            await conn.disconnect()  # a half-read connection must not go back to the pool
-            raise
-        finally:
-            await pool.release(conn)
-
-    async def _cluster_pipeline(self, batch: Sequence[list[Any]]) -> list[Any]:
-        """The same scripts through redis-py's cluster pipeline: each EVALSHA goes to its
-        partition's node (the dedupe key and the stream share the ``{p}`` tag)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for args in batch:
-            pipe.execute_command("EVALSHA", self._script.sha, 2, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+            [res] = await self._calls.run(args)
+        except Exception as exc:  # Redis away, or e.g. a packing error: an answer, not a hang
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if isinstance(res, Exception):
+            raise RedisUnavailable(f"redis: {res}")
+        # A repeat after a lost connection finds its own dedupe key: reported as a
+        # duplicate, which it is (the first run stored it).
+        return res is not None and res is not False
 
     async def aclose(self) -> None:
         """Wait for an in-flight pipeline so no caller is left without an answer."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        await self._calls.aclose()
 
 
 async def publish_outbound(
