@@ -7,7 +7,10 @@
   its own lane while reads continue for the others;
 - keeps its fetched entries from looking idle (XCLAIM ... JUSTID to itself) so no other
   consumer claims an entry that is only waiting in a lane;
-- XACKs only after the handler finished (or dead-letters with a reason, then acks);
+- XACKs only after the handler finished (or dead-letters with a reason, then acks); the
+  handler's effects (entries to publish, a marker key) are written by the same Lua script
+  that acks, fenced by the partition's lease: all of them or none. Finishes of many lanes
+  share one round trip (``gateway.batching``);
 - an entry whose handler raised is retried in place (its chat waits), and entries of a
   dead consumer are re-claimed (XAUTOCLAIM) after ``claim_idle_ms``; the delivery count
   travels with the entry and past ``max_deliveries`` it is dead-lettered. Entries handed
@@ -26,21 +29,45 @@ import logging
 import os
 import socket
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
+from gateway.batching import Coalescer
 from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.errors import TelegramFatal as GatewayFatal
 from gateway.poller import backoff
 from gateway.streams import dead_letter_and_ack, ensure_groups, is_cluster, trim_stream
-from workers.leases import ACK_IF_OWNER, LeaseManager
+from workers.leases import LeaseManager
 
 log = logging.getLogger(__name__)
+
+FINISH_LUA = """
+-- KEYS[1] the entry's stream, KEYS[2] its partition's lease, KEYS[3] a marker key,
+-- KEYS[4..] one stream per entry to publish. ARGV[1] group, ARGV[2] lease owner ('' when
+-- not fenced), ARGV[3] entry id, ARGV[4] marker ttl ('0': no marker), ARGV[5..] for each
+-- entry to publish: its field count, then its fields and values.
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+local at = 5
+for k = 4, #KEYS do
+  local n = tonumber(ARGV[at])
+  redis.call('XADD', KEYS[k], '*', unpack(ARGV, at + 1, at + n))
+  at = at + n + 1
+end
+if ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+end
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+"""
+"""Finish an entry: its effects and its XACK, or (lease lost: -1) nothing at all. All keys
+share the partition's hash tag; on a cluster, effects elsewhere are written first."""
 
 LAPSE_POLL = 0.1  # seconds between checks while a held partition's lease is not trusted
 
@@ -57,7 +84,11 @@ def consumer_name(role: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """The handler finished: acknowledge."""
+    """The handler finished: acknowledge, and in the same atomic step publish ``publish``
+    (stream, fields) entries and set ``marker`` (key, ttl seconds) if given."""
+
+    publish: tuple[tuple[str, Mapping[str, str | bytes]], ...] = ()
+    marker: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +157,7 @@ class StreamConsumer:
         handler: Handler,
         order_key: Callable[[dict[bytes, bytes]], bytes] = lambda f: f.get(b"chat_id", b""),
         name: str | None = None,
+        calls: Coalescer | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -147,6 +179,8 @@ class StreamConsumer:
         self._fatal: BaseException | None = None
         self._partition_of = {stream: p for p, stream in enumerate(config.streams)}
         self._cluster = is_cluster(redis)
+        self._calls = calls or Coalescer(redis)  # shared with the handler: fewer pipelines
+        self._finish_sha = self._calls.script(FINISH_LUA)
         self._leases_stop = asyncio.Event()
         self.leases: LeaseManager | None = None
         if config.leases:
@@ -164,7 +198,6 @@ class StreamConsumer:
                 # (its entries are pending, so _take_over queues them) before we read.
                 settle=config.block_ms / 1000 + 0.5,
             )
-            self._ack_script = redis.register_script(ACK_IF_OWNER)
         # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop
         self._unfinished: dict[str, dict[str, int]] = defaultdict(dict)
         self._reading: frozenset[str] = frozenset()  # streams of the XREADGROUP in flight
@@ -563,32 +596,79 @@ class StreamConsumer:
                 deliveries,
             )
             return _Status.FAILED
-        try:
-            if isinstance(outcome, Dead):
+        if isinstance(outcome, Dead):
+            try:
                 await self._dead(stream, entry_id, fields, deliveries, outcome)
+            except (RedisError, OSError) as exc:
+                # Left pending: claimed after claim_idle_ms and dead-lettered then.
+                log.warning("%s: dead-lettering %s failed: %s", cfg.role, entry_id, exc)
+            return _Status.DONE
+        return await self._finish(stream, entry_id, outcome)
+
+    async def _finish(self, stream: str, entry_id: str, outcome: Ack) -> _Status:
+        """Write the entry's effects and ack it, retrying Redis errors in place: the
+        effects (a reply) must land before the chat's next entry is handled."""
+        attempt = 0
+        while True:
+            try:
+                acked = await self._finish_once(stream, entry_id, outcome)
+            except (RedisError, OSError) as exc:
+                if self.stopping:
+                    return _Status.RETRY  # handed back; the next run redoes the entry
+                if self.leases is not None and not self._holds(stream):
+                    return _Status.LOST
+                delay = backoff(attempt, base=0.1, cap=5.0)
+                attempt += 1
+                log.warning(
+                    "%s: finishing %s failed (%s); retry in %.1fs",
+                    self.config.role,
+                    entry_id,
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+                continue
+            if acked < 0:
+                log.warning(
+                    "%s: lease of partition %d lost; %s left for its new owner",
+                    self.config.role,
+                    self._partition_of[stream],
+                    entry_id,
+                )
             else:
-                if self.leases is None:
-                    await self.redis.xack(stream, cfg.group, entry_id)
-                else:
-                    p = self._partition_of[stream]
-                    acked = await self._ack_script(
-                        keys=[stream, self.keys.lease(cfg.role, p)],
-                        args=[cfg.group, self.name, entry_id],
-                    )
-                    if int(acked) < 0:
-                        log.warning(
-                            "%s: lease of partition %d lost; %s left for its new owner",
-                            cfg.role,
-                            p,
-                            entry_id,
-                        )
-                        return _Status.DONE
                 self.handled += 1
-        except (RedisError, OSError) as exc:
-            # Work done but not acknowledged: it will be claimed and redone; handlers are
-            # idempotent (dedupe keys, sent markers) so the redo is a no-op.
-            log.warning("%s: ack of %s failed: %s", cfg.role, entry_id, exc)
-        return _Status.DONE
+            return _Status.DONE
+
+    async def _finish_once(self, stream: str, entry_id: str, outcome: Ack) -> int:
+        """One FINISH_LUA call (coalesced with other lanes'); -1 if the lease was lost."""
+        cfg = self.config
+        publish = list(outcome.publish)
+        marker = outcome.marker
+        if self._cluster:
+            # A script's keys must share a slot: effects elsewhere go first, unfenced (a
+            # repeat publishes a copy the next stage dedupes by id; the marker is a SET).
+            slot = key_slot(stream.encode())
+            elsewhere = [(s, f) for s, f in publish if key_slot(s.encode()) != slot]
+            for s, f in elsewhere:
+                await self.redis.xadd(s, dict(f))  # type: ignore[arg-type]
+            publish = [(s, f) for s, f in publish if key_slot(s.encode()) == slot]
+            if marker is not None and key_slot(marker[0].encode()) != slot:
+                await self.redis.set(marker[0], "1", ex=marker[1])
+                marker = None
+        if self.leases is not None:
+            lease, owner = self.keys.lease(cfg.role, self._partition_of[stream]), self.name
+        else:
+            lease, owner = stream, ""
+        keys = [stream, lease, marker[0] if marker else stream, *(s for s, _ in publish)]
+        args: list[Any] = [cfg.group, owner, entry_id, str(marker[1]) if marker else "0"]
+        for _, entry in publish:
+            args.append(2 * len(entry))
+            for k, v in entry.items():
+                args += [k, v]
+        [acked] = await self._calls.run(("EVALSHA", self._finish_sha, len(keys), *keys, *args))
+        if isinstance(acked, Exception):
+            raise acked
+        return int(acked)
 
     async def _dead(
         self,

@@ -15,8 +15,9 @@
   never waits for it.
 - Fencing: a process trusts its lease only until ``renewed_at + 0.8 * ttl`` on its own
   monotonic clock, which ends before Redis expires it. A process frozen (GC pause,
-  SIGSTOP) past that stops starting entries of the partition, and its acknowledgements are
-  refused by Redis (``ACK_IF_OWNER``) once someone else holds the lease.
+  SIGSTOP) past that stops starting entries of the partition, and its acknowledgements
+  and their effects are refused by Redis (``consumer.FINISH_LUA``) once someone else
+  holds the lease.
 """
 
 from __future__ import annotations
@@ -53,14 +54,6 @@ RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS[1] stream, KEYS[2] lease; ARGV: group, owner, entry id. -1 = not the owner.
-ACK_IF_OWNER = """
-if redis.call('GET', KEYS[2]) == ARGV[2] then
-  return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-end
-return -1
-"""
-
 
 def assign(members: list[str], partitions: int) -> dict[str, list[int]]:
     """The even split: sorted members, partitions dealt round-robin (pure)."""

@@ -288,7 +288,7 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
         return Ack()
 
     class Redis:
-        """The two commands the refresh and a lane use, answered at once."""
+        """The command the refresh uses, answered at once."""
 
         async def xclaim(self, stream: str, *args: object, **__: object) -> list[object]:
             calls.append(("xclaim", stream, args[-1]))
@@ -296,14 +296,23 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
             await asyncio.sleep(0)
             return []
 
-        async def xack(self, stream: str, group: str, *ids: str) -> int:
-            calls.append(("xack", stream, list(ids)))
-            return 1
+    class Calls:
+        """The consumer's finish (FINISH_LUA: EVALSHA sha numkeys stream ... id), answered."""
+
+        def script(self, source: str) -> str:
+            return "sha"
+
+        async def run(self, *commands: tuple[object, ...]) -> list[object]:
+            for cmd in commands:
+                numkeys = int(cmd[2])  # type: ignore[call-overload]
+                stream, entry_id = cmd[3], cmd[3 + numkeys + 2]
+                calls.append(("xack", stream, [entry_id]))
+            return [1] * len(commands)
 
     config = ConsumerConfig(
         role="sender", group="senders", stage=Stage.SENDER, streams=keys.all_outbound()
     )
-    consumer = StreamConsumer(Redis(), keys, config, handler)  # type: ignore[arg-type]
+    consumer = StreamConsumer(Redis(), keys, config, handler, calls=Calls())  # type: ignore[arg-type]
     consumer._held[keys.outbound(0)].add("1-0")
     try:
         await consumer._keep_held_fresh()

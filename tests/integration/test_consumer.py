@@ -86,6 +86,48 @@ async def test_per_chat_order_with_chats_in_parallel(redis: aioredis.Redis) -> N
         assert (await redis.xpending(stream, GROUP))["pending"] == 0
 
 
+async def test_effects_are_written_with_the_ack(redis: aioredis.Redis) -> None:
+    """What a handler returns with its Ack (entries to publish, a marker) lands in the
+    same step as the acknowledgement, in each chat's order, also after Redis forgot the
+    script (SCRIPT FLUSH: a restart, a failover)."""
+    handled = 0
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        nonlocal handled
+        chat, seq = seq_of(fields)
+        await asyncio.sleep(random.uniform(0, 0.005))
+        handled += 1
+        if handled == 60:
+            await redis.script_flush()
+        return Ack(
+            publish=((KEYS.outbound(chat % 2), {"chat_id": str(chat), "seq": str(seq)}),),
+            marker=(f"t:done:{{{chat % 2}}}:{chat}:{seq}", 600),
+        )
+
+    for seq in range(20):
+        for chat in range(6):
+            await add(redis, chat, seq)
+    c = consumer(redis, handler)
+    await run_until(c, lambda: handled >= 120)
+    await wait_for(lambda: _pending_zero(redis), message="every entry acknowledged")
+    published: dict[int, list[int]] = defaultdict(list)
+    for p in range(2):
+        for _, fields in await redis.xrange(KEYS.outbound(p)):
+            chat, seq = seq_of(fields)
+            published[chat].append(seq)
+    assert published == {chat: list(range(20)) for chat in range(6)}
+    for chat in range(6):
+        ttl = await redis.ttl(f"t:done:{{{chat % 2}}}:{chat}:19")
+        assert 0 < ttl <= 600
+
+
+async def _pending_zero(redis: aioredis.Redis) -> bool:
+    for stream in KEYS.all_updates():
+        if (await redis.xpending(stream, GROUP))["pending"]:
+            return False
+    return True
+
+
 async def test_a_slow_chat_does_not_hold_up_the_others(redis: aioredis.Redis) -> None:
     release = asyncio.Event()
     done: list[int] = []

@@ -127,19 +127,27 @@ async def test_a_frozen_owner_is_fenced_off(
     redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An owner that stops renewing (a long pause) loses the partition before another
-    starts it, starts nothing more, and its late acknowledgement is refused."""
+    starts it, starts nothing more, and its late finish is refused: no ack and none of
+    its effects (a reply of an entry the new owner redid would come out of order)."""
     await ensure_groups(redis, KEYS)
     release = asyncio.Event()
     log: list[tuple[str, int]] = []
 
+    def effects(who: str, fields: dict[bytes, bytes]) -> Ack:
+        seq = fields[b"seq"].decode()
+        return Ack(
+            publish=((KEYS.outbound(0), {"by": who, "seq": seq}),),
+            marker=(f"lz:done:{{0}}:{who}:{seq}", 60),
+        )
+
     async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
         log.append(("a", int(fields[b"seq"])))
         await release.wait()
-        return Ack()
+        return effects("a", fields)
 
     async def fast(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
         log.append(("b", int(fields[b"seq"])))
-        return Ack()
+        return effects("b", fields)
 
     for seq in range(3):
         await redis.xadd(KEYS.updates(0), {"chat_id": "0", "seq": str(seq)})
@@ -156,7 +164,7 @@ async def test_a_frozen_owner_is_fenced_off(
     tb = asyncio.create_task(b.run())
     await wait_for(lambda: ("b", 2) in log, timeout=10, message="b takes over and finishes")
     release.set()  # a wakes up after its lease is gone
-    # a's late ack of seq 0 is refused by Redis (ACK_IF_OWNER): the consumer says so
+    # a's late finish of seq 0 is refused by Redis (FINISH_LUA): the consumer says so
     await wait_for(
         lambda: "lease of partition 0 lost" in caplog.text, message="a's late ack refused"
     )
@@ -164,6 +172,10 @@ async def test_a_frozen_owner_is_fenced_off(
     assert log == [("a", 0), ("b", 0), ("b", 1), ("b", 2)]
     pending = await redis.xpending(KEYS.updates(0), "workers")
     assert pending["pending"] == 0  # b acknowledged everything
+    published = [(f[b"by"], f[b"seq"]) for _, f in await redis.xrange(KEYS.outbound(0))]
+    assert published == [(b"b", b"0"), (b"b", b"1"), (b"b", b"2")]
+    assert not await redis.exists("lz:done:{0}:a:0")
+    assert await redis.exists("lz:done:{0}:b:0")
     for c in (a, b):
         c.stop()
     await asyncio.gather(ta, tb)
