@@ -9,8 +9,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, OutboundEntry, UpdateEntry
-from gateway.streams import publish_outbound
+from gateway.batching import Coalescer
+from gateway.contracts import (
+    GROUP_SENDERS,
+    GROUP_WORKERS,
+    Keys,
+    OutboundEntry,
+    UpdateEntry,
+    partition_for,
+)
 from workers.breaker import CircuitBreaker
 from workers.pipeline import Pipeline
 
@@ -30,6 +37,7 @@ class WorkerServices:
     token_ttl: int
     retry_seconds: float
     apology_text: str
+    calls: Coalescer
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     handed_ttl: int = 86_400
     delay_notice: str = ""  # empty: off
@@ -44,15 +52,28 @@ class WorkerServices:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    def outbound_stream(self, entry: OutboundEntry) -> str:
+        return self.keys.outbound(partition_for(entry.chat_id, self.keys.partitions))
+
 
 @dataclass
 class WorkerContext:
-    """Passed to aiogram handlers as ``gw``."""
+    """Passed to aiogram handlers as ``gw``.
+
+    Replies are queued in ``outbox`` and published by the same Redis script that
+    acknowledges the update: a crash before that publishes nothing, and handling the
+    update again publishes them once. ``now=True`` publishes at once instead, for what
+    cannot wait for the handler to finish (a typing indicator, a button's answer, a
+    "we are delayed" note); if the update is handled again such an entry is published
+    again, and its reply id makes the sender send it once.
+    """
 
     services: WorkerServices
     entry: UpdateEntry
     chat_id: int
-    sent: list[str] = field(default_factory=list)
+    already_handed: bool = False  # the pipeline took this update before (a redelivery, a copy)
+    handed: bool = False  # the pipeline took it now: the marker is set with the ack
+    outbox: list[OutboundEntry] = field(default_factory=list)
 
     def is_admin(self, user_id: int) -> bool:
         return user_id in self.services.admin_ids
@@ -65,6 +86,7 @@ class WorkerContext:
         parse_mode: str | None = None,
         origin: str = "command",
         key: str = "reply",
+        now: bool = False,
     ) -> str:
         """Queue a text reply to this update's chat; returns the reply id.
 
@@ -79,7 +101,7 @@ class WorkerContext:
                 "message_id": reply_to,
                 "allow_sending_without_reply": True,
             }
-        return await self.send("sendMessage", payload, origin=origin, key=key)
+        return await self.send("sendMessage", payload, origin=origin, key=key, now=now)
 
     async def send(
         self,
@@ -89,8 +111,10 @@ class WorkerContext:
         origin: str,
         key: str,
         ttl: float | None = None,
+        now: bool = False,
     ) -> str:
-        now = time.time()
+        """Queue one Bot API call for this update's chat (see the class); its reply id."""
+        at = time.time()
         entry = OutboundEntry(
             reply_id=f"u{self.entry.update_id}-{key}",
             bot_id=self.services.bot_id,
@@ -99,11 +123,17 @@ class WorkerContext:
             payload=payload,
             origin=origin,
             update_id=self.entry.update_id,
-            enqueued_at=now,
-            deadline=now + (self.services.outbound_ttl if ttl is None else ttl),
+            enqueued_at=at,
+            deadline=at + (self.services.outbound_ttl if ttl is None else ttl),
         )
-        await publish_outbound(self.services.redis, self.services.keys, [entry])
-        self.sent.append(entry.reply_id)
+        if not now:
+            self.outbox.append(entry)
+            return entry.reply_id
+        s = self.services
+        fields = [x for kv in entry.to_fields().items() for x in kv]
+        [res] = await s.calls.run(("XADD", s.outbound_stream(entry), "*", *fields))
+        if isinstance(res, Exception):
+            raise res  # a RedisError: the consumer retries the update, not counted
         return entry.reply_id
 
     async def status_text(self, *, detailed: bool) -> str:

@@ -11,6 +11,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import User
 
+from gateway.batching import Coalescer
 from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.errors import TelegramFatal
 from gateway.poller import UNAUTHORIZED_HELP, backoff
@@ -91,8 +92,11 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
         stack.push_async_callback(bot.session.close)
         bot._me = await resolve_me(cfg.telegram, stop)
         routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)
+        calls = Coalescer(redis)
+        stack.push_async_callback(calls.aclose)
         services = WorkerServices(
             redis=redis,
+            calls=calls,
             keys=cfg.keys,
             bot_id=cfg.telegram.bot_id,
             pipeline=pipeline,
@@ -111,7 +115,8 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             delay_notice=ps.pipeline_delay_notice,
             delay_notice_after=ps.pipeline_delay_notice_after,
         )
-        handler = UpdateHandler(services, bot, build_dispatcher(routers))
+        # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
+        handler = UpdateHandler(services, bot, build_dispatcher(routers), direct=not routers)
         consumer = StreamConsumer(
             redis,
             cfg.keys,
@@ -134,6 +139,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
                 ),
             ),
             handler,
+            calls=calls,
         )
         log.info(
             "worker %s consuming %d partition(s); pipeline: %s",

@@ -13,7 +13,8 @@ from aiogram.types import CallbackQuery, Message, Update
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from gateway.contracts import EnvelopeError, Reason, UpdateEntry, partition_for
+from gateway.batching import Command
+from gateway.contracts import EnvelopeError, Keys, Reason, UpdateEntry
 from gateway.errors import (
     PipelineRejected,
     PipelineUnavailable,
@@ -32,6 +33,7 @@ from workers.context import WorkerContext, WorkerServices
 log = logging.getLogger(__name__)
 
 TYPING_EVERY = 4.5  # a chat action shows for up to 5 s
+BLOCKED_TTL = 30 * 86_400  # a block mark outlives any realistic backlog
 
 
 def pipeline_router() -> Router:
@@ -55,6 +57,7 @@ def pipeline_router() -> Router:
             origin="gateway",
             key="cbq",
             ttl=60.0,
+            now=True,
         )
         return await forward(gw)
 
@@ -62,7 +65,9 @@ def pipeline_router() -> Router:
 
 
 def build_dispatcher(user_routers: list[Router]) -> Dispatcher:
-    dp = Dispatcher()
+    # aiogram's FSM (a per-process memory store) is for routers of the user's; ours are
+    # stateless and skip its per-update middleware.
+    dp = Dispatcher(disable_fsm=not user_routers)
     dp.include_router(commands_router())
     for router in user_routers:
         dp.include_router(router)
@@ -95,12 +100,11 @@ async def forward(gw: WorkerContext) -> Outcome:
             ttl=s.token_ttl,
         )
         callback_url = f"{s.gateway_public_url}/api/delivery/{token}"
-    key = f"tg-{s.bot_id}-{gw.entry.update_id}"
-    handed = s.keys.handed(partition_for(message.chat_id, s.keys.partitions), key)
-    if await s.redis.exists(handed):
-        # Redelivered after the pipeline took it (a crash before XACK): do not POST twice.
+    if gw.already_handed:
+        # Handled before (a redelivery, a copy of the entry): do not POST twice.
         s.count("already_handed")
         return Ack()
+    key = idempotency_key(s.bot_id, gw.entry.update_id)
     started = time.monotonic()
     attempt = 0
     typing_task = asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
@@ -144,9 +148,9 @@ async def forward(gw: WorkerContext) -> Outcome:
         if typing_task is not None:
             typing_task.cancel()
     s.count("forwarded")
+    gw.handed = True
     if body:
-        await _deliver_body(gw, route, body)
-    await s.redis.set(handed, "1", ex=s.handed_ttl)
+        _deliver_body(gw, route, body)
     return Ack()
 
 
@@ -155,19 +159,17 @@ async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
     s = gw.services
     marker = s.keys.delay_notice(s.bot_id, message.chat_id)
     if await s.redis.set(marker, "1", nx=True, ex=int(s.delay_notice_window)):
-        await gw.reply(s.delay_notice, origin="gateway", key="delayed")
+        await gw.reply(s.delay_notice, origin="gateway", key="delayed", now=True)
 
 
-async def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:
-    """A reply in the pipeline's answer goes out through the same path as callbacks."""
+def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:
+    """A reply in the pipeline's answer becomes the same entries as a callback's; they
+    are published with the update's acknowledgement."""
     try:
         reply = parse_reply(body, gw.services.reply_fields)
     except ReplyShapeError:
         return  # e.g. {"status": "accepted"}: the reply comes on the callback
-    s = gw.services
-    entries = reply_entries(route, reply, origin="pipeline", ttl=s.outbound_ttl)
-    await publish_outbound(s.redis, s.keys, entries)
-    gw.sent.extend(e.reply_id for e in entries)
+    gw.outbox.extend(reply_entries(route, reply, origin="pipeline", ttl=gw.services.outbound_ttl))
 
 
 async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
@@ -183,7 +185,12 @@ async def _keep_typing(gw: WorkerContext) -> None:
     while True:
         try:
             await gw.send(
-                "sendChatAction", {"action": "typing"}, origin="gateway", key=f"typing{n}", ttl=5.0
+                "sendChatAction",
+                {"action": "typing"},
+                origin="gateway",
+                key=f"typing{n}",
+                ttl=5.0,
+                now=True,
             )
         except (RedisUnavailable, RedisError, OSError) as exc:
             log.debug("typing indicator skipped: %s", exc)
@@ -191,28 +198,70 @@ async def _keep_typing(gw: WorkerContext) -> None:
         await asyncio.sleep(TYPING_EVERY)
 
 
+def idempotency_key(bot_id: int, update_id: int) -> str:
+    """The ``Idempotency-Key`` of an update's pipeline call, and its handed marker's name."""
+    return f"tg-{bot_id}-{update_id}"
+
+
+def blocking_command(
+    keys: Keys, bot_id: int, update: dict[str, Any], chat_id: int
+) -> Command | None:
+    """Mark a chat that blocked the bot (its replies dead-letter at once); clear the mark
+    when the user unblocks or writes again. None when the update says neither."""
+    key = keys.blocked_chat(bot_id, chat_id)
+    member = update.get("my_chat_member")
+    if isinstance(member, dict):
+        status = (member.get("new_chat_member") or {}).get("status")
+        if status in ("kicked", "left"):
+            return ("SET", key, "1", "EX", BLOCKED_TTL)
+        return ("DEL", key) if status is not None else None
+    if chat_id > 0 and ("message" in update or "callback_query" in update):
+        return ("DEL", key)
+    return None
+
+
+def plain_message(update: dict[str, Any]) -> bool:
+    """A message or edit that only the pipeline fallback would handle: not a command
+    (aiogram's ``Command`` filters read ``text or caption`` after leading whitespace),
+    with the fields aiogram's ``Message`` requires (anything odd takes aiogram's path and
+    its validation, so a malformed entry is still dead-lettered with the reason)."""
+    kind = "message" if "message" in update else "edited_message"
+    message = update.get(kind)
+    if not isinstance(message, dict) or len(update) != 2:
+        return False
+    chat = message.get("chat")
+    text = message.get("text") or message.get("caption")
+    return (
+        type(message.get("message_id")) is int
+        and type(message.get("date")) is int
+        and isinstance(chat, dict)
+        and type(chat.get("id")) is int
+        and isinstance(chat.get("type"), str)
+        and (text is None or (isinstance(text, str) and not text.lstrip().startswith("/")))
+    )
+
+
 class UpdateHandler:
-    """Turns one updates-stream entry into an outcome for the consumer."""
+    """Turns one updates-stream entry into an outcome for the consumer.
 
-    async def _track_blocking(self, entry: UpdateEntry, chat_id: int) -> None:
-        """Mark a chat that blocked the bot (replies dead-letter at once); clear it when
-        the user unblocks or writes again."""
-        s = self.services
-        key = s.keys.blocked_chat(s.bot_id, chat_id)
-        member = entry.update.get("my_chat_member")
-        if isinstance(member, dict):
-            status = (member.get("new_chat_member") or {}).get("status")
-            if status in ("kicked", "left"):
-                await s.redis.set(key, "1", ex=30 * 86_400)
-            elif status is not None:
-                await s.redis.delete(key)
-        elif chat_id > 0 and ("message" in entry.update or "callback_query" in entry.update):
-            await s.redis.delete(key)
+    Redis work per update: one call before dispatch (was it handed before? the blocked
+    mark) and the consumer's finish (replies, handed marker, ack); both are coalesced with
+    the other chats' calls of the moment.
 
-    def __init__(self, services: WorkerServices, bot: Bot, dispatcher: Dispatcher) -> None:
+    With ``direct`` (no routers of the user's), a ``plain_message`` goes straight to
+    ``forward``, which is where aiogram would route it: building and dispatching its
+    ``Update`` model cost more than everything else the worker does (bench/workers.py).
+    """
+
+    def __init__(
+        self, services: WorkerServices, bot: Bot, dispatcher: Dispatcher, direct: bool = False
+    ) -> None:
         self.services = services
         self.bot = bot
         self.dp = dispatcher
+        self.direct = direct
+        keys = services.keys
+        self._partition = {stream: p for p, stream in enumerate(keys.all_updates())}
 
     async def __call__(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
@@ -221,24 +270,50 @@ class UpdateHandler:
             entry = UpdateEntry.from_fields(fields)
         except EnvelopeError as exc:
             return Dead(Reason.INVALID_ENTRY, str(exc))
-        try:
-            update = Update.model_validate(entry.update, context={"bot": self.bot})
-        except ValidationError as exc:
-            return Dead(Reason.INVALID_ENTRY, f"not a Telegram Update: {exc.error_count()} errors")
+        update: Update | None = None
+        if not (self.direct and plain_message(entry.update)):
+            try:
+                update = Update.model_validate(entry.update, context={"bot": self.bot})
+            except ValidationError as exc:
+                errors = exc.error_count()
+                return Dead(Reason.INVALID_ENTRY, f"not a Telegram Update: {errors} errors")
+        s = self.services
         chat_id = entry.chat_id if entry.chat_id is not None else 0
-        await self._track_blocking(entry, chat_id)
-        gw = WorkerContext(services=self.services, entry=entry, chat_id=chat_id)
-        result = await self.dp.feed_update(self.bot, update, gw=gw)
+        handed = s.keys.handed(
+            self._partition.get(stream, 0), idempotency_key(s.bot_id, entry.update_id)
+        )
+        commands: list[Command] = [("EXISTS", handed)]
+        blocking = blocking_command(s.keys, s.bot_id, entry.update, chat_id)
+        if blocking is not None:
+            commands.append(blocking)
+        for reply in (replies := await s.calls.run(*commands)):
+            if isinstance(reply, Exception):
+                raise reply  # a RedisError: retried in place, not counted as a delivery
+        gw = WorkerContext(
+            services=s,
+            entry=entry,
+            chat_id=chat_id,
+            already_handed=bool(replies[0]),
+        )
+        if update is None:
+            result: Any = await forward(gw)
+        else:
+            result = await self.dp.feed_update(self.bot, update, gw=gw)
+        if isinstance(result, Dead):
+            if gw.outbox:  # e.g. the apology: it goes out, the update goes to the dead letters
+                await publish_outbound(s.redis, s.keys, gw.outbox)
+            return result
         if result is UNHANDLED:
-            self.services.count("unhandled")
+            s.count("unhandled")
             log.info(
                 "update %s (%s) not handled; acknowledged",
                 entry.update_id,
                 next((k for k in entry.update if k != "update_id"), "?"),
                 extra={"update_id": entry.update_id},
             )
-            return Ack()
-        if isinstance(result, Dead | Ack):
-            return result
-        self.services.count("handled")
-        return Ack()
+        elif not isinstance(result, Ack):
+            s.count("handled")
+        return Ack(
+            publish=tuple((s.outbound_stream(e), e.to_fields()) for e in gw.outbox),
+            marker=(handed, s.handed_ttl) if gw.handed else None,
+        )
