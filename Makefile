@@ -1,5 +1,5 @@
 # Developer tasks. `make help` lists them.
-.PHONY: help sandbox test test-fast format lint type bench check compose-check
+.PHONY: help sandbox test test-fast format lint type bench bench-workers check compose-check
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -31,6 +31,10 @@ bench: ## ingress benchmark vs aiogram and a bare ASGI app (needs wrk)
 	bash scripts/venv.sh dev
 	.venv/bin/pip install -q -e '.[dev,bench]'
 	.venv/bin/python -m bench.ingress
+
+bench-workers: ## worker throughput and per-update overhead vs raw XREADGROUP+XACK
+	bash scripts/venv.sh dev
+	.venv/bin/python -m bench.workers
 
 compose-check: ## validate docker-compose.yml
 	docker-compose config -q

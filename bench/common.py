@@ -8,6 +8,7 @@ process's CPU).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -15,9 +16,10 @@ from pathlib import Path
 
 from workers.sandbox import free_port
 
-__all__ = ["HOST", "BenchBroken", "free_port", "proc_status", "wait_port"]
+__all__ = ["HOST", "BenchBroken", "cpu_seconds", "free_port", "proc_status", "wait_port"]
 
 HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchBroken(RuntimeError):
@@ -44,3 +46,10 @@ def proc_status(pid: int, key: str) -> int:
         if line.startswith(f"{key}:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK

@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from bench.common import HOST, BenchBroken, free_port, proc_status, wait_port
+from bench.common import HOST, BenchBroken, cpu_seconds, free_port, proc_status, wait_port
 from bench.servers import SERVERS, WEBHOOK_PATH
 from gateway.contracts import Keys
 from gateway.settings import RedisSettings
@@ -48,7 +48,6 @@ PREFIXES = {"tg-gateway": "bench", "naive": "naive"}  # servers that store updat
 WARMUP_ID_BASE = 100_000_000  # update_id ranges: warm-up and measured runs never overlap
 MEASURED_ID_BASE = 1_000_000_000
 PROBE_UPDATE_ID = 1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 GOAL_VS_AIOGRAM = 5.0
 GOAL_VS_BARE = 0.5
@@ -184,13 +183,6 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def start_redis(port: int, workdir: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -55,6 +55,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+
 def assign(members: list[str], partitions: int) -> dict[str, list[int]]:
     """The even split: sorted members, partitions dealt round-robin (pure)."""
     ordered = sorted(set(members))
