@@ -125,8 +125,7 @@ def run_workers(
     url: str, n: int, env_extra: dict[str, str], updates: int, chats: int, others: list[int]
 ) -> Run:
     """Drain ``updates`` through ``n`` workers; ``others`` are pids whose CPU counts too."""
-    r = aioredis.Redis.from_url(url)
-    asyncio.run(r.flushall())
+    asyncio.run(flush(url))
     env = {
         "PATH": os.environ.get("PATH", ""),
         "TELEGRAM_ENABLED": "false",
@@ -180,6 +179,14 @@ def run_workers(
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(timeout=30)
+
+
+async def flush(url: str) -> None:
+    r = aioredis.Redis.from_url(url)
+    try:
+        await r.flushall()
+    finally:
+        await r.aclose()
 
 
 def redis_pid(url: str) -> int:
