@@ -329,8 +329,10 @@ def result_fields(
     error_code: int | None = None,
     description: str = "",
     update_id: int | None = None,
+    sender: str = "",
 ) -> dict[str, str]:
-    """Fields of a ``{prefix}:results`` entry: one per outbound entry's final outcome."""
+    """Fields of a ``{prefix}:results`` entry: one per outbound entry's final outcome.
+    ``sender`` names the process that reached it (its consumer name)."""
     return {
         "schema": SCHEMA,
         "reply_id": reply_id,
@@ -344,6 +346,7 @@ def result_fields(
         "queue_latency_ms": f"{queue_latency_ms:.1f}",
         "send_latency_ms": f"{send_latency_ms:.1f}",
         "update_id": _s(update_id),
+        "sender": sender,
         "at": f"{time.time():.6f}",
     }
 

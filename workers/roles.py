@@ -21,7 +21,7 @@ from gateway.streams import connect_with
 from gateway.telegram import BotApi, BotApiError
 from workers.breaker import CircuitBreaker
 from workers.commands import load_routers
-from workers.consumer import ConsumerConfig, StreamConsumer, run_until_stopped
+from workers.consumer import ConsumerConfig, StreamConsumer, consumer_name, run_until_stopped
 from workers.context import WorkerServices
 from workers.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
 from workers.ratelimit import Limits, RateLimiter
@@ -169,6 +169,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             group_per_minute=ss.sender_group_per_minute,
             margin=ss.rate_margin,
         )
+        name = consumer_name("sender")
         sender = Sender(
             redis,
             cfg.keys,
@@ -178,6 +179,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             backoff_max=ss.sender_backoff_max,
             token=tg.token,
             paid_broadcast=ss.sender_paid_broadcast,
+            name=name,
         )
         consumer = StreamConsumer(
             redis,
@@ -205,6 +207,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
                 ),
             ),
             sender,
+            name=name,
         )
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)

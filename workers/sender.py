@@ -115,7 +115,9 @@ class Sender:
         backoff_max: float,
         token: str,
         paid_broadcast: bool = False,
+        name: str = "",
     ) -> None:
+        self.name = name  # the consumer name, written into each result
         self.redis = redis
         self.keys = keys
         self.bot = bot
@@ -312,6 +314,7 @@ class Sender:
                     error_code=error_code,
                     description=redact(description, (self._token,)),
                     update_id=entry.update_id,
+                    sender=self.name,
                 )
             ),
         )

@@ -11,6 +11,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,12 @@ async def _results(redis: aioredis.Redis, cfg: Any, n: int) -> bool:
     return len(await results(redis, cfg)) >= n
 
 
+async def _split_between(redis: aioredis.Redis, cfg: Any, n: int) -> bool:
+    keys = cfg.keys
+    owners = [await redis.get(keys.lease("sender", p)) for p in range(keys.partitions)]
+    return None not in owners and len(set(owners)) == n
+
+
 async def test_three_sender_processes_share_the_limits(
     redis: aioredis.Redis, redis_url: str, emu: Emulator, tmp_path: Path
 ) -> None:
@@ -181,7 +188,6 @@ async def test_three_sender_processes_share_the_limits(
     for chat, _ in plan:
         emu.add_chat(chat, type="private")
     cfg = make_config(redis_url, emu.api_url, sender=SENDER)
-    await publish(redis, cfg, plan)
     env = {
         **env_without_gateway_vars(),
         "TELEGRAM_BOT_TOKEN": TOKEN,
@@ -204,6 +210,10 @@ async def test_three_sender_processes_share_the_limits(
         for _ in range(3)
     ]
     try:
+        # Traffic starts once the three hold a share of the partitions each, so every
+        # one of them sends (a late starter would otherwise find the work done).
+        await wait_for(lambda: _split_between(redis, cfg, 3), timeout=30, message="split")
+        await publish(redis, cfg, plan)
         await deliver(emu, plan, timeout=60)
     finally:
         for p in procs:
@@ -211,5 +221,7 @@ async def test_three_sender_processes_share_the_limits(
         codes = [await asyncio.to_thread(p.wait, 20) for p in procs]
     check(emu, plan)
     assert codes == [0, 0, 0]
-    senders = {s["chat_id"] for s in emu.sent()}
-    assert len(senders) == 152
+    assert len({s["chat_id"] for s in emu.sent()}) == 152
+    # All three sent (the partitions were split between them), under one budget.
+    by = Counter(r["sender"] for r in await results(redis, cfg))
+    assert len(by) == 3 and min(by.values()) > 0, by
