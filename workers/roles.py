@@ -148,7 +148,12 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             ps.pipeline_url or "embedded reference pipeline",
         )
         await run_until_stopped([consumer], stop, ws.shutdown_grace_seconds)
-        log.info("worker stopped: %s", services.counters)
+        log.info(
+            "worker stopped: %d acknowledged, %d dead-lettered; %s",
+            consumer.handled,
+            consumer.dead,
+            services.counters,
+        )
 
 
 async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
@@ -211,7 +216,13 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         )
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)
-        log.info("sender stopped: %d sent, %d flood waits", sender.sent, sender.flood_waits)
+        log.info(
+            "sender stopped: %d acknowledged, %d dead-lettered, %d sent, %d flood waits",
+            consumer.handled,
+            consumer.dead,
+            sender.sent,
+            sender.flood_waits,
+        )
 
 
 async def serve_all(cfg: Config, stop: asyncio.Event) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from typing import Any
 
 import orjson
@@ -60,8 +61,9 @@ def emu(emu: Emulator) -> Emulator:
 
 
 async def test_a_malformed_update_is_dead_lettered_and_the_chat_goes_on(
-    redis: aioredis.Redis, redis_url: str, emu: Emulator
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="workers.roles")
     broken = text_update(10, "no date")
     del broken["message"]["date"]  # aiogram's Message requires it
     cfg = make_config(redis_url, emu.api_url)
@@ -72,6 +74,7 @@ async def test_a_malformed_update_is_dead_lettered_and_the_chat_goes_on(
     assert dead["reason"] == "invalid_entry" and dead["stage"] == "worker"
     assert "not a Telegram Update" in dead["error"]
     assert "question" in reply["text"].lower()  # the pipeline's answer to update 11
+    assert "worker stopped: 1 acknowledged, 1 dead-lettered" in caplog.text
 
 
 async def test_a_kicked_bot_marks_the_chat_and_the_users_next_message_clears_it(
