@@ -125,7 +125,8 @@ async def deliver(emu: Emulator, p: Params, name: str, content: dict[str, Any], 
     if flood is not None:
         state.logs.faults_429 += 1
         raise flood
-    wait = state.send_wait(chat["id"])
+    paid = p.flag("allow_paid_broadcast")
+    wait = state.send_wait(chat["id"], paid)
     if wait is not None:
         raise too_many_requests(wait)
     message: Obj = {
@@ -139,7 +140,7 @@ async def deliver(emu: Emulator, p: Params, name: str, content: dict[str, Any], 
     message.update(content)
     if markup is not None:
         message["reply_markup"] = markup
-    state.record_send(name, message)
+    state.record_send(name, message, paid)
     return message
 
 

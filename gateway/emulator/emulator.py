@@ -190,7 +190,8 @@ class Emulator:
         return got
 
     def sent(self) -> list[Obj]:
-        """Every successful message-sending call: method, chat_id, ts (epoch), message."""
+        """Every successful message-sending call: method, chat_id, ts (epoch), message,
+        paid_broadcast (sent with ``allow_paid_broadcast``)."""
         return list(self.state.logs.sent)
 
     def chat_actions(self, chat_id: int) -> list[str]:

@@ -18,6 +18,7 @@ class EmulatorLimits:
     global_per_second: int = 30
     chat_per_second: int = 1
     group_per_minute: int = 20
+    paid_per_second: int = 1000  # sends with allow_paid_broadcast (Bot API 7.11)
 
 
 def is_group(chat_id: int) -> bool:
@@ -52,12 +53,14 @@ class SendWindows:
         self._group: dict[int, deque[float]] = {}
         self._recorded = 0
 
-    def retry_after(self, chat_id: int, now: float) -> int | None:
-        """``None`` when a send to ``chat_id`` at ``now`` is allowed, else whole seconds to wait."""
+    def retry_after(self, chat_id: int, now: float, paid: bool = False) -> int | None:
+        """``None`` when a send to ``chat_id`` at ``now`` is allowed, else whole seconds to
+        wait. A ``paid`` send (``allow_paid_broadcast``) has the higher global limit."""
         limits = self.limits
         if limits is None:
             return None
-        windows = [(self._global, limits.global_per_second, SECOND)]
+        per_second = limits.paid_per_second if paid else limits.global_per_second
+        windows = [(self._global, per_second, SECOND)]
         windows.append((self._chat.setdefault(chat_id, deque()), limits.chat_per_second, SECOND))
         if is_group(chat_id):
             group = self._group.setdefault(chat_id, deque())

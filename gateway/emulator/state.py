@@ -307,21 +307,27 @@ class EmulatorState:
     def count_request(self, method: str) -> None:
         self.logs.requests[method] += 1
 
-    def send_wait(self, chat_id: int) -> int | None:
+    def send_wait(self, chat_id: int, paid: bool = False) -> int | None:
         """``retry_after`` when a send to ``chat_id`` now would exceed a limit, else None."""
-        wait = self.windows.retry_after(chat_id, self.now())
+        wait = self.windows.retry_after(chat_id, self.now(), paid)
         if wait is not None:
             self.logs.rejected_429 += 1
         return wait
 
-    def record_send(self, method: str, message: Obj) -> Obj:
+    def record_send(self, method: str, message: Obj, paid: bool = False) -> Obj:
         """Log a successful message-sending call; returns the ``sent()`` entry."""
         chat_id: int = message["chat"]["id"]
         stamp = self.now()
         self.windows.record(chat_id, stamp)
         self.logs.send_stamps.append((chat_id, stamp))
         snapshot = copy.deepcopy(message)
-        entry = {"method": method, "chat_id": chat_id, "ts": self.epoch(stamp), "message": snapshot}
+        entry = {
+            "method": method,
+            "chat_id": chat_id,
+            "ts": self.epoch(stamp),
+            "message": snapshot,
+            "paid_broadcast": paid,
+        }
         self.logs.sent.append(entry)
         self.logs.bot_messages.setdefault(chat_id, []).append(snapshot)
         self.store_message(message)

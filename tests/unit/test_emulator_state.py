@@ -70,6 +70,17 @@ def test_global_window_admits_exactly_the_limit_then_frees_after_one_second() ->
     assert windows.retry_after(99, 11.0) is None  # the window is (now - 1 s, now]
 
 
+def test_paid_broadcasts_get_the_higher_global_limit() -> None:
+    windows = SendWindows(EmulatorLimits(global_per_second=30, paid_per_second=100))
+    for chat in range(1, 31):
+        windows.record(chat, 5.0)
+    assert windows.retry_after(31, 5.0) == 1  # the 31st unpaid send in a second: 429
+    for chat in range(31, 101):
+        assert windows.retry_after(chat, 5.0, paid=True) is None
+        windows.record(chat, 5.0)
+    assert windows.retry_after(101, 5.0, paid=True) == 1  # paid sends have a limit too
+
+
 def test_chat_window_and_retry_after_rounds_up() -> None:
     windows = SendWindows(EmulatorLimits(chat_per_second=1))
     windows.record(5, 0.0)
