@@ -166,6 +166,68 @@ class RedisClusterProcesses:
             node.close()
 
 
+class ReplyCutter:
+    """A TCP proxy in front of Redis that can lose one reply: the next command containing
+    ``marker`` reaches Redis and runs, then the connection is cut before the reply gets
+    back (a network blip, or Redis going away right after it answered)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.cuts = 0
+        self._marker: bytes | None = None
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut_next(self, marker: bytes) -> None:
+        self._marker = marker
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        cut = asyncio.Event()
+
+        async def to_redis() -> None:
+            while data := await reader.read(65536):
+                if self._marker is not None and self._marker in data:
+                    self._marker = None
+                    self.cuts += 1
+                    cut.set()  # before forwarding: no byte of the reply gets through
+                up_writer.write(data)
+                await up_writer.drain()
+                if cut.is_set():
+                    await asyncio.sleep(0.2)  # Redis runs the command meanwhile
+                    return
+
+        async def to_client() -> None:
+            while (data := await up_reader.read(65536)) and not cut.is_set():
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(to_redis()), asyncio.create_task(to_client())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(OSError, ConnectionError):
+                    await w.wait_closed()
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[T]] | Callable[[], T],
     timeout: float = 10.0,

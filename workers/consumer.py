@@ -16,6 +16,9 @@
   travels with the entry and past ``max_deliveries`` it is dead-lettered. Entries handed
   back unstarted keep their count (XCLAIM RETRYCOUNT), so restarts do not use it up;
 - survives Redis outages (backoff, reconnect) and recreates a missing group (NOGROUP);
+  a read or claim whose reply is lost has still handed its entries over, so those calls
+  are never re-sent by the client, and after a failed one the consumer fetches its own
+  pending entries (XREADGROUP ID 0) before reading new ones: no chat is reordered;
 - ``stop()`` stops reading, lets in-flight work finish within ``grace`` seconds, and leaves
   the rest pending for a claim — never dropped.
 """
@@ -68,6 +71,8 @@ return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 """
 """Finish an entry: its effects and its XACK, or (lease lost: -1) nothing at all. All keys
 share the partition's hash tag; on a cluster, effects elsewhere are written first."""
+
+RECOVER_PAGE = 500  # own pending entries fetched per call after a lost read
 
 LAPSE_POLL = 0.1  # seconds between checks while a held partition's lease is not trusted
 
@@ -201,6 +206,8 @@ class StreamConsumer:
         # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop
         self._unfinished: dict[str, dict[str, int]] = defaultdict(dict)
         self._reading: frozenset[str] = frozenset()  # streams of the XREADGROUP in flight
+        # Streams whose last read failed: it may have delivered entries we never saw.
+        self._lost: set[str] = set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -486,16 +493,40 @@ class StreamConsumer:
             return []
         self._reading = frozenset(active)
         try:
+            lost = [s for s in active if s in self._lost]
+            if lost:
+                return await self._recover(lost)
             if self._cluster:
-                replies = await asyncio.gather(
-                    *(self._xreadgroup({s: ">"}, count, CLUSTER_BLOCK_MS) for s in active)
+                results = await asyncio.gather(
+                    *(self._xreadgroup({s: ">"}, count, CLUSTER_BLOCK_MS) for s in active),
+                    return_exceptions=True,
                 )
-                reply = [r for rs in replies for r in rs or []]
+                reply: list[Any] = []
+                failed: Exception | None = None
+                for stream, result in zip(active, results, strict=True):
+                    if isinstance(result, Exception):
+                        self._lost.add(stream)
+                        failed = failed or result
+                    elif isinstance(result, BaseException):
+                        raise result
+                    else:
+                        reply += result or []
+                if failed is not None and not reply:
+                    raise failed
             else:
-                streams = {s: ">" for s in active}
-                reply = await self._xreadgroup(streams, count, self.config.block_ms)
+                try:
+                    reply = await self._xreadgroup(
+                        {s: ">" for s in active}, count, self.config.block_ms
+                    )
+                except (RedisError, OSError):
+                    self._lost.update(active)
+                    raise
         finally:
             self._reading = frozenset()
+        return self._items(reply)
+
+    @staticmethod
+    def _items(reply: Any) -> list[Item]:
         out: list[Item] = []
         for stream, entries in reply or []:
             s = stream.decode() if isinstance(stream, bytes) else stream
@@ -503,14 +534,62 @@ class StreamConsumer:
                 out.append((s, entry_id.decode(), fields, 1))
         return out
 
-    async def _xreadgroup(self, streams: dict[str, str], count: int, block: int) -> Any:
-        return await self.redis.xreadgroup(
-            self.config.group,
-            self.name,
-            streams,  # type: ignore[arg-type]
-            count=count,
-            block=block,
-        )
+    async def _recover(self, streams: list[str]) -> list[Item]:
+        """Entries a failed read may have delivered to us although its reply never came:
+        pending under our name, never seen. Our own pending list (XREADGROUP ID 0) is read
+        before anything newer, so they go to their lanes ahead of the chat's later entries;
+        what the lanes already hold is skipped by ``_dispatch``."""
+        out: list[Item] = []
+        for stream in streams:
+            start = "0"
+            while True:
+                reply = await self._xreadgroup({stream: start}, RECOVER_PAGE, None)
+                entries = reply[0][1] if reply else []
+                for entry_id, fields in entries:
+                    eid = entry_id.decode()
+                    if fields:
+                        out.append((stream, eid, fields, 1))
+                    else:  # trimmed while pending: nothing left to handle
+                        await self.redis.xack(stream, self.config.group, eid)
+                if len(entries) < RECOVER_PAGE:
+                    break
+                start = entries[-1][0].decode()
+            self._lost.discard(stream)
+        found = sum(1 for stream, eid, _, _ in out if eid not in self._held[stream])
+        if found:
+            log.warning(
+                "%s: %d entries delivered by a read whose reply was lost; handled now, in order",
+                self.config.role,
+                found,
+            )
+        return out
+
+    async def _xreadgroup(self, streams: dict[str, str], count: int, block: int | None) -> Any:
+        args: list[Any] = ["XREADGROUP", "GROUP", self.config.group, self.name, "COUNT", count]
+        if block is not None:
+            args += ["BLOCK", block]
+        args += ["STREAMS", *streams, *streams.values()]
+        return await self._once(next(iter(streams)), *args)
+
+    async def _once(self, key: str, *args: Any) -> Any:
+        """A command that hands entries to this consumer, sent once whatever happens. If its
+        reply is lost the entries are ours all the same; re-sent (redis-py retries on a
+        fresh connection) it would hand over the ones after them, and the lost ones would
+        come back only as idle, out of order. The caller marks the streams ``_lost``."""
+        if self._cluster:
+            # An explicit target node: redis-py's cluster client does not retry those.
+            node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
+            return await self.redis.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_command(*args)
+            return await self.redis.parse_response(conn, args[0])
+        except BaseException:
+            await conn.disconnect()  # a half-read connection must not go back to the pool
+            raise
+        finally:
+            await pool.release(conn)
 
     async def _claim_due(self, limit: int) -> list[Item]:
         """Entries idle past ``claim_idle_ms`` (any consumer's), with their delivery counts."""
@@ -518,15 +597,25 @@ class StreamConsumer:
         if loop.time() - self._last_claim < self.config.claim_every:
             return []
         self._last_claim = loop.time()
+        try:
+            return await self._claim_idle(limit)
+        except (RedisError, OSError):
+            self._lost.update(self.active_streams())  # what it claimed is ours, unseen
+            raise
+
+    async def _claim_idle(self, limit: int) -> list[Item]:
         out: list[Item] = []
         for stream in self.active_streams():
-            res: Any = await self.redis.xautoclaim(
+            res: Any = await self._once(
+                stream,
+                "XAUTOCLAIM",
                 stream,
                 self.config.group,
                 self.name,
-                min_idle_time=self.config.claim_idle_ms,
-                start_id="0-0",
-                count=min(limit, self.config.count),
+                self.config.claim_idle_ms,
+                "0-0",
+                "COUNT",
+                min(limit, self.config.count),
             )
             claimed = res[1] if len(res) > 1 else []
             deleted = res[2] if len(res) > 2 else []
