@@ -128,6 +128,29 @@ async def _pending_zero(redis: aioredis.Redis) -> bool:
     return True
 
 
+async def consume_through_cut(redis_url: str, marker: bytes, count: int) -> tuple[list[int], int]:
+    """Consume chat 0 through a proxy that drops the reply of the next ``marker`` command;
+    the sequence numbers in the order they were handled, and how many replies were cut."""
+    seen: list[int] = []
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        seen.append(seq_of(fields)[1])
+        return Ack()
+
+    proxy = ReplyCutter(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    client = connect(proxy.url)  # as deployed: redis-py retries on a fresh connection
+    try:
+        proxy.cut_next(marker)
+        c = consumer(client, handler, count=count, claim_idle_ms=300)
+        await run_until(c, lambda: len(seen) >= 8)
+        await asyncio.sleep(0.5)  # past claim_idle_ms: nothing comes back a second time
+    finally:
+        await client.aclose()
+        await proxy.stop()
+    return seen, proxy.cuts
+
+
 async def test_a_read_whose_reply_is_lost_keeps_the_chat_in_order(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
@@ -135,26 +158,10 @@ async def test_a_read_whose_reply_is_lost_keeps_the_chat_in_order(
     entries to this consumer: pending, never seen. Reading on (by the client's own retry,
     or the next loop) returns the entries after them, and the lost ones came back only when
     claimed as idle: out of order. The consumer fetches its own pending entries first."""
-    seen: list[int] = []
-
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        seen.append(seq_of(fields)[1])
-        return Ack()
-
     for seq in range(8):
         await add(redis, 0, seq)
-    proxy = ReplyCutter(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    await proxy.start()
-    client = connect(proxy.url)  # as deployed: redis-py retries on a fresh connection
-    try:
-        proxy.cut_next(b"XREADGROUP")
-        c = consumer(client, handler, count=2, claim_idle_ms=300)
-        await run_until(c, lambda: len(seen) >= 8)
-        await asyncio.sleep(0.5)  # past claim_idle_ms: nothing comes back a second time
-    finally:
-        await client.aclose()
-        await proxy.stop()
-    assert proxy.cuts == 1
+    seen, cuts = await consume_through_cut(redis_url, b"XREADGROUP", count=2)
+    assert cuts == 1
     assert seen == list(range(8))
 
 
@@ -163,30 +170,14 @@ async def test_a_claim_whose_reply_is_lost_keeps_the_chat_in_order(
 ) -> None:
     """The same for XAUTOCLAIM: a dead consumer's entries claimed in Redis, the reply lost.
     They are ours now with their idle time reset, so no claim returns them for a while."""
-    seen: list[int] = []
-
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        seen.append(seq_of(fields)[1])
-        return Ack()
-
     for seq in range(4):
         await add(redis, 0, seq)
     await redis.xreadgroup(GROUP, "dead-consumer", {KEYS.updates(0): ">"}, count=4)
     for seq in range(4, 8):
         await add(redis, 0, seq)
     await asyncio.sleep(0.4)  # the dead consumer's entries are idle past claim_idle_ms
-    proxy = ReplyCutter(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    await proxy.start()
-    client = connect(proxy.url)
-    try:
-        proxy.cut_next(b"XAUTOCLAIM")
-        c = consumer(client, handler, count=8, claim_idle_ms=300)
-        await run_until(c, lambda: len(seen) >= 8)
-        await asyncio.sleep(0.5)
-    finally:
-        await client.aclose()
-        await proxy.stop()
-    assert proxy.cuts == 1
+    seen, cuts = await consume_through_cut(redis_url, b"XAUTOCLAIM", count=8)
+    assert cuts == 1
     assert seen == list(range(8))
 
 
