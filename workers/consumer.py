@@ -202,6 +202,7 @@ class StreamConsumer:
                 # A read the previous owner had blocked on this partition has returned
                 # (its entries are pending, so _take_over queues them) before we read.
                 settle=config.block_ms / 1000 + 0.5,
+                calls=self._calls,
             )
         # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop
         self._unfinished: dict[str, dict[str, int]] = defaultdict(dict)

@@ -32,6 +32,7 @@ from enum import Enum
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.batching import Coalescer
 from gateway.poller import backoff
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class LeaseManager:
         drained: Callable[[int], bool],
         on_release: Callable[[int], Awaitable[None]],
         settle: float = 0.0,
+        calls: Coalescer | None = None,
     ) -> None:
         self.redis = redis
         self.members_key = members_key
@@ -103,8 +105,12 @@ class LeaseManager:
         self.state: dict[int, State] = {}
         self.valid_until: dict[int, float] = {}
         self._gains: dict[int, asyncio.Task[None]] = {}
-        self._heartbeat = redis.register_script(HEARTBEAT_LUA)
-        self._renew = redis.register_script(RENEW_LUA)
+        # The heartbeat and every renewal of a tick go out as one pipeline (shared with
+        # the consumer's finishes): a process owning many partitions renews them all in one
+        # round trip, so a slow Redis does not eat into the later leases' trust.
+        self._calls = calls or Coalescer(redis)
+        self._heartbeat_sha = self._calls.script(HEARTBEAT_LUA)
+        self._renew_sha = self._calls.script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
 
     @property
@@ -149,11 +155,22 @@ class LeaseManager:
 
     async def tick(self) -> None:
         started = time.monotonic()
-        raw = await self._heartbeat(keys=[self.members_key], args=[self.name, self.ttl_ms])
-        members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
+        held = list(self.state)
+        replies = await self._calls.run(
+            ("EVALSHA", self._heartbeat_sha, 1, self.members_key, self.name, self.ttl_ms),
+            *(
+                ("EVALSHA", self._renew_sha, 1, self.lease_key(p), self.name, self.ttl_ms)
+                for p in held
+            ),
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in replies[0]]
         desired = set(assign(members, self.partitions).get(self.name, []))
-        for p in list(self.state):
-            renewed = await self._renew(keys=[self.lease_key(p)], args=[self.name, self.ttl_ms])
+        for p, renewed in zip(held, replies[1:], strict=True):
+            if p not in self.state:
+                continue  # dropped meanwhile
             if not renewed:
                 log.warning("leases: lost partition %d (lease taken or expired)", p)
                 self._drop(p)
