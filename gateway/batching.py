@@ -4,8 +4,9 @@ pipeline, so a process handling many chats pays one round trip per batch, not pe
 Each caller awaits the replies to its own commands. A pipeline is sent as soon as the
 event loop is free; callers that arrive while one is in flight ride the next. Nothing
 waits for a batch to fill, so a lone caller pays no extra latency. Pipelines go one at a
-time, in call order: the poller's batch lands in the stream in Telegram's order.
-(Two pipelines in flight were no faster for the worker: bench/workers.py.)
+time, in call order: the poller's batch lands in the stream in Telegram's order. (Two
+pipelines in flight were tried for the worker, by hand, and were no faster in
+bench/workers.py; the variant was not kept.)
 
 Used by the ingress (publish with dedupe), the worker (handed check) and every stream
 consumer (finish an entry: its effects and its ack in one script).
@@ -14,17 +15,34 @@ consumer (finish an entry: its effects and its ack in one script).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 Command = Sequence[Any]
+
+
+@contextlib.asynccontextmanager
+async def pooled_connection(redis: aioredis.Redis) -> AsyncIterator[Connection]:
+    """A connection of ``redis``'s pool, used directly: no client-side retry re-sends a
+    command on it. Disconnected on any failure, so a half-read one never goes back."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        yield conn
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 class Coalescer:
@@ -120,9 +138,7 @@ class Coalescer:
         under load (bench/, docs/bench-ingress.md).
         """
         payload = b"".join(hiredis.pack_command(tuple(cmd)) for cmd in commands)
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+        async with pooled_connection(self._redis) as conn:
             await conn.send_packed_command(payload)
             replies: list[Any] = []
             for _ in commands:
@@ -131,11 +147,6 @@ class Coalescer:
                 except ResponseError as exc:
                     replies.append(exc)
             return replies
-        except BaseException:
-            await conn.disconnect()  # a half-read connection must not go back to the pool
-            raise
-        finally:
-            await pool.release(conn)
 
     async def _cluster_pipeline(self, commands: list[Command]) -> list[Any]:
         """redis-py's cluster pipeline: each command goes to its slot's node (a script's

@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.batching import Coalescer
+from gateway.batching import Coalescer, pooled_connection
 from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.errors import TelegramFatal as GatewayFatal
 from gateway.poller import backoff
@@ -581,16 +581,9 @@ class StreamConsumer:
             # An explicit target node: redis-py's cluster client does not retry those.
             node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
             return await self.redis.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+        async with pooled_connection(self.redis) as conn:
             await conn.send_command(*args)
             return await self.redis.parse_response(conn, args[0])
-        except BaseException:
-            await conn.disconnect()  # a half-read connection must not go back to the pool
-            raise
-        finally:
-            await pool.release(conn)
 
     async def _claim_due(self, limit: int) -> list[Item]:
         """Entries idle past ``claim_idle_ms`` (any consumer's), with their delivery counts."""
