@@ -233,7 +233,7 @@ class IngressApp:
             await _json(send, 503, {"ok": False, "error": "delivery disabled: no DELIVERY_SECRET"})
             return
         try:
-            route = verify_route(secret, token)
+            route = verify_route(secret, token, bot_id=self.config.bot_id)
         except DeliveryTokenError as exc:
             await _json(send, 403, {"ok": False, "error": f"invalid delivery token: {exc}"})
             return

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 
@@ -29,8 +30,18 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: only the unpadded URL-safe alphabet, and only the one canonical spelling of
+    the bytes (``<token>!!``, padding, whitespace and spare low bits do not decode)."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical unpadded base64url")
+    return data
 
 
 def sign_route(
@@ -52,8 +63,10 @@ def sign_route(
     return f"{payload}.{_b64(mac)}"
 
 
-def verify_route(secret: bytes, token: str, now: float | None = None) -> Route:
-    """The route of a token; ``DeliveryTokenError`` if forged, malformed or expired."""
+def verify_route(secret: bytes, token: str, *, bot_id: int, now: float | None = None) -> Route:
+    """The route of a token signed for ``bot_id``; ``DeliveryTokenError`` if forged,
+    malformed, expired or signed for another bot (a ``DELIVERY_SECRET`` shared between
+    deployments must not let one bot send another's replies)."""
     payload, sep, mac_text = token.partition(".")
     if not sep or not payload or not mac_text or len(token) > 512:
         raise DeliveryTokenError("malformed token")
@@ -75,6 +88,8 @@ def verify_route(secret: bytes, token: str, now: float | None = None) -> Route:
         )
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         raise DeliveryTokenError("malformed token") from None
+    if route.bot_id != bot_id:
+        raise DeliveryTokenError("token is for another bot")
     if route.expires_at < (time.time() if now is None else now):
         raise DeliveryTokenError("token expired")
     return route
