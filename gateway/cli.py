@@ -180,22 +180,42 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Publish one proactive message to the outbound stream (the sender delivers it)."""
+    import math
+    import re
     import time as _time
 
+    from gateway.attachments import attachment_ref_problem
     from gateway.contracts import Keys, OutboundEntry
     from gateway.streams import connect_with, ensure_groups, publish_outbound
 
+    # Every argument is checked before any setting is read or anything is queued.
+    chat: int | str
+    if re.fullmatch(r"-?[1-9][0-9]{0,19}", args.chat_id):
+        chat = int(args.chat_id)
+    elif re.fullmatch(r"@[A-Za-z][A-Za-z0-9_]{3,31}", args.chat_id):
+        chat = args.chat_id
+    else:
+        raise ConfigError(
+            f"send: --chat-id {args.chat_id!r} is neither a chat id (a non-zero integer) "
+            "nor a @channelusername"
+        )
+    if args.ttl is not None and not (math.isfinite(args.ttl) and args.ttl > 0):
+        raise ConfigError(f"send: --ttl must be a positive number of seconds, not {args.ttl}")
+    media = [
+        (k, v) for k, v in (("photo", args.photo), ("document", args.document)) if v is not None
+    ]
+    if len(media) > 1:
+        raise ConfigError("send: give --photo or --document, not both")
+    if not media and not args.text:
+        raise ConfigError("send: --text is required unless --photo or --document is given")
+    for kind, ref in media:
+        if (problem := attachment_ref_problem(ref)) is not None:
+            raise ConfigError(f"send: --{kind} {problem}")
     tg = load(TelegramSettings, telegram_enabled=False)
     rs = load(RedisSettings)
     ss = load(SenderSettings)
     if tg.bot_id == 0:
         raise ConfigError("TELEGRAM_BOT_TOKEN: required for `send` (the bot id is its prefix)")
-    chat: int | str = int(args.chat_id) if args.chat_id.lstrip("-").isdigit() else args.chat_id
-    media = [(k, v) for k, v in (("photo", args.photo), ("document", args.document)) if v]
-    if len(media) > 1:
-        raise ConfigError("send: give --photo or --document, not both")
-    if not media and not args.text:
-        raise ConfigError("send: --text is required unless --photo or --document is given")
     payload: dict[str, Any]
     if media:
         kind, ref = media[0]

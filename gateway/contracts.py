@@ -21,6 +21,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.attachments import MEDIA_FIELDS, check_attachment_ref
+
 SCHEMA = "1"
 
 GROUP_WORKERS = "workers"
@@ -55,6 +57,7 @@ class Reason(StrEnum):
     INVALID_ENTRY = "invalid_entry"  # an entry that does not parse as its envelope
     PIPELINE_REJECTED = "pipeline_rejected"  # pipeline answered 4xx
     PIPELINE_UNAVAILABLE = "pipeline_unavailable"  # 5xx/timeouts past the retry budget
+    PIPELINE_BAD_REPLY = "pipeline_bad_reply"  # a reply body the gateway cannot use
     HANDLER_ERROR = "handler_error"  # an unexpected exception in a handler
     CHAT_NOT_FOUND = "chat_not_found"
     BOT_BLOCKED = "bot_blocked"  # 403: blocked, kicked, deactivated
@@ -276,6 +279,14 @@ class OutboundEntry(BaseModel):
     def _ascii_id(cls, value: str) -> str:
         if not value.isascii() or any(c in value for c in " \t\r\n{}"):
             raise ValueError("reply_id must be ASCII without spaces or braces")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _attachment_refs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in MEDIA_FIELDS:
+            if name in value:
+                check_attachment_ref(value[name], f"payload.{name}")
         return value
 
     def to_fields(self) -> dict[str, str]:

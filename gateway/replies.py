@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.attachments import attachment_ref_problem
 from gateway.contracts import OutboundEntry
 from gateway.errors import ReplyShapeError
 from gateway.tokens import Route
@@ -25,6 +26,12 @@ from gateway.tokens import Route
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 PARSE_MODES = ("HTML", "MarkdownV2", "Markdown")
 MAX_ATTACHMENTS = 10
+MAX_NESTING = 8  # {"message": {"text": ...}} is 2; far below Python's recursion limit
+
+
+class NoReplyContent(ReplyShapeError):
+    """A well-formed body with nothing to send (e.g. ``{"status": "accepted"}``): from a
+    synchronous pipeline it means the reply comes later, on the callback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +48,26 @@ class Reply:
     parse_mode: str | None = None
 
 
-def _text_of(value: Any, fields: list[str]) -> str | None:
-    if isinstance(value, str):
-        return value if value.strip() else None
-    if isinstance(value, dict):
-        for name in fields:
-            found = _text_of(value.get(name), fields)
-            if found is not None:
-                return found
+def _text_of(body: dict[str, Any], fields: list[str]) -> str | None:
+    """The first non-empty string among ``fields``, depth first in field order, following
+    nested objects at most ``MAX_NESTING`` deep (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if value.strip():
+                return value
+        elif isinstance(value, dict):
+            if depth >= MAX_NESTING:
+                raise ReplyShapeError(f"reply text nests deeper than {MAX_NESTING} levels")
+            stack.extend((value.get(name), depth + 1) for name in reversed(fields))
     return None
 
 
 def _attachment(item: Any) -> Attachment:
     if isinstance(item, str):
         kind = "photo" if item.lower().split("?")[0].endswith(PHOTO_EXTENSIONS) else "document"
-        return Attachment(kind=kind, ref=item)
+        return Attachment(kind=kind, ref=_checked(item))
     if not isinstance(item, dict):
         raise ReplyShapeError("attachments must be URLs or objects")
     kind = str(item.get("type") or "document").lower()
@@ -64,10 +76,18 @@ def _attachment(item: Any) -> Attachment:
     ref = item.get("file_id") or item.get("url")
     if not isinstance(ref, str) or not ref.strip():
         raise ReplyShapeError("an attachment needs a 'url' or a 'file_id'")
+    ref = _checked(ref.strip())
     caption = item.get("caption")
     if caption is not None and not isinstance(caption, str):
         raise ReplyShapeError("attachment caption must be a string")
-    return Attachment(kind=kind, ref=ref.strip(), caption=caption or None)
+    return Attachment(kind=kind, ref=ref, caption=caption or None)
+
+
+def _checked(ref: str) -> str:
+    problem = attachment_ref_problem(ref)
+    if problem is not None:
+        raise ReplyShapeError(f"attachment {problem}")
+    return ref
 
 
 def parse_reply(body: Any, fields: list[str]) -> Reply:
@@ -85,7 +105,7 @@ def parse_reply(body: Any, fields: list[str]) -> Reply:
     if parse_mode is not None and parse_mode not in PARSE_MODES:
         raise ReplyShapeError(f"parse_mode must be one of {', '.join(PARSE_MODES)}")
     if text is None and not attachments:
-        raise ReplyShapeError(
+        raise NoReplyContent(
             f"no reply text: expected a non-empty string in one of {', '.join(fields)}"
         )
     return Reply(text=text, attachments=attachments, parse_mode=parse_mode)

@@ -1,8 +1,9 @@
 """Pipeline adapters: the external HTTP pipeline and the embedded reference pipeline.
 
 Both take a ``PipelineMessage`` and return an optional reply body (a dict in one of the
-shapes ``gateway.replies`` accepts). The external one raises ``PipelineRejected`` (4xx)
-or ``PipelineUnavailable`` (5xx, timeout, connection error).
+shapes ``gateway.replies`` accepts). The external one raises ``PipelineRejected`` (4xx),
+``PipelineUnavailable`` (5xx, timeout, connection error) or ``ReplyShapeError`` (a JSON
+reply body that does not decode, e.g. nested past the decoder's depth limit).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from gateway.errors import PipelineRejected, PipelineUnavailable
+from gateway.errors import PipelineRejected, PipelineUnavailable, ReplyShapeError
 from workers.adapter import PipelineMessage
 from workers.reference import respond
 
@@ -67,6 +68,7 @@ class HttpPipeline:
             ) as resp:
                 status = resp.status
                 content = await resp.read()
+                json_type = resp.content_type.endswith(("/json", "+json"))
         except TimeoutError:
             raise PipelineUnavailable("timeout") from None
         except aiohttp.ClientError as exc:
@@ -78,8 +80,10 @@ class HttpPipeline:
         if status in (200, 201) and content:
             try:
                 body = orjson.loads(content)
-            except orjson.JSONDecodeError:
-                return None
+            except orjson.JSONDecodeError as exc:
+                if json_type or content.lstrip()[:1] in (b"{", b"["):
+                    raise ReplyShapeError(f"reply body is not usable JSON: {exc}") from None
+                return None  # e.g. "OK" as text: no reply in the body
             return body if isinstance(body, dict) else None
         return None  # 202 and friends: the reply comes later on the callback
 

@@ -22,7 +22,7 @@ from gateway.errors import (
     ReplyShapeError,
 )
 from gateway.poller import backoff
-from gateway.replies import parse_reply, reply_entries
+from gateway.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.streams import publish_outbound
 from gateway.tokens import Route, sign_route
 from workers.adapter import PipelineMessage, adapt
@@ -122,6 +122,9 @@ async def forward(gw: WorkerContext) -> Outcome:
                 s.count("pipeline_rejected")
                 await _apologise(gw, message)
                 return Dead(Reason.PIPELINE_REJECTED, str(exc))
+            except ReplyShapeError as exc:  # it answered, with a body that cannot be used
+                s.breaker.success()
+                return await _bad_reply(gw, message, exc)
             except PipelineUnavailable as exc:
                 s.breaker.failure()
                 elapsed = time.monotonic() - started
@@ -150,8 +153,19 @@ async def forward(gw: WorkerContext) -> Outcome:
     s.count("forwarded")
     gw.handed = True
     if body:
-        _deliver_body(gw, route, body)
+        try:
+            _deliver_body(gw, route, body)
+        except ReplyShapeError as exc:
+            return await _bad_reply(gw, message, exc)
     return Ack()
+
+
+async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShapeError) -> Dead:
+    """A synchronous reply that cannot be sent: dead-lettered at once (asking again would
+    get the same body), and the user gets the apology instead of silence."""
+    gw.services.count("pipeline_bad_reply")
+    await _apologise(gw, message)
+    return Dead(Reason.PIPELINE_BAD_REPLY, f"unusable reply body: {exc}")
 
 
 async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
@@ -164,10 +178,11 @@ async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
 
 def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:
     """A reply in the pipeline's answer becomes the same entries as a callback's; they
-    are published with the update's acknowledgement."""
+    are published with the update's acknowledgement. ``ReplyShapeError`` when the body
+    is unusable (bad attachments, nested too deep, ...)."""
     try:
         reply = parse_reply(body, gw.services.reply_fields)
-    except ReplyShapeError:
+    except NoReplyContent:
         return  # e.g. {"status": "accepted"}: the reply comes on the callback
     gw.outbox.extend(reply_entries(route, reply, origin="pipeline", ttl=gw.services.outbound_ttl))
 

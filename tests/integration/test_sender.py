@@ -198,7 +198,7 @@ async def test_photo_document_and_long_caption(
         entry(
             method="sendPhoto", payload={"photo": "https://example.com/a.png", "caption": caption}
         ),
-        entry(method="sendDocument", payload={"document": "BQACAgIAAxkBAAIF"}),
+        entry(method="sendDocument", payload={"document": "BQACAgIAAxkBAAIFCGd5"}),
     )
     async with running(lambda stop: serve_sender(cfg, stop)):
         got = await emu.wait_messages(CHAT, 3, timeout=15)
