@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -215,6 +216,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     max_connections = 1000
     header_timeout = 10.0
     body_timeout = 10.0
+    _refused_logged_at = -1e9  # a flood of refusals logs a line per 10 s, not per refusal
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -228,7 +230,13 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.transport = transport
             transport.write(_503)
             transport.close()
-            log.warning("refused a connection: %d open", len(self.connections))
+            now = time.monotonic()
+            if now - BoundedHttpTools._refused_logged_at > 10:
+                BoundedHttpTools._refused_logged_at = now
+                log.warning(
+                    "refusing connections: %d open (INGRESS_MAX_CONNECTIONS)",
+                    len(self.connections),
+                )
             return
         super().connection_made(transport)
         self._in_headers = True
@@ -286,8 +294,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(answer)  # nothing else is being written on it
+        if self.cycle is None or (self.cycle.response_complete and self._in_headers):
+            self.transport.write(answer)  # a new request, and nothing else being written
         self.transport.close()
 
 
