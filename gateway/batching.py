@@ -48,8 +48,13 @@ async def pooled_connection(redis: aioredis.Redis) -> AsyncIterator[Connection]:
 class Coalescer:
     """One pipeline for every command queued while the previous one was in flight."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, timeout: float | None = None) -> None:
+        """``timeout``: the longest a caller waits for its replies and the longest one
+        pipeline may take (then it is abandoned and its connection dropped), so a hung
+        Redis cannot make callers queue behind a stuck pipeline. None: the client's own
+        socket timeouts and retries are the only bound."""
         self._redis = redis
+        self._timeout = timeout
         self._cluster = isinstance(redis, RedisCluster)
         self._scripts: dict[str, str] = {}  # sha1 -> source, reloaded after a NOSCRIPT
         self._queue: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
@@ -64,15 +69,29 @@ class Coalescer:
     async def run(self, *commands: Command) -> list[Any]:
         """The reply to each command, in order; a command Redis refused has its
         ``ResponseError`` in its place. Raises ``RedisError``/``OSError`` when Redis could
-        not be reached (the commands may or may not have run).
+        not be reached, ``TimeoutError`` when it did not answer within ``timeout`` (either
+        way the commands may or may not have run).
 
         The commands must not depend on each other: they are sent in order, but a script
         Redis had forgotten (NOSCRIPT) runs again after the rest of the batch ran."""
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((commands, fut))
+        item = (commands, fut)
+        self._queue.append(item)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        return await fut
+        if self._timeout is None:
+            return await fut
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await fut
+        except TimeoutError:
+            raise TimeoutError(f"no answer from Redis within {self._timeout:g}s") from None
+        finally:
+            if fut.cancelled():
+                # Gave up before its pipeline was sent: it is never sent. (Once sent, its
+                # commands may still run after the caller gave up: see above.)
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(item)
 
     async def aclose(self) -> None:
         """Wait for an in-flight pipeline so no caller is left without an answer."""
@@ -86,7 +105,11 @@ class Coalescer:
                 batch, self._queue = self._queue, []
                 flat = [cmd for commands, _ in batch for cmd in commands]
                 try:
-                    replies = await self._run(flat)
+                    if self._timeout is None:
+                        replies = await self._run(flat)
+                    else:
+                        async with asyncio.timeout(self._timeout):
+                            replies = await self._run(flat)
                 except Exception as exc:  # every caller gets an answer, whatever failed
                     for _, fut in batch:
                         if not fut.done():

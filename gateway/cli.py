@@ -104,7 +104,7 @@ def _role(target: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
-    from gateway.telegram import BotApi
+    from gateway.telegram import BotApi, webhook_secret_for
 
     tg = load(TelegramSettings, telegram_enabled=True)
     logs = load(LogSettings)
@@ -120,9 +120,9 @@ def cmd_webhook(args: argparse.Namespace) -> int:
                     "allowed_updates": tg.telegram_allowed_updates,
                     "max_connections": tg.telegram_max_connections,
                     "drop_pending_updates": args.drop_pending,
+                    # The secret the ingress checks (set, or derived from the token).
+                    "secret_token": webhook_secret_for(tg),
                 }
-                if tg.webhook_secret:
-                    params["secret_token"] = tg.webhook_secret
                 return await api.call("setWebhook", params)
             if args.action == "delete":
                 return await api.call("deleteWebhook", {"drop_pending_updates": args.drop_pending})

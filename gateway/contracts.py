@@ -246,9 +246,11 @@ def extract_update_ids(update: dict[str, Any]) -> tuple[int | None, int | None]:
         user = value.get("from") or value.get("user")
         chat_id = chat.get("id") if isinstance(chat, dict) else None
         user_id = user.get("id") if isinstance(user, dict) else None
-        if not isinstance(chat_id, int):
-            chat_id = user_id if isinstance(user_id, int) else None
-        return chat_id, user_id if isinstance(user_id, int) else None
+        if not isinstance(user_id, int) or isinstance(user_id, bool):  # JSON true is no id
+            user_id = None
+        if not isinstance(chat_id, int) or isinstance(chat_id, bool):
+            chat_id = user_id
+        return chat_id, user_id
     return None, None
 
 

@@ -3,7 +3,8 @@
 Bare ASGI rather than FastAPI: the webhook is the hot path, so no framework sits between
 uvicorn and the handler (figures: README, bench/ingress.py). Routes:
 
-    POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored)
+    POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored);
+                                  webhook mode only (always with a secret), else 404
     POST /api/delivery/{token}    pipeline replies  → outbound stream
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
@@ -39,17 +40,24 @@ Send = Callable[[Message], Awaitable[None]]
 WEBHOOK_PATH = "/webhook/telegram"
 DELIVERY_PREFIX = "/api/delivery/"
 SECRET_HEADER = b"x-telegram-bot-api-secret-token"
+BODY_TIMEOUT_ERROR = "request body not received in time"
 
 
 @dataclass(frozen=True, slots=True)
 class IngressConfig:
     bot_id: int
     keys: Keys
-    webhook_secret: str | None
+    webhook_secret: str | None  # None: no webhook route (polling mode), 404
     delivery_secret: bytes | None
     max_body_bytes: int
     reply_fields: list[str]
     outbound_ttl: float
+    body_timeout: float = 10.0  # seconds to receive a body once the headers are in
+    store_timeout: float = 3.0  # longest wait for Redis before answering 503
+
+
+class BodyTimeout(Exception):
+    pass
 
 
 class BodyTooLarge(Exception):
@@ -73,8 +81,30 @@ def parse_update(body: bytes) -> tuple[int, int | None]:
         raise InvalidUpdate("update_id missing or not a non-negative integer")
     if not any(isinstance(v, dict) for k, v in update.items() if k != "update_id"):
         raise InvalidUpdate("no update payload (expected e.g. 'message')")
+    _check_ids(update)
     chat_id, _ = extract_update_ids(update)
     return update_id, chat_id
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no id
+
+
+def _check_ids(update: dict[str, Any]) -> None:
+    """The payload's chat and user ids, where present, are integers (``InvalidUpdate``
+    otherwise): a forged ``"chat": {"id": true}`` is refused, not stored."""
+    for key, value in update.items():
+        if key == "update_id" or not isinstance(value, dict):
+            continue
+        holders = [("chat", value.get("chat")), ("from", value.get("from"))]
+        holders.append(("user", value.get("user")))
+        inner = value.get("message")
+        if isinstance(inner, dict):  # callback_query
+            holders.append(("message.chat", inner.get("chat")))
+        for name, holder in holders:
+            if isinstance(holder, dict) and "id" in holder and not _is_int(holder["id"]):
+                raise InvalidUpdate(f"{key}.{name}.id is not an integer")
+        return
 
 
 class IngressApp:
@@ -102,7 +132,9 @@ class IngressApp:
 
     async def startup(self) -> None:
         self.redis = self._redis_factory()
-        self.publisher = UpdatePublisher(self.redis, self.config.keys, self._dedupe_ttl)
+        self.publisher = UpdatePublisher(
+            self.redis, self.config.keys, self._dedupe_ttl, self.config.store_timeout
+        )
         if self._on_startup is not None:
             await self._on_startup(self)
 
@@ -144,7 +176,7 @@ class IngressApp:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == WEBHOOK_PATH:
+        if path == WEBHOOK_PATH and self.config.webhook_secret is not None:
             if method != "POST":
                 await _json(send, 405, {"ok": False, "error": "use POST"})
                 return
@@ -162,6 +194,15 @@ class IngressApp:
             await _json(send, 404, {"ok": False, "error": "not found"})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body within ``body_timeout`` (``BodyTimeout``) and ``max_body_bytes``
+        (``BodyTooLarge``): a client sending a byte now and then holds nothing for long."""
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                return await self._read_body_unbounded(scope, receive)
+        except TimeoutError:
+            raise BodyTimeout from None
+
+    async def _read_body_unbounded(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.config.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -188,11 +229,11 @@ class IngressApp:
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         expected = self.config.webhook_secret
-        if expected is not None:
-            given = headers.get(SECRET_HEADER, b"")
-            if not hmac.compare_digest(given, expected.encode()):
-                await _json(send, 401, {"ok": False, "error": "bad or missing secret token"})
-                return
+        assert expected is not None  # no route without a secret
+        given = headers.get(SECRET_HEADER, b"")
+        if not hmac.compare_digest(given, expected.encode()):
+            await _json(send, 401, {"ok": False, "error": "bad or missing secret token"})
+            return
         if not _is_json(headers):
             await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
             return
@@ -200,6 +241,9 @@ class IngressApp:
             body = await self._read_body(scope, receive)
         except BodyTooLarge:
             await _json(send, 413, {"ok": False, "error": "body too large"})
+            return
+        except BodyTimeout:
+            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
             return
         except ConnectionResetError:
             return
@@ -246,6 +290,9 @@ class IngressApp:
         except BodyTooLarge:
             await _json(send, 413, {"ok": False, "error": "body too large"})
             return
+        except BodyTimeout:
+            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
+            return
         except ConnectionResetError:
             return
         try:
@@ -261,7 +308,16 @@ class IngressApp:
         entries = reply_entries(route, reply, origin="pipeline", ttl=self.config.outbound_ttl)
         assert self.redis is not None
         try:
-            await publish_outbound(self.redis, self.config.keys, entries)
+            async with asyncio.timeout(self.config.store_timeout):
+                await publish_outbound(self.redis, self.config.keys, entries)
+        except TimeoutError:
+            log.warning(
+                "reply for update %s not stored: no answer from Redis within %gs",
+                route.update_id,
+                self.config.store_timeout,
+            )
+            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            return
         except RedisUnavailable as exc:
             log.warning("reply for update %s not stored: %s", route.update_id, exc)
             await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
@@ -273,8 +329,9 @@ class IngressApp:
             await _json(send, 503, {"ready": False, "error": "starting"})
             return
         try:
-            await asyncio.wait_for(self.redis.ping(), timeout=2.0)
-            missing = await groups_present(self.redis, self.config.keys)
+            async with asyncio.timeout(2.0):
+                await self.redis.ping()
+                missing = await groups_present(self.redis, self.config.keys)
         except (RedisError, OSError, TimeoutError) as exc:
             await _json(send, 503, {"ready": False, "error": f"redis: {type(exc).__name__}"})
             return
@@ -289,16 +346,13 @@ def _is_json(headers: dict[bytes, bytes]) -> bool:
     return ctype == b"application/json"
 
 
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _json(send: Send, status: int, body: dict[str, Any], *, close: bool = False) -> None:
     payload = orjson.dumps(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if close:  # the rest of the request may still be on its way: do not read it
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

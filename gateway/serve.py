@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.contracts import Keys
 from gateway.errors import TelegramFatal
@@ -21,7 +24,7 @@ from gateway.settings import (
     TelegramSettings,
 )
 from gateway.streams import connect_with, ensure_groups
-from gateway.telegram import BotApi, BotApiError
+from gateway.telegram import BotApi, BotApiError, webhook_secret_for
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,16 @@ def build_ingress(
     config = IngressConfig(
         bot_id=tg.bot_id,
         keys=keys,
-        webhook_secret=tg.webhook_secret,
+        # Polling mode serves no webhook route; webhook mode always checks a secret.
+        webhook_secret=webhook_secret_for(tg) if tg.mode == "webhook" else None,
         delivery_secret=(
             ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
         ),
         max_body_bytes=ing.max_body_bytes,
         reply_fields=ps.pipeline_reply_fields,
         outbound_ttl=outbound_ttl,
+        body_timeout=ing.ingress_body_timeout,
+        store_timeout=ing.ingress_store_timeout,
     )
     return IngressApp(
         config,
@@ -82,8 +88,7 @@ async def ensure_webhook(api: BotApi, tg: TelegramSettings) -> None:
         "allowed_updates": tg.telegram_allowed_updates,
         "max_connections": tg.telegram_max_connections,
     }
-    if tg.webhook_secret:
-        params["secret_token"] = tg.webhook_secret
+    params["secret_token"] = webhook_secret_for(tg)
     await api.call("setWebhook", params)
 
 
@@ -107,7 +112,12 @@ async def serve_ingress(
             log_config=None,
             access_log=False,
             loop="none",
-            http="httptools",
+            http=bounded_protocol(ing),
+            timeout_keep_alive=ing.ingress_keep_alive,
+            # uvicorn answers 503 once this many requests are in flight (a request's task
+            # may outlive its connection); +1: its check counts the asking connection too,
+            # and BoundedHttpTools already keeps connections at the limit.
+            limit_concurrency=ing.ingress_max_connections + 1,
             timeout_graceful_shutdown=10,
         )
     )
@@ -168,6 +178,137 @@ async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
     """The ingress role from the shared ``Config`` (no aiogram import: small and fast)."""
     await serve_ingress(
         cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
+    )
+
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _plain(status: bytes, text: bytes) -> bytes:
+    """A complete ``connection: close`` answer, written before the ASGI app is involved."""
+    head = b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(text) + text
+
+
+_408 = _plain(b"408 Request Timeout", b"request not received in time")
+_431 = _plain(b"431 Request Header Fields Too Large", b"request headers too large")
+_503 = _plain(b"503 Service Unavailable", b"too many connections")
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds it lacks for slow clients.
+
+    uvicorn arms its keep-alive timer only after a response, so a fresh connection that
+    sends nothing, or one header line now and then, stays open forever, and it accepts
+    every connection. Here:
+
+    - at most ``max_connections`` are open: the next one gets 503 and is closed;
+    - a request's headers must be complete within ``header_timeout`` of the connection
+      opening (first request) or of its first byte (later ones), and at most
+      ``MAX_HEADER_BYTES`` long (431);
+    - its body must be complete within ``body_timeout`` (+1 s: the app's own deadline in
+      ``IngressApp._read_body`` answers a JSON 408 first; this one also covers bodies the
+      app never reads, e.g. after a 401).
+
+    Past a deadline: 408 (if no response started) and the connection is closed.
+    """
+
+    max_connections = 1000
+    header_timeout = 10.0
+    body_timeout = 10.0
+    _refused_logged_at = -1e9  # a flood of refusals logs a line per 10 s, not per refusal
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._fresh = True  # no request headers seen yet on this connection
+        self._in_headers = False
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            self.transport = transport
+            transport.write(_503)
+            transport.close()
+            now = time.monotonic()
+            if now - BoundedHttpTools._refused_logged_at > 10:
+                BoundedHttpTools._refused_logged_at = now
+                log.warning(
+                    "refusing connections: %d open (INGRESS_MAX_CONNECTIONS)",
+                    len(self.connections),
+                )
+            return
+        super().connection_made(transport)
+        self._in_headers = True
+        self._arm(self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.parser is None or self.flow is None:  # refused in connection_made
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.flow is None:  # refused
+            return
+        super().data_received(data)
+        if self._in_headers and self.parser is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._end(_431)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        if not self._fresh:  # a fresh connection's deadline runs from connect
+            self._arm(self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._fresh = self._in_headers = False
+        self._arm(self.body_timeout + 1.0)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        if self.cycle is not None and self.cycle.response_complete:
+            # Answered before the body was in (e.g. a 401): uvicorn's keep-alive timer was
+            # armed at the answer and dropped by the body's bytes; idle from now on.
+            self._arm(float(self.timeout_keep_alive))
+        super().on_message_complete()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self._end(_408)
+
+    def _end(self, answer: bytes) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or (self.cycle.response_complete and self._in_headers):
+            self.transport.write(answer)  # a new request, and nothing else being written
+        self.transport.close()
+
+
+def bounded_protocol(ing: IngressSettings) -> type[BoundedHttpTools]:
+    """The protocol class uvicorn builds per connection, with this ingress's bounds."""
+    return type(
+        "BoundedHttpTools",
+        (BoundedHttpTools,),
+        {
+            "max_connections": ing.ingress_max_connections,
+            "header_timeout": ing.ingress_header_timeout,
+            "body_timeout": ing.ingress_body_timeout,
+        },
     )
 
 

@@ -204,6 +204,14 @@ class IngressSettings(_Base):
     ingress_host: str = "0.0.0.0"
     ingress_port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Slow clients: a request's headers and its body each must arrive within these
+    # seconds (else 408 and the connection is closed); idle keep-alive connections close.
+    ingress_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    ingress_body_timeout: float = Field(default=10.0, gt=0, le=300)
+    ingress_keep_alive: int = Field(default=5, ge=1, le=300)
+    ingress_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # Longest a webhook or callback waits for Redis before answering 503 (Telegram retries).
+    ingress_store_timeout: float = Field(default=3.0, gt=0, le=60)
 
 
 class WorkerSettings(_Base):

@@ -133,10 +133,15 @@ class UpdatePublisher:
     pipeline is in flight ride the next one (one round trip for many requests).
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, dedupe_ttl: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, dedupe_ttl: int, timeout: float | None = None
+    ) -> None:
+        """``timeout`` bounds each ``publish`` whatever Redis does (hung, not only down):
+        past it the caller gets ``RedisUnavailable``. Its update may still be stored (the
+        pipeline was sent); a retry then finds the dedupe key: stored once."""
         self._keys = keys
         self._ttl = str(dedupe_ttl)
-        self._calls = Coalescer(redis)
+        self._calls = Coalescer(redis, timeout)
         self._sha = self._calls.script(PUBLISH_UPDATE_LUA)
 
     async def publish(

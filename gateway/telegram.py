@@ -6,12 +6,41 @@ Errors come back as ``BotApiError`` carrying Telegram's ``error_code``, descript
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import Any
 
 import httpx
 import orjson
 
+from gateway.errors import ConfigError
 from gateway.logs import redact
+from gateway.settings import TelegramSettings
+
+WEBHOOK_SECRET_LABEL = b"tg-gateway webhook secret v1"
+
+
+def derive_webhook_secret(token: str) -> str:
+    """The webhook secret every replica computes from the bot token alone: HMAC-SHA256
+    (key = token, message = a fixed label), base64url without padding (43 characters of
+    Telegram's alphabet ``[A-Za-z0-9_-]``). One-way: the token cannot be recovered."""
+    digest = hmac.new(token.encode(), WEBHOOK_SECRET_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def webhook_secret_for(tg: TelegramSettings) -> str:
+    """The secret webhook mode checks and registers with ``setWebhook`` (the ingress at
+    start and ``tg-gateway webhook set`` both call this): ``TELEGRAM_WEBHOOK_SECRET`` if
+    set, else derived from the token. Webhook mode never runs without one."""
+    if tg.webhook_secret:
+        return tg.webhook_secret
+    if tg.telegram_bot_token is None:
+        raise ConfigError(
+            "TELEGRAM_WEBHOOK_SECRET: webhook mode needs a secret; set it, or set "
+            "TELEGRAM_BOT_TOKEN to derive one"
+        )
+    return derive_webhook_secret(tg.telegram_bot_token.get_secret_value())
 
 
 class BotApiError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,7 +12,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.cli import main as cli_main
 from gateway.contracts import GROUP_WORKERS, Keys, OutboundEntry, partition_for
+from gateway.emulator import Emulator
+from gateway.errors import ConfigError
 from gateway.serve import serve_ingress
 from gateway.settings import (
     IngressSettings,
@@ -20,6 +24,7 @@ from gateway.settings import (
     TelegramSettings,
     load,
 )
+from gateway.telegram import derive_webhook_secret, webhook_secret_for
 from gateway.tokens import sign_route
 from tests.helpers import BOT_ID, FIXTURES, TOKEN, RedisProcess, free_port, running, wait_for
 
@@ -30,13 +35,20 @@ DELIVERY = "delivery-secret-0123456789"
 UPDATE = (FIXTURES / "updates" / "01_private_text_message.json").read_bytes()
 
 
-async def _ingress(redis_url: str, partitions: int = 4) -> AsyncIterator[tuple[str, Keys]]:
+async def _ingress(
+    redis_url: str, partitions: int = 4, **telegram: object
+) -> AsyncIterator[tuple[str, Keys]]:
     port = free_port()
     tg = load(
         TelegramSettings,
-        telegram_enabled=False,
-        telegram_bot_token=TOKEN,
-        telegram_webhook_secret=SECRET,
+        **{
+            "telegram_enabled": False,
+            "telegram_bot_token": TOKEN,
+            "telegram_mode": "webhook",
+            "telegram_webhook_url": "https://gw.example.com/webhook/telegram",
+            "telegram_webhook_secret": SECRET,
+            **telegram,
+        },
     )
     rs = load(RedisSettings, redis_url=redis_url, partitions=partitions)
     ps = load(PipelineSettings, delivery_secret=DELIVERY)
@@ -134,6 +146,19 @@ async def test_duplicate_update_id_is_200_and_stored_once(
         (b"\xff\xfe\x00garbage", 400, "not valid JSON"),
         (b"[" * 2000 + b"]" * 2000, 400, "not valid JSON"),
         (b"x" * 5000, 413, "too large"),
+        (b'{"update_id": 7, "message": {"chat": {"id": true}}}', 400, "chat.id is not an int"),
+        (b'{"update_id": 7, "message": {"chat": {"id": "42"}}}', 400, "chat.id is not an int"),
+        (
+            b'{"update_id": 7, "message": {"chat": {"id": 5}, "from": {"id": false}}}',
+            400,
+            "message.from.id is not an integer",
+        ),
+        (
+            b'{"update_id": 7, "callback_query": {"from": {"id": 5}, '
+            b'"message": {"chat": {"id": true}}}}',
+            400,
+            "callback_query.message.chat.id is not an integer",
+        ),
     ],
 )
 async def test_bad_bodies_get_4xx_with_reason(
@@ -313,3 +338,118 @@ async def test_bad_callback_bodies(
     )
     assert resp.status_code == status
     assert resp.json()["error"]
+
+
+# --- the webhook door (issue 9, item 1) -------------------------------------------------
+
+FORGED = orjson.dumps(
+    {
+        "update_id": 483921735,
+        "message": {
+            "message_id": 1,
+            "date": 1,
+            "chat": {"id": 42, "type": "private"},
+            "from": {"id": 42, "is_bot": False, "first_name": "Mallory"},
+            "text": "/status",
+        },
+    }
+)
+
+
+async def test_polling_mode_serves_no_webhook_route(
+    redis: aioredis.Redis, redis_url: str, client: httpx.AsyncClient
+) -> None:
+    """In polling mode nothing arrives by webhook: a forged POST (even one carrying a
+    configured secret) is 404, and nothing reaches the stream."""
+    async for base, keys in _ingress(redis_url, telegram_mode="polling", telegram_webhook_url=""):
+        for headers in (HEADERS, {"Content-Type": "application/json"}):
+            resp = await client.post(hook(base), content=FORGED, headers=headers)
+            assert resp.status_code == 404, resp.text
+        assert (await client.get(f"{base}/healthz")).status_code == 200
+        assert await stream_entries(redis, keys) == []
+
+
+async def test_webhook_mode_without_secret_checks_the_derived_one(
+    redis: aioredis.Redis, redis_url: str, client: httpx.AsyncClient
+) -> None:
+    """No TELEGRAM_WEBHOOK_SECRET: the webhook still refuses requests without the secret
+    derived from the token (one-way, Telegram's alphabet) and accepts it."""
+    derived = derive_webhook_secret(TOKEN)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", derived)
+    assert TOKEN.split(":")[1] not in derived
+    async for base, keys in _ingress(redis_url, telegram_webhook_secret=None):
+        json_only = {"Content-Type": "application/json"}
+        resp = await client.post(hook(base), content=FORGED, headers=json_only)
+        assert resp.status_code == 401
+        wrong = {**json_only, "X-Telegram-Bot-Api-Secret-Token": derive_webhook_secret("1:x")}
+        assert (await client.post(hook(base), content=FORGED, headers=wrong)).status_code == 401
+        assert await stream_entries(redis, keys) == []
+        right = {**json_only, "X-Telegram-Bot-Api-Secret-Token": derived}
+        resp = await client.post(hook(base), content=UPDATE, headers=right)
+        assert resp.status_code == 200, resp.text
+        assert len(await stream_entries(redis, keys)) == 1
+
+
+async def test_webhook_mode_without_secret_or_token_refuses_to_start(redis_url: str) -> None:
+    tg = load(
+        TelegramSettings,
+        telegram_enabled=False,
+        telegram_mode="webhook",
+        telegram_webhook_url="https://gw.example.com/webhook/telegram",
+    )
+    rs = load(RedisSettings, redis_url=redis_url)
+    ps = load(PipelineSettings, delivery_secret=DELIVERY)
+    ing = load(IngressSettings, ingress_host="127.0.0.1", ingress_port=free_port())
+    with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_SECRET") as info:
+        await asyncio.wait_for(serve_ingress(tg, rs, ps, ing, 60.0, asyncio.Event()), 10)
+    assert "\n" not in str(info.value)
+
+
+async def test_set_webhook_registers_the_derived_secret_and_forgeries_stay_out(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    """The ingress's own setWebhook at start registers the derived secret: the emulator
+    (Telegram) delivers with it, a forger without it gets 401 and nothing is stored."""
+    port = free_port()
+    tg = load(
+        TelegramSettings,
+        telegram_bot_token=TOKEN,
+        telegram_api_url=emu.api_url,
+        telegram_webhook_url=f"http://127.0.0.1:{port}/webhook/telegram",
+    )
+    assert tg.mode == "webhook" and tg.webhook_secret is None
+    rs = load(RedisSettings, redis_url=redis_url)
+    ps = load(PipelineSettings, delivery_secret=DELIVERY)
+    ing = load(IngressSettings, ingress_host="127.0.0.1", ingress_port=port)
+    keys = Keys("tg", rs.partitions)
+    ready = asyncio.Event()
+    async with running(lambda stop: serve_ingress(tg, rs, ps, ing, 60.0, stop, ready)):
+        await asyncio.wait_for(ready.wait(), 10)
+        assert emu.state.webhook is not None
+        assert emu.state.webhook.secret_token == derive_webhook_secret(TOKEN)
+        forged = await client.post(
+            hook(f"http://127.0.0.1:{port}"),
+            content=FORGED,
+            headers={"Content-Type": "application/json"},
+        )
+        assert forged.status_code == 401
+        emu.user_send(user_id=6123456789, text="hello by webhook")
+        entries = await wait_for(lambda: stream_entries(redis, keys), message="delivered update")
+    assert len(entries) == 1
+    assert b"hello by webhook" in entries[0][b"update"]
+    assert entries[0][b"source"] == b"webhook"
+
+
+async def test_cli_webhook_set_registers_the_same_secret(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tg-gateway webhook set` and the ingress compute the secret with one function."""
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_API_URL", emu.api_url)
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_URL", "https://gw.example.com/webhook/telegram")
+    code = await asyncio.to_thread(cli_main, ["webhook", "set"])
+    assert code == 0
+    assert emu.state.webhook is not None
+    assert emu.state.webhook.secret_token == derive_webhook_secret(TOKEN)
+    tg = load(TelegramSettings)
+    assert webhook_secret_for(tg) == emu.state.webhook.secret_token
