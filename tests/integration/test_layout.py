@@ -18,7 +18,13 @@ from gateway.emulator import Emulator
 from gateway.layout import LayoutMismatch, ensure_layout, read_layout, reset_layout
 from gateway.serve import serve_ingress_role
 from gateway.streams import ensure_groups
-from tests.helpers import env_without_gateway_vars, make_config, running, wait_for
+from tests.helpers import (
+    RedisProcess,
+    env_without_gateway_vars,
+    make_config,
+    running,
+    wait_for,
+)
 from workers.roles import serve_sender, serve_worker
 
 pytestmark = pytest.mark.integration
@@ -79,7 +85,7 @@ async def test_a_worker_with_other_partitions_refuses_to_start(
     assert await redis.zcard(worker.keys.members("worker")) == 0
 
 
-async def test_an_ingress_with_other_partitions_refuses_before_serving(
+async def test_an_ingress_or_sender_with_other_partitions_refuses_at_start(
     redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:
     worker = cfg_with(redis_url, emu.api_url, 4)
@@ -199,3 +205,27 @@ async def test_reset_refuses_until_stopped_and_drained(
     assert recorded.layout.partitions == 2
     with pytest.raises(LayoutMismatch, match=r"^PARTITIONS=4 but this Redis holds a 2-"):
         await ensure_layout(redis, old, "worker")
+
+
+async def test_the_layout_on_a_redis_cluster(cluster_redis: aioredis.Redis) -> None:
+    """One key, one script call: the record and the check work through the cluster client."""
+    keys = Keys("tg", 4)
+    first = await ensure_layout(cluster_redis, keys, "ingress")
+    assert await ensure_layout(cluster_redis, keys, "worker") == first
+    with pytest.raises(LayoutMismatch, match=r"^PARTITIONS=2 but"):
+        await ensure_layout(cluster_redis, Keys("tg", 2), "worker")
+
+
+async def test_a_worker_started_while_redis_is_away_checks_once_it_answers(
+    own_redis: RedisProcess, emu: Emulator
+) -> None:
+    own_redis.stop()
+    cfg = cfg_with(own_redis.url, emu.api_url, 4)
+    client = aioredis.Redis.from_url(own_redis.url)
+    try:
+        async with running(lambda stop: serve_worker(cfg, stop)):
+            own_redis.start()
+            await wait_for(lambda: client.get(cfg.keys.layout), timeout=20, message="layout")
+            await wait_for(lambda: client.zcard(cfg.keys.members("worker")), message="heartbeat")
+    finally:
+        await client.aclose()
