@@ -186,6 +186,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     from gateway.attachments import attachment_ref_problem
     from gateway.contracts import Keys, OutboundEntry
+    from gateway.layout import ensure_layout
     from gateway.streams import connect_with, ensure_groups, publish_outbound
 
     # Every argument is checked before any setting is read or anything is queued.
@@ -242,6 +243,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         redis = connect_with(rs)
         try:
             keys = Keys(rs.stream_prefix, rs.partitions)
+            await ensure_layout(redis, keys, "send")
             await ensure_groups(redis, keys)
             [entry_id] = await publish_outbound(redis, keys, [entry])
             return entry_id
@@ -259,6 +261,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     from gateway import dlq
     from gateway.contracts import Keys
+    from gateway.layout import check_layout
     from gateway.streams import connect_with
 
     rs = load(RedisSettings)
@@ -295,6 +298,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     print("no such dead letter", file=sys.stderr)
                     return 1
             elif args.action == "requeue":
+                await check_layout(redis, keys)  # requeue addresses this layout's streams
                 print(f"requeued {await dlq.requeue(redis, keys, chosen)} entr(ies)")
             else:
                 print(f"purged {await dlq.purge(redis, keys, chosen)} entr(ies)")
@@ -319,13 +323,20 @@ def cmd_streams(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         redis = connect_with(rs)
         try:
-            return await stream_status(redis, Keys(rs.stream_prefix, rs.partitions))
+            keys = Keys(rs.stream_prefix, rs.partitions)
+            return await stream_status(redis, keys, heartbeats=rs.partition_leases)
         finally:
             await redis.aclose()
 
     status = asyncio.run(go())
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
+
+
+def cmd_layout(args: argparse.Namespace) -> int:
+    from gateway.layout import cmd_layout as layout_command
+
+    return layout_command(args)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -437,6 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_streams)
+
+    lay = sub.add_parser(
+        "layout",
+        help="the stream layout recorded in Redis (prefix, partitions, schema): show, reset",
+        description="Every role refuses to start if its PARTITIONS or STREAM_PREFIX's layout "
+        "differs from the one recorded. reset records this environment's layout instead "
+        "(refused while a worker or sender runs or an entry is unread or pending).",
+    )
+    lay_sub = lay.add_subparsers(dest="action", required=True)
+    lay_show = lay_sub.add_parser("show", help="the recorded layout; do these settings match?")
+    lay_show.add_argument("--json", action="store_true", help="machine-readable output")
+    lay_reset = lay_sub.add_parser("reset", help="record this environment's layout instead")
+    lay_reset.add_argument("--force", action="store_true", help="skip the stopped/drained checks")
+    lay.set_defaults(func=cmd_layout)
 
     sb = sub.add_parser(
         "sandbox",

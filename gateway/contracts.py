@@ -147,6 +147,17 @@ class Keys:
         """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
         return f"{self.prefix}:migrated:{bot_id}:{chat_id}"
 
+    @property
+    def layout(self) -> str:
+        """The stream layout every role must agree on (JSON; ``gateway/layout.py``). One
+        key outside any partition's hash tag: a single fixed slot on a cluster."""
+        return f"{self.prefix}:layout"
+
+    @property
+    def fsm_prefix(self) -> str:
+        """Prefix of aiogram's FSM keys (``{prefix}:fsm:<bot>:<chat>:<user>:state|data``)."""
+        return f"{self.prefix}:fsm"
+
     def counter(self, name: str) -> str:
         """Cluster-wide counters (e.g. ``flood_waits``): cheap totals for ops."""
         return f"{self.prefix}:counter:{name}"

@@ -13,8 +13,9 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.contracts import Keys
-from gateway.errors import TelegramFatal
+from gateway.errors import ConfigError, TelegramFatal
 from gateway.ingress import IngressApp, IngressConfig
+from gateway.layout import ensure_layout
 from gateway.poller import UNAUTHORIZED_HELP, Poller, backoff
 from gateway.settings import (
     Config,
@@ -66,13 +67,33 @@ def build_ingress(
     )
 
 
+async def _check_layout_first(rs: RedisSettings, keys: Keys) -> None:
+    """Compare the stream layout before serving (``LayoutMismatch``: the role stops with
+    one line). Redis away or hung: serve anyway, ``_bootstrap_groups`` checks it later."""
+    redis = connect_with(rs)
+    try:
+        await asyncio.wait_for(ensure_layout(redis, keys, "ingress"), timeout=3.0)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.warning("cannot check the stream layout yet (%s); serving 503s meanwhile", exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+
+
 async def _bootstrap_groups(app: IngressApp) -> None:
+    """Layout check, then streams and groups; retried while Redis is away. A layout
+    mismatch ends the role (``serve_ingress`` waits on this task too)."""
     attempt = 0
     while True:
         try:
             assert app.redis is not None
+            await ensure_layout(app.redis, app.config.keys, "ingress")
             await ensure_groups(app.redis, app.config.keys)
             return
+        except ConfigError:
+            raise
         except Exception as exc:  # Redis down at start: keep serving 503s, keep trying
             delay = backoff(attempt, cap=5.0)
             attempt += 1
@@ -103,6 +124,7 @@ async def serve_ingress(
 ) -> None:
     """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
     app = build_ingress(tg, rs, ps, ing, outbound_ttl)
+    await _check_layout_first(rs, app.config.keys)
     server = _Server(
         uvicorn.Config(
             app,
@@ -156,9 +178,11 @@ async def serve_ingress(
         ready.set()
     stop_task = asyncio.create_task(stop.wait())
     try:
-        done, _ = await asyncio.wait(
-            [stop_task, serve_task, *background], return_when=asyncio.FIRST_COMPLETED
-        )
+        waiting = {stop_task, serve_task, bootstrap, *background}
+        while True:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if done != {bootstrap} or bootstrap.exception() is not None:
+                break  # the bootstrap succeeding alone ends nothing
         for task in done:
             if task is not stop_task and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]

@@ -226,6 +226,7 @@ class WorkerSettings(_Base):
     max_deliveries: int = Field(default=5, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     worker_max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    fsm_ttl_seconds: int = Field(default=86_400, ge=60)
 
     @field_validator("worker_routers", mode="before")
     @classmethod
@@ -287,6 +288,7 @@ class Config:
     worker: WorkerSettings
     sender: SenderSettings
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
+    fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 
     @property
     def keys(self) -> Keys:

@@ -1,8 +1,14 @@
-"""What ops look at: per role the live processes and the partitions each owns, lag and
-pending per partition, consumers, dead letters."""
+"""What ops look at: the stream layout, per role the live processes and the partitions
+each owns, lag and pending per partition, consumers, dead letters.
+
+A process is live while it heartbeats (``Keys.members``, the membership the partition
+leases use): an idle process is live, a busy one that stopped is not. Without leases
+(``PARTITION_LEASES=false``) nothing heartbeats, and a consumer counts as live if it
+read within ``LIVE_IDLE_MS``."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -10,16 +16,23 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, decode_fields
+from gateway.layout import check_layout
 
-LIVE_IDLE_MS = 30_000  # a consumer that has not read for this long is shown as idle
+LIVE_IDLE_MS = 30_000  # without heartbeats: a consumer that read this recently is live
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
-    """A snapshot: {"roles": {role: {...}}, "dead": {...}, "counters": {...}}."""
+async def stream_status(
+    redis: aioredis.Redis, keys: Keys, *, heartbeats: bool = True
+) -> dict[str, Any]:
+    """A snapshot: {"layout": {...}, "roles": {role: {...}}, "dead": {...}, ...}.
+
+    ``LayoutMismatch`` if ``keys`` address other partitions than the recorded layout.
+    ``heartbeats``: processes heartbeat (partition leases on); live = heartbeating."""
+    recorded = await check_layout(redis, keys)
     roles: dict[str, Any] = {}
     sec, usec = await redis.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000  # membership scores are on Redis's clock
@@ -56,11 +69,16 @@ async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
         for row in partitions:
             if row["owner"] is not None:
                 processes.setdefault(row["owner"], []).append(row["partition"])
+        if heartbeats:
+            live = sorted(_s(m) for m in beating)
+        else:
+            live = sorted(n for n, c in consumers.items() if c["idle_ms"] < LIVE_IDLE_MS)
         roles[role] = {
             "partitions": partitions,
             "processes": processes,
             "consumers": consumers,
-            "live": sorted(n for n, c in consumers.items() if c["idle_ms"] < LIVE_IDLE_MS),
+            "live": live,
+            "live_by": "heartbeat" if heartbeats else "recent reads",
         }
     dead: Counter[str] = Counter()
     dead_rows: Any = await redis.xrange(keys.dead)
@@ -69,6 +87,7 @@ async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
         dead[f"{f.get('stage', '?')}/{f.get('reason', '?')}"] += 1
     flood = await redis.get(keys.counter("flood_waits"))
     return {
+        "layout": None if recorded is None else recorded.as_dict(),
         "roles": roles,
         "dead": dict(dead),
         "results": int(await redis.xlen(keys.results)),
@@ -78,9 +97,20 @@ async def stream_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
 
 def render(status: dict[str, Any]) -> str:
     lines: list[str] = []
+    layout = status.get("layout")
+    if layout is None:
+        lines.append("layout: none recorded yet (the first role to start records its own)")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(layout["created_at"]))
+        lines.append(
+            f"layout: prefix '{layout['prefix']}', {layout['partitions']} partition(s), "
+            f"schema {layout['schema']}, {layout['partitioner']} (recorded {when} "
+            f"by {layout['created_by']})"
+        )
     for role, info in status["roles"].items():
         live = info["live"]
-        lines.append(f"{role}s: {len(live)} live ({', '.join(live) or 'none'})")
+        by = "" if info.get("live_by", "heartbeat") == "heartbeat" else f", by {info['live_by']}"
+        lines.append(f"{role}s: {len(live)} live ({', '.join(live) or 'none'}{by})")
         for name, owned in sorted(info["processes"].items()):
             shown = ", ".join(map(str, owned)) or "none yet"
             lines.append(f"  process {name}: partitions {shown}")

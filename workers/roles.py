@@ -14,6 +14,7 @@ from aiogram.types import User
 from gateway.batching import Coalescer
 from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.errors import TelegramFatal
+from gateway.layout import ensure_layout_until
 from gateway.poller import UNAUTHORIZED_HELP, backoff
 from gateway.serve import serve_ingress_role
 from gateway.settings import Config, PipelineSettings, TelegramSettings
@@ -26,7 +27,7 @@ from workers.context import WorkerServices
 from workers.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
 from workers.ratelimit import Limits, RateLimiter
 from workers.sender import Sender
-from workers.worker import UpdateHandler, build_dispatcher
+from workers.worker import UpdateHandler, build_dispatcher, fsm_storage
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
         stack.push_async_callback(pipeline.aclose)
         redis = connect_with(cfg.redis)
         stack.push_async_callback(redis.aclose)
+        if await ensure_layout_until(redis, cfg.keys, "worker", stop) is None:
+            return  # stopped while Redis was away
         bot = make_bot(cfg.telegram)
         stack.push_async_callback(bot.session.close)
         bot._me = await resolve_me(cfg.telegram, stop)
@@ -116,7 +119,11 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             delay_notice_after=ps.pipeline_delay_notice_after,
         )
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
-        handler = UpdateHandler(services, bot, build_dispatcher(routers), direct=not routers)
+        storage = fsm_storage(
+            redis, cfg.keys, ws.fsm_ttl_seconds, memory=cfg.fsm_storage == "memory"
+        )
+        dispatcher = build_dispatcher(routers, storage)
+        handler = UpdateHandler(services, bot, dispatcher, direct=not routers)
         consumer = StreamConsumer(
             redis,
             cfg.keys,
@@ -160,12 +167,19 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
     """Drain the outbound streams until ``stop``."""
     tg, ss = cfg.telegram, cfg.sender
     if not tg.telegram_enabled:
+        redis = connect_with(cfg.redis)
+        try:
+            await ensure_layout_until(redis, cfg.keys, "sender", stop)
+        finally:
+            await redis.aclose()
         log.warning("TELEGRAM_ENABLED=false: sender idle, outbound entries wait in their streams")
         await stop.wait()
         return
     async with contextlib.AsyncExitStack() as stack:
         redis = connect_with(cfg.redis)
         stack.push_async_callback(redis.aclose)
+        if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
+            return  # stopped while Redis was away
         bot = make_bot(tg)
         stack.push_async_callback(bot.session.close)
         limits = Limits(

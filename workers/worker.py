@@ -9,6 +9,9 @@ from typing import Any
 
 from aiogram import Bot, Dispatcher, Router
 from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder
+from aiogram.fsm.storage.memory import MemoryStorage
+from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.types import CallbackQuery, Message, Update
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -64,10 +67,30 @@ def pipeline_router() -> Router:
     return router
 
 
-def build_dispatcher(user_routers: list[Router]) -> Dispatcher:
-    # aiogram's FSM (a per-process memory store) is for routers of the user's; ours are
+def fsm_storage(redis: Any, keys: Keys, ttl: int, *, memory: bool = False) -> BaseStorage:
+    """Where aiogram keeps the FSM state and data of the user's routers.
+
+    Redis (the gateway's own client, cluster or not: aiogram's ``RedisStorage`` runs one
+    single-key GET/SET/DEL per call), under ``Keys.fsm_prefix``, each key expiring
+    ``ttl`` seconds after its last write: nothing grows per user in the process, and a
+    conversation survives a restart or moves with its chat to another worker. ``memory``
+    (the sandbox only): a per-process dict that keeps every user's record until exit."""
+    if memory:
+        return MemoryStorage()
+    return RedisStorage(
+        redis,
+        key_builder=DefaultKeyBuilder(prefix=keys.fsm_prefix, with_bot_id=True),
+        state_ttl=ttl,
+        data_ttl=ttl,
+    )
+
+
+def build_dispatcher(user_routers: list[Router], storage: BaseStorage | None = None) -> Dispatcher:
+    # aiogram's FSM is for routers of the user's (``storage``: see fsm_storage); ours are
     # stateless and skip its per-update middleware.
-    dp = Dispatcher(disable_fsm=not user_routers)
+    if storage is None:
+        storage = MemoryStorage()  # never used without user routers (FSM disabled)
+    dp = Dispatcher(storage=storage, disable_fsm=not user_routers)
     dp.include_router(commands_router())
     for router in user_routers:
         dp.include_router(router)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.contracts import Keys
 from gateway.streams import safe_trim_id, trim_stream
 
 pytestmark = pytest.mark.integration
 
-S = "tg:updates:{0}"
+S = Keys("tg", 1).updates(0)  # key names come from Keys only
 
 
 async def fill(redis: aioredis.Redis, n: int) -> list[str]:
