@@ -203,8 +203,10 @@ def serve_gateway(port: int, redis_url: str, prefix: str, partitions: int, secre
         telegram_enabled=False,
         telegram_bot_token=FAKE_TOKEN,
         telegram_webhook_secret=secret,
-        telegram_webhook_url=None,
-        telegram_mode="polling",  # irrelevant with Telegram disabled; pins env overrides
+        # Webhook mode serves the webhook route (polling mode answers it 404); with Telegram
+        # disabled the ingress registers nothing at this URL.
+        telegram_webhook_url=f"http://{HOST}:{port}",
+        telegram_mode="webhook",
     )
     rs = load(RedisSettings, redis_url=redis_url, stream_prefix=prefix, partitions=partitions)
     ps = load(PipelineSettings, delivery_secret=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -29,6 +30,7 @@ from gateway.settings import (
     WorkerSettings,
     load,
 )
+from gateway.telegram import webhook_secret_for
 
 log = logging.getLogger("tg-gateway")
 
@@ -55,8 +57,9 @@ def _secrets(cfg: Config) -> tuple[str, ...]:
     tg = cfg.telegram
     if tg.telegram_bot_token is not None:
         out.append(tg.telegram_bot_token.get_secret_value())
-    if tg.webhook_secret:
-        out.append(tg.webhook_secret)
+    if tg.mode == "webhook":
+        with contextlib.suppress(ConfigError):
+            out.append(webhook_secret_for(tg))  # the set or the derived one
     if cfg.pipeline.delivery_secret is not None:
         out.append(cfg.pipeline.delivery_secret.get_secret_value())
     return tuple(out)
