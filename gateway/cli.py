@@ -201,9 +201,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Load what every role needs; one line either way (ConfigError: exit 2 in ``main``)."""
+    from gateway.settings import ReferencePipelineSettings
+
     cfg = load_config()
     if cfg.pipeline.pipeline_url is not None:
         cfg.pipeline.require_secret()
+    load(ReferencePipelineSettings)
     tg = cfg.telegram
     print(
         f"configuration ok: telegram {tg.mode if tg.telegram_enabled else 'disabled'}, "
@@ -245,10 +248,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     rs = load(RedisSettings)
     if not rs.partition_leases:
         return verdict(False, f"PARTITION_LEASES=false: a {args.role} does not heartbeat")
-    if (
-        args.role == "sender"
-        and not load(TelegramSettings, telegram_enabled=False).telegram_enabled
-    ):
+    if args.role == "sender" and not load(TelegramSettings).telegram_enabled:
         return verdict(True, "TELEGRAM_ENABLED=false: the sender idles by design")
     keys = Keys(rs.stream_prefix, rs.partitions)
     prefix = f"{args.role}-{socket.gethostname()}-"
