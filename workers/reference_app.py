@@ -53,6 +53,7 @@ def redact_url(url: str) -> str:
 
 def _host_port(entry: str) -> tuple[str, int | None]:
     """``host``, ``host:port``, ``[v6]:port`` or a URL -> (lower-case host, port or None)."""
+    entry = entry.strip()
     parts = urlsplit(entry if "://" in entry else f"//{entry}")
     host = (parts.hostname or "").lower()
     if not host:
