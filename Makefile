@@ -1,5 +1,5 @@
 # Developer tasks. `make help` lists them.
-.PHONY: help sandbox test test-fast format lint type bench bench-workers check compose-check
+.PHONY: help sandbox test test-fast format lint type bench bench-workers check compose-check lock
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -38,3 +38,14 @@ bench-workers: ## worker throughput and per-update overhead vs raw XREADGROUP+XA
 
 compose-check: ## validate docker-compose.yml
 	docker-compose config -q
+
+# pip-tools in a venv of its own (not the dev venv), resolving against PyPI alone: the
+# hashes are PyPI's, whatever local wheel mirrors pip is configured with.
+LOCK_VENV ?= $(or $(TMPDIR),/tmp)/tg-gateway-lock-venv
+lock: ## regenerate requirements.lock (pinned, hashed) from pyproject's dependencies
+	python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q 'pip-tools>=7.4'
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" \
+	  $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes --strip-extras --all-build-deps \
+	  --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --output-file requirements.lock pyproject.toml

@@ -173,12 +173,115 @@ async def _until(stop: asyncio.Event, coro: Awaitable[None]) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from gateway.settings import ReferencePipelineSettings
+
     ref = importlib.import_module("workers.reference_app")
+    rp = load(ReferencePipelineSettings)
+    public_url = load(PipelineSettings).gateway_public_url
+    hosts = rp.reference_callback_hosts
+    if args.callback_hosts is not None:
+        hosts = [h.strip() for h in args.callback_hosts.split(",") if h.strip()]
+    try:
+        ref.callback_allow_list(hosts, public_url)
+    except ValueError as exc:
+        raise ConfigError(f"REFERENCE_CALLBACK_HOSTS: {exc}") from None
+    options = {
+        "test_endpoints": args.test_endpoints or rp.reference_test_endpoints,
+        "callback_hosts": hosts,
+        "public_url": public_url,
+        "max_records": rp.reference_max_records,
+        "max_body_bytes": rp.reference_max_body_bytes,
+        "callback_timeout": rp.reference_callback_timeout,
+    }
     setup_logging(load(LogSettings).log_level)
     log.info("reference pipeline on http://%s:%s (%s mode)", args.host, args.port, args.mode)
     return run_async(
-        lambda stop: _until(stop, ref.run_reference_pipeline(args.host, args.port, args.mode))
+        lambda stop: _until(
+            stop, ref.run_reference_pipeline(args.host, args.port, args.mode, **options)
+        )
     )
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Load what every role needs; one line either way (ConfigError: exit 2 in ``main``)."""
+    from gateway.settings import ReferencePipelineSettings
+
+    cfg = load_config()
+    if cfg.pipeline.pipeline_url is not None:
+        cfg.pipeline.require_secret()
+    load(ReferencePipelineSettings)
+    tg = cfg.telegram
+    print(
+        f"configuration ok: telegram {tg.mode if tg.telegram_enabled else 'disabled'}, "
+        f"{cfg.redis.partitions} partition(s), pipeline "
+        f"{'external' if cfg.pipeline.pipeline_url else 'embedded'}"
+    )
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Container health check: 0 if a process of ROLE on this host is alive, else 1; one line.
+
+    ingress: its ``/readyz`` on INGRESS_HOST (127.0.0.1 for a wildcard):INGRESS_PORT.
+    worker, sender: a fresh heartbeat in ``{prefix}:members:{role}`` from a consumer named
+    after this host (as ``workers.consumer.consumer_name`` names them)."""
+    import socket
+
+    from gateway.contracts import Keys
+    from gateway.streams import connect_with
+
+    def verdict(ok: bool, line: str) -> int:
+        print(f"{'healthy' if ok else 'unhealthy'}: {line}")
+        return 0 if ok else 1
+
+    if args.role == "ingress":
+        import urllib.error
+        import urllib.request
+
+        ing = load(IngressSettings)
+        host = "127.0.0.1" if ing.ingress_host in ("", "0.0.0.0", "::") else ing.ingress_host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{ing.ingress_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+                return verdict(resp.status == 200, f"ingress {url} answered {resp.status}")
+        except urllib.error.HTTPError as exc:
+            return verdict(False, f"ingress {url} answered {exc.code}")
+        except (OSError, ValueError) as exc:
+            return verdict(False, f"ingress {url}: {exc}")
+    rs = load(RedisSettings)
+    if not rs.partition_leases:
+        return verdict(False, f"PARTITION_LEASES=false: a {args.role} does not heartbeat")
+    if args.role == "sender" and not load(TelegramSettings).telegram_enabled:
+        return verdict(True, "TELEGRAM_ENABLED=false: the sender idles by design")
+    keys = Keys(rs.stream_prefix, rs.partitions)
+    prefix = f"{args.role}-{socket.gethostname()}-"
+
+    async def beats() -> list[tuple[str, float]]:
+        redis = connect_with(rs)
+        try:
+            sec, usec = await redis.time()
+            now_ms = int(sec) * 1000 + int(usec) // 1000  # scores are on Redis's clock
+            found: Any = await redis.zrangebyscore(
+                keys.members(args.role), now_ms, "+inf", withscores=True
+            )
+            return [
+                (m.decode() if isinstance(m, bytes) else str(m), (float(score) - now_ms) / 1000)
+                for m, score in found
+            ]
+        finally:
+            await redis.aclose()
+
+    from redis.exceptions import RedisError
+
+    try:
+        live = asyncio.run(asyncio.wait_for(beats(), args.timeout))
+    except (RedisError, OSError, TimeoutError) as exc:
+        return verdict(False, f"redis unreachable: {type(exc).__name__} {exc}".rstrip())
+    ours = [(name, left) for name, left in live if name.startswith(prefix)]
+    if not ours:
+        return verdict(False, f"no fresh heartbeat from {prefix}* in {keys.members(args.role)}")
+    name, left = max(ours, key=lambda item: item[1])
+    return verdict(True, f"{name} heartbeat fresh for {left:.1f} s more")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -403,7 +506,35 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--host", default="127.0.0.1")
     pl.add_argument("--port", type=int, default=8090)
     pl.add_argument("--mode", choices=["async", "sync"], default="async")
+    pl.add_argument(
+        "--test-endpoints",
+        action="store_true",
+        help="serve /_ref/requests and /_ref/faults (tests only; REFERENCE_TEST_ENDPOINTS)",
+    )
+    pl.add_argument(
+        "--callback-hosts",
+        metavar="HOSTS",
+        help="comma-separated host[:port] an X-Webhook-URL may name (REFERENCE_CALLBACK_HOSTS)",
+    )
     pl.set_defaults(func=cmd_pipeline)
+
+    he = sub.add_parser(
+        "health",
+        help="container health check: exit 0 if ROLE on this host is alive, else 1",
+        description="ingress: GET /readyz on 127.0.0.1:INGRESS_PORT; worker, sender: a fresh "
+        "heartbeat in Redis from a process of this host. One line either way.",
+    )
+    he.add_argument("role", choices=["ingress", "worker", "sender"])
+    he.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    he.set_defaults(func=cmd_health)
+
+    cc = sub.add_parser(
+        "check-config",
+        help="validate the settings every role needs: one line; exit 2 on a bad one",
+        description="Loads every settings class (and DELIVERY_SECRET when PIPELINE_URL is "
+        "set), as the roles do at start, and prints one line.",
+    )
+    cc.set_defaults(func=cmd_check_config)
 
     se = sub.add_parser(
         "send",

@@ -267,6 +267,21 @@ class SenderSettings(_Base):
         return self
 
 
+class ReferencePipelineSettings(_Base):
+    """The reference pipeline service (``tg-gateway pipeline``): closed by default."""
+
+    reference_test_endpoints: bool = False
+    reference_callback_hosts: CommaList = Field(default_factory=list)
+    reference_max_records: int = Field(default=10_000, ge=1)
+    reference_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    reference_callback_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("reference_callback_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        return _split(value)
+
+
 class LogSettings(_Base):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -1,5 +1,11 @@
 """The reference pipeline as an HTTP service (aiohttp): the CRM contract the gateway calls,
-with callbacks to ``X-Webhook-URL``, idempotency, and fault injection for tests."""
+with callbacks to ``X-Webhook-URL``, idempotency, and fault injection for tests.
+
+Closed by default, as docker-compose deploys it: the test endpoints (``/_ref/*``) exist
+only when enabled, callbacks go only to allowed hosts (never following a redirect), what
+it remembers is bounded, and a callback URL (it carries a signed token) is logged only as
+host and path prefix.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +28,51 @@ log = logging.getLogger(__name__)
 
 MODES = ("async", "sync")
 _RETRYABLE_4XX = (408, 429)
+DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def redact_url(url: str) -> str:
+    """What a log line may show of a callback URL: scheme, host and port, and at most two
+    leading path segments, never the last one (the signed token), the userinfo, the query
+    or the fragment: ``http://ingress:8080/api/delivery/…``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    shown = f"[{host}]" if ":" in host else host
+    if port is not None:
+        shown += f":{port}"
+    segments = [s for s in parts.path.split("/") if s][:-1][:2]
+    prefix = "/".join(segments)
+    return f"{parts.scheme}://{shown}/{prefix + '/' if prefix else ''}…"
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a URL -> (lower-case host, port or None)."""
+    entry = entry.strip()
+    parts = urlsplit(entry if "://" in entry else f"//{entry}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError(f"not a host: {entry!r}")
+    return host, parts.port
+
+
+def callback_allow_list(
+    hosts: Iterable[str], public_url: str | None = None
+) -> frozenset[tuple[str, int | None]]:
+    """The hosts callbacks may go to: ``hosts`` if any, else ``public_url``'s host (the
+    gateway's GATEWAY_PUBLIC_URL), else loopback; a loopback host allows every loopback
+    name. An entry without a port allows any port of that host."""
+    entries = [_host_port(h) for h in hosts if h.strip()]
+    if not entries and public_url:
+        entries = [(_host_port(public_url)[0], None)]
+    if not entries or any(host in LOOPBACK_HOSTS for host, _ in entries):
+        entries += [(host, None) for host in LOOPBACK_HOSTS]
+    return frozenset(entries)
 
 
 class Faults:
@@ -80,12 +133,23 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_webhook(url: str | None) -> str:
+def _check_webhook(url: str | None, allowed: frozenset[tuple[str, int | None]]) -> str:
     if not url:
         raise _BadRequest(400, "X-Webhook-URL header is required")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        raise _BadRequest(400, "X-Webhook-URL has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise _BadRequest(400, "X-Webhook-URL must be an absolute http(s) URL")
+    port = port or (443 if parts.scheme == "https" else 80)
+    if (host, None) not in allowed and (host, port) not in allowed:
+        raise _BadRequest(
+            422,
+            f"X-Webhook-URL host {host}:{port} is not an allowed callback host "
+            "(REFERENCE_CALLBACK_HOSTS)",
+        )
     return url
 
 
@@ -94,6 +158,13 @@ class ReferencePipelineServer:
 
     ``mode="async"``: 202 at once, the reply POSTed to ``X-Webhook-URL`` later (with
     retries); ``mode="sync"``: 200 with the reply in the body, no callback.
+
+    ``test_endpoints``: serve ``/_ref/requests`` and ``/_ref/faults`` (tests only: they
+    show every user's text and let anyone inject faults). ``callback_hosts``: the hosts an
+    ``X-Webhook-URL`` may name (``callback_allow_list``; default loopback); any other is
+    422, not fetched. ``max_records`` bounds each of: the recorded requests (oldest
+    dropped), the idempotency keys remembered (least recently used dropped) and the
+    callbacks pending (beyond it: 503). ``max_body_bytes``: larger requests get 413.
     """
 
     def __init__(
@@ -105,32 +176,54 @@ class ReferencePipelineServer:
         callback_backoff: float = 0.1,
         callback_timeout: float = 10.0,
         shutdown_timeout: float = 1.0,
+        test_endpoints: bool = False,
+        callback_hosts: Iterable[str] = (),
+        public_url: str | None = None,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
         self.mode = mode
         self.delay = delay
         self.callback_retries = callback_retries
         self.callback_backoff = callback_backoff
         self.callback_timeout = callback_timeout
         self.shutdown_timeout = shutdown_timeout
+        self.test_endpoints = test_endpoints
+        self.allowed_hosts = callback_allow_list(callback_hosts, public_url)
+        self.max_records = max_records
+        self.max_body_bytes = max_body_bytes
         self.faults = Faults()
-        self.requests: list[dict[str, Any]] = []
+        self._requests: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.arrivals = 0
-        self._answers: dict[str, _Answer] = {}
+        self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The recorded requests, oldest first (the last ``max_records``)."""
+        return list(self._requests)
+
+    @property
+    def remembered_keys(self) -> int:
+        """How many idempotency keys are remembered now."""
+        return len(self._answers)
+
     def make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post("/api/messages/", self._messages)
         app.router.add_post("/api/messages", self._messages)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_post("/_ref/faults", self._set_faults)
-        app.router.add_delete("/_ref/faults", self._clear_faults)
-        app.router.add_get("/_ref/requests", self._list_requests)
+        if self.test_endpoints:
+            app.router.add_post("/_ref/faults", self._set_faults)
+            app.router.add_delete("/_ref/faults", self._clear_faults)
+            app.router.add_get("/_ref/requests", self._list_requests)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -155,7 +248,13 @@ class ReferencePipelineServer:
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.base_url = f"http://{shown}:{bound_port}"
-        log.info("reference pipeline (%s mode) listening on %s", self.mode, self.base_url)
+        log.info(
+            "reference pipeline (%s mode) listening on %s; callbacks to %s; test endpoints %s",
+            self.mode,
+            self.base_url,
+            ", ".join(sorted(h if p is None else f"{h}:{p}" for h, p in self.allowed_hosts)),
+            "ON" if self.test_endpoints else "off",
+        )
         return self.base_url
 
     async def stop(self) -> None:
@@ -180,7 +279,11 @@ class ReferencePipelineServer:
 
     async def _messages(self, request: web.Request) -> web.Response:
         self.arrivals += 1  # counted on arrival: a caller that times out still shows up
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            detail = f"body larger than {self.max_body_bytes} bytes"
+            return web.json_response({"detail": detail}, status=413)
         pause = self.delay + self.faults.delay
         if pause > 0:
             await asyncio.sleep(pause)
@@ -192,12 +295,12 @@ class ReferencePipelineServer:
         except (ValueError, UnicodeDecodeError):
             peek = None
         fields = peek if isinstance(peek, dict) else {}
-        self.requests.append(
+        self._requests.append(
             {
                 "idempotency_key": key,
                 "client_id": fields.get("client_id"),
                 "content": fields.get("content"),
-                "webhook_url": webhook,
+                "webhook_url": webhook,  # served by /_ref/requests (tests) only, never logged
                 "status": answer.status,
             }
         )
@@ -211,12 +314,17 @@ class ReferencePipelineServer:
             return _Answer(injected, {"detail": "injected"})
         if key is not None and key in self._answers:
             log.info("idempotent replay for key %s", key)
+            self._answers.move_to_end(key)
             return self._answers[key]
         try:
-            url = _check_webhook(webhook)
+            url = _check_webhook(webhook, self.allowed_hosts)
             body = _parse_body(raw)
         except _BadRequest as exc:
+            if exc.status == 422 and webhook:
+                log.warning("refused callback URL %s: %s", redact_url(webhook), exc.detail)
             return _Answer(exc.status, {"detail": exc.detail})
+        if self.mode == "async" and len(self._tasks) >= self.max_records:
+            return _Answer(503, {"detail": "too many callbacks pending; retry later"})
         message_id = str(uuid.uuid4())
         reply = respond(body["client_id"], body["content"])
         payload = {
@@ -235,6 +343,8 @@ class ReferencePipelineServer:
             task.add_done_callback(self._tasks.discard)
         if key is not None:
             self._answers[key] = answer
+            while len(self._answers) > self.max_records:
+                self._answers.popitem(last=False)
         return answer
 
     async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
@@ -242,26 +352,34 @@ class ReferencePipelineServer:
         session = self._session
         if session is None:
             return
+        shown = redact_url(url)  # the URL carries a signed token: never logged whole
         backoff = self.callback_backoff
         for attempt in range(self.callback_retries + 1):
             if attempt:
                 await asyncio.sleep(backoff)
                 backoff *= 2
             try:
-                async with session.post(url, json=payload) as resp:
+                # No redirects: a 3xx must not carry the reply to a host not allowed.
+                async with session.post(url, json=payload, allow_redirects=False) as resp:
                     status = resp.status
                     await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("callback to %s failed (attempt %d): %r", url, attempt + 1, exc)
+                # The class only: some aiohttp errors quote the whole URL.
+                log.warning(
+                    "callback to %s failed (attempt %d): %s",
+                    shown,
+                    attempt + 1,
+                    type(exc).__name__,
+                )
                 continue
             if 200 <= status < 300:
-                log.info("callback %s delivered to %s", payload["message_id"], url)
+                log.info("callback %s delivered to %s", payload["message_id"], shown)
                 return
-            if 400 <= status < 500 and status not in _RETRYABLE_4XX:
-                log.error("callback to %s rejected with %d; giving up", url, status)
+            if 300 <= status < 500 and status not in _RETRYABLE_4XX:
+                log.error("callback to %s rejected with %d; giving up", shown, status)
                 return
-            log.warning("callback to %s answered %d (attempt %d)", url, status, attempt + 1)
-        log.error("callback %s to %s not delivered; giving up", payload["message_id"], url)
+            log.warning("callback to %s answered %d (attempt %d)", shown, status, attempt + 1)
+        log.error("callback %s to %s not delivered; giving up", payload["message_id"], shown)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -297,9 +415,10 @@ class ReferencePipelineServer:
         return web.json_response(self.requests)
 
 
-async def run_reference_pipeline(host: str, port: int, mode: str) -> None:
-    """Serve the reference pipeline on ``host:port`` until cancelled."""
-    server = ReferencePipelineServer(mode=mode)
+async def run_reference_pipeline(host: str, port: int, mode: str, **options: Any) -> None:
+    """Serve the reference pipeline on ``host:port`` until cancelled (``options``: those of
+    ``ReferencePipelineServer``)."""
+    server = ReferencePipelineServer(mode=mode, **options)
     await server.start(host, port)
     try:
         await asyncio.Event().wait()

@@ -49,7 +49,7 @@ class Cluster:
     def start_services(self, *names: str) -> list[str]:
         """The emulator and/or the reference pipeline on free ports, all listening: their
         URLs, in the order asked."""
-        extra = {"emulator": ["--token", TOKEN], "pipeline": []}
+        extra = {"emulator": ["--token", TOKEN], "pipeline": ["--test-endpoints"]}
         started = []
         for name in names:
             port = free_port()

@@ -373,7 +373,9 @@ class Harness:
             "emulator", ["emulator", "--port", str(self.emu_port), "--token", TOKEN], {}
         )
         self.services["pipeline"] = self._spawn(
-            "pipeline", ["pipeline", "--port", str(self.pipe_port), "--mode", "async"], {}
+            "pipeline",
+            ["pipeline", "--port", str(self.pipe_port), "--mode", "async", "--test-endpoints"],
+            {},
         )
         poll(lambda: self._get_ok(f"{self.emu_url}/_emu/stats"), 30, "the emulator")
         poll(lambda: self._get_ok(f"{self.pipe_url}/healthz"), 30, "the pipeline")

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +20,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.helpers import env_without_gateway_vars, wait_for
 from workers.reference import respond
 from workers.reference_app import ReferencePipelineServer, run_reference_pipeline
 
@@ -58,6 +65,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     recv = Receiver()
     app = web.Application()
     app.router.add_post("/callback", recv.handle)
+    app.router.add_post("/callback/{token}", recv.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -209,7 +217,7 @@ async def test_idempotent_repeat_calls_back_once(
 async def test_injected_503_then_recovery(
     make_server: ServerFactory, receiver: Receiver, http: aiohttp.ClientSession
 ) -> None:
-    server = await make_server()
+    server = await make_server(test_endpoints=True)
     async with http.post(f"{server.base_url}/_ref/faults", json={"status": 503, "count": 2}) as r:
         assert r.status == 200
     results = [
@@ -233,7 +241,7 @@ async def test_injected_503_then_recovery(
 async def test_fault_delay_and_clear(
     make_server: ServerFactory, receiver: Receiver, http: aiohttp.ClientSession
 ) -> None:
-    server = await make_server(mode="sync", shutdown_timeout=0.1)
+    server = await make_server(mode="sync", shutdown_timeout=0.1, test_endpoints=True)
     async with http.post(f"{server.base_url}/_ref/faults", json={"delay": 5.0}) as r:
         assert r.status == 200
     with pytest.raises(TimeoutError):
@@ -248,7 +256,7 @@ async def test_fault_delay_and_clear(
 async def test_bad_fault_spec_is_422(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = await make_server()
+    server = await make_server(test_endpoints=True)
     async with http.post(f"{server.base_url}/_ref/faults", json={"status": 42}) as r:
         assert r.status == 422
 
@@ -315,3 +323,316 @@ async def test_run_reference_pipeline_serves_until_cancelled(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# --- closed by default (issue 9, item 4) ------------------------------------------------
+
+
+class Listener:
+    """A TCP server that only counts the connections made to it (a host not allowed)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+    async def start(self, host: str) -> None:
+        self.server = await asyncio.start_server(self._accept, host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest_asyncio.fixture
+async def other_host() -> AsyncIterator[Listener]:
+    """A listener on 127.0.0.2: another host as far as the allow-list is concerned."""
+    listener = Listener()
+    await listener.start("127.0.0.2")
+    yield listener
+    await listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/_ref/requests"), ("POST", "/_ref/faults"), ("DELETE", "/_ref/faults")],
+)
+async def test_test_endpoints_are_404_unless_enabled(
+    make_server: ServerFactory, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    closed = await make_server()
+    opened = await make_server(test_endpoints=True)
+    body = {"delay": 0}
+    async with http.request(method, f"{closed.base_url}{path}", json=body) as r:
+        assert r.status == 404
+    async with http.request(method, f"{opened.base_url}{path}", json=body) as r:
+        assert r.status == 200
+    assert closed.faults.state() == {"status": None, "count": 0, "delay": 0.0}
+
+
+async def test_records_and_idempotency_memory_are_bounded(
+    make_server: ServerFactory, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    n, k = 5, 3
+    server = await make_server(mode="sync", max_records=n, test_endpoints=True)
+    ids = []
+    for i in range(n + k):
+        status, body = await post_message(http, server, message(f"m{i}"), receiver.url, f"k{i}")
+        assert status == 200
+        ids.append(body["message_id"])
+    assert [r["content"] for r in server.requests] == [f"m{i}" for i in range(k, n + k)]
+    assert server.remembered_keys == n
+    async with http.get(f"{server.base_url}/_ref/requests") as r:
+        assert len(await r.json()) == n
+    # The newest key still replays; the oldest was forgotten (answered anew).
+    assert (await post_message(http, server, message("m7"), receiver.url, "k7"))[1][
+        "message_id"
+    ] == ids[7]
+    assert (await post_message(http, server, message("m0"), receiver.url, "k0"))[1][
+        "message_id"
+    ] != ids[0]
+    assert server.remembered_keys == n and len(server.requests) == n
+
+
+async def test_pending_callbacks_are_bounded(
+    make_server: ServerFactory, other_host: Listener, http: aiohttp.ClientSession
+) -> None:
+    # Callbacks to a host that accepts and hangs up stay pending (retrying) for a while.
+    server = await make_server(max_records=2, callback_hosts=["127.0.0.2"], callback_backoff=5)
+    url = f"http://127.0.0.2:{other_host.port}/x"
+    statuses = [(await post_message(http, server, message(), url))[0] for _ in range(3)]
+    assert statuses == [202, 202, 503]
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "http://127.0.0.2:{port}/x",
+        "http://example.com/api/delivery/t",
+        "http://127.0.0.1.nip.io:{port}/x",
+        "http://user@127.0.0.2:{port}/x",
+    ],
+)
+async def test_callback_to_a_host_not_allowed_is_422_and_not_fetched(
+    make_server: ServerFactory, other_host: Listener, http: aiohttp.ClientSession, webhook: str
+) -> None:
+    server = await make_server()  # default: loopback names only
+    url = webhook.format(port=other_host.port)
+    status, body = await post_message(http, server, message(), url)
+    assert status == 422
+    assert "not an allowed callback host" in body["detail"]
+    await server.drain()
+    assert other_host.connections == 0
+
+
+async def test_an_allowed_host_is_called_back(
+    make_server: ServerFactory, other_host: Listener, http: aiohttp.ClientSession
+) -> None:
+    """The same URL as above, allowed: the listener does see the callback (so the test
+    above would notice one)."""
+    server = await make_server(callback_hosts=[f"127.0.0.2:{other_host.port}"], callback_retries=0)
+    status, _ = await post_message(http, server, message(), f"http://127.0.0.2:{other_host.port}/x")
+    assert status == 202
+    await server.drain()
+    assert other_host.connections == 1
+    # Another port of an allowed host:port entry is not allowed.
+    status, _ = await post_message(http, server, message(), "http://127.0.0.2:9/x")
+    assert status == 422
+
+
+async def test_a_redirect_is_not_followed(
+    make_server: ServerFactory, other_host: Listener, http: aiohttp.ClientSession
+) -> None:
+    hits = 0
+
+    async def redirect(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        raise web.HTTPFound(f"http://127.0.0.2:{other_host.port}/x")
+
+    app = web.Application()
+    app.router.add_post("/cb", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        port = runner.addresses[0][1]
+        server = await make_server()
+        status, _ = await post_message(http, server, message(), f"http://127.0.0.1:{port}/cb")
+        assert status == 202
+        await server.drain()
+    finally:
+        await runner.cleanup()
+    assert hits == 1  # a 3xx is not retried either
+    assert other_host.connections == 0
+
+
+async def test_request_body_is_bounded(
+    make_server: ServerFactory, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(mode="sync", max_body_bytes=2048)
+    big = message("x" * 4096)
+    status, body = await post_message(http, server, big, receiver.url)
+    assert (status, body) == (413, {"detail": "body larger than 2048 bytes"})
+    status, _ = await post_message(http, server, message("x" * 1000), receiver.url)
+    assert status == 200
+
+
+async def test_callback_timeout_bounds_each_attempt(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/cb", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        port = runner.addresses[0][1]
+        server = await make_server(callback_timeout=0.2, callback_retries=1)
+        await post_message(http, server, message(), f"http://127.0.0.1:{port}/cb")
+        await asyncio.wait_for(server.drain(), 3.0)  # 2 x 0.2 s, not forever
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_no_callback_token_is_logged(
+    make_server: ServerFactory,
+    other_host: Listener,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = "v1.SIGNEDtokenPAYLOAD0123456789.abcdefSIGNATURE"
+    hits = 0
+
+    async def delivery(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        status = 500 if hits == 1 else 200  # one failed attempt, then delivered
+        return web.json_response({}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/api/delivery/{token}", delivery)
+    runner = web.AppRunner(app, access_log=None)  # the gateway's side: not under test
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    caplog.set_level(logging.DEBUG)
+    try:
+        port = runner.addresses[0][1]
+        server = await make_server()
+        base = f"http://127.0.0.1:{port}/api/delivery/{token}"
+        for url in (base, f"http://127.0.0.1:1/api/delivery/{token}", f"{base}?t={token}"):
+            await post_message(http, server, message(), url)  # delivered, refused, delivered
+        await post_message(http, server, message(), f"http://127.0.0.2:9/api/delivery/{token}")
+        await server.drain()
+    finally:
+        await runner.cleanup()
+    assert hits == 3
+    text = caplog.text
+    assert f"http://127.0.0.1:{port}/api/delivery/…" in text  # something was logged
+    assert "http://127.0.0.2:9/api/delivery/…" in text  # the refusal
+    assert "delivered" in text and "failed" in text
+    assert token not in text and "SIGNED" not in text
+
+
+class PipelineProcess:
+    """``tg-gateway pipeline --port 0`` as deployed; its URL read from its own log line."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str]) -> None:
+        self.log_path = tmp / "pipeline.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "pipeline", "--port", "0", *args],
+            env={**env_without_gateway_vars(), **env},
+            cwd=tmp,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = ""
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def started(self) -> str:
+        def listening() -> str | None:
+            assert self.proc.poll() is None, self.output()
+            found = re.search(r"listening on (http://[^;\s]+)", self.output())
+            return found.group(1) if found else None
+
+        self.url = await wait_for(listening, timeout=30, message="the pipeline's listen line")
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.mark.parametrize("enable", [None, "flag", "env"])
+async def test_process_serves_test_endpoints_only_when_enabled(
+    tmp_path: Path, http: aiohttp.ClientSession, enable: str | None
+) -> None:
+    args = ["--test-endpoints"] if enable == "flag" else []
+    env = {"REFERENCE_TEST_ENDPOINTS": "true"} if enable == "env" else {}
+    pipe = PipelineProcess(tmp_path, args, env)
+    try:
+        url = await pipe.started()
+        async with http.get(f"{url}/_ref/requests") as r:
+            assert r.status == (404 if enable is None else 200)
+        async with http.post(f"{url}/_ref/faults", json={"status": 503}) as r:
+            assert r.status == (404 if enable is None else 200)
+    finally:
+        pipe.stop()
+
+
+async def test_process_calls_back_only_to_the_public_url_host_and_logs_no_token(
+    tmp_path: Path, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    """Default allow-list: GATEWAY_PUBLIC_URL's host. A receiver on 127.0.0.1 is refused
+    when that host is ``ingress``; allowed once REFERENCE_CALLBACK_HOSTS names it."""
+    token = "v1.TOKENinTHEpath0123456789.sigSIGsig"
+    callback = f"{receiver.url}/{token}"
+    env = {"GATEWAY_PUBLIC_URL": "http://ingress:8080", "LOG_LEVEL": "DEBUG"}
+    refused = PipelineProcess(tmp_path, [], env)
+    try:
+        url = await refused.started()
+        headers = {"X-Webhook-URL": callback}
+        async with http.post(f"{url}/api/messages/", json=message(), headers=headers) as r:
+            assert r.status == 422
+            assert "127.0.0.1" in (await r.json())["detail"]
+    finally:
+        refused.stop()
+    assert receiver.hits == 0
+    allowed = PipelineProcess(
+        tmp_path, [], {**env, "REFERENCE_CALLBACK_HOSTS": "ingress, 127.0.0.1"}
+    )
+    try:
+        url = await allowed.started()
+        async with http.post(
+            f"{url}/api/messages/", json=message(), headers={"X-Webhook-URL": callback}
+        ) as r:
+            assert r.status == 202
+        await wait_for(lambda: "delivered" in allowed.output(), message="the delivery log line")
+    finally:
+        allowed.stop()
+    assert receiver.hits == 1  # the path ends in the token: the receiver routes /callback/*
+    text = refused.output() + allowed.output()
+    assert "/callback/…" in text
+    assert token not in text and "TOKEN" not in text

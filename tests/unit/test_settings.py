@@ -16,6 +16,7 @@ from gateway.settings import (
     LogSettings,
     PipelineSettings,
     RedisSettings,
+    ReferencePipelineSettings,
     SenderSettings,
     TelegramSettings,
     WorkerSettings,
@@ -31,6 +32,7 @@ ALL = (
     WorkerSettings,
     SenderSettings,
     LogSettings,
+    ReferencePipelineSettings,
 )
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 
