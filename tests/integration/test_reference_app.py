@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.helpers import free_port
 from workers.reference import respond
 from workers.reference_app import ReferencePipelineServer, run_reference_pipeline
 
@@ -287,13 +287,6 @@ async def test_callback_retries_are_bounded(
     await wait_until(lambda: receiver.hits >= 1)
     await server.drain()
     assert receiver.hits == 9  # the first attempt plus 8 retries
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_run_reference_pipeline_serves_until_cancelled(
