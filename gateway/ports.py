@@ -75,6 +75,7 @@ class PortAllocator:
         self.held: dict[int, int] = {}  # port -> the descriptor holding its lock
         self._pools: dict[tuple[int, ...], list[int]] = {}
         self.reserved = 0  # reservations over this allocator's life (the suite prints it)
+        self.peak = 0  # most ports held at once: one descriptor each
 
     def allowed(self, port: int, also: Sequence[int] = ()) -> bool:
         """``port`` and every ``port + offset`` are outside the ephemeral range."""
@@ -105,6 +106,7 @@ class PortAllocator:
                 taken.append(p)
             if len(taken) == len(group) and all(bindable(p) for p in group):
                 self.reserved += 1
+                self.peak = max(self.peak, len(self.held))
                 return port
             for p in taken:
                 self.release(p)
