@@ -1,8 +1,8 @@
 """What the bench drivers share: a free port, waiting for a port, a process's memory.
 
-``free_port`` and a private redis-server (``private_redis``) come from ``workers.sandbox``,
-as in the tests (bench/ingress.py starts its own Redis, because it measures that
-process's CPU).
+``free_port`` (a reserved port outside the ephemeral range, ``gateway.ports``) and a
+private redis-server (``private_redis``) come from ``workers.sandbox``, as in the tests
+(bench/ingress.py starts its own Redis, because it measures that process's CPU).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 import workers  # noqa: F401 - first aiogram import of the session: the lazy path, as in production
 from gateway.emulator import Emulator
+from gateway.ports import process_allocator
 from tests.helpers import (
     BOT_USERNAME,
     GATEWAY_ENV_PREFIXES,
@@ -135,3 +136,36 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> Non
         if name.startswith(GATEWAY_ENV_PREFIXES):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+
+
+_PORTS_SEEN: dict[str, tuple[int, int]] = {}
+
+
+def _ports_line(allocator_ports: dict[str, tuple[int, int]]) -> str:
+    shown = ", ".join(
+        f"{who} {n} (peak {peak} locks)" for who, (n, peak) in allocator_ports.items()
+    )
+    return f"ports reserved per test process (gateway.ports): {shown}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Each process's reservations: an xdist worker hands them to the controller."""
+    allocator = process_allocator()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["ports"] = (allocator.reserved, allocator.peak)
+    elif allocator.reserved:
+        _PORTS_SEEN["main"] = (allocator.reserved, allocator.peak)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    output = getattr(node, "workeroutput", {})
+    gateway = getattr(node, "gateway", None)
+    if "ports" in output:
+        _PORTS_SEEN[str(getattr(gateway, "id", "worker"))] = tuple(output["ports"])  # type: ignore[assignment]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _PORTS_SEEN:
+        terminalreporter.write_line(_ports_line(dict(sorted(_PORTS_SEEN.items()))))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -15,7 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from workers.sandbox import free_port, redis_binary
+from gateway.ports import release_port, reserve_port
+from workers.sandbox import redis_binary
 
 T = TypeVar("T")
 
@@ -30,18 +30,19 @@ def redis_server_binary() -> str | None:
     return redis_binary()
 
 
+CLUSTER_BUS = (10_000,)  # a cluster node's bus listens on port + 10000
+
+
+def free_port() -> int:
+    """A port for a child to bind: outside the ephemeral range, bindable, and reserved for
+    this process until it exits (``gateway.ports``), so no outgoing connection and no
+    other test process takes it before the child binds it."""
+    return reserve_port()
+
+
 def _free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    for _ in range(200):
-        port = random.randint(20000, 55000)
-        try:
-            for candidate in (port, port + 10_000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
+    """A reserved port whose cluster bus port (port + 10000) is reserved too."""
+    return reserve_port(also=CLUSTER_BUS)
 
 
 class RedisProcess:
@@ -116,6 +117,7 @@ class RedisProcess:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        release_port(self.port, also=CLUSTER_BUS if self.cluster else ())
 
 
 class RedisClusterProcesses:

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from gateway.cli import run_async
 from gateway.emulator import Emulator
 from gateway.logs import setup_logging
+from gateway.ports import reserve_port
 from gateway.serve import serve_ingress_role
 from gateway.settings import (
     Config,
@@ -54,9 +55,8 @@ DEMO_SCRIPT = [
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a child to bind, outside the ephemeral range and reserved (gateway.ports)."""
+    return reserve_port()
 
 
 def redis_binary() -> str | None:

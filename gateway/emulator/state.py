@@ -74,6 +74,17 @@ class Logs:
     faults_429: int = 0
 
 
+def time_based_update_id(epoch: float) -> int:
+    """A first ``update_id`` that grows across restarts: the wall clock's milliseconds,
+    modulo a bit under 2**31 (Bot API Integers are 32-bit; 16.7 M ids of headroom).
+
+    A gateway that outlives an emulator restart dedupes updates by id for 24 h, and a
+    poller sends ``offset`` = last id + 1: ids from 1 again would be dropped. A restarted
+    emulator starts above every id its predecessor handed out unless that one averaged
+    more than 1000 updates a second over its life; the ids wrap every ~24.8 days."""
+    return int(epoch * 1000) % (2**31 - 2**24) or 1
+
+
 class EmulatorState:
     """Everything the emulator knows; no I/O, clocks injected, ``on_change`` called on changes."""
 
@@ -83,14 +94,15 @@ class EmulatorState:
         limits: EmulatorLimits | None = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
-        first_update_id: int = 1,
+        first_update_id: int | None = None,
     ) -> None:
         self.bot = bot
         self.limits = limits
         self.clock = clock
         self.wall = wall
         self.epoch_offset = wall() - clock()
-        self.first_update_id = first_update_id
+        self.first_update_id = first_update_id  # None: from the wall clock (time_based_update_id)
+        self.next_update_id = 0
         self.on_change: Callable[[], None] = _noop
         self.reset()
 
@@ -102,7 +114,10 @@ class EmulatorState:
         self._next_message_id: dict[int, int] = {}
         self.queue: dict[int, Obj] = {}
         self._by_key: dict[str, deque[int]] = {}
-        self.next_update_id = self.first_update_id
+        if self.first_update_id is not None:
+            self.next_update_id = self.first_update_id
+        else:  # never back: a gateway that outlives a reset or a restart dedupes by update_id
+            self.next_update_id = max(self.next_update_id, time_based_update_id(self.wall()))
         self.poll_allowed: list[str] = []
         self.poll_generation = 0
         self.webhook: WebhookConfig | None = None

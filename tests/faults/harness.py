@@ -42,6 +42,7 @@ import httpx
 import redis as sync_redis
 from redis.exceptions import RedisError
 
+from gateway.ports import release_port
 from tests.helpers import (
     BOT_ID,
     TOKEN,
@@ -327,6 +328,7 @@ class Harness:
             if self.options.cluster
             else RedisProcess(binary, appendonly=self.options.aof)
         )
+        # Reserved for the harness's life: roles and Redis restart on the same ports.
         self.emu_port, self.pipe_port, self.ingress_port = free_port(), free_port(), free_port()
         self.emu_url = f"http://127.0.0.1:{self.emu_port}"
         self.pipe_url = f"http://127.0.0.1:{self.pipe_port}"
@@ -414,6 +416,8 @@ class Harness:
         if self._redis is not None:
             self._redis.close()
         self.redis_server.close()
+        for port in (self.emu_port, self.pipe_port, self.ingress_port):
+            release_port(port)
         return codes
 
     @staticmethod

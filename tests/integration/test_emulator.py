@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,7 +30,7 @@ from gateway.emulator import Emulator, EmulatorLimits
 pytestmark = pytest.mark.integration
 
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
-from tests.helpers import FIXTURES  # noqa: E402 - the repo copy of shared/fixtures
+from tests.helpers import FIXTURES, free_port  # noqa: E402 - the repo copy of shared/fixtures
 
 ALICE = 6123456789
 
@@ -240,9 +239,7 @@ async def test_webhook_delivery_with_secret_retries_and_keeps_chat_order(
 
 
 async def test_webhook_connection_refused_is_recorded_and_retried(emu: Emulator) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # reserved by this process, bound by nobody
     update_id = emu.user_send(1, "x")["update_id"]
     emu.state.set_webhook(f"http://127.0.0.1:{port}/", None, 40, None)
     await until(lambda: emu.delivery_attempts().get(update_id, 0) >= 3)

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.helpers import env_without_gateway_vars, wait_for
+from tests.helpers import env_without_gateway_vars, free_port, wait_for
 from workers.reference import respond
 from workers.reference_app import ReferencePipelineServer, run_reference_pipeline
 
@@ -295,13 +294,6 @@ async def test_callback_retries_are_bounded(
     await wait_until(lambda: receiver.hits >= 1)
     await server.drain()
     assert receiver.hits == 9  # the first attempt plus 8 retries
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_run_reference_pipeline_serves_until_cancelled(

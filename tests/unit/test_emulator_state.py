@@ -11,7 +11,7 @@ from gateway.emulator.errors import WEBHOOK_ACTIVE
 from gateway.emulator.faults import Faults
 from gateway.emulator.limits import EmulatorLimits, SendWindows, max_in_window, window_maxima
 from gateway.emulator.objects import user_obj
-from gateway.emulator.state import EmulatorState
+from gateway.emulator.state import EmulatorState, time_based_update_id
 from gateway.emulator.text import (
     EntityParseError,
     detect_entities,
@@ -148,16 +148,17 @@ def test_queue_ids_offset_and_allowed_updates() -> None:
     state, _ = make_state()
     first = user_send(state, 111, "one")
     second = user_send(state, 111, "two")
-    assert second["update_id"] == first["update_id"] + 1
-    raw = push_update(state, {"update_id": 500, "poll": {"id": "1"}})
-    assert raw["update_id"] == 500
-    assert user_send(state, 111, "three")["update_id"] == 501
-    assert [u["update_id"] for u in state.fetch(2, [])] == [first["update_id"], second["update_id"]]
+    one = first["update_id"]
+    assert second["update_id"] == one + 1
+    raw = push_update(state, {"update_id": one + 500, "poll": {"id": "1"}})
+    assert raw["update_id"] == one + 500
+    assert user_send(state, 111, "three")["update_id"] == one + 501
+    assert [u["update_id"] for u in state.fetch(2, [])] == [one, one + 1]
     state.confirm(second["update_id"])
-    assert [u["update_id"] for u in state.fetch(100, ["message"])] == [2, 501]
-    assert 500 not in state.queue  # filtered out for good, like Telegram never creating it
+    assert [u["update_id"] for u in state.fetch(100, ["message"])] == [one + 1, one + 501]
+    assert one + 500 not in state.queue  # filtered out for good, like Telegram never creating it
     state.confirm(-1)
-    assert list(state.queue) == [501]
+    assert list(state.queue) == [one + 501]
 
 
 def test_pending_updates_per_chat_head() -> None:
@@ -382,3 +383,24 @@ def test_chat_faults() -> None:
     assert faults.chat_error(5) is None
     faults.clear()
     assert faults.chat_error(-7) is None
+
+
+def test_update_ids_start_from_the_wall_clock_and_grow_across_restarts() -> None:
+    """A restarted emulator starts above its predecessor's last id (1000 ids a second)."""
+    wall = FakeClock(1735993207.0)
+    before = EmulatorState(BOT, clock=FakeClock(), wall=wall)
+    last = [user_send(before, 111, f"m{i}")["update_id"] for i in range(1000)][-1]
+    wall.now += 1.001  # the second instance starts a second later
+    after = EmulatorState(BOT, clock=FakeClock(), wall=wall)
+    first = user_send(after, 111, "after the restart")["update_id"]
+    assert last < first < 2**31 - 2**24
+    after.reset()  # /_emu/reset keeps going up too
+    assert user_send(after, 111, "after a reset")["update_id"] > first
+
+
+def test_update_ids_stay_32_bit_and_positive() -> None:
+    assert time_based_update_id(0.0) == 1
+    for epoch in (1735993207.0, 4102444800.0, 2_130_706.431):  # the last: just before the wrap
+        assert 0 < time_based_update_id(epoch) < 2**31 - 2**24
+    pinned = EmulatorState(BOT, clock=FakeClock(), wall=lambda: 1735993207.0, first_update_id=7)
+    assert user_send(pinned, 111, "x")["update_id"] == 7
