@@ -11,11 +11,11 @@ dead-letter stream.
 
 Duplicates are split in two: a duplicate is *explained* only when it is the documented
 window (README, "Delivery semantics"): Telegram took the part, then the sender could not
-write its sent marker — it was killed (kill -9) or Redis was down — so the redelivery sent
-it again. The test for that: the first copy reached the emulator inside such a window, and
-the results stream holds one ``ok`` result for that reply (a second ``ok`` result would
-mean two senders both finished the same entry, which no window explains). Every other
-duplicate counts as unexplained and fails the scenarios.
+write its sent marker — it was killed (kill -9), paused past its lease (SIGSTOP) or Redis
+was down — so the redelivery sent it again. The test for that: the first copy reached the
+emulator inside such a window, and the results stream holds one ``ok`` result for that
+reply (a second ``ok`` result would mean two senders both finished the same entry, which
+no window explains). Every other duplicate counts as unexplained and fails the scenarios.
 
 Scenarios are plain functions here, so ``bench/soak.py`` runs the same ones, longer.
 """
