@@ -247,7 +247,7 @@ class SenderSettings(_Base):
     sender_global_per_second: float = Field(default=30.0, gt=0, le=1000)
     sender_chat_per_second: float = Field(default=1.0, gt=0)
     sender_group_per_minute: float = Field(default=20.0, gt=0)
-    sender_max_attempts: int = Field(default=8, ge=1)
+    sender_max_attempts: int = Field(default=0, ge=0)  # 0: until the reply's deadline
     sender_backoff_max: float = Field(default=30.0, gt=0)
     outbound_ttl_seconds: float = Field(default=3600.0, gt=0)
     rate_margin: float = Field(default=0.02, ge=0, le=0.5)

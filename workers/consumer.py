@@ -117,6 +117,24 @@ class LeaseLost(Exception):
     """The partition moved while its entry was being handled: stop, do not acknowledge."""
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a handler needs to fence an effect that no finish script can cover (the
+    sender's Bot API call): the partition's lease key and owner, checked in Redis right
+    before the effect, and this process's local trust in that lease."""
+
+    lease_key: str
+    owner: str  # '' when the role runs without partition leases: nothing to check
+    trust_left: Callable[[], float]
+    """Seconds this process still trusts its lease (monotonic; ``inf`` without leases)."""
+    startable: Callable[[], bool]
+    """May new work of the partition start (trusted and not being released)?"""
+
+
+fence: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("fence", default=None)
+"""Set for each handler call, beside ``lease_valid``."""
+
+
 class _Status(Enum):
     DONE = "done"  # acknowledged or dead-lettered (or the ack was fenced off)
     FAILED = "failed"  # the handler raised: counts as a delivery
@@ -236,6 +254,17 @@ class StreamConsumer:
     def _lease_valid(self, stream: str) -> bool:
         """Is this process still the partition's trusted owner (fencing)?"""
         return self.leases is None or self.leases.valid(self._partition_of[stream])
+
+    def _fence(self, stream: str) -> Fence:
+        if self.leases is None:
+            return Fence(stream, "", lambda: float("inf"), lambda: True)
+        p, leases = self._partition_of[stream], self.leases
+        return Fence(
+            self.keys.lease(self.config.role, p),
+            self.name,
+            lambda: leases.trust_left(p),
+            lambda: leases.startable(p),
+        )
 
     def _drained(self, p: int) -> bool:
         """May partition ``p`` be released: nothing of it in a lane, and no read naming it
@@ -662,6 +691,7 @@ class StreamConsumer:
             )
             return _Status.DONE
         lease_valid.set(lambda: self._lease_valid(stream))
+        fence.set(self._fence(stream))
         try:
             outcome = await self.handler(stream, entry_id, fields, deliveries)
         except LeaseLost:

@@ -121,6 +121,10 @@ class LeaseManager:
         """Does this process still trust its lease on ``p`` (fencing)?"""
         return self.valid_until.get(p, 0.0) > time.monotonic()
 
+    def trust_left(self, p: int) -> float:
+        """Seconds this process still trusts its lease on ``p`` (0 or less: none)."""
+        return self.valid_until.get(p, 0.0) - time.monotonic()
+
     def startable(self, p: int) -> bool:
         """May a new entry of ``p`` start: the lease is valid and not being released."""
         return self.valid(p) and self.state.get(p) is not State.RELEASING

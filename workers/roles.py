@@ -49,15 +49,37 @@ def make_bot(tg: TelegramSettings) -> Bot:
     return Bot(token, session=session)
 
 
+def assumed_me(tg: TelegramSettings) -> User:
+    """The bot's user before getMe answered: its id (from the token) and
+    ``TELEGRAM_BOT_USERNAME``. Without a username, aiogram's ``Command`` filter takes
+    ``/cmd@any_name`` as addressed to this bot until getMe tells the real one."""
+    return User(
+        id=tg.bot_id or 1,
+        is_bot=True,
+        first_name="tg-gateway",
+        username=tg.telegram_bot_username,
+    )
+
+
+async def learn_me(bot: Bot, tg: TelegramSettings, stop: asyncio.Event) -> None:
+    """In the background: the worker feeds the pipeline while the Bot API is down, with
+    ``assumed_me`` until getMe answers. A 401 (a wrong token) still stops the role."""
+    me = await resolve_me(tg, stop)
+    if tg.telegram_bot_username and me.username != tg.telegram_bot_username:
+        log.warning(
+            "TELEGRAM_BOT_USERNAME=%s but getMe says @%s: using @%s",
+            tg.telegram_bot_username,
+            me.username,
+            me.username,
+        )
+    bot._me = me
+    log.info("bot is @%s", me.username)
+
+
 async def resolve_me(tg: TelegramSettings, stop: asyncio.Event) -> User:
     """The bot's own user (for /cmd@ThisBot); from getMe, retried until it answers."""
     if not tg.telegram_enabled:
-        return User(
-            id=tg.bot_id or 1,
-            is_bot=True,
-            first_name="tg-gateway",
-            username=tg.telegram_bot_username,
-        )
+        return assumed_me(tg)
     attempt = 0
     async with BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout) as api:
         while True:
@@ -72,6 +94,17 @@ async def resolve_me(tg: TelegramSettings, stop: asyncio.Event) -> User:
                 attempt += 1
                 log.warning("getMe failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
+
+
+def _stop_on_error(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        stop.set()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def make_pipeline(ps: PipelineSettings) -> Pipeline:
@@ -93,7 +126,10 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             return  # stopped while Redis was away
         bot = make_bot(cfg.telegram)
         stack.push_async_callback(bot.session.close)
-        bot._me = await resolve_me(cfg.telegram, stop)
+        bot._me = assumed_me(cfg.telegram)
+        me_task = asyncio.create_task(learn_me(bot, cfg.telegram, stop), name="getMe")
+        me_task.add_done_callback(lambda t: _stop_on_error(t, stop))
+        stack.push_async_callback(_cancel, me_task)
         routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)
         calls = Coalescer(redis)
         stack.push_async_callback(calls.aclose)
@@ -155,6 +191,8 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             ps.pipeline_url or "embedded reference pipeline",
         )
         await run_until_stopped([consumer], stop, ws.shutdown_grace_seconds)
+        if me_task.done() and not me_task.cancelled() and me_task.exception() is not None:
+            raise me_task.exception()  # type: ignore[misc]  # 401 from getMe
         log.info(
             "worker stopped: %d acknowledged, %d dead-lettered; %s",
             consumer.handled,
@@ -195,6 +233,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             bot,
             RateLimiter(redis, cfg.keys, tg.bot_id, limits),
             max_attempts=ss.sender_max_attempts,
+            default_ttl=ss.outbound_ttl_seconds,
             backoff_max=ss.sender_backoff_max,
             token=tg.token,
             paid_broadcast=ss.sender_paid_broadcast,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -49,7 +50,8 @@ from gateway.errors import TelegramFatal
 from gateway.logs import redact
 from gateway.poller import backoff
 from gateway.streams import fields_arg
-from workers.consumer import Ack, Dead, Outcome
+from workers.consumer import Ack, Dead, LeaseLost, Outcome
+from workers.consumer import fence as current_fence
 from workers.ratelimit import RateLimiter
 from workers.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
 
@@ -66,6 +68,18 @@ COUNTED = frozenset({"sendMessage", "sendPhoto", "sendDocument"})  # count towar
 SENT_TTL = 7 * 86_400
 MIGRATION_TTL = 90 * 86_400
 PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
+BEST_EFFORT_ATTEMPTS = 3  # 5xx/network tries of a typing indicator or a button's answer
+
+# The last check before a request leaves for Telegram (``Sender._gate``).
+# KEYS[1] the partition's lease, KEYS[2] the part's sent marker (both carry the
+# partition's hash tag); ARGV[1] the lease owner ('' without leases).
+# Returns {-1} the lease is not ours, {0, value} the part was sent, {1} go.
+FENCE_LUA = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local done = redis.call('GET', KEYS[2])
+if done then return {0, done} end
+return {1}
+"""
 
 
 def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
@@ -102,7 +116,13 @@ def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
 
 
 class Sender:
-    """Handles one outbound entry: every part sent once, in order, then one result entry."""
+    """Handles one outbound entry: every part sent once, in order, then one result entry.
+
+    Nothing leaves for Telegram unless, right before the request, this process still
+    trusts its lease on the entry's partition and Redis confirms in one script call that
+    the lease is ours and the part has no sent marker (``FENCE_LUA``); the request must
+    then reach the socket before that trust ends (``_request_timeout``).
+    """
 
     def __init__(
         self,
@@ -111,23 +131,27 @@ class Sender:
         bot: Bot,
         limiter: RateLimiter,
         *,
-        max_attempts: int,
+        max_attempts: int = 0,
         backoff_max: float,
         token: str,
         paid_broadcast: bool = False,
         name: str = "",
+        default_ttl: float = 3600.0,
     ) -> None:
         self.name = name  # the consumer name, written into each result
         self.redis = redis
         self.keys = keys
         self.bot = bot
         self.limiter = limiter
-        self.max_attempts = max_attempts
+        self.max_attempts = max_attempts  # 0: retry 5xx/network errors until the deadline
         self.backoff_max = backoff_max
+        self.default_ttl = default_ttl  # the retry deadline of an entry that has none
         self._token = token
         self.paid_broadcast = paid_broadcast
+        self._fence = redis.register_script(FENCE_LUA)
         self.sent = 0
         self.flood_waits = 0
+        self.fenced = 0  # sends not made because the lease was gone at the last moment
 
     async def __call__(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
@@ -138,16 +162,16 @@ class Sender:
             return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
         started = time.time()
         p = partition_for(entry.chat_id, self.keys.partitions)
-        if entry.method in COUNTED and await self.redis.exists(
+        best_effort = entry.method not in COUNTED
+        if not best_effort and await self.redis.exists(
             self.keys.blocked_chat(entry.bot_id, entry.chat_id)
         ):
             return await self._fail(
                 entry, Reason.BOT_BLOCKED, 403, "chat blocked the bot", 0, started
             )
         if entry.deadline is not None and time.time() > entry.deadline:
-            if entry.method not in COUNTED:  # a stale typing/callback answer is harmless
-                await self._result(entry, True, [], 0, started, description="skipped: expired")
-                return Ack()
+            if best_effort:  # a stale typing/callback answer is harmless
+                return self._done(entry, True, [], 0, started, description="skipped: expired")
             return await self._fail(entry, Reason.EXPIRED, None, "deadline passed", 0, started)
         message_ids: list[int] = []
         attempts = 0
@@ -160,34 +184,101 @@ class Sender:
             if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
             marker = self.keys.sent(p, f"{entry.reply_id}#{index}")
+            # A cheap early look (no budget is spent on a part already sent); the check
+            # that counts is the fenced one right before the request (``_gate``).
             done = await self.redis.get(marker)
-            if done is not None:  # sent before a crash or redelivery: never twice
+            if done is None:
+                outcome = await self._send_part(entry, method, payload, chat_id, marker)
+                attempts += outcome.attempts
+                if outcome.dead is not None:
+                    reason, code, description = outcome.dead
+                    if best_effort and reason is not Reason.UNSUPPORTED:
+                        # Nothing for an operator to act on: drop it, say so, no dead letter.
+                        log.info(
+                            "%s to chat %s dropped: %s: %s",
+                            entry.method,
+                            chat_id,
+                            reason.value,
+                            description,
+                        )
+                        return self._done(
+                            entry,
+                            False,
+                            [],
+                            attempts,
+                            started,
+                            code,
+                            f"dropped: {reason.value}: {description}",
+                        )
+                    return await self._fail(entry, reason, code, description, attempts, started)
+                done = outcome.already
+            if done is not None:  # sent before (a crash, a redelivery, another owner)
                 if done.isdigit():
                     message_ids.append(int(done))
                 continue
-            outcome = await self._send_part(entry, method, payload, chat_id)
-            attempts += outcome.attempts
-            if outcome.dead is not None:
-                reason, code, description = outcome.dead
-                return await self._fail(entry, reason, code, description, attempts, started)
             chat_id = outcome.chat_id
             mid = outcome.message_id
             await self.redis.set(marker, str(mid) if mid is not None else "1", ex=SENT_TTL)
             if mid is not None:
                 message_ids.append(mid)
         self.sent += 1
-        await self._result(entry, True, message_ids, max(attempts, 1), started)
-        return Ack()
+        return self._done(entry, True, message_ids, max(attempts, 1), started)
+
+    async def _gate(self, marker: str) -> tuple[float | None, bytes | None]:
+        """The last check before a request: (seconds the request has to reach the socket,
+        None) to go, (…, the marker's value) if the part was sent meanwhile; raises
+        ``LeaseLost`` if the lease is gone or no longer trusted.
+
+        Local trust first (a process paused past its lease must not even ask), then one
+        script on the partition's keys (they share its hash tag, so it runs on a Redis
+        Cluster too): "the lease is mine and the part has no sent marker"."""
+        f = current_fence.get()
+        if f is not None and f.trust_left() <= 0:
+            raise LeaseLost
+        keys = [f.lease_key if f is not None else marker, marker]
+        verdict, *value = await self._fence(keys=keys, args=[f.owner if f is not None else ""])
+        if int(verdict) < 0:
+            raise LeaseLost
+        if int(verdict) == 0:
+            return None, bytes(value[0]) if value else b"1"
+        if f is None or not f.owner:
+            return None, None
+        left = f.trust_left()  # the script's round trip came out of it
+        if left <= 0:
+            raise LeaseLost
+        return left, None
+
+    def _request_timeout(self, trust_left: float | None) -> int | None:
+        """The call's timeouts: the usual total, and at most ``trust_left`` to get a
+        connection (from the pool or a new one), after which the request is written at
+        once; a request that could only start after the trust ended is never written.
+
+        (aiohttp takes a ``ClientTimeout`` where aiogram's annotation says ``int``.)"""
+        if trust_left is None:
+            return None
+        total = float(self.bot.session.timeout)
+        bounded = aiohttp.ClientTimeout(total=total, connect=min(total, trust_left))
+        return cast(int, bounded)
 
     async def _send_part(
-        self, entry: OutboundEntry, method: str, payload: dict[str, Any], chat_id: int | str
+        self,
+        entry: OutboundEntry,
+        method: str,
+        payload: dict[str, Any],
+        chat_id: int | str,
+        marker: str,
     ) -> _PartOutcome:
         attempts = 0
         failures = 0  # 5xx/network only: 429 waits and migrations do not use the budget
         migrated = False
         plain_retry = False
+        counts = method in COUNTED
+        # 5xx/network errors are retried until the entry's deadline (its lane waits, so the
+        # chat's later replies stay behind it); best-effort calls give up sooner.
+        retry_until = (
+            entry.deadline if entry.deadline is not None else entry.enqueued_at + self.default_ttl
+        )
         while True:
-            counts = method in COUNTED
             remaining = None if entry.deadline is None else entry.deadline - time.time()
             if counts and remaining is not None and remaining <= 0:
                 return _PartOutcome(attempts, dead=(Reason.EXPIRED, None, "deadline passed"))
@@ -198,7 +289,6 @@ class Sender:
                 return _PartOutcome(
                     attempts, dead=(Reason.EXPIRED, None, "deadline passed waiting for budget")
                 )
-            attempts += 1
             try:
                 call = (
                     METHODS[method](chat_id=chat_id, **payload)
@@ -207,10 +297,23 @@ class Sender:
                 )
             except (ValidationError, TypeError) as exc:
                 return _PartOutcome(
-                    attempts, dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300]))
+                    attempts + 1, dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300]))
                 )
             try:
-                result = await self.bot(call)
+                trust_left, already = await self._gate(marker)
+            except LeaseLost:
+                self.fenced += 1
+                log.warning(
+                    "lease of %s lost before sending to chat %s: not sent, left to its owner",
+                    marker.split(":", 3)[2],
+                    chat_id,
+                )
+                raise
+            if already is not None:
+                return _PartOutcome(attempts, already=already, chat_id=chat_id)
+            attempts += 1
+            try:
+                result = await self.bot(call, request_timeout=self._request_timeout(trust_left))
             except TelegramRetryAfter as exc:
                 self.flood_waits += 1
                 is_global = await self.limiter.flood(chat_id, exc.retry_after)
@@ -263,9 +366,19 @@ class Sender:
             ) as exc:
                 detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
                 failures += 1
-                if failures >= self.max_attempts:
+                if self.max_attempts and failures >= self.max_attempts:
+                    return _PartOutcome(attempts, dead=(Reason.RETRIES_EXHAUSTED, None, detail))
+                if not counts and failures >= BEST_EFFORT_ATTEMPTS:
                     return _PartOutcome(attempts, dead=(Reason.RETRIES_EXHAUSTED, None, detail))
                 delay = backoff(failures, base=0.5, cap=self.backoff_max)
+                if time.time() + delay > retry_until:
+                    return _PartOutcome(
+                        attempts,
+                        dead=(Reason.EXPIRED, None, f"deadline passed while retrying: {detail}"),
+                    )
+                f = current_fence.get()
+                if f is not None and not f.startable():
+                    raise LeaseLost from None  # the partition moves, or its trust lapsed
                 log.warning("send to %s failed (%s); retry in %.1fs", chat_id, detail, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -283,12 +396,17 @@ class Sender:
         attempts: int,
         started: float,
     ) -> Outcome:
-        await self._result(
-            entry, False, [], attempts, started, code, f"{reason.value}: {description}"
+        await self.redis.xadd(
+            self.keys.results,
+            fields_arg(
+                self._result(
+                    entry, False, [], attempts, started, code, f"{reason.value}: {description}"
+                )
+            ),
         )
         return Dead(reason, f"{code or ''} {description}".strip())
 
-    async def _result(
+    def _done(
         self,
         entry: OutboundEntry,
         ok: bool,
@@ -297,31 +415,41 @@ class Sender:
         started: float,
         error_code: int | None = None,
         description: str = "",
-    ) -> None:
+    ) -> Ack:
+        """Finished: the result entry is written by the consumer's finish script, with the
+        ack and fenced by the lease, so a sender that lost its partition writes none."""
+        result = self._result(entry, ok, message_ids, attempts, started, error_code, description)
+        return Ack(publish=((self.keys.results, result),))
+
+    def _result(
+        self,
+        entry: OutboundEntry,
+        ok: bool,
+        message_ids: list[int],
+        attempts: int,
+        started: float,
+        error_code: int | None = None,
+        description: str = "",
+    ) -> dict[str, str]:
         now = time.time()
-        await self.redis.xadd(
-            self.keys.results,
-            fields_arg(
-                result_fields(
-                    reply_id=entry.reply_id,
-                    chat_id=entry.chat_id,
-                    method=entry.method,
-                    ok=ok,
-                    message_ids=message_ids,
-                    attempts=attempts,
-                    queue_latency_ms=max(0.0, (started - entry.enqueued_at) * 1000),
-                    send_latency_ms=(now - started) * 1000,
-                    error_code=error_code,
-                    description=redact(description, (self._token,)),
-                    update_id=entry.update_id,
-                    sender=self.name,
-                )
-            ),
+        return result_fields(
+            reply_id=entry.reply_id,
+            chat_id=entry.chat_id,
+            method=entry.method,
+            ok=ok,
+            message_ids=message_ids,
+            attempts=attempts,
+            queue_latency_ms=max(0.0, (started - entry.enqueued_at) * 1000),
+            send_latency_ms=(now - started) * 1000,
+            error_code=error_code,
+            description=redact(description, (self._token,)),
+            update_id=entry.update_id,
+            sender=self.name,
         )
 
 
 class _PartOutcome:
-    __slots__ = ("attempts", "chat_id", "dead", "message_id")
+    __slots__ = ("already", "attempts", "chat_id", "dead", "message_id")
 
     def __init__(
         self,
@@ -330,7 +458,9 @@ class _PartOutcome:
         message_id: int | None = None,
         chat_id: int | str = 0,
         dead: tuple[Reason, int | None, str] | None = None,
+        already: bytes | None = None,
     ) -> None:
+        self.already = already  # the part's sent marker, found at the last check
         self.attempts = attempts
         self.message_id = message_id
         self.chat_id = chat_id

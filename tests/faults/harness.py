@@ -11,11 +11,11 @@ dead-letter stream.
 
 Duplicates are split in two: a duplicate is *explained* only when it is the documented
 window (README, "Delivery semantics"): Telegram took the part, then the sender could not
-write its sent marker — it was killed (kill -9) or Redis was down — so the redelivery sent
-it again. The test for that: the first copy reached the emulator inside such a window, and
-the results stream holds one ``ok`` result for that reply (a second ``ok`` result would
-mean two senders both finished the same entry, which no window explains). Every other
-duplicate counts as unexplained and fails the scenarios.
+write its sent marker — it was killed (kill -9), paused past its lease (SIGSTOP) or Redis
+was down — so the redelivery sent it again. The test for that: the first copy reached the
+emulator inside such a window, and the results stream holds one ``ok`` result for that
+reply (a second ``ok`` result would mean two senders both finished the same entry, which
+no window explains). Every other duplicate counts as unexplained and fails the scenarios.
 
 Scenarios are plain functions here, so ``bench/soak.py`` runs the same ones, longer.
 """
@@ -560,6 +560,23 @@ class Harness:
         self.note(f"SIGTERM {name} -> exit {code}")
         return code
 
+    def pause(self, name: str, seconds: float) -> None:
+        """SIGSTOP a role for ``seconds``, then SIGCONT (a GC pause, a frozen VM).
+
+        A sender frozen between Telegram's 200 and its sent marker is the same window as a
+        kill -9 there (README, "Delivery semantics"), so the pause opens one."""
+        role = self.roles[name]
+        at = time.time()
+        role.proc.send_signal(signal.SIGSTOP)
+        self.note(f"SIGSTOP {name}")
+        if role.kind == "sender":
+            self.marker_windows.append((at - MARKER_WINDOW, at, f"SIGSTOP {name}"))
+        try:
+            time.sleep(seconds)  # the pause itself: this is the fault, not a wait for a result
+        finally:
+            role.proc.send_signal(signal.SIGCONT)
+        self.note(f"SIGCONT {name} after {time.time() - at:.1f}s")
+
     def restart(self, name: str, *, kill: bool = True) -> None:
         if kill:
             self.kill(name)
@@ -1027,6 +1044,24 @@ def exit_codes_zero(h: Harness, report: Report) -> list[str]:
     return problems
 
 
+def pause_senders(h: Harness, traffic: Traffic, rng: random.Random) -> None:
+    """Every sender in turn frozen (SIGSTOP) past LEASE_TTL_MS while its chats wait on the
+    per-chat limit (each chat's replies come in a burst, faster than 1/s), then resumed:
+    the partition's new owner has sent the replies the frozen one was about to send."""
+    pause = h.options.lease_ttl_ms / 1000 * 1.5 + 1.0  # past the TTL and the take-over
+
+    def round_(i: int) -> None:
+        h.pause(h.names("sender")[i % len(h.names("sender"))], pause)
+
+    traffic.wait_progress(0.3)
+    i = 0
+    while i < len(h.names("sender")):
+        _random_moment(rng, 0.3, 1.0)
+        h.supervise()
+        round_(i)
+        i += 1
+
+
 def restart_redis(h: Harness, traffic: Traffic, rng: random.Random) -> None:
     def round_(i: int) -> None:
         _random_moment(rng, 0.5, 1.5)
@@ -1127,6 +1162,13 @@ SCENARIOS: dict[str, Scenario] = {
             kill_ingress_webhook,
             options=lambda: Options(webhook=True),
             verify=webhook_retried,
+        ),
+        # Chats bound by the real per-chat limit (1/s): every reply waits in its lane.
+        Scenario(
+            "pause_sender",
+            pause_senders,
+            options=lambda: Options(chat_per_second=1.0),
+            window_dups_per_fault=1,
         ),
         # Not in the CI file (time): scale the workers up and down while traffic flows.
         Scenario("rebalance", rebalance_workers),

@@ -80,6 +80,15 @@ def test_webhook_redelivery_while_ingress_dies(tmp_path: Path, report_path: Path
     run_and_check("webhook_retries", tmp_path, report_path)
 
 
+def test_senders_paused_past_their_lease_while_chats_are_rate_bound(
+    tmp_path: Path, report_path: Path
+) -> None:
+    """8. Each sender frozen (SIGSTOP) past LEASE_TTL_MS while its chats' replies wait on
+    the 1/s per-chat limit, then resumed (SIGCONT): it must send nothing the partition's
+    new owner sent (no duplicate beyond the 200 -> marker window), every chat in order."""
+    run_and_check("pause_sender", tmp_path, report_path)
+
+
 # --- bugs found by the harness -------------------------------------------------------
 
 

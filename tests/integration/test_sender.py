@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import OutboundEntry
+from gateway.contracts import GROUP_SENDERS, OutboundEntry, Stage, partition_for
 from gateway.emulator import Emulator
 from gateway.emulator.limits import EmulatorLimits
 from gateway.errors import TelegramFatal
@@ -23,7 +24,10 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.roles import serve_sender
+from workers.consumer import ConsumerConfig, StreamConsumer
+from workers.ratelimit import Limits, RateLimiter
+from workers.roles import make_bot, serve_sender
+from workers.sender import Sender
 
 pytestmark = pytest.mark.integration
 
@@ -318,3 +322,160 @@ async def test_send_command_queues_a_proactive_message(
         if await redis.xlen(s)
     }
     assert origin == b"cli"
+
+
+# --- Bot API outages (issue 9, item 7) ------------------------------------------------
+
+
+async def test_an_outage_longer_than_the_old_attempt_budget_is_waited_out_in_order(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """12 failed calls in a row (the old budget was 8, ~16 s at the default backoff): the
+    reply waits for the Bot API to come back, and the chat's next reply stays behind it."""
+    emu.faults.fail_next("sendMessage", 12, status=502)
+    # SENDER_MAX_ATTEMPTS unset: until the deadline. Each retry takes the chat's rate
+    # budget again: a faster per-chat limit keeps the test short.
+    cfg = make_config(redis_url, emu.api_url, sender={"sender_chat_per_second": 50})
+    first, second = entry(text="through the outage"), entry(text="and then this")
+    await publish(redis, cfg, first, second)
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await emu.wait_messages(CHAT, 2, timeout=30)
+        res = await wait_for(lambda: _results_n(redis, cfg, 2), message="2 results")
+    assert [m["text"] for m in emu.messages(CHAT)] == ["through the outage", "and then this"]
+    by_reply = {r["reply_id"]: r for r in res}
+    assert by_reply[first.reply_id]["ok"] == "1"
+    assert int(by_reply[first.reply_id]["attempts"]) == 13 > 8
+    assert await dead_letters(redis, cfg) == []
+
+
+async def _results_n(redis: aioredis.Redis, cfg: object, n: int) -> list[dict[str, str]]:
+    got = await results(redis, cfg)
+    return got if len(got) >= n else []
+
+
+async def test_a_deadline_that_passes_during_an_outage_is_dead_lettered_expired(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.faults.fail_next("sendMessage", 10_000, status=503, html=False)
+    cfg = make_config(redis_url, emu.api_url, sender={"sender_chat_per_second": 50})
+    await publish(redis, cfg, entry(text="too late", deadline=time.time() + 3))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), timeout=15, message="dead")
+    assert dead["reason"] == "expired"
+    assert dead["error"].startswith("deadline passed")
+    assert emu.stats()["requests"]["sendMessage"] > 8  # the old budget would have stopped
+    assert emu.sent() == []
+
+
+# --- best-effort calls (issue 9, item 15) ---------------------------------------------
+
+
+async def test_best_effort_calls_that_fail_for_good_are_dropped_not_dead_lettered(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """A typing indicator for a chat that does not exist (or blocked the bot) is nothing
+    an operator can act on: logged, a failed result, no dead letter. A real reply still
+    is dead-lettered."""
+    emu.faults.forbid_chat(OTHER)
+    cfg = make_config(redis_url, emu.api_url)
+    typing = {"action": "typing"}
+    missing = entry(chat=999_999, method="sendChatAction", payload=typing)
+    blocked = entry(chat=OTHER, method="sendChatAction", payload=typing)
+    real = entry(chat=999_998, text="a real reply to nobody")
+    await publish(redis, cfg, missing, blocked, real, entry(text="delivered"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await emu.wait_messages(CHAT, 1, timeout=15)
+        res = await wait_for(lambda: _results_n(redis, cfg, 4), message="4 results")
+        dead = await wait_for(lambda: dead_letters(redis, cfg), message="the real one's")
+    by_reply = {r["reply_id"]: r for r in res}
+    assert by_reply[missing.reply_id]["ok"] == "0"
+    assert by_reply[missing.reply_id]["description"].startswith("dropped: chat_not_found")
+    assert by_reply[blocked.reply_id]["description"].startswith("dropped: bot_blocked")
+    assert [(d["reason"], d["entry"].count(real.reply_id)) for d in dead] == [("chat_not_found", 1)]
+
+
+# --- fencing: nothing leaves a sender that lost its partition (issue 9, item 11) -------
+
+
+def fenced_sender(redis: aioredis.Redis, cfg: Any) -> tuple[StreamConsumer, Sender]:
+    """The sender role as ``serve_sender`` builds it, with partition leases, kept at hand
+    so a test can freeze its lease renewals."""
+    tg, ss = cfg.telegram, cfg.sender
+    limits = Limits(chat_per_second=ss.sender_chat_per_second)
+    sender = Sender(
+        redis,
+        cfg.keys,
+        make_bot(tg),
+        RateLimiter(redis, cfg.keys, tg.bot_id, limits),
+        backoff_max=ss.sender_backoff_max,
+        token=tg.token,
+        name="sender-a",
+    )
+    consumer = StreamConsumer(
+        redis,
+        cfg.keys,
+        ConsumerConfig(
+            role="sender",
+            group=GROUP_SENDERS,
+            stage=Stage.SENDER,
+            streams=cfg.keys.all_outbound(),
+            block_ms=ss.sender_block_ms,
+            leases=True,
+            lease_ttl_ms=cfg.redis.lease_ttl_ms,
+        ),
+        sender,
+        name="sender-a",
+    )
+    return consumer, sender
+
+
+async def _frozen() -> None:
+    await asyncio.Event().wait()
+
+
+async def _budget_taken_for(redis: aioredis.Redis, cfg: Any, chat: int, seconds: float) -> None:
+    """The chat's rate budget is spent for ``seconds`` (its GCRA TAT set ahead)."""
+    sec, usec = await redis.time()
+    tat = sec * 1_000_000 + usec + int(seconds * 1_000_000)
+    await redis.set(cfg.keys.rate_chat(BOT_ID, chat), str(tat), px=int(seconds * 1000) + 5000)
+
+
+@pytest.mark.parametrize("how", ["taken_over", "trust_lapsed"])
+async def test_a_sender_whose_lease_goes_while_it_waits_for_budget_sends_nothing(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, how: str
+) -> None:
+    """The entry was read and waits in its lane for the chat's budget. Meanwhile the
+    partition is taken over by another sender (``taken_over``: the Redis lease names
+    someone else, though this process still trusts it locally), or this process's own
+    trust ends (``trust_lapsed``: a pause, renewals late; Redis still names it). When the
+    budget comes, nothing may reach Telegram, and the entry stays pending for the owner."""
+    cfg = make_config(redis_url, emu.api_url, redis={"lease_ttl_ms": 60_000})
+    await ensure_groups(redis, cfg.keys)
+    await _budget_taken_for(redis, cfg, CHAT, 5.0)
+    await publish(redis, cfg, entry(text="waits for budget"))
+    p = partition_for(CHAT, cfg.keys.partitions)
+    stream = cfg.keys.outbound(p)
+    consumer, sender = fenced_sender(redis, cfg)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(
+            lambda: _pending(redis, stream), timeout=4, message="the entry read, in its lane"
+        )
+        assert consumer.leases is not None
+        consumer.leases.tick = _frozen  # type: ignore[method-assign]  # no more renewals
+        if how == "taken_over":
+            await redis.set(cfg.keys.lease("sender", p), "sender-b", px=60_000)
+        else:
+            consumer.leases.valid_until[p] = 0.0
+        await wait_for(lambda: sender.fenced >= 1, timeout=10, message="the fenced send")
+        assert emu.stats()["requests"].get("sendMessage", 0) == 0
+        assert emu.sent() == []
+        assert await _pending(redis, stream) == 1  # left for the partition's owner
+        assert await results(redis, cfg) == []
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=20)
+
+
+async def _pending(redis: aioredis.Redis, stream: str) -> int:
+    return int((await redis.xpending(stream, GROUP_SENDERS))["pending"])

@@ -1,0 +1,49 @@
+"""A worker that starts while the Bot API is down still feeds the pipeline (issue 9)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.contracts import partition_for, update_fields
+from gateway.emulator import Emulator
+from gateway.streams import ensure_groups
+from tests.helpers import BOT_ID, FIXTURES, make_config, running, wait_for
+from workers.roles import serve_worker
+
+pytestmark = pytest.mark.integration
+
+TEXT = json.loads((FIXTURES / "updates" / "01_private_text_message.json").read_text())
+ALICE = TEXT["message"]["chat"]["id"]
+
+
+async def test_a_worker_started_while_getme_fails_still_feeds_the_pipeline(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    emu.add_chat(ALICE, type="private")
+    emu.faults.fail_next("getMe", 1_000_000, status=502)  # the Bot API is down
+    cfg = make_config(redis_url, emu.api_url)
+    await ensure_groups(redis, cfg.keys)
+    update: dict[str, Any] = copy.deepcopy(TEXT)
+    update["update_id"] = 900_001
+    p = partition_for(ALICE, cfg.keys.partitions)
+    fields = update_fields(
+        bot_id=BOT_ID,
+        update_id=update["update_id"],
+        chat_id=ALICE,
+        source="replay",
+        raw_update=orjson.dumps(update),
+    )
+    await redis.xadd(cfg.keys.updates(p), fields)  # type: ignore[arg-type]
+    async with running(lambda stop: serve_worker(cfg, stop)):
+        # The embedded pipeline answered: the reply is queued for the sender.
+        [(_, reply)] = await wait_for(
+            lambda: redis.xrange(cfg.keys.outbound(p)), timeout=15, message="a queued reply"
+        )
+        assert emu.stats()["requests"].get("getMe", 0) >= 1  # it was asked, and failed
+    assert reply[b"update_id"] == b"900001"
