@@ -13,6 +13,7 @@ from gateway.contracts import Keys
 from gateway.errors import TelegramFatal
 from gateway.ingress import IngressApp, IngressConfig
 from gateway.poller import UNAUTHORIZED_HELP, Poller, backoff
+from gateway.redact import redact_url
 from gateway.settings import (
     Config,
     IngressSettings,
@@ -137,7 +138,7 @@ async def serve_ingress(
         else:
             try:
                 await ensure_webhook(api, tg)
-                log.info("webhook set to %s", tg.telegram_webhook_url)
+                log.info("webhook set to %s", redact_url(tg.telegram_webhook_url or ""))
             except BotApiError as exc:
                 if exc.error_code == 401:
                     raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
@@ -169,7 +170,3 @@ async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
     await serve_ingress(
         cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
     )
-
-
-def redact_url(url: str) -> str:
-    return url.split("?", 1)[0]
