@@ -126,7 +126,7 @@ def private_redis() -> Iterator[str]:
 
 
 async def reachable(url: str) -> bool:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0)
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
     try:
         return bool(await client.ping())
     except Exception:
@@ -181,7 +181,7 @@ async def sandbox(redis_url: str) -> AsyncIterator[Emulator]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await emu.stop()
         with contextlib.suppress(Exception):
-            client = aioredis.Redis.from_url(redis_url)
+            client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
             keys = [k async for k in client.scan_iter(match=f"{cfg.redis.stream_prefix}:*")]
             if keys:
                 await client.delete(*keys)
