@@ -11,14 +11,19 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
-from gateway.errors import ConfigError, GatewayError, TelegramFatal
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import ConfigError, GatewayError, RedisUnavailable, TelegramFatal, UsageError
 from gateway.logs import setup_logging
+from gateway.redact import redact_url
 from gateway.settings import (
     Config,
     IngressSettings,
@@ -33,9 +38,23 @@ from gateway.settings import (
 from gateway.telegram import webhook_secret_for
 
 log = logging.getLogger("tg-gateway")
+T = TypeVar("T")
 
+# Exit codes (README, "Exit codes"): 1 the command ran and failed (a sandbox message got
+# no reply, `dlq show` found nothing, an unexpected gateway error); 2 a bad setting or
+# argument; 3 a service the command needs (Redis, the Bot API) is unreachable or refused
+# it; 130 Ctrl-C; 141 stdout closed early (`| head`), like tools killed by SIGPIPE.
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
-EXIT_TELEGRAM = 3
+EXIT_UNAVAILABLE = 3
+EXIT_TELEGRAM = EXIT_UNAVAILABLE
+EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141
+
+# How long an operator's command (streams, dlq, send) waits for Redis in all: the client's
+# own socket timeouts and retries add up to minutes against a hung (SIGSTOPped) server.
+REDIS_COMMAND_TIMEOUT = 10.0
+REDIS_BULK_TIMEOUT = 120.0  # dlq requeue / purge: one round trip per entry
 
 
 def load_config(**telegram_overrides: Any) -> Config:
@@ -356,7 +375,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
 
-    entry_id = asyncio.run(go())
+    entry_id = asyncio.run(bounded(go()))
     print(f"queued reply_id={entry.reply_id} entry={entry_id} chat={chat} method={method}")
     return 0
 
@@ -388,7 +407,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     async def go() -> int:
         redis = connect_with(rs)
         try:
-            chosen = await dlq.select(redis, keys, sel)
+            chosen = await bounded(dlq.select(redis, keys, sel))
             if args.action == "list":
                 for e in chosen[-args.limit :]:
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at))
@@ -412,7 +431,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
 
-    return asyncio.run(go())
+    bulk = args.action in ("requeue", "purge")
+    return asyncio.run(bounded(go(), REDIS_BULK_TIMEOUT if bulk else REDIS_COMMAND_TIMEOUT))
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
@@ -434,7 +454,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
 
-    status = asyncio.run(go())
+    status = asyncio.run(bounded(go()))
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
 
@@ -445,13 +465,29 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return layout_command(args)
 
 
+async def bounded(work: Awaitable[T], seconds: float = REDIS_COMMAND_TIMEOUT) -> T:
+    """``work`` (a command's Redis session) within ``seconds``, else ``RedisUnavailable``."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise RedisUnavailable(f"no answer within {seconds:.0f} s") from None
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     sandbox = importlib.import_module("workers.sandbox")
     return int(sandbox.main(args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2); subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tg-gateway",
         description="Telegram channel gateway: ingress -> Redis streams -> workers -> pipeline "
         "-> rate-limited sender. Settings come from the environment and .env "
@@ -567,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stage", choices=["ingress", "worker", "sender"])
         p.add_argument("--reason", help="a reason code, e.g. pipeline_unavailable")
         if action == "list":
-            p.add_argument("--limit", type=int, default=50)
+            p.add_argument("--limit", type=positive_int, default=50, help="newest N (≥ 1)")
         else:
             p.add_argument("ids", nargs="*", help="dead-letter entry ids")
         if action in ("requeue", "purge"):
@@ -602,29 +638,94 @@ def build_parser() -> argparse.ArgumentParser:
         help="everything on one machine with no token: chat with the bot in the terminal",
         description="Starts Redis (REDIS_URL if set and reachable, else a private one), the "
         "emulator, ingress, worker, sender and the embedded pipeline. Interactive on a "
-        "terminal; otherwise plays a script and exits 0 only if every message got a reply.",
+        "terminal (Ctrl-C, Ctrl-D or /quit leaves, exit 0). With --script FILE, --demo, or "
+        "stdin not a terminal (one message per line), it plays that conversation and exits 0 "
+        "only if every message got a reply.",
     )
     sb.add_argument("--script", help="file with one user message per line ('#' = comment)")
-    sb.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for each reply")
+    sb.add_argument("--demo", action="store_true", help="play the built-in demo conversation")
+    sb.add_argument(
+        "--timeout", type=positive_float, default=20.0, help="seconds to wait for each reply"
+    )
     sb.set_defaults(func=cmd_sandbox)
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (a bad one is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number (got {text})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every failure a user can cause or fix is one stderr line."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+        return code
     except ConfigError as exc:
-        print(f"tg-gateway: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(EXIT_CONFIG, f"configuration error: {exc}")
+    except UsageError as exc:
+        return _fail(EXIT_CONFIG, str(exc))
     except TelegramFatal as exc:
-        print(f"tg-gateway: {exc}", file=sys.stderr)
-        return EXIT_TELEGRAM
+        return _fail(EXIT_UNAVAILABLE, str(exc))
+    except RedisUnavailable as exc:
+        return _fail(EXIT_UNAVAILABLE, f"Redis unreachable at {_redis_url()}: {exc}")
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        return _fail(EXIT_UNAVAILABLE, f"Redis unreachable at {_redis_url()}: {_reason(exc)}")
     except GatewayError as exc:
-        print(f"tg-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+    except BrokenPipeError:
+        # The reader went away (`streams | head`): end quietly. Python's recipe: point
+        # stdout at devnull so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _fail(code: int, message: str) -> int:
+    """One line on stderr, credentials in any URL in it redacted; returns ``code``."""
+    print(f"tg-gateway: {redact_url(message)}", file=sys.stderr)
+    return code
+
+
+def _redis_url() -> str:
+    """The REDIS_URL the command used (its settings loaded before it connected)."""
+    try:
+        return load(RedisSettings).redis_url
+    except ConfigError:
+        return "REDIS_URL"
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words for a failed connection (``Connection refused``), else redis-py's."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
+            return os.strerror(seen.errno) if seen.errno else str(seen.strerror)
+        if isinstance(seen, TimeoutError | RedisTimeoutError):
+            return f"timed out ({seen})" if str(seen) else "timed out"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.contracts import Keys, decode_fields
+from gateway.errors import UsageError
 from gateway.streams import fields_arg, is_cluster
 
 
@@ -111,14 +112,21 @@ async def requeue(redis: aioredis.Redis, keys: Keys, entries: Iterable[DeadEntry
     The XADD and XDEL of one entry run in one MULTI, so an entry is never in both or
     neither. On a Redis Cluster (two slots) the XADD goes first: a crash in between leaves
     it in both, and requeueing it again sends a second copy, which the sent and handed
-    markers and the ``Idempotency-Key`` make harmless. Entries whose stream is not one of
-    ours are refused.
+    markers and the ``Idempotency-Key`` make harmless. If any entry's stream is not one of
+    this layout's (another ``STREAM_PREFIX`` or ``PARTITIONS``), none is requeued.
     """
     allowed = set(keys.all_updates()) | set(keys.all_outbound())
+    chosen = list(entries)
+    refused = [e for e in chosen if e.stream not in allowed or not e.entry]
+    if refused:
+        e = refused[0]
+        raise UsageError(
+            f"dlq requeue: {e.id} cannot go back to {e.stream!r} (not a stream of "
+            f"STREAM_PREFIX={keys.prefix} PARTITIONS={keys.partitions}); {len(refused)} such "
+            "entr(ies), nothing requeued: narrow the selection or purge them"
+        )
     done = 0
-    for e in entries:
-        if e.stream not in allowed or not e.entry:
-            raise ValueError(f"{e.id}: cannot requeue to {e.stream!r} (not a gateway stream)")
+    for e in chosen:
         if is_cluster(redis):
             await redis.xadd(e.stream, fields_arg(e.entry))
             await redis.xdel(keys.dead, e.id)

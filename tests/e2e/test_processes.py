@@ -95,6 +95,56 @@ def test_sandbox_demo_script(tmp_path: Path) -> None:
     assert os.path.exists(script)
 
 
+def sandbox_cli(
+    tmp_path: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = env_without_gateway_vars()
+    env.pop("REDIS_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "sandbox", *args],
+        env=env,
+        cwd=tmp_path,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_sandbox_plays_the_conversation_piped_on_stdin(tmp_path: Path) -> None:
+    proc = sandbox_cli(tmp_path, stdin="/start\n\n# skipped\nWhat time do you open?\n")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "you: /start" in proc.stdout and "bot: Hello, Alice" in proc.stdout
+    assert "you: What time do you open?" in proc.stdout
+    assert proc.stdout.count("you: ") == 2, proc.stdout  # stdin's lines, not the demo's
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        (["--script", "/nonexistent/chat.txt"], "", "--script /nonexistent/chat.txt: No such file"),
+        (["--script", "."], "", "--script .: Is a directory"),
+        (["--script", "empty.txt"], "", "no messages in --script empty.txt"),
+        ([], "# only a comment\n\n", "no messages in stdin"),
+        ([], None, "no messages in stdin"),  # stdin is /dev/null
+        (["--timeout", "0"], "/start\n", "argument --timeout: must be a positive number"),
+    ],
+)
+def test_sandbox_refuses_bad_input_before_starting_anything(
+    tmp_path: Path, args: list[str], stdin: str | None, says: str
+) -> None:
+    (tmp_path / "empty.txt").write_text("# nothing to say\n\n")
+    started = time.monotonic()
+    proc = sandbox_cli(tmp_path, *args, stdin=stdin)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()  # one line: nothing was started, nothing to stop
+    assert line.startswith("tg-gateway") and says in line, line
+    assert proc.stdout == ""
+    assert time.monotonic() - started < 30
+
+
 def test_webhook_commands_against_the_emulator(cluster: Cluster, tmp_path: Path) -> None:
     """`tg-gateway webhook set|info|delete` with the settings an operator would use."""
     [emu_url] = cluster.start_services("emulator")

@@ -92,6 +92,49 @@ async def test_list_filter_requeue_purge(
     assert dlq(redis_url, tmp_path, "show", dead_id.decode()).returncode == 1
 
 
+async def test_list_limit_must_be_one_or_more(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """`--limit -1` used to slice off the oldest entry; 0 and below are usage errors now."""
+    await seed(redis)
+    for bad in ("-1", "0", "x"):
+        proc = dlq(redis_url, tmp_path, "list", "--limit", bad)
+        assert proc.returncode == 2, (bad, proc.stdout, proc.stderr)
+        assert proc.stdout == ""
+        [line] = proc.stderr.splitlines()
+        assert line.startswith("tg-gateway dlq list: argument --limit: "), line
+    newest = dlq(redis_url, tmp_path, "list", "--limit", "1")
+    assert newest.returncode == 0 and len(newest.stdout.splitlines()) == 1
+    assert "err 2" in newest.stdout
+
+
+async def test_requeue_refuses_foreign_streams_before_moving_anything(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A dead letter from another layout (here STREAM_PREFIX=old) makes `requeue --all`
+    one line and exit 2, with nothing moved, not a traceback after a partial requeue."""
+    await seed(redis)
+    await redis.xadd(
+        KEYS.dead,
+        {
+            "stage": "worker",
+            "reason": "pipeline_rejected",
+            "stream": "old:updates:{2}",
+            "entry_id": "1-0",
+            "attempts": "1",
+            "error": "x",
+            "at": "0",
+            "entry": json.dumps({"update_id": "9"}),
+        },
+    )
+    proc = dlq(redis_url, tmp_path, "requeue", "--all")
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "'old:updates:{2}'" in line and "nothing requeued" in line, line
+    assert await redis.xlen(KEYS.dead) == 4
+    assert await redis.xlen(KEYS.updates(2)) == 3  # the seeded entries, none added back
+
+
 async def test_streams_command_shows_lag_pending_and_dead_letters(
     redis: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:

@@ -127,6 +127,47 @@ def test_secrets_never_appear_in_the_error(monkeypatch: pytest.MonkeyPatch) -> N
     assert "short-but-secret" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("REDIS_URL", "ftp://user:secret@host", "(got 'ftp://***@host')"),
+        ("REDIS_URL", "user:secret@host:6379", "(got '***@host:6379')"),
+        ("REDIS_URL", "http://host/0?password=secret", "(got 'http://host/0?password=***')"),
+        ("PIPELINE_URL", "ftp://bot:secret@pipeline.internal/api", "ftp://***@pipeline.internal"),
+        ("PIPELINE_URL", "bot:secret@pipeline.internal", "(got '***@pipeline.internal')"),
+        ("GATEWAY_PUBLIC_URL", "gopher://:secret@gw.example", "(got 'gopher://***@gw.example')"),
+    ],
+)
+def test_urls_in_the_error_lose_their_credentials(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, shown: str
+) -> None:
+    """The error still shows which URL was wrong, never the password inside it."""
+    monkeypatch.setenv(name, value)
+    cls = RedisSettings if name == "REDIS_URL" else PipelineSettings
+    with pytest.raises(ConfigError) as info:
+        load(cls)
+    line = str(info.value)
+    assert line.startswith(f"{name}: ") and shown in line, line
+    assert "secret" not in line
+
+
+def test_cli_config_error_hides_url_credentials(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "streams"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": "ftp://user:secret@host"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "tg-gateway: configuration error: REDIS_URL: must start with redis://, rediss:// or "
+        "unix:// (got 'ftp://***@host')"
+    ]
+
+
 def test_cli_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     """What an operator sees: one line naming the variable, exit code 2."""
     proc = subprocess.run(
