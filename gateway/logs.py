@@ -1,4 +1,5 @@
-"""Logging setup: text or JSON lines, with the bot token redacted from everything."""
+"""Logging setup: text or JSON lines, with the bot token and URL credentials redacted from
+everything."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import sys
 import time
 from typing import Any
 
+from gateway.redact import redact_url
+
 _BOT_URL_TOKEN = re.compile(r"(bot)?\d{3,20}:[A-Za-z0-9_-]{20,}")
 _REDACTED = "<redacted>"
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove bot tokens (any ``<digits>:<secret>`` shape) and known secrets from text."""
+    """Remove bot tokens (any ``<digits>:<secret>`` shape), known secrets and credentials
+    inside URLs (``redis://user:pass@…``, ``?password=…``) from text."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, _REDACTED)
-    return _BOT_URL_TOKEN.sub(lambda m: (m.group(1) or "") + _REDACTED, text)
+    return redact_url(_BOT_URL_TOKEN.sub(lambda m: (m.group(1) or "") + _REDACTED, text))
 
 
 class RedactingFilter(logging.Filter):

@@ -64,8 +64,14 @@ def assumed_me(tg: TelegramSettings) -> User:
 
 async def learn_me(bot: Bot, tg: TelegramSettings, stop: asyncio.Event) -> None:
     """In the background: the worker feeds the pipeline while the Bot API is down, with
-    ``assumed_me`` until getMe answers. A 401 (a wrong token) still stops the role."""
-    me = await resolve_me(tg, stop)
+    ``assumed_me`` until getMe answers. A 401 (a wrong token) still stops the role; a stop
+    while the Bot API is still down is no error."""
+    try:
+        me = await resolve_me(tg, stop)
+    except BotApiError:
+        if stop.is_set():
+            return
+        raise
     if tg.telegram_bot_username and me.username != tg.telegram_bot_username:
         log.warning(
             "TELEGRAM_BOT_USERNAME=%s but getMe says @%s: using @%s",

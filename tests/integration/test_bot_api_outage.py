@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
@@ -14,7 +15,7 @@ from gateway.contracts import partition_for, update_fields
 from gateway.emulator import Emulator
 from gateway.streams import ensure_groups
 from tests.helpers import BOT_ID, FIXTURES, make_config, running, wait_for
-from workers.roles import serve_worker
+from workers.roles import learn_me, make_bot, serve_worker
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,18 @@ async def test_a_worker_started_while_getme_fails_still_feeds_the_pipeline(
         )
         assert emu.stats()["requests"].get("getMe", 0) >= 1  # it was asked, and failed
     assert reply[b"update_id"] == b"900001"
+
+
+async def test_a_stop_while_getme_still_fails_is_no_error(emu: Emulator, redis_url: str) -> None:
+    """A worker stopped while the Bot API is still down stops cleanly: the getMe that
+    failed after the stop is not the role's error (only a 401 is)."""
+    emu.faults.fail_next("getMe", 1_000_000, status=502)
+    cfg = make_config(redis_url, emu.api_url)
+    bot = make_bot(cfg.telegram)
+    stop = asyncio.Event()
+    stop.set()  # the answer comes back after the stop
+    try:
+        await learn_me(bot, cfg.telegram, stop)
+    finally:
+        await bot.session.close()
+    assert emu.stats()["requests"].get("getMe", 0) == 1

@@ -21,6 +21,19 @@ def test_redact_removes_any_token_shape() -> None:
     assert redact("secret=abc", ("abc",)) == "secret=<redacted>"
 
 
+def test_log_lines_hide_credentials_inside_urls(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """A URL with a password, logged by any module (a pipeline error, a Redis error), is
+    redacted by the handler's filter, not only where the CLI echoes it."""
+    logger, stream = captured
+    logger.warning("POST %s failed", "http://crm:s3cret@pipeline:8090/api/messages/")
+    logger.error("redis %s down", "redis://default:hunter2@redis:6379/0?password=hunter2")
+    out = stream.getvalue()
+    assert "s3cret" not in out and "hunter2" not in out
+    assert "http://***@pipeline:8090/api/messages/" in out
+
+
 @pytest.fixture
 def captured() -> tuple[logging.Logger, io.StringIO]:
     stream = io.StringIO()
