@@ -27,19 +27,27 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateway.redis_errors import as_connection_error
+
 Command = Sequence[Any]
 
 
 @contextlib.asynccontextmanager
 async def pooled_connection(redis: aioredis.Redis) -> AsyncIterator[Connection]:
     """A connection of ``redis``'s pool, used directly: no client-side retry re-sends a
-    command on it. Disconnected on any failure, so a half-read one never goes back."""
+    command on it. Disconnected on any failure, so a half-read one never goes back.
+
+    A connection closed under a command makes redis-py 8.1 raise AttributeError/TypeError
+    (redis/redis-py#4287); it comes out of here as the ``ConnectionError`` it is."""
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         yield conn
-    except BaseException:
+    except BaseException as exc:
         await conn.disconnect()
+        error = as_connection_error(exc)
+        if error is not exc:
+            raise error from exc
         raise
     finally:
         await pool.release(conn)
@@ -111,9 +119,10 @@ class Coalescer:
                         async with asyncio.timeout(self._timeout):
                             replies = await self._run(flat)
                 except Exception as exc:  # every caller gets an answer, whatever failed
+                    error = as_connection_error(exc)  # redis-py#4287: a closed connection
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(exc)
+                            fut.set_exception(error)
                     continue
                 at = 0
                 for commands, fut in batch:

@@ -15,7 +15,10 @@
   dead consumer are re-claimed (XAUTOCLAIM) after ``claim_idle_ms``; the delivery count
   travels with the entry and past ``max_deliveries`` it is dead-lettered. Entries handed
   back unstarted keep their count (XCLAIM RETRYCOUNT), so restarts do not use it up;
-- survives Redis outages (backoff, reconnect) and recreates a missing group (NOGROUP);
+- survives Redis outages (backoff, reconnect) and recreates a missing group (NOGROUP):
+  every retry loop asks ``gateway.redis_errors.is_transient`` what Redis will get over
+  (a lost connection, CLUSTERDOWN, LOADING, a failover...) and lets the rest surface; on a
+  cluster a failure reloads the slot map, so the next try goes to the slot's new node;
   a read or claim whose reply is lost has still handed its entries over, so those calls
   are never re-sent by the client, and after a failed one the consumer fetches its own
   pending entries (XREADGROUP ID 0) before reading new ones: no chat is reordered;
@@ -45,6 +48,7 @@ from gateway.batching import Coalescer, pooled_connection
 from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.errors import TelegramFatal as GatewayFatal
 from gateway.poller import backoff
+from gateway.redis_errors import is_transient, refresh_slots
 from gateway.streams import dead_letter_and_ack, ensure_groups, is_cluster, trim_stream
 from workers.leases import LeaseManager
 
@@ -75,6 +79,10 @@ share the partition's hash tag; on a cluster, effects elsewhere are written firs
 RECOVER_PAGE = 500  # own pending entries fetched per call after a lost read
 
 LAPSE_POLL = 0.1  # seconds between checks while a held partition's lease is not trusted
+
+REDIS_RETRY_CAP = 1.0
+"""Longest wait (seconds, full jitter below it) between tries while Redis is away: once
+the cluster is ok again, reads resume within about this long."""
 
 CLUSTER_BLOCK_MS = 100
 """On a Redis Cluster one XREADGROUP cannot name streams of several slots, so every
@@ -308,16 +316,23 @@ class StreamConsumer:
                 if not batch:
                     batch = await self._read(min(free, self.config.count))
                 failures = 0
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+            except Exception as exc:
+                if _is_nogroup(exc):
                     log.warning("%s: consumer group missing, recreating", self.config.role)
                     await self._bootstrap()
                     continue
-                raise
-            except (RedisError, OSError) as exc:
-                delay = backoff(failures, cap=5.0)
+                if not is_transient(exc):
+                    raise
+                delay = backoff(failures, base=0.1, cap=REDIS_RETRY_CAP)
                 failures += 1
-                log.warning("%s: redis error (%s); retrying in %.1fs", self.config.role, exc, delay)
+                log.warning(
+                    "%s: redis error (%s: %s); retrying in %.1fs",
+                    self.config.role,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await refresh_slots(self.redis)
                 await self._sleep(delay)
                 continue
             for item in batch:
@@ -482,7 +497,9 @@ class StreamConsumer:
                         justid=True,
                     )
                 log.info("%s: handed back %d unstarted entries", self.config.role, len(entries))
-            except (RedisError, OSError) as exc:  # they stay pending and are claimed later
+            except Exception as exc:  # they stay pending and are claimed later
+                if not is_transient(exc):
+                    raise
                 log.warning("%s: hand-back failed (%s)", self.config.role, exc)
             self._unfinished.pop(stream, None)
 
@@ -508,8 +525,10 @@ class StreamConsumer:
             try:
                 await ensure_groups(self.redis, self.keys)
                 return
-            except (RedisError, OSError) as exc:
-                delay = backoff(attempt, cap=5.0)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff(attempt, base=0.1, cap=REDIS_RETRY_CAP)
                 attempt += 1
                 log.warning(
                     "%s: cannot create groups (%s); retry in %.1fs", self.config.role, exc, delay
@@ -548,7 +567,7 @@ class StreamConsumer:
                     reply = await self._xreadgroup(
                         {s: ">" for s in active}, count, self.config.block_ms
                     )
-                except (RedisError, OSError):
+                except Exception:  # whatever failed, the read may have delivered entries
                     self._lost.update(active)
                     raise
         finally:
@@ -567,16 +586,20 @@ class StreamConsumer:
     async def _recover(self, streams: list[str]) -> list[Item]:
         """Entries a failed read may have delivered to us although its reply never came:
         pending under our name, never seen. Our own pending list (XREADGROUP ID 0) is read
-        before anything newer, so they go to their lanes ahead of the chat's later entries;
-        what the lanes already hold is skipped by ``_dispatch``."""
+        before anything newer, so they go to their lanes ahead of the chat's later entries.
+        What the lanes held when the stream's pending list was read is left out: still held,
+        or finished (acked) while this ran — handled, and never to be handled again."""
         out: list[Item] = []
         for stream in streams:
+            held = set(self._held[stream])  # before the first page: no await in between
             start = "0"
             while True:
                 reply = await self._xreadgroup({stream: start}, RECOVER_PAGE, None)
                 entries = reply[0][1] if reply else []
                 for entry_id, fields in entries:
                     eid = entry_id.decode()
+                    if eid in held:
+                        continue
                     if fields:
                         out.append((stream, eid, fields, 1))
                     else:  # trimmed while pending: nothing left to handle
@@ -585,12 +608,11 @@ class StreamConsumer:
                     break
                 start = entries[-1][0].decode()
             self._lost.discard(stream)
-        found = sum(1 for stream, eid, _, _ in out if eid not in self._held[stream])
-        if found:
+        if out:
             log.warning(
                 "%s: %d entries delivered by a read whose reply was lost; handled now, in order",
                 self.config.role,
-                found,
+                len(out),
             )
         return out
 
@@ -607,7 +629,10 @@ class StreamConsumer:
         fresh connection) it would hand over the ones after them, and the lost ones would
         come back only as idle, out of order. The caller marks the streams ``_lost``."""
         if self._cluster:
-            # An explicit target node: redis-py's cluster client does not retry those.
+            # An explicit target node: redis-py's cluster client does not retry those (it
+            # still follows a MOVED/ASK). The node comes from the slot map, so a failure
+            # that made redis-py drop its map has it reloaded first.
+            await self.redis.initialize()
             node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
             return await self.redis.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
         async with pooled_connection(self.redis) as conn:
@@ -622,7 +647,7 @@ class StreamConsumer:
         self._last_claim = loop.time()
         try:
             return await self._claim_idle(limit)
-        except (RedisError, OSError):
+        except Exception:
             self._lost.update(self.active_streams())  # what it claimed is ours, unseen
             raise
 
@@ -670,9 +695,22 @@ class StreamConsumer:
     ) -> _Status:
         try:
             return await self._handle(stream, entry_id, fields, deliveries)
-        except (RedisError, OSError) as exc:  # Redis away: not the entry's fault
-            log.warning("%s: redis error on %s (%s); retrying", self.config.role, entry_id, exc)
-            return _Status.RETRY
+        except Exception as exc:
+            if is_transient(exc) or _is_nogroup(exc):  # Redis away: not the entry's fault
+                log.warning(
+                    "%s: redis error on %s (%s: %s); retrying",
+                    self.config.role,
+                    entry_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                return _Status.RETRY
+            if not isinstance(exc, RedisError):
+                raise
+            # Refused for good (a script or argument error): retrying in place would hold
+            # the chat forever; as a failed delivery it is dead-lettered in the end.
+            log.exception("%s: redis refused %s; counted as a failure", self.config.role, entry_id)
+            return _Status.FAILED
 
     async def _handle(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
@@ -699,9 +737,11 @@ class StreamConsumer:
                 "%s: partition of %s moved mid-entry; left to its owner", cfg.role, entry_id
             )
             return _Status.LOST
-        except (asyncio.CancelledError, GatewayFatal, RedisError, OSError):
+        except (asyncio.CancelledError, GatewayFatal, RedisError):
             raise
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # Redis away (or a connection closed under the handler): retried
             log.exception(
                 "%s: handling %s failed (delivery %d); retrying in order",
                 cfg.role,
@@ -712,7 +752,9 @@ class StreamConsumer:
         if isinstance(outcome, Dead):
             try:
                 await self._dead(stream, entry_id, fields, deliveries, outcome)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                if not (is_transient(exc) or isinstance(exc, RedisError)):
+                    raise
                 # Left pending: claimed after claim_idle_ms and dead-lettered then.
                 log.warning("%s: dead-lettering %s failed: %s", cfg.role, entry_id, exc)
             return _Status.DONE
@@ -725,12 +767,14 @@ class StreamConsumer:
         while True:
             try:
                 acked = await self._finish_once(stream, entry_id, outcome)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # refused for good: counted as a failed delivery (_handle_one)
                 if self.stopping:
                     return _Status.RETRY  # handed back; the next run redoes the entry
                 if self.leases is not None and not self._holds(stream):
                     return _Status.LOST
-                delay = backoff(attempt, base=0.1, cap=5.0)
+                delay = backoff(attempt, base=0.1, cap=REDIS_RETRY_CAP)
                 attempt += 1
                 log.warning(
                     "%s: finishing %s failed (%s); retry in %.1fs",
@@ -804,6 +848,11 @@ class StreamConsumer:
             error=outcome.error,
         )
         self.dead += 1
+
+
+def _is_nogroup(exc: BaseException) -> bool:
+    """The stream or its consumer group is missing (flushed, a node restarted empty)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 async def run_until_stopped(
