@@ -7,16 +7,27 @@ cluster answers CROSSSLOT; these tests run each such path against a real cluster
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, RedisError
 
 from gateway import dlq
 from gateway.contracts import Keys, Reason, Stage
-from gateway.streams import UpdatePublisher, ensure_groups, is_cluster
-from tests.helpers import BOT_ID, wait_for
+from gateway.streams import UpdatePublisher, connect, ensure_groups, is_cluster
+from tests.helpers import (
+    BOT_ID,
+    RedisClusterProcesses,
+    RedisProcess,
+    redis_server_binary,
+    wait_for,
+)
 from workers.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
 from workers.ratelimit import Limits, RateLimiter
 
@@ -151,3 +162,140 @@ async def test_limiter_on_a_cluster(cluster_redis: aioredis.Redis) -> None:
     assert await limiter.flood(44, 2.0) is False  # one chat: that chat waits, not the bot
     wait_global, wait_chat = await limiter.try_acquire(44)
     assert wait_chat > 1.0  # Telegram's retry_after holds that chat
+
+
+# --- node faults (issue 10): a node restarted or killed under a running consumer ---------
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterProcesses]:
+    """A private three-primary cluster whose nodes this test stops and restarts. Every
+    write is on disk before its reply (appendfsync always), so a ``kill -9`` loses
+    nothing that was acknowledged: what is measured is the consumer, not the disk."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("node fault tests need a redis-server binary")
+    cluster = RedisClusterProcesses(binary)
+    for node in cluster.nodes:
+        node.appendonly = True
+    try:
+        cluster.start()
+        for node in cluster.nodes:
+            _fsync_always(node)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _fsync_always(node: RedisProcess) -> None:
+    import redis as sync_redis
+
+    with sync_redis.Redis(port=node.port) as client:
+        client.config_set("appendfsync", "always")
+
+
+async def _cluster_state(node: RedisProcess) -> str:
+    client = aioredis.Redis(port=node.port, socket_timeout=1.0)
+    try:
+        info: Any = await client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+        return str(info["cluster_state"])
+    except (RedisError, OSError):
+        return "unreachable"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "kill-9"])
+async def test_a_worker_outlives_a_node_restart(
+    own_cluster: RedisClusterProcesses, kill: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10, item 1: workers exited on CLUSTERDOWN (``_claim_due → _claim_idle →
+    _once``) after a node restart or a ``kill -9``. Traffic flows while one node goes
+    down and the cluster says ``fail`` (every node answers CLUSTERDOWN) for a few
+    seconds, then comes back: the consumer keeps running, and every entry is handled
+    exactly once."""
+    caplog.set_level(logging.WARNING, logger="workers.consumer")
+    redis = connect(own_cluster.url, cluster=True)
+    keys = Keys("nf", 6)
+    handled: list[tuple[str, str]] = []
+    seqs: set[int] = set()
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        handled.append((stream, eid))
+        seqs.add(int(fields[b"seq"]))
+        return Ack()
+
+    cfg = ConsumerConfig(
+        role="worker",
+        group="workers",
+        stage=Stage.WORKER,
+        streams=keys.all_updates(),
+        block_ms=100,
+        claim_idle_ms=2000,  # shorter than the outage: its own held entries come back
+        claim_every=0.2,
+    )
+    produced: list[int] = []
+    producing = asyncio.Event()
+    producing.set()
+    cluster_down: list[float] = []  # when the producer was answered CLUSTERDOWN
+
+    async def produce() -> None:
+        seq = 0
+        while producing.is_set():
+            stream = keys.updates(seq % 6)
+            try:
+                await redis.xadd(stream, {"chat_id": str(seq % 12), "seq": str(seq)})
+            except Exception as exc:  # the node of its partition is away: try again
+                if isinstance(exc, ClusterDownError):
+                    cluster_down.append(time.monotonic())
+                await asyncio.sleep(0.05)
+                continue
+            produced.append(seq)
+            seq += 1
+            await asyncio.sleep(0.01)
+
+    await ensure_groups(redis, keys)
+    c = StreamConsumer(redis, keys, cfg, handler)
+    task = asyncio.create_task(c.run())
+    producer = asyncio.create_task(produce())
+    victim, witness = own_cluster.nodes[1], own_cluster.nodes[0]
+    try:
+        await wait_for(lambda: len(handled) >= 50, timeout=20, message="traffic before")
+        victim.stop(kill=kill)
+        await wait_for(
+            lambda: _is(witness, "fail"), timeout=20, message="the cluster sees the node down"
+        )
+        # Down for 3 s more: every partition's read and claim meets CLUSTERDOWN.
+        await wait_for(
+            lambda: (cluster_down and time.monotonic() - cluster_down[0] >= 3) or task.done(),
+            timeout=20,
+            message="3 s of CLUSTERDOWN",
+        )
+        assert not task.done(), task.exception()
+        victim.start()
+        _fsync_always(victim)
+        await wait_for(lambda: _is(witness, "ok"), timeout=30, message="the cluster ok again")
+        before = len(handled)
+        await wait_for(
+            lambda: len(handled) >= before + 50 or task.done(), timeout=20, message="traffic after"
+        )
+        assert not task.done(), task.exception()
+        producing.clear()
+        await producer
+        await wait_for(
+            lambda: seqs >= set(produced) or task.done(), timeout=30, message="every entry"
+        )
+        assert not task.done(), task.exception()
+    finally:
+        producing.clear()
+        await asyncio.gather(producer, return_exceptions=True)
+        c.stop()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 15)
+        await redis.aclose()
+    assert seqs >= set(produced)
+    assert len(handled) == len(set(handled)), "an entry was handled twice"
+    assert "ClusterDownError" in caplog.text  # the outage was met, and waited out
+
+
+async def _is(node: RedisProcess, state: str) -> bool:
+    return await _cluster_state(node) == state
