@@ -19,6 +19,7 @@ instead of being retried forever:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from types import TracebackType
 from typing import Any
@@ -102,12 +103,23 @@ def as_connection_error(exc: BaseException) -> BaseException:
 async def refresh_slots(redis: Any) -> None:
     """On a cluster client: reload the slot map now (CLUSTER SLOTS), so the next command
     sent to an explicit node (``target_nodes``, which redis-py never retries or re-routes
-    on a node failure) goes to the slot's current primary. Failing here is not an error:
-    the next call tries again."""
+    on a node failure) goes to the slot's current primary; and put the primaries that do
+    not answer last, because redis-py's ``RedisCluster.initialize`` (run after any node
+    failure) asks its first primary for COMMAND and fails as a whole while that one is
+    down. Failing here is not an error: the next call tries again."""
     if not isinstance(redis, RedisCluster):
         return
+    manager = redis.nodes_manager
     try:
-        await redis.nodes_manager.initialize()
+        await manager.initialize()
+        primaries = redis.get_primaries()
+        answers = await asyncio.gather(
+            *(node.execute_command("PING") for node in primaries), return_exceptions=True
+        )
     except Exception as exc:
         if not is_transient(exc):
             raise
+        return
+    for node, answer in zip(primaries, answers, strict=True):
+        if isinstance(answer, BaseException):
+            manager.move_node_to_end_of_cached_nodes(node.name)

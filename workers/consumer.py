@@ -235,6 +235,9 @@ class StreamConsumer:
         self._reading: frozenset[str] = frozenset()  # streams of the XREADGROUP in flight
         # Streams whose last read failed: it may have delivered entries we never saw.
         self._lost: set[str] = set()
+        # On a cluster, streams whose node failed: (failures in a row, next try at). The
+        # other partitions' reads and claims go on meanwhile (one node, not the gateway).
+        self._down: dict[str, tuple[int, float]] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -510,10 +513,34 @@ class StreamConsumer:
             return
         # Snapshots: lanes and take-overs change these sets while XCLAIM is awaited.
         for stream, ids in list(self._held.items()):
-            if ids and self._lease_valid(stream):
-                await self.redis.xclaim(
-                    stream, self.config.group, self.name, 0, list(ids), justid=True
-                )
+            if ids and self._lease_valid(stream) and self._up(stream):
+                try:
+                    await self.redis.xclaim(
+                        stream, self.config.group, self.name, 0, list(ids), justid=True
+                    )
+                except Exception as exc:
+                    if not (self._cluster and is_transient(exc)):
+                        raise
+                    self._failed(stream, exc)  # the other nodes' streams go on
+
+    def _up(self, stream: str) -> bool:
+        """Is ``stream``'s node worth a try now (not in its backoff after a failure)?"""
+        down = self._down.get(stream)
+        return down is None or asyncio.get_running_loop().time() >= down[1]
+
+    def _failed(self, stream: str, exc: BaseException) -> None:
+        """On a cluster: ``stream``'s node failed (transiently); back off on it alone."""
+        failures = self._down.get(stream, (0, 0.0))[0]
+        delay = backoff(failures, base=0.1, cap=REDIS_RETRY_CAP)
+        self._down[stream] = (failures + 1, asyncio.get_running_loop().time() + delay)
+        log.warning(
+            "%s: redis error on %s (%s: %s); its partition retried in %.1fs",
+            self.config.role,
+            stream,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -540,39 +567,67 @@ class StreamConsumer:
         if not active:
             await self._sleep(self.config.block_ms / 1000)
             return []
+        if self._cluster:
+            return await self._read_cluster(active, count)
         self._reading = frozenset(active)
         try:
             lost = [s for s in active if s in self._lost]
             if lost:
                 return await self._recover(lost)
-            if self._cluster:
-                results = await asyncio.gather(
-                    *(self._xreadgroup({s: ">"}, count, CLUSTER_BLOCK_MS) for s in active),
-                    return_exceptions=True,
+            try:
+                reply = await self._xreadgroup(
+                    {s: ">" for s in active}, count, self.config.block_ms
                 )
-                reply: list[Any] = []
-                failed: Exception | None = None
-                for stream, result in zip(active, results, strict=True):
-                    if isinstance(result, Exception):
-                        self._lost.add(stream)
-                        failed = failed or result
-                    elif isinstance(result, BaseException):
-                        raise result
-                    else:
-                        reply += result or []
-                if failed is not None and not reply:
-                    raise failed
-            else:
-                try:
-                    reply = await self._xreadgroup(
-                        {s: ">" for s in active}, count, self.config.block_ms
-                    )
-                except Exception:  # whatever failed, the read may have delivered entries
-                    self._lost.update(active)
-                    raise
+            except Exception:  # whatever failed, the read may have delivered entries
+                self._lost.update(active)
+                raise
         finally:
             self._reading = frozenset()
         return self._items(reply)
+
+    async def _read_cluster(self, active: list[str], count: int) -> list[Item]:
+        """One read per partition, all at once (one XREADGROUP cannot span slots). A
+        partition whose node fails is retried after its own backoff while the others
+        read on; this raises only when every partition tried has failed."""
+        tried = [s for s in active if self._up(s)]
+        if not tried:  # every node in its backoff: wait for the first one's next try
+            loop = asyncio.get_running_loop()
+            first = min(self._down[s][1] for s in active)
+            await self._sleep(min(max(0.0, first - loop.time()), self.config.block_ms / 1000))
+            return []
+        self._reading = frozenset(tried)
+        try:
+            results = await asyncio.gather(
+                *(self._read_partition(s, count) for s in tried), return_exceptions=True
+            )
+        finally:
+            self._reading = frozenset()
+        out: list[Item] = []
+        failed: list[tuple[str, Exception]] = []
+        for stream, result in zip(tried, results, strict=True):
+            if isinstance(result, Exception):
+                self._lost.add(stream)  # it may have delivered entries we never saw
+                failed.append((stream, result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._down.pop(stream, None)
+                out += result
+        if failed and len(failed) == len(tried):
+            raise failed[0][1]  # the whole cluster away: the consumer's own backoff
+        for stream, exc in failed:
+            if not is_transient(exc):
+                raise exc  # NOGROUP too: the consumer recreates the groups
+            self._failed(stream, exc)
+        if failed:
+            await refresh_slots(self.redis)
+        return out
+
+    async def _read_partition(self, stream: str, count: int) -> list[Item]:
+        """A partition's entries a failed read may have delivered first, else new ones."""
+        if stream in self._lost:
+            return await self._recover([stream])
+        return self._items(await self._xreadgroup({stream: ">"}, count, CLUSTER_BLOCK_MS))
 
     @staticmethod
     def _items(reply: Any) -> list[Item]:
@@ -653,31 +708,47 @@ class StreamConsumer:
 
     async def _claim_idle(self, limit: int) -> list[Item]:
         out: list[Item] = []
-        for stream in self.active_streams():
-            res: Any = await self._once(
-                stream,
-                "XAUTOCLAIM",
-                stream,
-                self.config.group,
-                self.name,
-                self.config.claim_idle_ms,
-                "0-0",
-                "COUNT",
-                min(limit, self.config.count),
-            )
-            claimed = res[1] if len(res) > 1 else []
-            deleted = res[2] if len(res) > 2 else []
-            for entry_id in deleted:  # trimmed while pending: nothing left to handle
-                await self.redis.xack(stream, self.config.group, entry_id)
-            if not claimed:
-                continue
-            counts = await self._delivery_counts(stream, [eid for eid, _ in claimed])
-            for entry_id, fields in claimed:
-                eid = entry_id.decode()
-                out.append((stream, eid, fields, counts.get(eid, 2)))
+        failed: list[Exception] = []
+        tried = [s for s in self.active_streams() if self._up(s)]
+        for stream in tried:
+            try:
+                out += await self._claim_stream(stream, limit - len(out))
+            except Exception as exc:
+                if not (self._cluster and is_transient(exc)):
+                    raise
+                self._lost.add(stream)  # what it claimed is ours, unseen
+                self._failed(stream, exc)
+                failed.append(exc)
             if len(out) >= limit:
                 break
+        if failed and len(failed) == len(tried):
+            raise failed[0]
         return out
+
+    async def _claim_stream(self, stream: str, limit: int) -> list[Item]:
+        """One partition's entries idle past ``claim_idle_ms``, with their counts."""
+        res: Any = await self._once(
+            stream,
+            "XAUTOCLAIM",
+            stream,
+            self.config.group,
+            self.name,
+            self.config.claim_idle_ms,
+            "0-0",
+            "COUNT",
+            min(limit, self.config.count),
+        )
+        claimed = res[1] if len(res) > 1 else []
+        deleted = res[2] if len(res) > 2 else []
+        for entry_id in deleted:  # trimmed while pending: nothing left to handle
+            await self.redis.xack(stream, self.config.group, entry_id)
+        if not claimed:
+            return []
+        counts = await self._delivery_counts(stream, [eid for eid, _ in claimed])
+        return [
+            (stream, entry_id.decode(), fields, counts.get(entry_id.decode(), 2))
+            for entry_id, fields in claimed
+        ]
 
     async def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[str, int]:
         lo, hi = min(ids), max(ids)
