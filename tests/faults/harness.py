@@ -67,6 +67,11 @@ PARTITIONS = 4
 # over 128 entries was killed 0.5 s after Telegram accepted one of its parts (soak, seed 5).
 # The count stays capped at one duplicate per fault (``window_dups_per_fault``).
 MARKER_WINDOW = 2.0
+# The emulator stamps a part when it reads the request, and its event loop lags too: a
+# request a sender wrote before it was killed was stamped up to 0.8 s after the kill (full suite
+# on two cores). A dead process sends nothing, so a copy stamped after the fault was
+# written before it: the window stays open this long after the fault.
+STAMP_LAG = 2.0
 ROLE_KINDS = ("ingress", "worker", "sender")
 
 
@@ -544,7 +549,7 @@ class Harness:
         role.proc.kill()
         role.exit_codes.append(role.proc.wait(timeout=10))
         if role.kind == "sender":
-            self.marker_windows.append((at - MARKER_WINDOW, at, f"kill -9 {name}"))
+            self.marker_windows.append((at - MARKER_WINDOW, at + STAMP_LAG, f"kill -9 {name}"))
         self.note(f"kill -9 {name}")
 
     def term(self, name: str, timeout: float = 20.0) -> int:
@@ -570,7 +575,7 @@ class Harness:
         role.proc.send_signal(signal.SIGSTOP)
         self.note(f"SIGSTOP {name}")
         if role.kind == "sender":
-            self.marker_windows.append((at - MARKER_WINDOW, at, f"SIGSTOP {name}"))
+            self.marker_windows.append((at - MARKER_WINDOW, at + STAMP_LAG, f"SIGSTOP {name}"))
         try:
             time.sleep(seconds)  # the pause itself: this is the fault, not a wait for a result
         finally:
