@@ -192,7 +192,31 @@ class UpdatePublisher:
 async def publish_outbound(
     redis: aioredis.Redis, keys: Keys, entries: Iterable[OutboundEntry]
 ) -> list[str]:
-    """XADD outbound entries to their chat's partition (one pipeline); returns entry ids."""
+    """XADD outbound entries to their chat's partition (one pipeline); returns entry ids.
+
+    On a cluster the XADDs go out per node (``Coalescer``): a node that is down fails
+    these entries only, and redis-py's cluster pipeline, which on a connection error
+    closes the client's connections to every node, is not used."""
+    if is_cluster(redis):
+        commands = [
+            (
+                "XADD",
+                keys.outbound(partition_for(e.chat_id, keys.partitions)),
+                "*",
+                *(x for kv in e.to_fields().items() for x in kv),
+            )
+            for e in entries
+        ]
+        if not commands:
+            return []
+        try:
+            replies = await Coalescer(redis).run(*commands)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise RedisUnavailable(f"redis: {reply}")
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
     pipe = redis.pipeline(transaction=False)
     count = 0
     for entry in entries:
