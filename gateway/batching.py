@@ -122,6 +122,8 @@ class Coalescer:
         Redis had forgotten (NOSCRIPT) runs again after the rest of the batch ran, and on
         a cluster commands for different nodes go out independently."""
         loop = asyncio.get_running_loop()
+        if self._cluster and not self._redis.nodes_manager.slots_cache:  # type: ignore[attr-defined]
+            await self._redis.initialize()  # a new client: learn the slot map first
         placed: list[tuple[_Queue, _Item, list[int]]] = []
         for name, node, where in self._route(commands):
             queue = self._queues.get(name)

@@ -251,7 +251,9 @@ class Sender:
         while True:
             try:
                 await self.redis.set(marker, value, ex=SENT_TTL)
-            except (RedisError, OSError) as exc:
+            # AttributeError/TypeError: redis-py 8.1 on a connection closed under the
+            # command (redis/redis-py#4287), a node going away like any other.
+            except (RedisError, OSError, AttributeError, TypeError) as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise
