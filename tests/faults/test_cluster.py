@@ -46,8 +46,9 @@ def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path, report_path: Pat
     assert report.updates == CI_WORKLOAD.total
 
 
-@pytest.mark.parametrize("seed", NODE_SEEDS)
-@pytest.mark.parametrize("name", ["node_restart", "node_kill", "node_failover"])
+@pytest.mark.parametrize(
+    ("name", "seed"), [(name, seed) for name, seeds in NODE_SEEDS.items() for seed in seeds]
+)
 def test_node_fault_on_a_redis_cluster(
     name: str, seed: int, tmp_path: Path, report_path: Path
 ) -> None:
