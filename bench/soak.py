@@ -2,6 +2,13 @@
 
     .venv/bin/python -m bench.soak --updates 3000 --seconds 120
     .venv/bin/python -m bench.soak --scenarios kill_sender,redis_restart --seed 7
+    .venv/bin/python -m bench.soak --scenarios node_restart,node_kill,node_failover \
+        --updates 3600 --chats 60 --seconds 90 --seed 3
+
+The ``node_*`` scenarios run on a real Redis Cluster (three primaries; with one replica
+each for ``node_failover``) and fail one primary after another while the workload lasts
+(a steady one: every chat at the same rate), printing a second table with the measured
+reply-rate ratio of the other nodes during each outage and the resume time.
 
 Each scenario starts its own deployment (emulator, reference pipeline, ingress, 2 workers,
 2 senders, a private redis-server), sends ``--updates`` numbered messages from ``--chats``
@@ -19,7 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.faults.harness import SCENARIOS, Report, Workload, format_table, run_scenario
+from tests.faults.harness import (
+    SCENARIOS,
+    Report,
+    Workload,
+    format_node_table,
+    format_table,
+    run_scenario,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         reports.append(report)
         print(f"\n{format_table([report])}", flush=True)
+        if report.node_outages:
+            print(format_node_table([report]), flush=True)
         print(f"  {name}: {time.monotonic() - started:.0f}s, {len(report.faults)} faults")
         if problems:
             failed[name] = problems
             for p in problems:
                 print(f"  PROBLEM: {p[:2000]}")
     print(f"\n{format_table(reports)}")
+    nodes = [r for r in reports if r.node_outages]
+    if nodes:
+        print(f"\n{format_node_table(nodes)}")
     print(json.dumps({"failed": sorted(failed), "out": str(args.out)}))
     if not args.keep and not failed:
         import shutil

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -47,6 +48,31 @@ def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
     return dict(fields)
 
 
+_in_command: contextvars.ContextVar[bool] = contextvars.ContextVar("_in_command", default=False)
+
+
+class GatewayCluster(RedisCluster):
+    """redis-py's cluster client, except that a CLUSTERDOWN (or an uncovered slot) from
+    one node does not close the connections to every node: redis-py 8.1 calls
+    ``aclose()`` there, which also cuts the commands in flight on the healthy nodes (a
+    node rejoining after a restart answers CLUSTERDOWN for a while). Here that only asks
+    for a fresh slot map before the next command; ``aclose()`` from outside still
+    closes the client."""
+
+    async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _in_command.set(True)
+        try:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        finally:
+            _in_command.reset(token)
+
+    async def aclose(self) -> None:
+        if _in_command.get():
+            self._initialize = True
+            return
+        await super().aclose()
+
+
 def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:
     """A client on a bounded pool: callers past ``max_connections`` wait for a connection
     (up to 20 s) instead of failing; bytes in, bytes out (entries carry raw JSON).
@@ -57,7 +83,7 @@ def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> ai
     marks the few places that run differently).
     """
     if cluster:
-        client = RedisCluster.from_url(
+        client = GatewayCluster.from_url(
             url,
             max_connections=max_connections,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
@@ -192,7 +218,31 @@ class UpdatePublisher:
 async def publish_outbound(
     redis: aioredis.Redis, keys: Keys, entries: Iterable[OutboundEntry]
 ) -> list[str]:
-    """XADD outbound entries to their chat's partition (one pipeline); returns entry ids."""
+    """XADD outbound entries to their chat's partition (one pipeline); returns entry ids.
+
+    On a cluster the XADDs go out per node (``Coalescer``): a node that is down fails
+    these entries only, and redis-py's cluster pipeline, which on a connection error
+    closes the client's connections to every node, is not used."""
+    if is_cluster(redis):
+        commands = [
+            (
+                "XADD",
+                keys.outbound(partition_for(e.chat_id, keys.partitions)),
+                "*",
+                *(x for kv in e.to_fields().items() for x in kv),
+            )
+            for e in entries
+        ]
+        if not commands:
+            return []
+        try:
+            replies = await Coalescer(redis).run(*commands)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise RedisUnavailable(f"redis: {reply}")
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
     pipe = redis.pipeline(transaction=False)
     count = 0
     for entry in entries:

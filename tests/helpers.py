@@ -48,11 +48,21 @@ def _free_cluster_port() -> int:
 class RedisProcess:
     """A throwaway ``redis-server`` on a free port that a test may stop and restart."""
 
-    def __init__(self, binary: str, *, appendonly: bool = False, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        binary: str,
+        *,
+        appendonly: bool = False,
+        cluster: bool = False,
+        appendfsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary
         self.port = _free_cluster_port() if cluster else free_port()
         self.dir = tempfile.mkdtemp(prefix="tg-redis-")
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = extra_args
         self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -74,7 +84,7 @@ class RedisProcess:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--maxmemory-policy",
             "noeviction",
             "--protected-mode",
@@ -89,6 +99,7 @@ class RedisProcess:
                 "--cluster-node-timeout",
                 "2000",
             ]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -121,11 +132,44 @@ class RedisProcess:
 
 
 class RedisClusterProcesses:
-    """A real Redis Cluster on 127.0.0.1: ``size`` primaries (no replicas) sharing the
-    16384 slots evenly, joined with CLUSTER MEET; no redis-cli needed."""
+    """A real Redis Cluster on 127.0.0.1: ``size`` primaries sharing the 16384 slots evenly,
+    joined with CLUSTER MEET, and ``replicas`` replicas per primary (CLUSTER REPLICATE); no
+    redis-cli needed.
 
-    def __init__(self, binary: str, size: int = 3) -> None:
-        self.nodes = [RedisProcess(binary, cluster=True) for _ in range(size)]
+    ``nodes[:size]`` are the primaries as built (``nodes[i]`` owns the i-th third of the
+    slots for three), ``nodes[size:]`` the replicas (``nodes[size + r * size + i]`` is
+    replica ``r`` of primary ``i``). A node can be stopped (SIGTERM, or kill -9) and
+    started again on its port with its ``nodes.conf``: it rejoins as what the cluster says
+    it is (a primary whose replica took over comes back as that replica's replica).
+    ``full_coverage=False`` sets ``cluster-require-full-coverage no``: the other nodes keep
+    serving their slots while one primary's slots have no live node (with the default,
+    every node answers CLUSTERDOWN from the moment that primary is marked failed).
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        size: int = 3,
+        *,
+        replicas: int = 0,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        full_coverage: bool = True,
+    ) -> None:
+        extra: tuple[str, ...] = () if full_coverage else ("--cluster-require-full-coverage", "no")
+        if replicas:  # a (re)joining replica syncs at once, not after the default 5 s
+            extra += ("--repl-diskless-sync-delay", "0")
+        self.size = size
+        self.nodes = [
+            RedisProcess(
+                binary,
+                cluster=True,
+                appendonly=appendonly,
+                appendfsync=appendfsync,
+                extra_args=extra,
+            )
+            for _ in range(size * (1 + replicas))
+        ]
 
     @property
     def url(self) -> str:
@@ -137,31 +181,139 @@ class RedisClusterProcesses:
 
         for node in self.nodes:
             node.start()
-        clients = [sync_redis.Redis(port=n.port) for n in self.nodes]
+        clients: list[Any] = [
+            sync_redis.Redis(port=n.port, decode_responses=True) for n in self.nodes
+        ]
         try:
-            per = 16384 // len(self.nodes)
-            for i, client in enumerate(clients):
-                last = 16383 if i == len(clients) - 1 else (i + 1) * per - 1
+            primaries = clients[: self.size]
+            per = 16384 // len(primaries)
+            for i, client in enumerate(primaries):
+                last = 16383 if i == len(primaries) - 1 else (i + 1) * per - 1
                 slots = list(range(i * per, last + 1))
                 for at in range(0, len(slots), 1000):
                     client.execute_command("CLUSTER ADDSLOTS", *slots[at : at + 1000])
             for node in self.nodes[1:]:
                 clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
-            deadline = time.monotonic() + 20
-            while True:
-                infos: list[Any] = [c.execute_command("CLUSTER INFO") for c in clients]
-                if all(
-                    str(i["cluster_state"]) == "ok"
-                    and int(i["cluster_known_nodes"]) == len(clients)
-                    for i in infos
-                ):
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis cluster did not form within 20 s: {infos}")
-                time.sleep(0.05)
+            ids = [str(c.execute_command("CLUSTER MYID")) for c in primaries]
+            for j, client in enumerate(clients[self.size :]):
+                primary = ids[j % self.size]
+
+                def knows(c: Any = client, primary: str = primary) -> bool:
+                    return primary in str(c.execute_command("CLUSTER NODES"))
+
+                self._until(knows, 20, "a replica to learn its primary")
+                client.execute_command("CLUSTER REPLICATE", primary)
+            self._until(lambda: self._formed(clients), 30, "the redis cluster to form")
         finally:
             for client in clients:
                 client.close()
+
+    def _formed(self, clients: list[Any]) -> bool:
+        for c in clients:
+            info: Any = c.execute_command("CLUSTER INFO")
+            if str(info["cluster_state"]) != "ok" or int(info["cluster_known_nodes"]) != len(
+                self.nodes
+            ):
+                return False
+        return all(self._replica_linked(c.info("replication")) for c in clients[self.size :])
+
+    @staticmethod
+    def _replica_linked(info: dict[str, Any]) -> bool:
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    @staticmethod
+    def _until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # a node not answering yet
+                last = predicate()
+                if last:
+                    return last
+            time.sleep(0.05)
+        raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what} ({last!r})")
+
+    # --- one node at a time (the fault scenarios) ---------------------------------------
+
+    def running(self) -> list[int]:
+        """Indexes of the nodes whose process runs."""
+        return [i for i, n in enumerate(self.nodes) if n.proc is not None]
+
+    def stop_node(self, index: int, *, kill: bool = False) -> None:
+        """SIGTERM (a clean shutdown: the AOF is fsynced) or kill -9 one node."""
+        self.nodes[index].stop(kill=kill)
+
+    def start_node(self, index: int) -> None:
+        """Start a stopped node again: same port, same directory, same ``nodes.conf``."""
+        self.nodes[index].start()
+
+    def _call(self, index: int, *args: Any) -> Any:
+        """One command to one node, on a fresh connection (replies parsed as redis-py
+        parses them: CLUSTER INFO and CLUSTER NODES as dicts, INFO as a dict)."""
+        import redis as sync_redis
+
+        with sync_redis.Redis(
+            port=self.nodes[index].port, decode_responses=True, socket_timeout=2
+        ) as client:
+            return client.execute_command(*args)
+
+    def slot_owners(self) -> dict[int, tuple[int, int]]:
+        """The slot map as a running node sees it (CLUSTER SLOTS): for each range's first
+        slot, its last slot and the node index of its primary."""
+        by_port = {n.port: i for i, n in enumerate(self.nodes)}
+        for index in self.running():
+            with contextlib.suppress(Exception):
+                ranges: Any = self._call(index, "CLUSTER SLOTS")
+                return {int(r[0]): (int(r[1]), by_port[int(r[2][1])]) for r in ranges}
+        raise RuntimeError("no running cluster node answered CLUSTER SLOTS")
+
+    def node_of(self, key: str) -> int:
+        """The index of the primary serving ``key`` now (CLUSTER KEYSLOT, CLUSTER SLOTS)."""
+        slot = int(self._call(self.running()[0], "CLUSTER KEYSLOT", key))
+        for first, (last, owner) in self.slot_owners().items():
+            if first <= slot <= last:
+                return owner
+        raise RuntimeError(f"slot {slot} of {key!r} is not served by any node")
+
+    def primaries(self) -> list[int]:
+        """Indexes of the nodes that serve slots now."""
+        return sorted({owner for _, owner in self.slot_owners().values()})
+
+    def replicating(self, index: int) -> bool:
+        """The node is a replica whose link to its primary is up."""
+        info: Any = self._call(index, "INFO", "replication")
+        return self._replica_linked(info)
+
+    def healthy(self) -> bool:
+        """The cluster is ok again: every running node says ``cluster_state:ok`` and flags
+        no running node as failing (``fail`` or ``fail?``), every slot is served by a
+        running primary, and every running replica's link to its primary is up."""
+        running = self.running()
+        try:
+            views: list[Any] = []
+            for index in running:
+                info: Any = self._call(index, "CLUSTER INFO")
+                if str(info["cluster_state"]) != "ok":
+                    return False
+                views.append(self._call(index, "CLUSTER NODES"))
+            ports = {str(self.nodes[i].port) for i in running}
+            for view in views:
+                for address, node in view.items():
+                    if address.split("@")[0].rsplit(":", 1)[-1] in ports and "fail" in str(
+                        node.get("flags", "")
+                    ):
+                        return False
+            covered = sum(
+                last - first + 1
+                for first, (last, owner) in self.slot_owners().items()
+                if owner in running
+            )
+            if covered != 16384:
+                return False
+            primaries = set(self.primaries())
+            return all(self.replicating(i) for i in running if i not in primaries)
+        except Exception:  # a node still loading or refusing: not healthy yet
+            return False
 
     def close(self) -> None:
         for node in self.nodes:

@@ -227,7 +227,8 @@ class StreamConsumer:
                 drained=self._drained,
                 # A read the previous owner had blocked on this partition has returned
                 # (its entries are pending, so _take_over queues them) before we read.
-                settle=config.block_ms / 1000 + 0.5,
+                # (On a cluster reads block CLUSTER_BLOCK_MS: a shorter wait, a faster resume.)
+                settle=(CLUSTER_BLOCK_MS if self._cluster else config.block_ms) / 1000 + 0.5,
                 calls=self._calls,
             )
         # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -105,9 +106,10 @@ class LeaseManager:
         self.state: dict[int, State] = {}
         self.valid_until: dict[int, float] = {}
         self._gains: dict[int, asyncio.Task[None]] = {}
-        # The heartbeat and every renewal of a tick go out as one pipeline (shared with
-        # the consumer's finishes): a process owning many partitions renews them all in one
-        # round trip, so a slow Redis does not eat into the later leases' trust.
+        self.members: list[str] = []  # the last membership the heartbeat returned
+        # The heartbeat and every renewal of a tick share the pipelines (with the
+        # consumer's finishes): a process owning many partitions renews them all in one
+        # round trip per node, so a slow Redis does not eat into the later leases' trust.
         self._calls = calls or Coalescer(redis)
         self._heartbeat_sha = self._calls.script(HEARTBEAT_LUA)
         self._renew_sha = self._calls.script(RENEW_LUA)
@@ -158,23 +160,41 @@ class LeaseManager:
         self._gains.clear()
 
     async def tick(self) -> None:
+        """Heartbeat, renew every held lease, release what moves away, take what is ours.
+
+        Each call is its own: on a Redis Cluster the heartbeat and each partition's lease
+        go to the node owning their slot (``Coalescer`` sends each node's pipeline on its
+        own), so a node that is down costs only the leases living on it. A failed
+        renewal leaves the partition held but untrusted once its trust runs out (its
+        lanes wait; the next answer decides). A failed heartbeat keeps the last
+        membership seen: the split, and so every partition this process holds, stays as
+        it was until the members key answers again; nobody hands anything away for it.
+        """
         started = time.monotonic()
         held = list(self.state)
-        replies = await self._calls.run(
-            ("EVALSHA", self._heartbeat_sha, 1, self.members_key, self.name, self.ttl_ms),
+        heartbeat, *renewals = await asyncio.gather(
+            self._call("EVALSHA", self._heartbeat_sha, 1, self.members_key, self.name, self.ttl_ms),
             *(
-                ("EVALSHA", self._renew_sha, 1, self.lease_key(p), self.name, self.ttl_ms)
+                self._call("EVALSHA", self._renew_sha, 1, self.lease_key(p), self.name, self.ttl_ms)
                 for p in held
             ),
+            return_exceptions=True,
         )
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        members = [m.decode() if isinstance(m, bytes) else str(m) for m in replies[0]]
-        desired = set(assign(members, self.partitions).get(self.name, []))
-        for p, renewed in zip(held, replies[1:], strict=True):
+        if isinstance(heartbeat, BaseException):
+            log.warning("leases: heartbeat failed (%s); keeping the last membership", heartbeat)
+        else:
+            self.members = [m.decode() if isinstance(m, bytes) else str(m) for m in heartbeat]
+        if self.members:
+            desired = set(assign(self.members, self.partitions).get(self.name, []))
+        else:
+            desired = set(held)  # no membership seen yet: keep what we hold, take nothing
+        failed: list[tuple[int, BaseException]] = []
+        for p, renewed in zip(held, renewals, strict=True):
             if p not in self.state:
                 continue  # dropped meanwhile
+            if isinstance(renewed, BaseException):
+                failed.append((p, renewed))  # trust runs out at its old end; not lost
+                continue
             if not renewed:
                 log.warning("leases: lost partition %d (lease taken or expired)", p)
                 self._drop(p)
@@ -183,17 +203,43 @@ class LeaseManager:
             if p not in desired and self.state[p] is State.OWNED:
                 self.state[p] = State.RELEASING  # stop reading; lanes finish their entry
             if self.state[p] is State.RELEASING and self.drained(p):
-                await self.on_release(p)  # while the lease is still ours
-                await self._release(keys=[self.lease_key(p)], args=[self.name])
+                try:
+                    await self.on_release(p)  # while the lease is still ours
+                    await self._release(keys=[self.lease_key(p)], args=[self.name])
+                except (RedisError, OSError) as exc:
+                    log.warning("leases: releasing partition %d failed (%s)", p, exc)
+                    continue  # still ours and draining: the next tick tries again
                 log.info("leases: released partition %d", p)
                 self._drop(p)
-        for p in sorted(desired - set(self.state)):
-            took = await self.redis.set(self.lease_key(p), self.name, nx=True, px=self.ttl_ms)
-            if took:
-                self.state[p] = State.TAKING  # not read from until the backlog is queued
-                self.valid_until[p] = started + 0.8 * self.ttl_ms / 1000
-                log.info("leases: took partition %d", p)
-                self._gains[p] = asyncio.create_task(self._gain(p))
+        if failed:
+            log.warning(
+                "leases: renewing partitions %s failed (%s)", [p for p, _ in failed], failed[0][1]
+            )
+        wanted = sorted(desired - set(self.state))
+        takes = await asyncio.gather(
+            *(
+                self._call("SET", self.lease_key(p), self.name, "NX", "PX", self.ttl_ms)
+                for p in wanted
+            ),
+            return_exceptions=True,
+        )
+        for p, took in zip(wanted, takes, strict=True):
+            if isinstance(took, BaseException) or not took or p in self.state:
+                continue  # its node is away (tried next tick), or someone holds it
+            self.state[p] = State.TAKING  # not read from until the backlog is queued
+            self.valid_until[p] = started + 0.8 * self.ttl_ms / 1000
+            log.info("leases: took partition %d", p)
+            self._gains[p] = asyncio.create_task(self._gain(p))
+
+    async def _call(self, *command: Any) -> Any:
+        """One command through the shared pipelines; its own failure raised. Bounded at two
+        tick intervals, so a hung node delays neither the tick nor the other leases'
+        renewals (a renewal that still runs later only extends a lease we trusted less)."""
+        async with asyncio.timeout(2 * self.interval):
+            [reply] = await self._calls.run(command)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def _gain(self, p: int) -> None:
         """Wait out the previous owner's reads, queue its backlog, then read the partition.
@@ -208,7 +254,7 @@ class LeaseManager:
             except (RedisError, OSError) as exc:
                 attempt += 1
                 log.warning("leases: take-over of partition %d failed (%s)", p, exc)
-                await asyncio.sleep(backoff(attempt, base=0.1, cap=5.0))
+                await asyncio.sleep(backoff(attempt, base=0.1, cap=1.0))  # resume soon after
                 continue
             if self.state.get(p) is State.TAKING:
                 self.state[p] = State.OWNED

@@ -37,6 +37,7 @@ from aiogram.methods import (
     TelegramMethod,
 )
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from gateway.contracts import (
     EnvelopeError,
@@ -69,6 +70,8 @@ SENT_TTL = 7 * 86_400
 MIGRATION_TTL = 90 * 86_400
 PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
 BEST_EFFORT_ATTEMPTS = 3  # 5xx/network tries of a typing indicator or a button's answer
+MARKER_RETRY = 60.0
+"""Seconds a sent part's marker write is retried in place (its partition's node away)."""
 
 # The last check before a request leaves for Telegram (``Sender._gate``).
 # KEYS[1] the partition's lease, KEYS[2] the part's sent marker (both carry the
@@ -152,6 +155,10 @@ class Sender:
         self.sent = 0
         self.flood_waits = 0
         self.fenced = 0  # sends not made because the lease was gone at the last moment
+        self.marker_retry = MARKER_RETRY
+        # Parts sent whose marker could not be written yet: marker key -> value. A retry of
+        # the entry in this process finds them here and writes the marker, never resends.
+        self.unmarked: dict[str, str] = {}
 
     async def __call__(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
@@ -186,7 +193,13 @@ class Sender:
             marker = self.keys.sent(p, f"{entry.reply_id}#{index}")
             # A cheap early look (no budget is spent on a part already sent); the check
             # that counts is the fenced one right before the request (``_gate``).
-            done = await self.redis.get(marker)
+            pending_mark = self.unmarked.get(marker)
+            done: bytes | str | None
+            if pending_mark is not None:  # sent by us; its marker write had failed
+                await self._mark_sent(marker, pending_mark)
+                done = pending_mark.encode()
+            else:
+                done = await self.redis.get(marker)
             if done is None:
                 outcome = await self._send_part(entry, method, payload, chat_id, marker)
                 attempts += outcome.attempts
@@ -218,11 +231,40 @@ class Sender:
                 continue
             chat_id = outcome.chat_id
             mid = outcome.message_id
-            await self.redis.set(marker, str(mid) if mid is not None else "1", ex=SENT_TTL)
+            await self._mark_sent(marker, str(mid) if mid is not None else "1")
             if mid is not None:
                 message_ids.append(mid)
         self.sent += 1
         return self._done(entry, True, message_ids, max(attempts, 1), started)
+
+    async def _mark_sent(self, marker: str, value: str) -> None:
+        """Write a sent part's marker, retried in place for up to ``marker_retry`` seconds
+        while its partition's node is away (a restart, a failover): the entry stays in its
+        lane, so it is not redone (and resent) once the node is back. Past the bound the
+        error goes up and the entry is retried; this process still remembers the part
+        (``unmarked``) and only writes its marker then. The marker is written even if
+        the lease moved meanwhile: it states a fact, and it stops the next owner from
+        sending the part again."""
+        self.unmarked[marker] = value
+        deadline = time.monotonic() + self.marker_retry
+        attempt = 0
+        while True:
+            try:
+                await self.redis.set(marker, value, ex=SENT_TTL)
+            # AttributeError/TypeError: redis-py 8.1 on a connection closed under the
+            # command (redis/redis-py#4287), a node going away like any other.
+            except (RedisError, OSError, AttributeError, TypeError) as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                delay = min(backoff(attempt, base=0.05, cap=0.5), left)
+                attempt += 1
+                if attempt == 1:
+                    log.warning("sent marker %s not written (%s); retrying", marker, exc)
+                await asyncio.sleep(delay)
+                continue
+            self.unmarked.pop(marker, None)
+            return
 
     async def _gate(self, marker: str) -> tuple[float | None, bytes | None]:
         """The last check before a request: (seconds the request has to reach the socket,

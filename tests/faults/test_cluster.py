@@ -4,6 +4,14 @@ The same deployment as the fault scenarios (ingress, two workers, two senders, t
 emulator, the reference pipeline), with ``REDIS_CLUSTER=true`` and the partitions spread
 over the cluster's nodes, while workers or senders are killed (-9) and restarted: every
 message once at the pipeline and once to its user, every chat in order at both stages.
+
+Then the cluster's own nodes fail while traffic flows (``node_restart``: SIGTERM a primary
+and start it again; ``node_kill``: the same with kill -9; ``node_failover``: kill -9 a
+primary of a cluster with one replica each, its replica takes over, the old primary comes
+back as a replica). On top of the same accounting, each run measures, from the cluster's
+slot map, the reply rate of the partitions on the other nodes during the outage against
+the same run's rate before it (goal >= 0.8), and the time from the cluster being ok again
+to the first reply on the failed node's partitions (goal <= 2 s).
 """
 
 from __future__ import annotations
@@ -12,7 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import CI_WORKLOAD, Options, run_and_check
+from tests.faults.harness import (
+    CI_WORKLOAD,
+    NODE_SEEDS,
+    SCENARIOS,
+    SETTLE,
+    Options,
+    format_node_table,
+    node_workload,
+    run_and_check,
+    run_scenario,
+    show,
+)
 from tests.helpers import redis_server_binary
 
 pytestmark = [
@@ -25,3 +44,27 @@ pytestmark = [
 def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path, report_path: Path) -> None:
     report = run_and_check(name, tmp_path, report_path, options=Options(cluster=True))
     assert report.updates == CI_WORKLOAD.total
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"), [(name, seed) for name, seeds in NODE_SEEDS.items() for seed in seeds]
+)
+def test_node_fault_on_a_redis_cluster(
+    name: str, seed: int, tmp_path: Path, report_path: Path
+) -> None:
+    workload = node_workload(seed)
+    report, problems = run_scenario(
+        SCENARIOS[name],
+        tmp_path / name,
+        workload,
+        seed=seed,
+        settle_timeout=SETTLE,
+        report_path=report_path,
+    )
+    show(report, seed)
+    print(format_node_table([report]))
+    for outage in report.node_outages:
+        print(f"    {outage}")
+    assert report.updates == workload.total
+    assert report.node_outages, "the scenario failed no node"
+    assert not problems, "\n".join(problems) + "\n" + str(report.details.get("logs", ""))
