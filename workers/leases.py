@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from gateway.batching import Coalescer
 from gateway.poller import backoff
+from gateway.redis_errors import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,9 @@ class LeaseManager:
             while not stop.is_set():
                 try:
                     await self.tick()
-                except (RedisError, OSError) as exc:
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
                     log.warning("leases: redis error (%s)", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.interval)
@@ -206,7 +209,9 @@ class LeaseManager:
                 try:
                     await self.on_release(p)  # while the lease is still ours
                     await self._release(keys=[self.lease_key(p)], args=[self.name])
-                except (RedisError, OSError) as exc:
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
                     log.warning("leases: releasing partition %d failed (%s)", p, exc)
                     continue  # still ours and draining: the next tick tries again
                 log.info("leases: released partition %d", p)
@@ -251,7 +256,9 @@ class LeaseManager:
         while self.state.get(p) is State.TAKING:
             try:
                 await self.on_gain(p)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 attempt += 1
                 log.warning("leases: take-over of partition %d failed (%s)", p, exc)
                 await asyncio.sleep(backoff(attempt, base=0.1, cap=1.0))  # resume soon after
