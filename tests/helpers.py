@@ -320,17 +320,31 @@ class RedisClusterProcesses:
             node.close()
 
 
-class ReplyCutter:
-    """A TCP proxy in front of Redis that can lose one reply: the next command containing
-    ``marker`` reaches Redis and runs, then the connection is cut before the reply gets
-    back (a network blip, or Redis going away right after it answered)."""
+class RedisProxy:
+    """A TCP proxy in front of Redis that can misbehave on chosen commands.
+
+    - ``cut_next(marker)``: the next command containing ``marker`` reaches Redis and runs,
+      then the connection is cut before the reply gets back (a network blip, or Redis
+      going away right after it answered); ``cuts`` counts them.
+    - ``arm(marker, reply, times)``: the next ``times`` commands containing ``marker`` are
+      answered with ``reply`` (a RESP error line, say) instead of being forwarded;
+      ``injected`` counts them.
+
+    ``stop()`` closes every connection it proxied and waits for their handlers, so no
+    socket of it outlives the test's event loop (one left to the garbage collector after
+    the loop closed fails a later test with "unclosed transport")."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = 0
         self.cuts = 0
-        self._marker: bytes | None = None
+        self.injected = 0
+        self._cut_marker: bytes | None = None
+        self._marker = b""
+        self._reply = b""
+        self._left = 0
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -343,19 +357,56 @@ class ReplyCutter:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Python 3.11's wait_closed does not wait for the connections' handlers.
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
 
     def cut_next(self, marker: bytes) -> None:
-        self._marker = marker
+        self._cut_marker = marker
+
+    def arm(self, marker: bytes, reply: bytes, times: int) -> None:
+        self._marker, self._reply, self._left = marker, reply, times
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        me = asyncio.current_task()
+        assert me is not None
+        self._handlers.add(me)
+        writers = [writer]
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            writers.append(up_writer)
+            await self._pump(reader, writer, up_reader, up_writer)
+        except (OSError, ConnectionError):
+            pass  # Redis is down, or a side hung up: the client sees its connection close
+        finally:
+            self._handlers.discard(me)
+            for w in writers:
+                w.close()
+                with contextlib.suppress(OSError, ConnectionError):
+                    await w.wait_closed()
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
         cut = asyncio.Event()
 
         async def to_redis() -> None:
             while data := await reader.read(65536):
-                if self._marker is not None and self._marker in data:
-                    self._marker = None
+                if self._left and self._marker in data:
+                    # One command per write on the paths tested (a consumer's read or claim).
+                    self._left -= 1
+                    self.injected += 1
+                    writer.write(self._reply)
+                    await writer.drain()
+                    continue
+                if self._cut_marker is not None and self._cut_marker in data:
+                    self._cut_marker = None
                     self.cuts += 1
                     cut.set()  # before forwarding: no byte of the reply gets through
                 up_writer.write(data)
@@ -376,10 +427,6 @@ class ReplyCutter:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for w in (writer, up_writer):
-                w.close()
-                with contextlib.suppress(OSError, ConnectionError):
-                    await w.wait_closed()
 
 
 async def wait_for(

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.streams import connect, ensure_groups
-from tests.helpers import RedisProcess, ReplyCutter, wait_for
+from tests.helpers import RedisProcess, RedisProxy, wait_for
 from workers.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,7 @@ async def consume_through_cut(redis_url: str, marker: bytes, count: int) -> tupl
         seen.append(seq_of(fields)[1])
         return Ack()
 
-    proxy = ReplyCutter(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = RedisProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     await proxy.start()
     client = connect(proxy.url)  # as deployed: redis-py retries on a fresh connection
     try:

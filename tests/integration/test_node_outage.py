@@ -51,14 +51,7 @@ from workers.ratelimit import Limits, RateLimiter
 from workers.roles import make_bot
 from workers.sender import Sender
 
-pytestmark = [
-    pytest.mark.integration,
-    # A node stopped under load leaves redis-py connections to it that are garbage-collected
-    # after the test's loop closed ("unclosed transport", "loop is closed"): seen once in a
-    # clean-clone CI run. The tests assert delivery, not redis-py's cleanup; the leak is an
-    # open point of issue 10.
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = pytest.mark.integration
 
 P = 12
 TTL_MS = 1000

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.contracts import Keys, Stage
 from gateway.streams import connect, ensure_groups
-from tests.helpers import wait_for
+from tests.helpers import RedisProxy, wait_for
 from workers.consumer import Ack, ConsumerConfig, Outcome, StreamConsumer
 
 pytestmark = pytest.mark.integration
@@ -29,68 +29,6 @@ pytestmark = pytest.mark.integration
 KEYS = Keys("rf", 2)
 GROUP = "workers"
 ENTRIES = 12
-
-
-class ErrorReplier:
-    """A TCP proxy in front of Redis that answers the next ``times`` commands containing
-    ``marker`` with ``reply`` (a RESP error line) instead of forwarding them."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self.injected = 0
-        self._marker = b""
-        self._reply = b""
-        self._left = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def arm(self, marker: bytes, reply: bytes, times: int) -> None:
-        self._marker, self._reply, self._left = marker, reply, times
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def to_redis() -> None:
-            while data := await reader.read(65536):
-                if self._left and self._marker in data:
-                    # One command per write on this path (a consumer's read or claim).
-                    self._left -= 1
-                    self.injected += 1
-                    writer.write(self._reply)
-                    await writer.drain()
-                    continue
-                up_writer.write(data)
-                await up_writer.drain()
-
-        async def to_client() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(to_redis()), asyncio.create_task(to_client())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for w in (writer, up_writer):
-                w.close()
-                with contextlib.suppress(OSError, ConnectionError):
-                    await w.wait_closed()
 
 
 def consumer(redis: aioredis.Redis, handler: object) -> StreamConsumer:
@@ -115,9 +53,9 @@ async def fill(redis: aioredis.Redis) -> None:
 
 
 @contextlib.asynccontextmanager
-async def proxied(redis_url: str) -> AsyncIterator[tuple[ErrorReplier, aioredis.Redis]]:
+async def proxied(redis_url: str) -> AsyncIterator[tuple[RedisProxy, aioredis.Redis]]:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = ErrorReplier(port)
+    proxy = RedisProxy(port)
     await proxy.start()
     client = connect(proxy.url)  # the gateway's own client: pool, retries, timeouts
     try:
