@@ -77,9 +77,10 @@ return {0, 0}
 
 
 LATE_CREDIT_US = 2_000  # lateness a send may make up (bench: sends land ~0.6 ms late)
-LIMITER_TIMEOUT = 0.5
+LIMITER_TIMEOUT = 1.0
 """Seconds a limiter call may take; past it (or on a transient error) the sender counts
-in process (degraded mode) instead of waiting for the limiter's node."""
+in process (degraded mode) instead of waiting for the limiter's node. Only the call that
+finds the node away (one per probe) waits this long; the others count in process."""
 PROBE_EVERY = 0.75
 """Seconds between tries of the shared limiter while degraded."""
 RECOVER_GRACE_MS = int((2 * PROBE_EVERY + LIMITER_TIMEOUT) * 1000)

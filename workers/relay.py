@@ -154,9 +154,9 @@ class Relay:
                 try:
                     await self.move(p)
                 except Exception as exc:
-                    if not _failure(exc):
-                        raise
-                    self.dirty.add(p)  # its own node is away: the next round
+                    self.dirty.add(p)  # the next round tries again
+                    if not _failure(exc):  # a bug, not the node: say so, keep the role up
+                        log.exception("%s: moving relay entries of partition %d", self.role, p)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=MOVE_EVERY)
 
