@@ -88,6 +88,8 @@ RELAY_FULL = -2
 
 RECOVER_PAGE = 500  # own pending entries fetched per call after a lost read
 
+TRIM_TIMEOUT = 10.0  # seconds one stream's trim may take before it is skipped this round
+
 LAPSE_POLL = 0.1  # seconds between checks while a held partition's lease is not trusted
 
 REDIS_RETRY_CAP = 1.0
@@ -219,6 +221,7 @@ class StreamConsumer:
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
         self._last_trim = 0.0
+        self._trim_task: asyncio.Task[None] | None = None
         self._lanes: dict[tuple[str, bytes], deque[Item]] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._held: dict[str, set[str]] = defaultdict(set)  # stream -> fetched, unfinished ids
@@ -333,6 +336,9 @@ class StreamConsumer:
             if relay_task is not None:  # what it has not moved, the next owner moves
                 relay_task.cancel()
                 await asyncio.gather(relay_task, return_exceptions=True)
+            if self._trim_task is not None:
+                self._trim_task.cancel()
+                await asyncio.gather(self._trim_task, return_exceptions=True)
             if lease_task is not None:
                 self._leases_stop.set()
                 lease_task.cancel()  # a tick stuck on Redis must not hold the shutdown
@@ -345,7 +351,7 @@ class StreamConsumer:
             if self._fatal is not None:
                 raise self._fatal
             try:
-                await self._maintain()
+                self._maintain()
                 await self._keep_held_fresh()
                 free = self.config.max_in_flight - self._in_flight
                 if free <= 0:
@@ -497,16 +503,41 @@ class StreamConsumer:
             last = ids[-1].decode() if isinstance(ids[-1], bytes) else ids[-1]
             start = f"({last}"
 
-    async def _maintain(self) -> None:
-        """Retention: trim acknowledged entries past their age (never unread or pending)."""
+    def _maintain(self) -> None:
+        """Retention: trim acknowledged entries past their age (never unread or pending),
+        in the background, each stream on its own: a node that is away (the results
+        stream's, a partition's) delays no read and no other stream's trim."""
         loop = asyncio.get_running_loop()
         if not self.config.trim or loop.time() - self._last_trim < self.config.trim_every:
             return
         self._last_trim = loop.time()
-        for stream, retention, groups in self.config.trim:
-            removed = await trim_stream(self.redis, stream, retention, groups=groups)
-            if removed:
-                log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
+        if self._trim_task is None or self._trim_task.done():
+            self._trim_task = asyncio.create_task(self._trim_all())
+
+    async def _trim_all(self) -> None:
+        outcomes = await asyncio.gather(
+            *(
+                self._trim(stream, retention, groups)
+                for stream, retention, groups in self.config.trim
+            ),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                self._fatal = outcome  # not Redis being away: a bug, the role stops
+                return
+
+    async def _trim(self, stream: str, retention: float, groups: bool) -> None:
+        try:
+            async with asyncio.timeout(TRIM_TIMEOUT):
+                removed = await trim_stream(self.redis, stream, retention, groups=groups)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_transient(exc) or _is_nogroup(exc)):
+                raise
+            log.warning("%s: trimming %s skipped (%s)", self.config.role, stream, exc)
+            return
+        if removed:
+            log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
 
     async def _hand_back_partition(self, p: int) -> None:
         """Before releasing ``p``: its entries we never started go back with their count."""
