@@ -190,7 +190,16 @@ class RateLimiter:
         flood = self._local_flood(chat_id)
         if flood != (0.0, 0.0):
             return flood  # a 429 recorded here: no need to ask Redis
+        if counts:
+            # This sender's own schedule for the chat (every grant, shared or not, is kept
+            # here): after a switch either way the chat's next send still waits its turn.
+            _, chat_us = self._limits.intervals_us(chat_id)
+            tat = self._tat_chat.get(chat_id, 0)
+            ok, _, own_wait = gcra(_now_us(), tat, chat_us, LATE_CREDIT_US)
+            if not ok:
+                return 0.0, own_wait / 1_000_000
         started = time.monotonic()
+        started_us = _now_us()
         if self.degraded:
             if started < self._next_probe:
                 return self._local_take(chat_id, counts)
@@ -207,7 +216,7 @@ class RateLimiter:
         if counts:
             self._owe_recover = False
             if wait_g == 0 and wait_c == 0:
-                self._mirror_chat(chat_id)
+                self._mirror_chat(chat_id, started_us)
         return wait_g, wait_c
 
     async def _shared(self, chat_id: int | str, counts: bool) -> tuple[float, float]:
@@ -292,11 +301,13 @@ class RateLimiter:
         self.degraded_grants += 1
         return 0.0, 0.0
 
-    def _mirror_chat(self, chat_id: int | str) -> None:
+    def _mirror_chat(self, chat_id: int | str, asked_us: int) -> None:
         """A shared grant for ``chat_id``, kept in process too: should Redis stop answering
-        now, the chat's next send still waits its full interval."""
+        now, the chat's next send still waits its interval. Counted from when the call was
+        sent (no later than Redis granted it), so in shared mode this schedule never holds
+        a send that Redis would let go."""
         _, chat_us = self._limits.intervals_us(chat_id)
-        self._set_chat(chat_id, max(self._tat_chat.get(chat_id, 0), _now_us() + chat_us))
+        self._set_chat(chat_id, max(self._tat_chat.get(chat_id, 0), asked_us + chat_us))
 
     def _set_chat(self, chat_id: int | str, tat: int) -> None:
         self._tat_chat[chat_id] = tat
