@@ -922,7 +922,7 @@ class StreamConsumer:
                 )
                 await self._sleep(delay)
                 continue
-            if acked < 0:
+            if acked == LEASE_LOST:
                 log.warning(
                     "%s: lease of partition %d lost; %s left for its new owner",
                     self.config.role,
