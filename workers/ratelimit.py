@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from gateway.contracts import Keys
 from gateway.redis_errors import as_connection_error, is_transient
+from workers.slots import SlotRefresher
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,15 @@ in process (degraded mode) instead of waiting for the limiter's node. Only the c
 finds the node away (one per probe) waits this long; the others count in process."""
 PROBE_EVERY = 0.75
 """Seconds between tries of the shared limiter while degraded."""
-RECOVER_GRACE_MS = int((2 * PROBE_EVERY + LIMITER_TIMEOUT) * 1000)
+CONFIRM_AFTER = 0.25
+"""Seconds after a first failure before Redis is asked again; only if that fails too does
+the sender count in process (until then its sends wait): a blip seen by this sender
+alone, while the others still take the full rate from Redis, adds nothing."""
+RECOVER_GRACE_MS = 5000
 """How long the shared limiter stays at one share after a sender came back: longer than
-any other degraded sender needs to probe Redis and come back too."""
+any other degraded sender needs to probe Redis and come back too (``PROBE_EVERY`` plus a
+``LIMITER_TIMEOUT``), and than the cluster clients' reconnects after a node's restart,
+during which a sender may fail once more and count in process again."""
 LOCAL_CHATS_MAX = 4096  # local per-chat schedules kept before the expired ones are dropped
 
 
@@ -170,9 +177,11 @@ class RateLimiter:
         self._recent_floods: deque[tuple[float, int | str]] = deque(maxlen=16)
         self.senders = senders
         self.assumed_senders = assumed_senders
-        self.degraded = False
+        self.degraded = False  # counting in process
         self.degraded_grants = 0  # sends granted in process (for tests and the stop log)
-        self._next_probe = 0.0  # monotonic: the next try of Redis while degraded
+        self._suspect_at: float | None = None  # monotonic: a first failure, not confirmed
+        self._next_probe = 0.0  # monotonic: the next try of Redis while degraded or suspect
+        self._slots = SlotRefresher(redis)
         self._answered_at = 0.0  # monotonic: when a call last started that Redis answered
         self._owe_recover = False  # back from degraded mode, no shared grant taken yet
         self._tat_global = 0  # in-process schedules (µs, monotonic clock)
@@ -200,9 +209,11 @@ class RateLimiter:
                 return 0.0, own_wait / 1_000_000
         started = time.monotonic()
         started_us = _now_us()
-        if self.degraded:
+        if self.degraded or self._suspect_at is not None:
             if started < self._next_probe:
-                return self._local_take(chat_id, counts)
+                if self.degraded:
+                    return self._local_take(chat_id, counts)
+                return (self._next_probe - started if counts else 0.0), 0.0
             self._next_probe = started + PROBE_EVERY  # this call probes; the others wait
         try:
             async with asyncio.timeout(LIMITER_TIMEOUT):
@@ -210,8 +221,11 @@ class RateLimiter:
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise
-            self._enter_degraded(as_connection_error(exc), started)
-            return self._local_take(chat_id, counts)
+            self._failed(as_connection_error(exc), started)
+            await self._slots.after_failure()
+            if self.degraded:
+                return self._local_take(chat_id, counts)
+            return (max(0.0, self._next_probe - time.monotonic()) if counts else 0.0), 0.0
         self._answered(started)
         if counts:
             self._owe_recover = False
@@ -241,12 +255,25 @@ class RateLimiter:
         lim = self._limits
         return share_interval_us(lim.global_per_second, self.live_senders(), lim.margin)
 
-    def _enter_degraded(self, exc: BaseException, started: float) -> None:
+    def _failed(self, exc: BaseException, started: float) -> None:
+        """A call that started at ``started`` failed: suspect Redis, or (a second failure,
+        of a call sent after the first) count in process."""
         if started < self._answered_at:
             return  # sent before Redis answered a later call: not a new outage
-        self._next_probe = time.monotonic() + PROBE_EVERY
+        now = time.monotonic()
         if self.degraded:
+            self._next_probe = now + PROBE_EVERY
             return
+        if self._suspect_at is None or started < self._suspect_at:
+            if self._suspect_at is None:
+                self._suspect_at = now
+                log.info(
+                    "rate limiter: Redis did not answer (%s); asking again", type(exc).__name__
+                )
+            self._next_probe = max(self._next_probe, self._suspect_at + CONFIRM_AFTER)
+            return
+        self._suspect_at = None
+        self._next_probe = now + PROBE_EVERY
         self.degraded = True
         share = self._share_us()
         # A fresh in-process schedule one share ahead: the grants Redis made before it
@@ -265,6 +292,7 @@ class RateLimiter:
 
     def _answered(self, started: float) -> None:
         self._answered_at = max(self._answered_at, started)
+        self._suspect_at = None
         if not self.degraded:
             return
         self.degraded = False
@@ -350,7 +378,7 @@ class RateLimiter:
             self._flood_global_until = max(self._flood_global_until, until)
         if len(self._flood_chat_until) > LOCAL_CHATS_MAX:
             self._flood_chat_until = {c: u for c, u in self._flood_chat_until.items() if u > now}
-        if self.degraded and now < self._next_probe:
+        if (self.degraded or self._suspect_at is not None) and now < self._next_probe:
             return scope is None  # recorded here; Redis is not asked until the next probe
         px = max(1, int(retry_after * 1000))
         pipe = self._redis.pipeline(transaction=False)  # one slot: the bot's hash tag
@@ -363,7 +391,8 @@ class RateLimiter:
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise
-            self._enter_degraded(as_connection_error(exc), now)
+            self._failed(as_connection_error(exc), now)
+            await self._slots.after_failure()
             return scope is None
         try:  # a counter for ops, on whichever node holds it: never worth a failure
             async with asyncio.timeout(LIMITER_TIMEOUT):

@@ -33,6 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.redis_errors import as_connection_error, is_transient
+from workers.slots import SlotRefresher
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Relay:
         self._away_until: dict[str, float] = {}  # target -> next direct try (monotonic)
         self._undeleted: dict[int, list[bytes]] = {}  # moved, XDEL not confirmed yet
         self._bad: set[bytes] = set()  # relay entries without a target (logged once)
+        self._slots = SlotRefresher(redis)
 
     def direct_ok(self, target: str) -> bool:
         """Is a direct write to ``target`` worth a try now? Not while it is known to be
@@ -112,6 +114,7 @@ class Relay:
             if not _failure(exc):
                 raise
             self._away(target, exc)
+            await self._slots.after_failure()
             return False
         self._back(target)
         return True
@@ -155,6 +158,8 @@ class Relay:
                     await self.move(p)
                 except Exception as exc:
                     self.dirty.add(p)  # the next round tries again
+                    if _failure(exc):
+                        await self._slots.after_failure()
                     if not _failure(exc):  # a bug, not the node: say so, keep the role up
                         log.exception("%s: moving relay entries of partition %d", self.role, p)
             with contextlib.suppress(TimeoutError):
@@ -197,6 +202,7 @@ class Relay:
                         raise
                     self._away(target, exc)
                     away.add(target)
+                    await self._slots.after_failure()
                     continue
                 self._back(target)
                 moved.append(entry_id)

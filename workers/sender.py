@@ -57,6 +57,7 @@ from gateway.streams import is_cluster
 from workers.consumer import Ack, Dead, LeaseLost, Outcome
 from workers.consumer import fence as current_fence
 from workers.ratelimit import RateLimiter
+from workers.slots import SlotRefresher
 from workers.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class Sender:
         # the entry in this process finds them here and writes the marker, never resends.
         self.unmarked: dict[str, str] = {}
         self._cache_away: dict[str, float] = {}  # node -> monotonic time of the next try
+        self._slots = SlotRefresher(redis)
         self.cache_skips = 0  # cache reads and writes skipped (their node away)
 
     async def __call__(
@@ -469,6 +471,7 @@ class Sender:
                     type(exc).__name__,
                 )
             self._cache_away[node] = time.monotonic() + CACHE_RETRY
+            await self._slots.after_failure()
             return None
         if self._cache_away.pop(node, None) is not None:
             log.info("cache keys readable again (%s)", what)
