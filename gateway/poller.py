@@ -188,24 +188,24 @@ class Poller:
         async with self._locks[p]:
             st = self._parking.get(p)
             if st is not None:  # behind the ones already parked, never ahead of them
-                n, why = await self._publisher.park(st.streams[-1], entries)
-                self._parked_some(n)
-                return entries[n:], why or ""
-            replies = await self._publisher.publish_entries(entries)
-            failed = next((i for i, r in enumerate(replies) if isinstance(r, Exception)), None)
-            if failed is None:
+                why = await self._publisher.park(st.streams[-1], entries)
+                if why is not None:
+                    return entries, why
+                self._parked_some(len(entries))
                 return [], ""
-            # From the first refused one on: a later one Redis did take is parked too, and
-            # the mover's dedupe stores it once.
-            return await self._start_parking(p, entries[failed:], str(replies[failed]))
+            # One atomic call: all of them are stored, or none.
+            [reply, *_] = await self._publisher.publish_entries(entries)
+            if not isinstance(reply, Exception):
+                return [], ""
+            return await self._start_parking(p, entries, str(reply))
 
     async def _start_parking(
         self, p: int, entries: list[Fields], cause: str
     ) -> tuple[list[Fields], str]:
         why = cause
         for stream in self._publisher.parking_places(p)[:PARK_TRIES]:
-            n, refused = await self._publisher.park(stream, entries)
-            if n == 0:
+            refused = await self._publisher.park(stream, entries)
+            if refused is not None:
                 why = f"{cause}; parking in {stream}: {refused}"
                 continue
             log.warning(
@@ -216,8 +216,8 @@ class Poller:
             )
             st = self._parking[p] = _Parked([stream], {stream: "-"})
             st.mover = asyncio.create_task(self._move(p, st))
-            self._parked_some(n)
-            return entries[n:], refused or ""
+            self._parked_some(len(entries))
+            return [], ""
         return entries, why
 
     def _parked_some(self, n: int) -> None:
@@ -269,14 +269,15 @@ class Poller:
         count = 1 if st.refused else SCAN
         rows = await self._publisher.read_parked(stream, st.start[stream], count)
         mine = [(entry_id, f) for entry_id, f in rows if self._partition_of(f) == p]
-        replies = await self._publisher.publish_entries([f for _, f in mine]) if mine else []
-        done = next((i for i, r in enumerate(replies) if isinstance(r, Exception)), len(mine))
-        st.refused = done < len(mine)
-        await self._publisher.unpark(stream, [entry_id for entry_id, _ in mine[:done]])
-        st.moved += done
-        if st.refused:  # from the refused one on, next time
-            st.start[stream] = mine[done][0]
-            raise RedisUnavailable(str(replies[done]))
+        st.refused = False
+        if mine:  # one atomic call: all of them or none
+            [reply, *_] = await self._publisher.publish_entries([f for _, f in mine])
+            if isinstance(reply, Exception):
+                st.refused = True
+                st.start[stream] = mine[0][0]
+                raise reply
+            await self._publisher.unpark(stream, [entry_id for entry_id, _ in mine])
+            st.moved += len(mine)
         if rows:
             st.start[stream] = f"({rows[-1][0]}"
         if len(rows) == count:

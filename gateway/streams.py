@@ -45,13 +45,41 @@ end
 return false
 """
 
-# KEYS[1] parking stream; ARGV[1] its cap; ARGV[2..] field/value pairs. No dedupe key
-# here: the mover publishes through PUBLISH_UPDATE_LUA, which stores a repeat once.
-PARK_UPDATE_LUA = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+# PUBLISH_UPDATE_LUA for several entries of one partition (the poller and its mover):
+# KEYS[1] the partition's stream, KEYS[1 + i] entry i's dedupe key; ARGV[1] ttl seconds,
+# then per entry its number of field/value arguments and those. Returns per entry its id,
+# or 0 for a duplicate. One atomic call: a node that refuses it (down, LOADING) refuses
+# every entry, so a later update of the chat is never stored while an earlier one is not
+# (N one-entry calls in a pipeline can straddle the end of a LOADING).
+PUBLISH_UPDATES_LUA = """
+local at, out = 2, {}
+for i = 2, #KEYS do
+  local first, last = at + 1, at + tonumber(ARGV[at])
+  at = last + 1
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# KEYS[1] parking stream; ARGV[1] its cap, ARGV[2] the number of entries, then per entry
+# its number of field/value arguments and those. All the entries, in order, or none
+# (PARKFULL past the cap: nothing parked is ever trimmed). No dedupe key here: the mover
+# publishes through PUBLISH_UPDATES_LUA, which stores a repeat once.
+PARK_UPDATES_LUA = """
+if redis.call('XLEN', KEYS[1]) + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
   return redis.error_reply('PARKFULL the parking stream holds its cap of entries')
 end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local at = 3
+for i = 1, tonumber(ARGV[2]) do
+  local first, last = at + 1, at + tonumber(ARGV[at])
+  at = last + 1
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+end
+return 1
 """
 
 Fields = Mapping[Any, Any]
@@ -173,9 +201,10 @@ class UpdatePublisher:
     webhook is acknowledged only once its update is stored; callers that arrive while a
     pipeline is in flight ride the next one (one round trip for many requests).
 
-    The poller also parks here (``park``, ``read_parked``, ``unpark``): an update whose
-    partition's node cannot take it goes to a parking stream (``Keys.parked``) and is
-    published later by ``publish_entries``, the same dedupe script as ``publish``.
+    The poller publishes with ``publish_entries`` (the same dedupe keys and XADD as
+    ``publish``, one atomic call per partition) and parks here (``park``, ``read_parked``,
+    ``unpark``): an update whose partition's node cannot take it goes to a parking stream
+    (``Keys.parked``) and is published later, by ``publish_entries`` again.
     """
 
     def __init__(
@@ -190,7 +219,8 @@ class UpdatePublisher:
         self._timeout = timeout
         self._calls = Coalescer(redis, timeout)
         self._sha = self._calls.script(PUBLISH_UPDATE_LUA)
-        self._park_sha = self._calls.script(PARK_UPDATE_LUA)
+        self._many_sha = self._calls.script(PUBLISH_UPDATES_LUA)
+        self._park_sha = self._calls.script(PARK_UPDATES_LUA)
 
     @property
     def keys(self) -> Keys:
@@ -248,43 +278,53 @@ class UpdatePublisher:
         return res is not None and res is not False
 
     async def publish_entries(self, entries: Sequence[Fields]) -> list[bool | RedisUnavailable]:
-        """``publish`` for ready-made entries, in order (one pipeline per node): for each,
-        True (stored), False (a duplicate: stored before) or the ``RedisUnavailable``.
+        """``publish`` for ready-made entries, each partition's in order and in one atomic
+        call (all stored or none), the calls in one pipeline per node. For each entry: True
+        (stored), False (a duplicate: stored before) or the ``RedisUnavailable``.
         ``KeyError``/``ValueError`` for an entry without its ids (see ``partition``)."""
-        if not entries:
-            return []
-        commands = [
-            self._publish_command(
-                self.partition(f), int(_field(f, "bot_id")), int(_field(f, "update_id")), f
-            )
-            for f in entries
-        ]
+        by_partition: dict[int, list[int]] = {}
+        for i, f in enumerate(entries):
+            by_partition.setdefault(self.partition(f), []).append(i)
+        commands: list[list[Any]] = []
+        for p, where in by_partition.items():
+            dedupe = [
+                self._keys.dedupe(
+                    p, int(_field(entries[i], "bot_id")), int(_field(entries[i], "update_id"))
+                )
+                for i in where
+            ]
+            command = ["EVALSHA", self._many_sha, 1 + len(where), self._keys.updates(p), *dedupe]
+            command.append(self._ttl)
+            for i in where:
+                command += _counted(entries[i])
+            commands.append(command)
+        results: list[bool | RedisUnavailable] = [False] * len(entries)
+        if not commands:
+            return results
         try:
             replies = await self._calls.run(*commands)
         except Exception as exc:
-            error = RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")
-            return [error] * len(entries)
-        return [
-            RedisUnavailable(f"redis: {r}") if isinstance(r, Exception) else bool(r)
-            for r in replies
-        ]
+            return [RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")] * len(entries)
+        for where, reply in zip(by_partition.values(), replies, strict=True):
+            for n, i in enumerate(where):
+                results[i] = (
+                    RedisUnavailable(f"redis: {reply}")
+                    if isinstance(reply, Exception)
+                    else bool(reply[n])
+                )
+        return results
 
-    async def park(self, key: str, entries: Sequence[Fields]) -> tuple[int, str | None]:
-        """Append ``entries`` to the parking stream ``key``, in order (one pipeline), each
-        refused once the stream holds ``PARK_CAP``. Returns how many of the first ones it
-        now holds, and why the next one is not (None: all are)."""
-        commands = [
-            ("EVALSHA", self._park_sha, 1, key, str(PARK_CAP), *(x for kv in f.items() for x in kv))
-            for f in entries
-        ]
+    async def park(self, key: str, entries: Sequence[Fields]) -> str | None:
+        """Append ``entries`` to the parking stream ``key``, in order: all or none (none
+        if that would take it past ``PARK_CAP``). None if parked, else why not."""
+        command: list[Any] = ["EVALSHA", self._park_sha, 1, key, str(PARK_CAP), len(entries)]
+        for f in entries:
+            command += _counted(f)
         try:
-            replies = await self._calls.run(*commands)
+            [reply] = await self._calls.run(command)
         except Exception as exc:
-            return 0, f"redis: {type(exc).__name__}: {exc}"
-        for i, reply in enumerate(replies):
-            if isinstance(reply, Exception):
-                return i, f"redis: {reply}"
-        return len(replies), None
+            return f"redis: {type(exc).__name__}: {exc}"
+        return f"redis: {reply}" if isinstance(reply, Exception) else None
 
     async def read_parked(
         self, key: str, start: str, count: int
@@ -344,6 +384,14 @@ class UpdatePublisher:
     async def aclose(self) -> None:
         """Wait for an in-flight pipeline so no caller is left without an answer."""
         await self._calls.aclose()
+
+
+def _counted(fields: Fields) -> list[Any]:
+    """An entry's field/value arguments, preceded by their number (the scripts above)."""
+    args: list[Any] = [2 * len(fields)]
+    for k, v in fields.items():
+        args += [k, v]
+    return args
 
 
 def _field(fields: Fields, name: str) -> str:

@@ -22,7 +22,7 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.contracts import Keys, partition_for
+from gateway.contracts import Keys, partition_for, update_fields
 from gateway.emulator import Emulator
 from gateway.layout import LayoutMismatch, ensure_layout, reset_layout
 from gateway.poller import Poller
@@ -230,6 +230,59 @@ async def test_a_restarted_poller_moves_what_an_earlier_one_left_parked_first(
         assert "parked by an earlier poller" in caplog.text
     finally:
         await client.aclose()
+
+
+def entry(update_id: int, chat: int, text: str) -> dict[str, bytes | str]:
+    raw = {"update_id": update_id, "message": {"chat": {"id": chat}, "text": text}}
+    return update_fields(
+        bot_id=BOT_ID,
+        update_id=update_id,
+        chat_id=chat,
+        source="polling",
+        raw_update=orjson.dumps(raw),
+    )
+
+
+async def test_publish_entries_stores_each_update_once_in_order(redis: aioredis.Redis) -> None:
+    """The poller's and the mover's publish: the same dedupe keys as a webhook's, so an
+    update published again (a mover that crashed before deleting) is stored once."""
+    keys = Keys("pe", P)
+    publisher = UpdatePublisher(redis, keys, 3600, timeout=2.0)
+    alice, bob = user_in(1), user_in(2)
+    try:
+        first = [entry(1, alice, "a1"), entry(2, bob, "b1"), entry(3, alice, "a2")]
+        assert await publisher.publish_entries(first) == [True, True, True]
+        again = [entry(1, alice, "a1"), entry(4, alice, "a3"), entry(2, bob, "b1")]
+        assert await publisher.publish_entries(again) == [False, True, False]
+        assert (
+            await publisher.publish(
+                bot_id=BOT_ID, update_id=4, chat_id=alice, source="webhook", raw_update=b"{}"
+            )
+            is False
+        )  # one dedupe key for both paths
+    finally:
+        await publisher.aclose()
+    assert await texts(redis, keys.updates(1)) == ["a1", "a2", "a3"]
+    assert await texts(redis, keys.updates(2)) == ["b1"]
+
+
+async def test_a_full_parking_stream_refuses_and_keeps_what_it_holds(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its cap a parking stream takes nothing more (the poller then holds its
+    offset); what it holds is never trimmed."""
+    monkeypatch.setattr("gateway.streams.PARK_CAP", 3)
+    keys = Keys("pf", P)
+    publisher = UpdatePublisher(redis, keys, 3600, timeout=2.0)
+    stream = keys.parked(0)
+    try:
+        assert await publisher.park(stream, [entry(1, 7, "x1"), entry(2, 7, "x2")]) is None
+        refused = await publisher.park(stream, [entry(3, 7, "x3"), entry(4, 7, "x4")])
+        assert refused is not None and "PARKFULL" in refused
+        assert await publisher.park(stream, [entry(3, 7, "x3")]) is None
+    finally:
+        await publisher.aclose()
+    assert await texts(redis, stream) == ["x1", "x2", "x3"]
 
 
 async def test_layout_reset_refuses_while_updates_are_parked(redis: aioredis.Redis) -> None:
