@@ -4,8 +4,8 @@
 take an update (on a cluster, its node is down) gets it appended to a parking stream on
 another node (``Keys.parked``), so the offset moves on and every other partition keeps
 being served. While a partition has parked updates its new ones are parked behind them,
-in the same stream; a mover task per parked partition publishes them in order through
-the same dedupe script as a direct publish once the partition's node answers, deletes
+in the same stream; a mover task per parked partition publishes them in order, with the
+same dedupe keys as a direct publish, once the partition's node answers, deletes
 them, and only then lets the partition's updates go direct again. A poller that starts
 first looks for updates an earlier one left parked and moves them before those
 partitions' new ones. Where neither the partition nor a parking stream takes an update,
