@@ -185,6 +185,21 @@ class Keys:
     def all_parked(self) -> list[str]:
         return [self.parked(i) for i in range(len(PARK_TAGS))]
 
+    # --- relay and degraded-limiter keys (issue 10: a node's outage stays its own) ---
+
+    def relay(self, role: str, p: int) -> str:
+        """Entries a finish of partition ``p`` could not write to their stream on another
+        Redis Cluster node (``results``, ``dead``): written here, in the partition's slot
+        and atomically with the ack, and moved to their stream once its node answers
+        (``workers/relay.py``). Each entry is the original fields plus ``_relay_to``."""
+        return f"{self.prefix}:relay:{role}:{{{p}}}"
+
+    def rate_recovering(self, bot_id: int) -> str:
+        """Present for a few seconds after a sender left the limiter's degraded mode: the
+        shared limiter then grants at most one sender's share of the global limit (the
+        value, an emission interval in µs), since others may still count in process."""
+        return f"{self.prefix}:rate:{{{bot_id}}}:recovering"
+
 
 def _s(value: Any) -> str:
     return "" if value is None else str(value)
