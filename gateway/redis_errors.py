@@ -9,8 +9,9 @@ instead of being retried forever:
   is loading its data (``LOADING``), not the primary any more (``READONLY``, ``MASTERDOWN``,
   a blocked read ``UNBLOCKED`` by a failover), asks us to wait (``TRYAGAIN``) or points
   elsewhere (``MOVED``/``ASK``, which reach us only for a command sent to an explicit node);
-  and an ``AttributeError``/``TypeError`` that redis-py's connection code leaks when its
-  connection was closed under a command (see ``is_closed_connection_leak``);
+  and an ``AttributeError``/``TypeError`` (under uvloop, a ``RuntimeError``) that
+  redis-py's connection code leaks when its connection was closed under a command (see
+  ``is_closed_connection_leak``);
 - permanent: everything else, e.g. ``NOSCRIPT`` (the caller reloads), ``WRONGTYPE``, a
   script error, a wrong argument.
 
@@ -58,14 +59,22 @@ _CONNECTION_CODE = (
 )
 
 
+_CLOSED_HANDLE = "unable to perform operation on"
+"""uvloop's RuntimeError for a write on a transport that was closed: "unable to perform
+operation on <TCPTransport closed=True ...>; the handler is closed"."""
+
+
 def is_closed_connection_leak(exc: BaseException) -> bool:
     """An ``AttributeError``/``TypeError`` raised inside redis-py's connection code: its
     connection was closed under a command (``_writer``/``_reader`` set to None by a
     concurrent disconnect, or a transport torn down by the peer). redis-py 8.1 lets these
     escape instead of a ``ConnectionError`` (redis/redis-py#4287, fixed by #4288 after the
     8.1.0 release); redis-py has already disconnected the connection, so a retry runs on
-    a fresh one. An AttributeError anywhere else is a bug and stays one."""
-    if not isinstance(exc, (AttributeError, TypeError)):
+    a fresh one. Under uvloop (the roles' loop) a write on a transport the peer closed is
+    a ``RuntimeError`` ("unable to perform operation on <TCPTransport closed=True>"), the
+    same state. An AttributeError anywhere else is a bug and stays one."""
+    uvloop_closed = isinstance(exc, RuntimeError) and str(exc).startswith(_CLOSED_HANDLE)
+    if not (uvloop_closed or isinstance(exc, (AttributeError, TypeError))):
         return False
     tb: TracebackType | None = exc.__traceback__
     while tb is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import (
@@ -92,3 +94,33 @@ async def test_a_write_on_a_closed_connection_is_a_connection_error() -> None:
         writer.writelines([])  # type: ignore[attr-defined]
     assert not is_closed_connection_leak(ours.value) and not is_transient(ours.value)
     assert as_connection_error(ours.value) is ours.value
+
+
+def test_a_write_on_a_transport_closed_under_uvloop_is_a_connection_error(redis_url: str) -> None:
+    """Under uvloop (the roles' event loop) a write on a connection whose transport the
+    peer closed raises RuntimeError("unable to perform operation on <TCPTransport
+    closed=True>"): a sender exited on it in a node-kill scenario. It is the same closed
+    connection, so it is transient; the same RuntimeError raised elsewhere is not."""
+    uvloop = pytest.importorskip("uvloop")
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+
+    async def write_after_abort() -> BaseException:
+        conn = Connection(host=host, port=int(port))
+        await conn.connect()
+        assert conn._writer is not None
+        conn._writer.transport.abort()  # the peer is gone; redis-py has not noticed yet
+        await asyncio.sleep(0.01)
+        try:
+            await conn.send_command("PING")
+        except BaseException as exc:
+            return exc
+        finally:
+            await conn.disconnect()
+        raise AssertionError("the write on a closed transport succeeded")
+
+    leak = uvloop.run(write_after_abort())
+    assert isinstance(leak, RuntimeError) and "closed=True" in str(leak)
+    assert is_closed_connection_leak(leak) and is_transient(leak)
+    assert isinstance(as_connection_error(leak), RedisConnectionError)
+    ours = RuntimeError("unable to perform operation on <TCPTransport closed=True>; mine")
+    assert not is_closed_connection_leak(ours) and not is_transient(ours)
