@@ -378,7 +378,7 @@ class RedisProxy:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             writers.append(up_writer)
             await self._pump(reader, writer, up_reader, up_writer)
-        except (OSError, ConnectionError):
+        except OSError:  # ConnectionError included
             pass  # Redis is down, or a side hung up: the client sees its connection close
         finally:
             self._handlers.discard(me)
