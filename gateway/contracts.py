@@ -74,6 +74,16 @@ def partition_for(chat_id: int | str | None, partitions: int) -> int:
     return zlib.crc32(str(chat_id).encode()) % partitions
 
 
+PARK_TAGS: tuple[str, ...] = (
+    "park-21", "park-3", "park-43", "park-61", "park-20", "park-2", "park-42", "park-60",
+    "park-23", "park-1", "park-41", "park-63", "park-22", "park-0", "park-40", "park-62",
+)  # fmt: skip
+"""Hash tags of the parking streams: tag ``i`` hashes into slots ``[1024 i, 1024 (i+1))``
+(stable: a poller finds what an earlier one parked)."""
+PARK_CAP = 50_000
+"""Most entries one parking stream holds; past it the poller holds its offset instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Builds every stream and key name for one ``prefix``."""
@@ -161,6 +171,34 @@ class Keys:
     def counter(self, name: str) -> str:
         """Cluster-wide counters (e.g. ``flood_waits``): cheap totals for ops."""
         return f"{self.prefix}:counter:{name}"
+
+    # --- parking streams (polling ingress; gateway/poller.py) --------------------------
+    # While a partition's node cannot take its updates, the poller parks them on another
+    # node, in one of these streams (same fields as an updates entry), and moves them to
+    # the partition in order once it can. Their hash tags put them in the 16 sixteenths
+    # of the slot space (PARK_TAGS), so on a cluster most nodes hold some.
+
+    def parked(self, i: int) -> str:
+        """Parking stream ``i`` (``0 <= i < len(PARK_TAGS)``), capped at ``PARK_CAP``."""
+        return f"{self.prefix}:parked:{{{PARK_TAGS[i]}}}"
+
+    def all_parked(self) -> list[str]:
+        return [self.parked(i) for i in range(len(PARK_TAGS))]
+
+    # --- relay and degraded-limiter keys (issue 10: a node's outage stays its own) ---
+
+    def relay(self, role: str, p: int) -> str:
+        """Entries a finish of partition ``p`` could not write to their stream on another
+        Redis Cluster node (``results``, ``dead``): written here, in the partition's slot
+        and atomically with the ack, and moved to their stream once its node answers
+        (``workers/relay.py``). Each entry is the original fields plus ``_relay_to``."""
+        return f"{self.prefix}:relay:{role}:{{{p}}}"
+
+    def rate_recovering(self, bot_id: int) -> str:
+        """Present for a few seconds after a sender left the limiter's degraded mode: the
+        shared limiter then grants at most one sender's share of the global limit (the
+        value, an emission interval in µs), since others may still count in process."""
+        return f"{self.prefix}:rate:{{{bot_id}}}:recovering"
 
 
 def _s(value: Any) -> str:

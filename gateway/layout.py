@@ -204,7 +204,8 @@ async def _live(redis: aioredis.Redis, keys: Keys) -> list[str]:
 
 
 async def _undrained(redis: aioredis.Redis, keys: Keys) -> list[str]:
-    """Streams of ``keys`` whose group has unread or pending entries."""
+    """Streams of ``keys`` whose group has unread or pending entries, and parking
+    streams that hold updates."""
     found: list[str] = []
     pairs = [(s, GROUP_WORKERS) for s in keys.all_updates()]
     pairs += [(s, GROUP_SENDERS) for s in keys.all_outbound()]
@@ -225,6 +226,9 @@ async def _undrained(redis: aioredis.Redis, keys: Keys) -> list[str]:
                 unread = int(lag) > 0
             if unread or int(g["pending"]):
                 found.append(stream)
+    # Updates the poller parked while their partition's node was away (gateway/poller.py)
+    # are not in their partition yet: moved under another layout they would be misrouted.
+    found += [s for s in keys.all_parked() if int(await redis.xlen(s))]
     return found
 
 

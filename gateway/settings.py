@@ -253,6 +253,9 @@ class SenderSettings(_Base):
     outbound_ttl_seconds: float = Field(default=3600.0, gt=0)
     rate_margin: float = Field(default=0.02, ge=0, le=0.5)
     sender_paid_broadcast: bool = False
+    # Sender processes sharing the global limit, assumed by the limiter's degraded mode
+    # while it has seen no membership (partition leases off, or the members key away).
+    sender_processes: int = Field(default=1, ge=1, le=1000)
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
     claim_idle_ms: int = Field(default=60_000, ge=1000)
     max_deliveries: int = Field(default=5, ge=1)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -20,6 +22,7 @@ from gateway.batching import Coalescer
 from gateway.contracts import (
     GROUP_SENDERS,
     GROUP_WORKERS,
+    PARK_CAP,
     Keys,
     OutboundEntry,
     Reason,
@@ -41,6 +44,46 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
 end
 return false
 """
+
+# PUBLISH_UPDATE_LUA for several entries of one partition (the poller and its mover):
+# KEYS[1] the partition's stream, KEYS[1 + i] entry i's dedupe key; ARGV[1] ttl seconds,
+# then per entry its number of field/value arguments and those. Returns per entry its id,
+# or 0 for a duplicate. One atomic call: a node that refuses it (down, LOADING) refuses
+# every entry, so a later update of the chat is never stored while an earlier one is not
+# (N one-entry calls in a pipeline can straddle the end of a LOADING).
+PUBLISH_UPDATES_LUA = """
+local at, out = 2, {}
+for i = 2, #KEYS do
+  local first, last = at + 1, at + tonumber(ARGV[at])
+  at = last + 1
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# KEYS[1] parking stream; ARGV[1] its cap, ARGV[2] the number of entries, then per entry
+# its number of field/value arguments and those. All the entries, in order, or none
+# (PARKFULL past the cap: nothing parked is ever trimmed). No dedupe key here: the mover
+# publishes through PUBLISH_UPDATES_LUA, which stores a repeat once.
+PARK_UPDATES_LUA = """
+if redis.call('XLEN', KEYS[1]) + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
+  return redis.error_reply('PARKFULL the parking stream holds its cap of entries')
+end
+local at = 3
+for i = 1, tonumber(ARGV[2]) do
+  local first, last = at + 1, at + tonumber(ARGV[at])
+  at = last + 1
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+end
+return 1
+"""
+
+Fields = Mapping[Any, Any]
+"""An updates entry's fields (``update_fields``; bytes keys when read back from Redis)."""
 
 
 def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
@@ -157,6 +200,11 @@ class UpdatePublisher:
     Each caller's coroutine returns only after Redis answered for its own entry, so a
     webhook is acknowledged only once its update is stored; callers that arrive while a
     pipeline is in flight ride the next one (one round trip for many requests).
+
+    The poller publishes with ``publish_entries`` (the same dedupe keys and XADD as
+    ``publish``, one atomic call per partition) and parks here (``park``, ``read_parked``,
+    ``unpark``): an update whose partition's node cannot take it goes to a parking stream
+    (``Keys.parked``) and is published later, by ``publish_entries`` again.
     """
 
     def __init__(
@@ -165,10 +213,39 @@ class UpdatePublisher:
         """``timeout`` bounds each ``publish`` whatever Redis does (hung, not only down):
         past it the caller gets ``RedisUnavailable``. Its update may still be stored (the
         pipeline was sent); a retry then finds the dedupe key: stored once."""
+        self._redis = redis
         self._keys = keys
         self._ttl = str(dedupe_ttl)
+        self._timeout = timeout
         self._calls = Coalescer(redis, timeout)
         self._sha = self._calls.script(PUBLISH_UPDATE_LUA)
+        self._many_sha = self._calls.script(PUBLISH_UPDATES_LUA)
+        self._park_sha = self._calls.script(PARK_UPDATES_LUA)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    def partition(self, fields: Fields) -> int:
+        """The partition of an entry (its ``chat_id`` field, as ``publish`` routes it);
+        ``KeyError``/``ValueError`` if it lacks an id ``publish_entries`` needs."""
+        for name in ("bot_id", "update_id"):
+            int(_field(fields, name))
+        chat = _field(fields, "chat_id")
+        return partition_for(int(chat) if chat else None, self._keys.partitions)
+
+    def _publish_command(self, p: int, bot_id: int, update_id: int, fields: Fields) -> list[Any]:
+        args: list[Any] = [
+            "EVALSHA",
+            self._sha,
+            2,
+            self._keys.dedupe(p, bot_id, update_id),
+            self._keys.updates(p),
+            self._ttl,
+        ]
+        for k, v in fields.items():
+            args += [k, v]
+        return args
 
     async def publish(
         self,
@@ -190,18 +267,8 @@ class UpdatePublisher:
             raw_update=raw_update,
             received_at=received_at,
         )
-        args: list[Any] = [
-            "EVALSHA",
-            self._sha,
-            2,
-            self._keys.dedupe(p, bot_id, update_id),
-            self._keys.updates(p),
-            self._ttl,
-        ]
-        for k, v in fields.items():
-            args += [k, v]
         try:
-            [res] = await self._calls.run(args)
+            [res] = await self._calls.run(self._publish_command(p, bot_id, update_id, fields))
         except Exception as exc:  # Redis away, or e.g. a packing error: an answer, not a hang
             raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         if isinstance(res, Exception):
@@ -210,9 +277,128 @@ class UpdatePublisher:
         # duplicate, which it is (the first run stored it).
         return res is not None and res is not False
 
+    async def publish_entries(self, entries: Sequence[Fields]) -> list[bool | RedisUnavailable]:
+        """``publish`` for ready-made entries, each partition's in order and in one atomic
+        call (all stored or none), the calls in one pipeline per node. For each entry: True
+        (stored), False (a duplicate: stored before) or the ``RedisUnavailable``.
+        ``KeyError``/``ValueError`` for an entry without its ids (see ``partition``)."""
+        by_partition: dict[int, list[int]] = {}
+        for i, f in enumerate(entries):
+            by_partition.setdefault(self.partition(f), []).append(i)
+        commands: list[list[Any]] = []
+        for p, where in by_partition.items():
+            dedupe = [
+                self._keys.dedupe(
+                    p, int(_field(entries[i], "bot_id")), int(_field(entries[i], "update_id"))
+                )
+                for i in where
+            ]
+            command = ["EVALSHA", self._many_sha, 1 + len(where), self._keys.updates(p), *dedupe]
+            command.append(self._ttl)
+            for i in where:
+                command += _counted(entries[i])
+            commands.append(command)
+        results: list[bool | RedisUnavailable] = [False] * len(entries)
+        if not commands:
+            return results
+        try:
+            replies = await self._calls.run(*commands)
+        except Exception as exc:
+            return [RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")] * len(entries)
+        for where, reply in zip(by_partition.values(), replies, strict=True):
+            for n, i in enumerate(where):
+                results[i] = (
+                    RedisUnavailable(f"redis: {reply}")
+                    if isinstance(reply, Exception)
+                    else bool(reply[n])
+                )
+        return results
+
+    async def park(self, key: str, entries: Sequence[Fields]) -> str | None:
+        """Append ``entries`` to the parking stream ``key``, in order: all or none (none
+        if that would take it past ``PARK_CAP``). None if parked, else why not."""
+        command: list[Any] = ["EVALSHA", self._park_sha, 1, key, str(PARK_CAP), len(entries)]
+        for f in entries:
+            command += _counted(f)
+        try:
+            [reply] = await self._calls.run(command)
+        except Exception as exc:
+            return f"redis: {type(exc).__name__}: {exc}"
+        return f"redis: {reply}" if isinstance(reply, Exception) else None
+
+    async def read_parked(
+        self, key: str, start: str, count: int
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Up to ``count`` entries of a parking stream from ``start`` (an XRANGE bound)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                rows: Any = await self._redis.xrange(key, min=start, count=count)
+        except Exception as exc:  # as ``publish``: its node away, whatever redis-py raises
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return [(i.decode() if isinstance(i, bytes) else str(i), f) for i, f in rows]
+
+    async def unpark(self, key: str, ids: Sequence[str]) -> None:
+        """Delete moved entries from a parking stream."""
+        if not ids:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.xdel(key, *ids)
+        except Exception as exc:
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def count_parked(self, n: int) -> None:
+        """Add to the ``parked_updates`` counter; best effort (its node may be the one away)."""
+        with contextlib.suppress(Exception):
+            await self._calls.run(("INCRBY", self._keys.counter("parked_updates"), n))
+
+    def parking_places(self, p: int) -> list[str]:
+        """Parking streams to try for partition ``p``, one per node: other nodes than the
+        partition's first, starting at ``p``'s own rotation (partitions spread over them),
+        the partition's own node last. On a single Redis: one stream."""
+        streams = self._keys.all_parked()
+        home = self._node_of(self._keys.updates(p))
+        seen: set[str | None] = set()
+        elsewhere: list[str] = []
+        same: list[str] = []
+        for i in range(len(streams)):
+            key = streams[(p + i) % len(streams)]
+            node = self._node_of(key)
+            if node in seen:
+                continue
+            seen.add(node)
+            (same if node == home else elsewhere).append(key)
+        return elsewhere + same
+
+    def _node_of(self, key: str) -> str | None:
+        """The cluster node serving ``key`` in the client's slot map; None on a single
+        Redis (or a slot map not learned yet)."""
+        if not is_cluster(self._redis):
+            return None
+        cluster: Any = self._redis
+        try:
+            return str(cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key)).name)
+        except Exception:
+            return None
+
     async def aclose(self) -> None:
         """Wait for an in-flight pipeline so no caller is left without an answer."""
         await self._calls.aclose()
+
+
+def _counted(fields: Fields) -> list[Any]:
+    """An entry's field/value arguments, preceded by their number (the scripts above)."""
+    args: list[Any] = [2 * len(fields)]
+    for k, v in fields.items():
+        args += [k, v]
+    return args
+
+
+def _field(fields: Fields, name: str) -> str:
+    value = fields.get(name, fields.get(name.encode()))
+    if value is None:
+        raise KeyError(name)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def publish_outbound(

@@ -45,25 +45,31 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.batching import Coalescer, pooled_connection
-from gateway.contracts import Keys, Reason, Stage, decode_fields
+from gateway.contracts import Keys, Reason, Stage, dead_fields, decode_fields
 from gateway.errors import TelegramFatal as GatewayFatal
 from gateway.poller import backoff
 from gateway.redis_errors import is_transient, refresh_slots
-from gateway.streams import dead_letter_and_ack, ensure_groups, is_cluster, trim_stream
+from gateway.streams import ensure_groups, is_cluster, trim_stream
 from workers.leases import LeaseManager
+from workers.relay import RELAY_CAP, Relay, relay_fields
 
 log = logging.getLogger(__name__)
 
 FINISH_LUA = """
 -- KEYS[1] the entry's stream, KEYS[2] its partition's lease, KEYS[3] a marker key,
--- KEYS[4..] one stream per entry to publish. ARGV[1] group, ARGV[2] lease owner ('' when
--- not fenced), ARGV[3] entry id, ARGV[4] marker ttl ('0': no marker), ARGV[5..] for each
--- entry to publish: its field count, then its fields and values.
+-- KEYS[4] the partition's relay, KEYS[5..] one stream per entry to publish. ARGV[1] group,
+-- ARGV[2] lease owner ('' when not fenced), ARGV[3] entry id, ARGV[4] marker ttl ('0': no
+-- marker), ARGV[5] how many of the entries go to the relay, ARGV[6] the relay's cap,
+-- ARGV[7..] for each entry to publish: its field count, then its fields and values.
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
-local at = 5
-for k = 4, #KEYS do
+local relayed = tonumber(ARGV[5])
+if relayed > 0 and redis.call('XLEN', KEYS[4]) + relayed > tonumber(ARGV[6]) then
+  return -2
+end
+local at = 7
+for k = 5, #KEYS do
   local n = tonumber(ARGV[at])
   redis.call('XADD', KEYS[k], '*', unpack(ARGV, at + 1, at + n))
   at = at + n + 1
@@ -73,10 +79,16 @@ if ARGV[4] ~= '0' then
 end
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 """
-"""Finish an entry: its effects and its XACK, or (lease lost: -1) nothing at all. All keys
-share the partition's hash tag; on a cluster, effects elsewhere are written first."""
+"""Finish an entry: its effects and its XACK, or (lease lost: -1; relay full: -2) nothing at
+all. All keys share the partition's hash tag; on a cluster, effects elsewhere are written
+first, or put in the partition's relay when their node does not answer (``workers/relay``)."""
+
+LEASE_LOST = -1
+RELAY_FULL = -2
 
 RECOVER_PAGE = 500  # own pending entries fetched per call after a lost read
+
+TRIM_TIMEOUT = 10.0  # seconds one stream's trim may take before it is skipped this round
 
 LAPSE_POLL = 0.1  # seconds between checks while a held partition's lease is not trusted
 
@@ -106,10 +118,12 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Dead:
-    """Permanent failure: dead-letter with a reason code, then acknowledge."""
+    """Permanent failure: dead-letter with a reason code, then acknowledge; ``publish``
+    (stream, fields) entries go with the dead letter (the sender's failed result)."""
 
     reason: Reason
     error: str
+    publish: tuple[tuple[str, Mapping[str, str | bytes]], ...] = ()
 
 
 Outcome = Ack | Dead
@@ -123,6 +137,10 @@ before an unfenced side effect (a pipeline POST) and raise ``LeaseLost`` if not.
 
 class LeaseLost(Exception):
     """The partition moved while its entry was being handled: stop, do not acknowledge."""
+
+
+class RelayFullError(Exception):
+    """The partition's relay holds ``relay_cap`` entries: the finish waits (retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +193,8 @@ class ConsumerConfig:
     # Partition leases: one live process per partition (streams[p] is partition p).
     leases: bool = False
     lease_ttl_ms: int = 5000
+    # On a Redis Cluster: entries per partition kept for a stream whose node is away.
+    relay_cap: int = RELAY_CAP
 
 
 class StreamConsumer:
@@ -201,6 +221,7 @@ class StreamConsumer:
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
         self._last_trim = 0.0
+        self._trim_task: asyncio.Task[None] | None = None
         self._lanes: dict[tuple[str, bytes], deque[Item]] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._held: dict[str, set[str]] = defaultdict(set)  # stream -> fetched, unfinished ids
@@ -239,6 +260,18 @@ class StreamConsumer:
         # On a cluster, streams whose node failed: (failures in a row, next try at). The
         # other partitions' reads and claims go on meanwhile (one node, not the gateway).
         self._down: dict[str, tuple[int, float]] = {}
+        # On a cluster: effects for another node's stream that does not answer wait in
+        # the partition's relay, moved by the partition's owner (this process).
+        self.relay: Relay | None = None
+        if self._cluster:
+            self.relay = Relay(
+                redis,
+                role=config.role,
+                key=lambda p: keys.relay(config.role, p),
+                partitions=len(config.streams),
+                movable=lambda p: self._lease_valid(config.streams[p]),
+                cap=config.relay_cap,
+            )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -291,12 +324,21 @@ class StreamConsumer:
         lease_task = None
         if self.leases is not None:
             lease_task = asyncio.create_task(self.leases.run(self._leases_stop))
+        relay_task = None
+        if self.relay is not None:
+            relay_task = asyncio.create_task(self.relay.run(self._leases_stop))
         try:
             await self._consume()
         finally:
             # Lanes still running (cancelled at the end of the grace period, or a crash)
             # stop before the leases go: nobody acts on a partition after releasing it.
             await self._cancel_lanes()
+            if relay_task is not None:  # what it has not moved, the next owner moves
+                relay_task.cancel()
+                await asyncio.gather(relay_task, return_exceptions=True)
+            if self._trim_task is not None:
+                self._trim_task.cancel()
+                await asyncio.gather(self._trim_task, return_exceptions=True)
             if lease_task is not None:
                 self._leases_stop.set()
                 lease_task.cancel()  # a tick stuck on Redis must not hold the shutdown
@@ -309,7 +351,7 @@ class StreamConsumer:
             if self._fatal is not None:
                 raise self._fatal
             try:
-                await self._maintain()
+                self._maintain()
                 await self._keep_held_fresh()
                 free = self.config.max_in_flight - self._in_flight
                 if free <= 0:
@@ -432,6 +474,8 @@ class StreamConsumer:
     async def _take_over(self, p: int) -> None:
         """A partition just became ours: finish its pending entries first, in order."""
         stream = self.config.streams[p]
+        if self.relay is not None:
+            self.relay.dirty.add(p)  # the previous owner may have left relay entries
         start = "-"
         while True:
             rows: Any = await self.redis.xpending_range(
@@ -459,16 +503,41 @@ class StreamConsumer:
             last = ids[-1].decode() if isinstance(ids[-1], bytes) else ids[-1]
             start = f"({last}"
 
-    async def _maintain(self) -> None:
-        """Retention: trim acknowledged entries past their age (never unread or pending)."""
+    def _maintain(self) -> None:
+        """Retention: trim acknowledged entries past their age (never unread or pending),
+        in the background, each stream on its own: a node that is away (the results
+        stream's, a partition's) delays no read and no other stream's trim."""
         loop = asyncio.get_running_loop()
         if not self.config.trim or loop.time() - self._last_trim < self.config.trim_every:
             return
         self._last_trim = loop.time()
-        for stream, retention, groups in self.config.trim:
-            removed = await trim_stream(self.redis, stream, retention, groups=groups)
-            if removed:
-                log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
+        if self._trim_task is None or self._trim_task.done():
+            self._trim_task = asyncio.create_task(self._trim_all())
+
+    async def _trim_all(self) -> None:
+        outcomes = await asyncio.gather(
+            *(
+                self._trim(stream, retention, groups)
+                for stream, retention, groups in self.config.trim
+            ),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                self._fatal = outcome  # not Redis being away: a bug, the role stops
+                return
+
+    async def _trim(self, stream: str, retention: float, groups: bool) -> None:
+        try:
+            async with asyncio.timeout(TRIM_TIMEOUT):
+                removed = await trim_stream(self.redis, stream, retention, groups=groups)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_transient(exc) or _is_nogroup(exc)):
+                raise
+            log.warning("%s: trimming %s skipped (%s)", self.config.role, stream, exc)
+            return
+        if removed:
+            log.info("%s: trimmed %d entries from %s", self.config.role, removed, stream)
 
     async def _hand_back_partition(self, p: int) -> None:
         """Before releasing ``p``: its entries we never started go back with their count."""
@@ -789,7 +858,7 @@ class StreamConsumer:
     ) -> _Status:
         cfg = self.config
         if deliveries > cfg.max_deliveries:
-            await self._dead(
+            return await self._dead(
                 stream,
                 entry_id,
                 fields,
@@ -799,7 +868,6 @@ class StreamConsumer:
                     f"delivered {deliveries} times without success",
                 ),
             )
-            return _Status.DONE
         lease_valid.set(lambda: self._lease_valid(stream))
         fence.set(self._fence(stream))
         try:
@@ -822,25 +890,22 @@ class StreamConsumer:
             )
             return _Status.FAILED
         if isinstance(outcome, Dead):
-            try:
-                await self._dead(stream, entry_id, fields, deliveries, outcome)
-            except Exception as exc:
-                if not (is_transient(exc) or isinstance(exc, RedisError)):
-                    raise
-                # Left pending: claimed after claim_idle_ms and dead-lettered then.
-                log.warning("%s: dead-lettering %s failed: %s", cfg.role, entry_id, exc)
-            return _Status.DONE
+            return await self._dead(stream, entry_id, fields, deliveries, outcome)
         return await self._finish(stream, entry_id, outcome)
 
-    async def _finish(self, stream: str, entry_id: str, outcome: Ack) -> _Status:
+    async def _finish(
+        self, stream: str, entry_id: str, outcome: Ack, dead: Dead | None = None
+    ) -> _Status:
         """Write the entry's effects and ack it, retrying Redis errors in place: the
-        effects (a reply) must land before the chat's next entry is handled."""
+        effects (a reply) must land before the chat's next entry is handled. ``dead``:
+        the effects include the entry's dead letter."""
         attempt = 0
+        written: set[int] = set()  # effects elsewhere a failed try already wrote
         while True:
             try:
-                acked = await self._finish_once(stream, entry_id, outcome)
+                acked = await self._finish_once(stream, entry_id, outcome, written)
             except Exception as exc:
-                if not is_transient(exc):
+                if not (is_transient(exc) or isinstance(exc, RelayFullError)):
                     raise  # refused for good: counted as a failed delivery (_handle_one)
                 if self.stopping:
                     return _Status.RETRY  # handed back; the next run redoes the entry
@@ -857,39 +922,72 @@ class StreamConsumer:
                 )
                 await self._sleep(delay)
                 continue
-            if acked < 0:
+            if acked == LEASE_LOST:
                 log.warning(
                     "%s: lease of partition %d lost; %s left for its new owner",
                     self.config.role,
                     self._partition_of[stream],
                     entry_id,
                 )
+            elif dead is not None:
+                self.dead += 1
+                log.warning(
+                    "dead-lettered %s %s from %s: %s (%s)",
+                    self.config.stage.value,
+                    entry_id,
+                    stream,
+                    dead.reason.value,
+                    dead.error[:200],
+                )
             else:
                 self.handled += 1
             return _Status.DONE
 
-    async def _finish_once(self, stream: str, entry_id: str, outcome: Ack) -> int:
-        """One FINISH_LUA call (coalesced with other lanes'); -1 if the lease was lost."""
+    async def _finish_once(
+        self, stream: str, entry_id: str, outcome: Ack, written: set[int]
+    ) -> int:
+        """One FINISH_LUA call (coalesced with other lanes'); -1 if the lease was lost.
+        ``written``: indexes of ``outcome.publish`` already written elsewhere (by an
+        earlier try of this finish, whose script then failed), updated here."""
         cfg = self.config
+        p = self._partition_of[stream]
         publish = list(outcome.publish)
         marker = outcome.marker
-        if self._cluster:
+        relayed = 0
+        relay = self.keys.relay(cfg.role, p)
+        if self.relay is not None:
             # A script's keys must share a slot: effects elsewhere go first, unfenced (a
             # repeat publishes a copy the next stage dedupes by id; the marker is a SET).
+            # One whose node does not answer goes to the partition's relay instead, in
+            # the script: the finish does not wait for that node (``workers/relay``).
             slot = key_slot(stream.encode())
-            elsewhere = [(s, f) for s, f in publish if key_slot(s.encode()) != slot]
-            for s, f in elsewhere:
-                await self.redis.xadd(s, dict(f))  # type: ignore[arg-type]
-            publish = [(s, f) for s, f in publish if key_slot(s.encode()) == slot]
+            if key_slot(relay.encode()) != slot:  # a stream that is no partition of ours
+                relay = stream
+            local: list[tuple[str, Mapping[str, str | bytes]]] = []
+            for i, (s, f) in enumerate(publish):
+                if key_slot(s.encode()) == slot:
+                    local.append((s, f))
+                elif i in written:
+                    continue
+                elif relay == stream:
+                    await self.redis.xadd(s, dict(f))  # type: ignore[arg-type]
+                    written.add(i)
+                elif await self.relay.write_direct(s, f):
+                    written.add(i)
+                else:
+                    local.append((relay, relay_fields(s, f)))
+                    relayed += 1
+            publish = local
             if marker is not None and key_slot(marker[0].encode()) != slot:
                 await self.redis.set(marker[0], "1", ex=marker[1])
                 marker = None
         if self.leases is not None:
-            lease, owner = self.keys.lease(cfg.role, self._partition_of[stream]), self.name
+            lease, owner = self.keys.lease(cfg.role, p), self.name
         else:
             lease, owner = stream, ""
-        keys = [stream, lease, marker[0] if marker else stream, *(s for s, _ in publish)]
+        keys = [stream, lease, marker[0] if marker else stream, relay, *(s for s, _ in publish)]
         args: list[Any] = [cfg.group, owner, entry_id, str(marker[1]) if marker else "0"]
+        args += [relayed, cfg.relay_cap]
         for _, entry in publish:
             args.append(2 * len(entry))
             for k, v in entry.items():
@@ -897,6 +995,10 @@ class StreamConsumer:
         [acked] = await self._calls.run(("EVALSHA", self._finish_sha, len(keys), *keys, *args))
         if isinstance(acked, Exception):
             raise acked
+        if int(acked) == RELAY_FULL:
+            raise RelayFullError(f"relay of partition {p} holds {cfg.relay_cap} entries")
+        if relayed and int(acked) >= 0 and self.relay is not None:
+            self.relay.note_relayed(p, relayed)
         return int(acked)
 
     async def _dead(
@@ -906,11 +1008,10 @@ class StreamConsumer:
         fields: dict[bytes, bytes],
         deliveries: int,
         outcome: Dead,
-    ) -> None:
-        await dead_letter_and_ack(
-            self.redis,
-            self.keys,
-            group=self.config.group,
+    ) -> _Status:
+        """Dead-letter the entry and ack it: one finish (fenced, atomic with the ack; on a
+        cluster the dead letter is written first, or relayed like any effect elsewhere)."""
+        letter = dead_fields(
             stage=self.config.stage,
             reason=outcome.reason,
             stream=stream,
@@ -919,7 +1020,8 @@ class StreamConsumer:
             attempts=deliveries,
             error=outcome.error,
         )
-        self.dead += 1
+        effects = Ack(publish=(*outcome.publish, (self.keys.dead, letter)))
+        return await self._finish(stream, entry_id, effects, dead=outcome)
 
 
 def _is_nogroup(exc: BaseException) -> bool:

@@ -234,11 +234,14 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             margin=ss.rate_margin,
         )
         name = consumer_name("sender")
+        limiter = RateLimiter(
+            redis, cfg.keys, tg.bot_id, limits, assumed_senders=ss.sender_processes
+        )
         sender = Sender(
             redis,
             cfg.keys,
             bot,
-            RateLimiter(redis, cfg.keys, tg.bot_id, limits),
+            limiter,
             max_attempts=ss.sender_max_attempts,
             default_ttl=ss.outbound_ttl_seconds,
             backoff_max=ss.sender_backoff_max,
@@ -274,6 +277,9 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             sender,
             name=name,
         )
+        leases = consumer.leases
+        if leases is not None:  # the degraded limiter's share: the live senders last seen
+            limiter.senders = lambda: len(leases.members) or None
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)
         log.info(

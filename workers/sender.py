@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -37,6 +38,7 @@ from aiogram.methods import (
     TelegramMethod,
 )
 from pydantic import ValidationError
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.contracts import (
@@ -50,10 +52,12 @@ from gateway.contracts import (
 from gateway.errors import TelegramFatal
 from gateway.logs import redact
 from gateway.poller import backoff
-from gateway.streams import fields_arg
+from gateway.redis_errors import is_transient
+from gateway.streams import is_cluster
 from workers.consumer import Ack, Dead, LeaseLost, Outcome
 from workers.consumer import fence as current_fence
 from workers.ratelimit import RateLimiter
+from workers.slots import SlotRefresher
 from workers.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,13 @@ PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
 BEST_EFFORT_ATTEMPTS = 3  # 5xx/network tries of a typing indicator or a button's answer
 MARKER_RETRY = 60.0
 """Seconds a sent part's marker write is retried in place (its partition's node away)."""
+CACHE_TIMEOUT = 0.5
+"""Seconds a read or write of a cache key outside the partition's slot (a blocked chat, a
+migration) may take; past it, or on a transient error, it is skipped (``_cached``)."""
+CACHE_RETRY = 1.0
+"""Seconds a node whose cache call failed is not asked again (its keys read as unknown)."""
+
+T = TypeVar("T")
 
 # The last check before a request leaves for Telegram (``Sender._gate``).
 # KEYS[1] the partition's lease, KEYS[2] the part's sent marker (both carry the
@@ -159,6 +170,9 @@ class Sender:
         # Parts sent whose marker could not be written yet: marker key -> value. A retry of
         # the entry in this process finds them here and writes the marker, never resends.
         self.unmarked: dict[str, str] = {}
+        self._cache_away: dict[str, float] = {}  # node -> monotonic time of the next try
+        self._slots = SlotRefresher(redis)
+        self.cache_skips = 0  # cache reads and writes skipped (their node away)
 
     async def __call__(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
@@ -170,22 +184,23 @@ class Sender:
         started = time.time()
         p = partition_for(entry.chat_id, self.keys.partitions)
         best_effort = entry.method not in COUNTED
-        if not best_effort and await self.redis.exists(
-            self.keys.blocked_chat(entry.bot_id, entry.chat_id)
-        ):
-            return await self._fail(
-                entry, Reason.BOT_BLOCKED, 403, "chat blocked the bot", 0, started
-            )
+        blocked_key = self.keys.blocked_chat(entry.bot_id, entry.chat_id)
+        blocked: int | None = 0
+        if not best_effort:  # unknown (its node away) counts as not blocked
+            blocked = await self._cached("blocked-chat mark", self.redis.exists, blocked_key)
+        if blocked:
+            return self._fail(entry, Reason.BOT_BLOCKED, 403, "chat blocked the bot", 0, started)
         if entry.deadline is not None and time.time() > entry.deadline:
             if best_effort:  # a stale typing/callback answer is harmless
                 return self._done(entry, True, [], 0, started, description="skipped: expired")
-            return await self._fail(entry, Reason.EXPIRED, None, "deadline passed", 0, started)
+            return self._fail(entry, Reason.EXPIRED, None, "deadline passed", 0, started)
         message_ids: list[int] = []
         attempts = 0
         chat_id = entry.chat_id
         if isinstance(chat_id, int) and chat_id < 0:  # only groups migrate
-            moved = await self.redis.get(self.keys.migrated(entry.bot_id, chat_id))
-            if moved is not None:
+            migrated_key = self.keys.migrated(entry.bot_id, chat_id)
+            moved = await self._cached("migration", self.redis.get, migrated_key)
+            if moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
                 chat_id = int(moved)
         for index, (method, payload) in enumerate(plan_parts(entry)):
             if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
@@ -223,7 +238,7 @@ class Sender:
                             code,
                             f"dropped: {reason.value}: {description}",
                         )
-                    return await self._fail(entry, reason, code, description, attempts, started)
+                    return self._fail(entry, reason, code, description, attempts, started)
                 done = outcome.already
             if done is not None:  # sent before (a crash, a redelivery, another owner)
                 if done.isdigit():
@@ -371,10 +386,10 @@ class Sender:
                     return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 400, "migrated twice"))
                 migrated = True
                 log.info("chat %s migrated to %s", chat_id, exc.migrate_to_chat_id)
-                await self.redis.set(
-                    self.keys.migrated(entry.bot_id, chat_id),
-                    str(exc.migrate_to_chat_id),
-                    ex=MIGRATION_TTL,
+                migrated_key = self.keys.migrated(entry.bot_id, chat_id)
+                new_id = str(exc.migrate_to_chat_id)
+                await self._cached(
+                    "migration", self.redis.set, migrated_key, new_id, ex=MIGRATION_TTL
                 )
                 chat_id = exc.migrate_to_chat_id
                 continue
@@ -385,8 +400,9 @@ class Sender:
                     401,
                 ) from None
             except TelegramForbiddenError as exc:
-                await self.redis.set(
-                    self.keys.blocked_chat(entry.bot_id, chat_id), "1", ex=30 * 86_400
+                blocked_key = self.keys.blocked_chat(entry.bot_id, chat_id)
+                await self._cached(
+                    "blocked-chat mark", self.redis.set, blocked_key, "1", ex=30 * 86_400
                 )
                 return _PartOutcome(attempts, dead=(Reason.BOT_BLOCKED, 403, exc.message))
             except TelegramBadRequest as exc:
@@ -429,7 +445,48 @@ class Sender:
                 attempts, message_id=mid if isinstance(mid, int) else None, chat_id=chat_id
             )
 
-    async def _fail(
+    async def _cached(
+        self, what: str, command: Callable[..., Awaitable[T]], key: str, *args: Any, **kw: Any
+    ) -> T | None:
+        """A read or write of a cache key outside the partition's slot, best effort: its
+        answer, or None ("unknown"; a write skipped) when its node fails transiently or
+        does not answer within ``CACHE_TIMEOUT``. That node is then not asked for
+        ``CACHE_RETRY`` seconds, so a send never waits for it more than once a second."""
+        node = self._node_of(key)
+        now = time.monotonic()
+        if self._cache_away.get(node, 0.0) > now:
+            self.cache_skips += 1
+            return None
+        try:
+            async with asyncio.timeout(CACHE_TIMEOUT):
+                answer = await command(key, *args, **kw)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_transient(exc)):
+                raise
+            self.cache_skips += 1
+            if node not in self._cache_away:
+                log.warning(
+                    "%s not read or written (%s): skipped while its Redis node is away",
+                    what,
+                    type(exc).__name__,
+                )
+            self._cache_away[node] = time.monotonic() + CACHE_RETRY
+            await self._slots.after_failure()
+            return None
+        if self._cache_away.pop(node, None) is not None:
+            log.info("cache keys readable again (%s)", what)
+        return answer
+
+    def _node_of(self, key: str) -> str:
+        """The node serving ``key`` on a cluster (by slot if the map lacks it), else ''."""
+        if not is_cluster(self.redis):
+            return ""
+        try:
+            return str(self.redis.get_node_from_key(key).name)  # type: ignore[attr-defined]
+        except Exception:
+            return f"slot {key_slot(key.encode())}"
+
+    def _fail(
         self,
         entry: OutboundEntry,
         reason: Reason,
@@ -438,15 +495,13 @@ class Sender:
         attempts: int,
         started: float,
     ) -> Outcome:
-        await self.redis.xadd(
-            self.keys.results,
-            fields_arg(
-                self._result(
-                    entry, False, [], attempts, started, code, f"{reason.value}: {description}"
-                )
-            ),
+        """Dead: the failed result goes with the dead letter and the ack (one finish)."""
+        result = self._result(
+            entry, False, [], attempts, started, code, f"{reason.value}: {description}"
         )
-        return Dead(reason, f"{code or ''} {description}".strip())
+        return Dead(
+            reason, f"{code or ''} {description}".strip(), publish=((self.keys.results, result),)
+        )
 
     def _done(
         self,
