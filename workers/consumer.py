@@ -64,6 +64,9 @@ FINISH_LUA = """
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
+  return 0
+end
 local relayed = tonumber(ARGV[5])
 if relayed > 0 and redis.call('XLEN', KEYS[4]) + relayed > tonumber(ARGV[6]) then
   return -2
@@ -80,8 +83,10 @@ end
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 """
 """Finish an entry: its effects and its XACK, or (lease lost: -1; relay full: -2) nothing at
-all. All keys share the partition's hash tag; on a cluster, effects elsewhere are written
-first, or put in the partition's relay when their node does not answer (``workers/relay``)."""
+all. An entry no longer pending (a retry whose earlier try ran but lost its reply) is 0
+and writes nothing again: a finish's effects in its partition's slot land once. All keys
+share the partition's hash tag; on a cluster, effects elsewhere are written first, or put
+in the partition's relay when their node does not answer (``workers/relay``)."""
 
 LEASE_LOST = -1
 RELAY_FULL = -2
@@ -234,6 +239,7 @@ class StreamConsumer:
         self._calls = calls or Coalescer(redis)  # shared with the handler: fewer pipelines
         self._finish_sha = self._calls.script(FINISH_LUA)
         self._leases_stop = asyncio.Event()
+        self._relay_stop = asyncio.Event()
         self.leases: LeaseManager | None = None
         if config.leases:
             self.leases = LeaseManager(
@@ -326,7 +332,7 @@ class StreamConsumer:
             lease_task = asyncio.create_task(self.leases.run(self._leases_stop))
         relay_task = None
         if self.relay is not None:
-            relay_task = asyncio.create_task(self.relay.run(self._leases_stop))
+            relay_task = asyncio.create_task(self.relay.run(self._relay_stop))
         try:
             await self._consume()
         finally:
@@ -334,6 +340,10 @@ class StreamConsumer:
             # stop before the leases go: nobody acts on a partition after releasing it.
             await self._cancel_lanes()
             if relay_task is not None:  # what it has not moved, the next owner moves
+                # The event as well as the cancel: on Python 3.11 a cancel that meets an
+                # expiring asyncio.timeout inside a move comes out as TimeoutError, which
+                # the relay's loop takes for a Redis failure; the event still ends it.
+                self._relay_stop.set()
                 relay_task.cancel()
                 await asyncio.gather(relay_task, return_exceptions=True)
             if self._trim_task is not None:

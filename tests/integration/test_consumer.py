@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from gateway.contracts import Keys, Reason, Stage, decode_fields
 from gateway.streams import connect, ensure_groups
 from tests.helpers import RedisProcess, RedisProxy, wait_for
-from workers.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
+from workers.consumer import FINISH_LUA, Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
 
 pytestmark = pytest.mark.integration
 
@@ -352,3 +352,35 @@ async def _add_ok(redis: aioredis.Redis) -> bool:
         return True
     except Exception:
         return False
+
+
+async def test_a_finish_whose_reply_is_lost_publishes_its_entries_once(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    """The finish script ran (published, acked) but its reply was cut: the consumer
+    retries it. The retry finds the entry no longer pending and writes nothing again, so
+    the next stage gets one copy, not two."""
+    await add(redis, 0, 0)
+    await redis.script_load(FINISH_LUA)  # the cut EVALSHA runs it (no NOSCRIPT round)
+    out = "t:out:{0}"
+    handled: list[int] = []
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        handled.append(seq_of(fields)[1])
+        return Ack(publish=((out, {"seq": fields[b"seq"]}),))
+
+    proxy = RedisProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    client = connect(proxy.url)
+    try:
+        proxy.cut_next(b"EVALSHA")
+        c = consumer(client, handler)
+        await run_until(c, lambda: c.handled >= 1)
+    finally:
+        await client.aclose()
+        await proxy.stop()
+    assert proxy.cuts == 1
+    assert handled == [0]
+    assert await redis.xlen(out) == 1
+    groups = await redis.xinfo_groups(KEYS.updates(0))
+    assert [int(g["pending"]) for g in groups] == [0]
