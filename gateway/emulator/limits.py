@@ -52,6 +52,7 @@ class SendWindows:
         self._chat: dict[int, deque[float]] = {}
         self._group: dict[int, deque[float]] = {}
         self._recorded = 0
+        self.refused: dict[str, int] = {"global": 0, "chat": 0, "group": 0}  # 429s by limit
 
     def retry_after(self, chat_id: int, now: float, paid: bool = False) -> int | None:
         """``None`` when a send to ``chat_id`` at ``now`` is allowed, else whole seconds to
@@ -60,18 +61,20 @@ class SendWindows:
         if limits is None:
             return None
         per_second = limits.paid_per_second if paid else limits.global_per_second
-        windows = [(self._global, per_second, SECOND)]
-        windows.append((self._chat.setdefault(chat_id, deque()), limits.chat_per_second, SECOND))
+        windows = [("global", self._global, per_second, SECOND)]
+        chat = self._chat.setdefault(chat_id, deque())
+        windows.append(("chat", chat, limits.chat_per_second, SECOND))
         if is_group(chat_id):
             group = self._group.setdefault(chat_id, deque())
-            windows.append((group, limits.group_per_minute, MINUTE))
+            windows.append(("group", group, limits.group_per_minute, MINUTE))
         waits = []
-        for window, limit, length in windows:
+        for kind, window, limit, length in windows:
             _trim(window, now, length)
-            waits.append(_wait(window, limit, now, length))
-        longest = max(waits)
+            waits.append((_wait(window, limit, now, length), kind))
+        longest, kind = max(waits)
         if longest <= 0:
             return None
+        self.refused[kind] += 1
         return max(1, math.ceil(longest))
 
     def record(self, chat_id: int, now: float) -> None:

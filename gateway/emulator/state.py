@@ -367,6 +367,7 @@ class EmulatorState:
         return {
             "sent": len(self.logs.sent),
             "rejected_429": self.logs.rejected_429,
+            "rejected_by": dict(self.windows.refused),
             "faults_429": self.logs.faults_429,
             "requests": dict(self.logs.requests),
             "max_global_1s": peaks.global_1s,
