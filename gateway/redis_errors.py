@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from types import TracebackType
 from typing import Any
 
@@ -109,6 +110,11 @@ def as_connection_error(exc: BaseException) -> BaseException:
     return exc
 
 
+REFRESH_EVERY = 0.5
+"""Seconds between two slot-map reloads of one cluster client after node failures: each
+reload marks every connection of every node for reconnection (redis-py 8.1)."""
+
+
 async def refresh_slots(redis: Any) -> None:
     """On a cluster client: reload the slot map now (CLUSTER SLOTS), so the next command
     sent to an explicit node (``target_nodes``, which redis-py never retries or re-routes
@@ -118,6 +124,9 @@ async def refresh_slots(redis: Any) -> None:
     down. Failing here is not an error: the next call tries again."""
     if not isinstance(redis, RedisCluster):
         return
+    if time.monotonic() - getattr(redis, "_refreshed_at", 0.0) < REFRESH_EVERY:
+        return  # the client reloaded it a moment ago (``streams.GatewayCluster``)
+    redis._refreshed_at = time.monotonic()  # type: ignore[attr-defined]
     manager = redis.nodes_manager
     try:
         await manager.initialize()

@@ -32,6 +32,7 @@ from gateway.contracts import (
     update_fields,
 )
 from gateway.errors import RedisUnavailable
+from gateway.redis_errors import REFRESH_EVERY
 from gateway.settings import RedisSettings
 
 log = logging.getLogger(__name__)
@@ -95,25 +96,88 @@ _in_command: contextvars.ContextVar[bool] = contextvars.ContextVar("_in_command"
 
 
 class GatewayCluster(RedisCluster):
-    """redis-py's cluster client, except that a CLUSTERDOWN (or an uncovered slot) from
-    one node does not close the connections to every node: redis-py 8.1 calls
-    ``aclose()`` there, which also cuts the commands in flight on the healthy nodes (a
-    node rejoining after a restart answers CLUSTERDOWN for a while). Here that only asks
-    for a fresh slot map before the next command; ``aclose()`` from outside still
-    closes the client."""
+    """redis-py's cluster client, except that one node in trouble stays its own problem.
+
+    redis-py 8.1 does three things that turn one node's outage into every node's:
+
+    - A CLUSTERDOWN (or an uncovered slot) from one node calls ``aclose()``, which cuts
+      the commands in flight on the healthy nodes (a node rejoining after a restart
+      answers CLUSTERDOWN for a while). Here that only asks for a fresh slot map before
+      the next command; ``aclose()`` from outside still closes the client.
+    - After any connection error it reloads the slot map and then the command table
+      (``COMMAND``) from its default node, the first primary it knows, which may be the
+      node that is down. That fails the reload as a whole, closes every node's
+      connections (again cutting the healthy nodes' commands in flight) and fails the
+      command that asked, on whichever node it was meant for; the next command tries
+      the same. The command table does not change with the topology: here it is loaded
+      once, and a reload that fails closes nothing. The keys of XREAD and XREADGROUP
+      (movable keys, which redis-py asks that same node for with ``COMMAND GETKEYS``,
+      once per call) are read off the arguments here.
+    - Every failed command asks for a reload, and each reload marks every connection of
+      every node for reconnection. While a node is down, its partitions' retries would
+      keep the whole client reconnecting. Here a reload runs at most every
+      ``REFRESH_EVERY`` seconds; a failover is still seen within that.
+    """
+
+    _refreshed_at = 0.0
 
     async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
         token = _in_command.set(True)
         try:
             return await super()._execute_command(target_node, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError):
+            if time.monotonic() - self._refreshed_at < REFRESH_EVERY:
+                self._initialize = False  # reloaded a moment ago: the map is fresh enough
+            raise
         finally:
             _in_command.reset(token)
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("XREAD", "XREADGROUP"):
+            keys = _stream_keys(args[3:] if command.upper() == "XREADGROUP" else args)
+            slots = {self.keyslot(key) for key in keys}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> GatewayCluster:
+        if not self.commands_parser.commands:  # the first start: redis-py's own
+            await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+            self._refreshed_at = time.monotonic()
+            return self
+        if self._initialize:
+            if not self._lock:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._initialize:
+                    self._refreshed_at = time.monotonic()
+                    await self.nodes_manager.initialize(
+                        additional_startup_nodes_info=additional_startup_nodes_info,
+                        last_failed_node_name=last_failed_node_name,
+                    )
+                    self._initialize = False
+        return self
 
     async def aclose(self) -> None:
         if _in_command.get():
             self._initialize = True
             return
         await super().aclose()
+
+
+def _stream_keys(args: Sequence[Any]) -> list[Any]:
+    """The stream names in an XREAD's arguments (after the command name; an XREADGROUP's
+    after ``GROUP group consumer``): the first half of what follows ``STREAMS``."""
+    for i, arg in enumerate(args):
+        word = arg.decode() if isinstance(arg, bytes) else str(arg)
+        if word.upper() == "STREAMS":
+            rest = list(args[i + 1 :])
+            return rest[: len(rest) // 2]
+    return []
 
 
 def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:

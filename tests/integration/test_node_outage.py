@@ -426,3 +426,45 @@ async def test_a_part_sent_while_its_node_goes_down_is_sent_once(
         consumer.stop()
         await asyncio.wait_for(task, 30)
         await sender.bot.session.close()
+
+
+def key_on(cluster: RedisClusterProcesses, node: RedisProcess, tag: str) -> str:
+    """A key whose slot ``node`` serves."""
+    for i in range(10_000):
+        key = f"{tag}:{{{i}}}"
+        if node_of(cluster, key) is node:
+            return key
+    raise AssertionError("no key lands there")
+
+
+async def test_the_client_serves_healthy_nodes_while_its_first_primary_is_down(
+    cluster: RedisClusterProcesses, client: aioredis.Redis
+) -> None:
+    """redis-py reloads its slot map after any connection error, then its command table
+    from the first primary it knows. With that one down, the reload failed as a whole,
+    closed every node's connections (cutting a blocked read on a healthy node) and
+    failed a GET meant for a healthy node. The gateway's client keeps the command table
+    it loaded at start, and a reload closes nothing."""
+    rc: Any = client
+    healthy = [n for n in cluster.nodes if n.proc is not None]
+    down, up = healthy[0], healthy[1]
+    key = key_on(cluster, up, "ok")
+    stream = key_on(cluster, up, "blocked")
+    await client.set(key, "1")
+    await client.xadd(stream, {"n": "0"})
+    await stop_node(down)
+    # As after a failed command on a healthy node: the down node sorts first again.
+    for node in list(rc.nodes_manager.nodes_cache.values()):
+        if node.port != down.port:
+            rc.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
+    assert rc.get_primaries()[0].port == down.port
+    # A blocked read on `up`, sent to its node as the consumer sends its reads.
+    node = rc.get_node_from_key(stream)
+    read = ("XREAD", "BLOCK", 1500, "STREAMS", stream, "$")
+    blocked = asyncio.create_task(rc.execute_command(*read, target_nodes=node))
+    await asyncio.sleep(0.2)  # the read is in flight on `up`
+    rc._initialize = True  # what redis-py sets after a connection error
+    assert await client.get(key) == b"1"
+    assert not await blocked  # timed out as asked, not cut
+    # Movable keys (XREAD without a node) are asked of a primary that answers.
+    assert len(await client.xread({stream: "0"}, count=1)) == 1
