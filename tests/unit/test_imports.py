@@ -19,7 +19,8 @@ def run(code: str) -> str:
 def test_ingress_never_loads_aiogram() -> None:
     """aiogram's models cost ~100 MB; the ingress role has no use for them."""
     out = run(
-        "import sys, gateway.cli, gateway.serve, gateway.ingress, gateway.poller\n"
+        "import sys, gateway.app.cli, gateway.ingress.serve, gateway.ingress.app\n"
+        "import gateway.ingress.poller\n"
         "print('aiogram' in sys.modules)"
     )
     assert out == "False"
@@ -31,7 +32,7 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
         "import glob, json, workers\n"
         "from workers.lazy_aiogram import lazy\n"
         "from aiogram.types import Update, Message\n"
-        "from workers.sender import METHODS\n"
+        "from workers.sender.handler import METHODS\n"
         f"files = sorted(glob.glob('{FIXTURES}/updates/*.json'))\n"
         "kinds = []\n"
         "for f in files:\n"
