@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from gateway.testkit.emulator.params import Params
 
 if TYPE_CHECKING:
-    from gateway.testkit.emulator.emulator import Emulator
+    from gateway.testkit.emulator.core import EmulatorCore
 
-Handler = Callable[["Emulator", Params], Awaitable[Any]]
+Handler = Callable[["EmulatorCore", Params], Awaitable[Any]]
 METHODS: dict[str, tuple[str, Handler]] = {}
 
 

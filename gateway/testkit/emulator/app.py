@@ -14,7 +14,7 @@ from gateway.testkit.emulator.params import Params, read_params
 from gateway.testkit.emulator.userapi import add_user_routes, json_response
 
 if TYPE_CHECKING:
-    from gateway.testkit.emulator.emulator import Emulator
+    from gateway.testkit.emulator.core import EmulatorCore
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -23,7 +23,7 @@ def error_response(exc: ApiError) -> web.Response:
     return json_response(exc.body(), exc.status, exc.headers() or None)
 
 
-async def bot_call(emu: Emulator, request: web.Request) -> web.Response:
+async def bot_call(emu: EmulatorCore, request: web.Request) -> web.Response:
     """One Bot API call: token, faults, method lookup, parameters, handler."""
     faults = emu.faults
     if faults.is_unauthorized or request.match_info["token"] != emu.token:
@@ -56,7 +56,7 @@ async def not_found(request: web.Request) -> web.Response:
     return error_response(ApiError(404, "Not Found"))
 
 
-def build_app(emu: Emulator) -> web.Application:
+def build_app(emu: EmulatorCore) -> web.Application:
     """The emulator's routes bound to ``emu``."""
     app = web.Application(client_max_size=MAX_BODY)
 

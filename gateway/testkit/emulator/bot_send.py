@@ -12,7 +12,7 @@ from gateway.testkit.emulator.params import Params, Upload
 from gateway.testkit.emulator.text import EntityParseError, format_text, utf16_len
 
 if TYPE_CHECKING:
-    from gateway.testkit.emulator.emulator import Emulator
+    from gateway.testkit.emulator.core import EmulatorCore
 
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
@@ -31,7 +31,7 @@ NOT_MODIFIED = (
 )
 
 
-def target_chat(emu: Emulator, p: Params) -> Obj:
+def target_chat(emu: EmulatorCore, p: Params) -> Obj:
     """The chat a call aims at; injected 403/migration faults win over "chat not found"."""
     ref = p.chat_id()
     if isinstance(ref, int) and (fault := emu.faults.chat_error(ref)) is not None:
@@ -99,7 +99,7 @@ def inline_markup(p: Params) -> Obj | None:
     return {"inline_keyboard": rows}
 
 
-def _reply_to(emu: Emulator, chat: Obj, p: Params) -> Obj | None:
+def _reply_to(emu: EmulatorCore, chat: Obj, p: Params) -> Obj | None:
     params = p.obj("reply_parameters")
     reply_id = p.integer("reply_to_message_id")
     lenient = p.flag("allow_sending_without_reply")
@@ -116,7 +116,9 @@ def _reply_to(emu: Emulator, chat: Obj, p: Params) -> Obj | None:
     return {k: copy.deepcopy(v) for k, v in target.items() if k != "reply_to_message"}
 
 
-async def deliver(emu: Emulator, p: Params, name: str, content: dict[str, Any], chat: Obj) -> Obj:
+async def deliver(
+    emu: EmulatorCore, p: Params, name: str, content: dict[str, Any], chat: Obj
+) -> Obj:
     """Apply floods and limits, then create, log and return the bot's Message."""
     reply = _reply_to(emu, chat, p)
     markup = inline_markup(p)
@@ -145,12 +147,12 @@ async def deliver(emu: Emulator, p: Params, name: str, content: dict[str, Any], 
 
 
 @method("sendMessage")
-async def send_message(emu: Emulator, p: Params) -> Any:
+async def send_message(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     return await deliver(emu, p, "sendMessage", message_text(p), chat)
 
 
-def _file_seed(emu: Emulator, source: str | Upload) -> str:
+def _file_seed(emu: EmulatorCore, source: str | Upload) -> str:
     if isinstance(source, str):
         return source
     return f"{source.filename}:{source.size}:{len(emu.state.logs.sent)}"
@@ -163,7 +165,7 @@ def _file_id(source: str | Upload) -> str | None:
 
 
 @method("sendPhoto")
-async def send_photo(emu: Emulator, p: Params) -> Any:
+async def send_photo(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     source = p.file("photo")
     if source is None:
@@ -173,7 +175,7 @@ async def send_photo(emu: Emulator, p: Params) -> Any:
 
 
 @method("sendDocument")
-async def send_document(emu: Emulator, p: Params) -> Any:
+async def send_document(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     source = p.file("document")
     if source is None:
@@ -191,7 +193,7 @@ async def send_document(emu: Emulator, p: Params) -> Any:
 
 
 @method("sendChatAction")
-async def send_chat_action(emu: Emulator, p: Params) -> Any:
+async def send_chat_action(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     action = p.text("action") or ""
     if action not in CHAT_ACTIONS:
@@ -201,7 +203,7 @@ async def send_chat_action(emu: Emulator, p: Params) -> Any:
 
 
 @method("answerCallbackQuery")
-async def answer_callback_query(emu: Emulator, p: Params) -> Any:
+async def answer_callback_query(emu: EmulatorCore, p: Params) -> Any:
     query_id = p.text("callback_query_id") or ""
     query = emu.state.callback_queries.get(query_id)
     if query is None or query["answered"]:
@@ -220,7 +222,7 @@ async def answer_callback_query(emu: Emulator, p: Params) -> Any:
     return True
 
 
-def _own_message(emu: Emulator, p: Params, missing: str) -> Obj:
+def _own_message(emu: EmulatorCore, p: Params, missing: str) -> Obj:
     if p.has("inline_message_id"):
         raise bad_request("MESSAGE_ID_INVALID")
     chat = target_chat(emu, p)
@@ -235,7 +237,7 @@ def _own_message(emu: Emulator, p: Params, missing: str) -> Obj:
     return message
 
 
-def _store_edit(emu: Emulator, old: Obj, changes: dict[str, Any], markup: Obj | None) -> Obj:
+def _store_edit(emu: EmulatorCore, old: Obj, changes: dict[str, Any], markup: Obj | None) -> Obj:
     """Telegram drops an inline keyboard that an edit does not repeat."""
     before = {k: v for k, v in old.items() if k != "edit_date"}
     edited = {k: v for k, v in before.items() if k not in ("reply_markup", "entities")}
@@ -253,7 +255,7 @@ def _store_edit(emu: Emulator, old: Obj, changes: dict[str, Any], markup: Obj | 
 
 
 @method("editMessageText")
-async def edit_message_text(emu: Emulator, p: Params) -> Any:
+async def edit_message_text(emu: EmulatorCore, p: Params) -> Any:
     old = _own_message(emu, p, "message to edit not found")
     if "text" not in old:
         raise bad_request("there is no text in the message to edit")
@@ -261,13 +263,13 @@ async def edit_message_text(emu: Emulator, p: Params) -> Any:
 
 
 @method("editMessageReplyMarkup")
-async def edit_message_reply_markup(emu: Emulator, p: Params) -> Any:
+async def edit_message_reply_markup(emu: EmulatorCore, p: Params) -> Any:
     old = _own_message(emu, p, "message to edit not found")
     return _store_edit(emu, old, {}, inline_markup(p))
 
 
 @method("deleteMessage")
-async def delete_message(emu: Emulator, p: Params) -> Any:
+async def delete_message(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     message_id = p.integer("message_id")
     if message_id is None or not emu.state.delete_message(chat["id"], message_id):
@@ -277,16 +279,16 @@ async def delete_message(emu: Emulator, p: Params) -> Any:
 
 
 @method("getChat")
-async def get_chat(emu: Emulator, p: Params) -> Any:
+async def get_chat(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     return {**chat, "accent_color_id": 0, "max_reaction_count": 11}
 
 
-async def _true(emu: Emulator, p: Params) -> Any:
+async def _true(emu: EmulatorCore, p: Params) -> Any:
     return True
 
 
-async def _no_commands(emu: Emulator, p: Params) -> Any:
+async def _no_commands(emu: EmulatorCore, p: Params) -> Any:
     return []
 
 

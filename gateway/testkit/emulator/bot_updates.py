@@ -10,7 +10,7 @@ from gateway.testkit.emulator.errors import TERMINATED, WEBHOOK_ACTIVE, ApiError
 from gateway.testkit.emulator.params import Params
 
 if TYPE_CHECKING:
-    from gateway.testkit.emulator.emulator import Emulator
+    from gateway.testkit.emulator.core import EmulatorCore
 
 _SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
@@ -20,7 +20,7 @@ def _clamp(value: int | None, low: int, high: int, default: int) -> int:
 
 
 @method("getMe")
-async def get_me(emu: Emulator, p: Params) -> Any:
+async def get_me(emu: EmulatorCore, p: Params) -> Any:
     return {
         **emu.state.bot,
         "can_join_groups": True,
@@ -30,7 +30,7 @@ async def get_me(emu: Emulator, p: Params) -> Any:
 
 
 @method("getUpdates")
-async def get_updates(emu: Emulator, p: Params) -> Any:
+async def get_updates(emu: EmulatorCore, p: Params) -> Any:
     state = emu.state
     if state.webhook is not None:
         raise ApiError(409, WEBHOOK_ACTIVE)
@@ -60,7 +60,7 @@ async def get_updates(emu: Emulator, p: Params) -> Any:
 
 
 @method("setWebhook")
-async def set_webhook(emu: Emulator, p: Params) -> Any:
+async def set_webhook(emu: EmulatorCore, p: Params) -> Any:
     state = emu.state
     url = (p.text("url") or "").strip()
     if not url:
@@ -87,7 +87,7 @@ async def set_webhook(emu: Emulator, p: Params) -> Any:
 
 
 @method("deleteWebhook")
-async def delete_webhook(emu: Emulator, p: Params) -> Any:
+async def delete_webhook(emu: EmulatorCore, p: Params) -> Any:
     state = emu.state
     if p.flag("drop_pending_updates"):
         state.drop_pending()
@@ -98,15 +98,15 @@ async def delete_webhook(emu: Emulator, p: Params) -> Any:
 
 
 @method("getWebhookInfo")
-async def get_webhook_info(emu: Emulator, p: Params) -> Any:
+async def get_webhook_info(emu: EmulatorCore, p: Params) -> Any:
     return emu.state.webhook_info()
 
 
 @method("logOut")
-async def log_out(emu: Emulator, p: Params) -> Any:
+async def log_out(emu: EmulatorCore, p: Params) -> Any:
     return True
 
 
 @method("close")
-async def close(emu: Emulator, p: Params) -> Any:
+async def close(emu: EmulatorCore, p: Params) -> Any:
     return True

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from gateway.testkit.emulator.emulator import Emulator
+    from gateway.testkit.emulator.core import EmulatorCore
 
 Route = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -54,7 +54,7 @@ def _guarded(handler: Callable[[web.Request], Awaitable[Any]]) -> Route:
     return route
 
 
-def add_user_routes(app: web.Application, emu: Emulator) -> None:
+def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
     """Register ``/_emu/*`` routes bound to ``emu``."""
 
     async def send(request: web.Request) -> Any:
