@@ -86,7 +86,7 @@ return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 all. An entry no longer pending (a retry whose earlier try ran but lost its reply) is 0
 and writes nothing again: a finish's effects in its partition's slot land once. All keys
 share the partition's hash tag; on a cluster, effects elsewhere are written first, or put
-in the partition's relay when their node does not answer (``workers/relay``)."""
+in the partition's relay when their node does not answer (``gateway/runtime/relay.py``)."""
 
 LEASE_LOST = -1
 RELAY_FULL = -2
@@ -969,7 +969,7 @@ class StreamConsumer:
             # A script's keys must share a slot: effects elsewhere go first, unfenced (a
             # repeat publishes a copy the next stage dedupes by id; the marker is a SET).
             # One whose node does not answer goes to the partition's relay instead, in
-            # the script: the finish does not wait for that node (``workers/relay``).
+            # the script: the finish does not wait for that node (``gateway/runtime/relay.py``).
             slot = key_slot(stream.encode())
             if key_slot(relay.encode()) != slot:  # a stream that is no partition of ours
                 relay = stream
