@@ -17,9 +17,9 @@ format: ## ruff format + import sort
 	bash scripts/venv.sh dev
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix --select I .
 
-lint: ## ruff lint + format check
+lint: ## ruff lint + format check + import layers (lint-imports, pyproject's [tool.importlinter])
 	bash scripts/venv.sh dev
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
 type: ## mypy --strict on gateway/ and workers/
 	bash scripts/venv.sh dev

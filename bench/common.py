@@ -1,7 +1,7 @@
 """What the bench drivers share: a free port, waiting for a port, a process's memory.
 
-``free_port`` (a reserved port outside the ephemeral range, ``gateway.ports``) and a
-private redis-server (``private_redis``) come from ``workers.sandbox``, as in the tests
+``free_port`` (a reserved port outside the ephemeral range, ``gateway.testkit.ports``) and a
+private redis-server (``private_redis``) come from ``gateway.app.sandbox``, as in the tests
 (bench/ingress.py starts its own Redis, because it measures that process's CPU).
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from workers.sandbox import free_port
+from gateway.app.sandbox import free_port
 
 __all__ = ["HOST", "BenchBroken", "cpu_seconds", "free_port", "proc_status", "wait_port"]
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from bench.common import free_port, proc_status, wait_port
-from workers.sandbox import private_redis
+from gateway.app.sandbox import private_redis
 
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 GOAL_MB = 100.0

@@ -36,8 +36,8 @@ import redis
 
 from bench.common import HOST, BenchBroken, cpu_seconds, free_port, proc_status, wait_port
 from bench.servers import SERVERS, WEBHOOK_PATH
-from gateway.contracts import Keys
-from gateway.settings import RedisSettings
+from gateway.core.contracts import Keys
+from gateway.core.settings import RedisSettings
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

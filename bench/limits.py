@@ -42,11 +42,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.contracts import Keys, OutboundEntry
-from gateway.emulator import Emulator, EmulatorLimits
-from gateway.settings import RedisSettings, SenderSettings
-from gateway.streams import ensure_groups, publish_outbound
-from workers.sandbox import private_redis
+from gateway.app.sandbox import private_redis
+from gateway.core.contracts import Keys, OutboundEntry
+from gateway.core.settings import RedisSettings, SenderSettings
+from gateway.runtime.streams import ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator, EmulatorLimits
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

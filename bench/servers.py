@@ -4,10 +4,10 @@
 
 bare        bare ASGI app: read the body, answer 200 {"ok":true}; no Redis (HTTP ceiling)
 aiogram     aiogram's SimpleRequestHandler on aiohttp.web, no-op message handler
-tg-gateway  ours: gateway.serve.serve_ingress (build_ingress + uvicorn) as `tg-gateway ingress`
+tg-gateway  ours: gateway.ingress.serve.serve_ingress, build_ingress + uvicorn: `tg-gateway ingress`
 naive       bare ASGI app, one `await redis.xadd(...)` per request (no coalescing, no dedupe)
 
-bare and naive run under uvicorn configured like gateway/serve.py (uvloop, httptools,
+bare and naive run under uvicorn configured like gateway/ingress/serve.py (uvloop, httptools,
 access log off); tg-gateway runs the product's own code path. Every server listens on
 127.0.0.1 only. SIGTERM stops each of them.
 """
@@ -79,7 +79,7 @@ class NaiveApp:
 
     def __init__(self, redis_url: str, prefix: str, partitions: int, secret: str) -> None:
         # imported here so the bare server's RSS does not include gateway/pydantic
-        from gateway.contracts import Keys, extract_update_ids, partition_for, update_fields
+        from gateway.core.contracts import Keys, extract_update_ids, partition_for, update_fields
 
         self._extract = extract_update_ids
         self._partition = partition_for
@@ -118,7 +118,7 @@ class NaiveApp:
         await _answer(send, 200, _OK)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        from gateway.streams import connect
+        from gateway.runtime.streams import connect
 
         while True:
             message = await receive()
@@ -132,7 +132,8 @@ class NaiveApp:
 
 
 def serve_asgi(app: Callable[..., Any], port: int, lifespan: Literal["on", "off"]) -> None:
-    """uvicorn configured as gateway/serve.py configures it, in uvloop as the CLI runs it."""
+    """uvicorn configured as gateway/ingress/serve.py configures it, in uvloop as the CLI
+    runs it."""
     config = uvicorn.Config(
         app,
         host=HOST,
@@ -186,10 +187,9 @@ def serve_aiogram(port: int, secret: str, loop: str) -> None:
 
 def serve_gateway(port: int, redis_url: str, prefix: str, partitions: int, secret: str) -> None:
     """`tg-gateway ingress` with Telegram disabled: run_async + serve_ingress, unchanged."""
-    from gateway.cli import run_async
-    from gateway.logs import setup_logging
-    from gateway.serve import serve_ingress
-    from gateway.settings import (
+    from gateway.app.running import run_async
+    from gateway.core.logs import setup_logging
+    from gateway.core.settings import (
         IngressSettings,
         PipelineSettings,
         RedisSettings,
@@ -197,6 +197,7 @@ def serve_gateway(port: int, redis_url: str, prefix: str, partitions: int, secre
         TelegramSettings,
         load,
     )
+    from gateway.ingress.serve import serve_ingress
 
     tg = load(
         TelegramSettings,

@@ -29,9 +29,9 @@ import redis.asyncio as aioredis
 from aiogram import Router
 
 from bench.common import cpu_seconds, free_port, wait_port
-from gateway.contracts import GROUP_WORKERS, Keys, partition_for, update_fields
-from gateway.streams import ensure_groups
-from workers.sandbox import private_redis
+from gateway.app.sandbox import private_redis
+from gateway.core.contracts import GROUP_WORKERS, Keys, partition_for, update_fields
+from gateway.runtime.streams import ensure_groups
 
 PREFIX = "bench"
 PARTITIONS = 8
@@ -234,7 +234,7 @@ def main() -> int:
     pipe_port = free_port()
     pipe_code = (
         "import asyncio\n"
-        "from workers.reference_app import ReferencePipelineServer\n"
+        "from gateway.testkit.reference.app import ReferencePipelineServer\n"
         "async def main():\n"
         f"    s = ReferencePipelineServer(mode='sync', delay={PIPELINE_DELAY})\n"
         f"    await s.start('127.0.0.1', {pipe_port})\n"

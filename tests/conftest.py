@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 import workers  # noqa: F401 - first aiogram import of the session: the lazy path, as in production
-from gateway.emulator import Emulator
-from gateway.ports import process_allocator
+from gateway.testkit.emulator import Emulator
+from gateway.testkit.ports import process_allocator
 from tests.helpers import (
     BOT_USERNAME,
     GATEWAY_ENV_PREFIXES,
@@ -119,7 +119,7 @@ async def cluster_redis(redis_cluster_url: str) -> AsyncIterator[aioredis.Redis]
     """The gateway's own cluster client (``connect(cluster=True)``), every primary flushed."""
     from redis.asyncio.cluster import RedisCluster
 
-    from gateway.streams import connect
+    from gateway.runtime.streams import connect
 
     client = connect(redis_cluster_url, cluster=True)
     await client.flushall(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
@@ -145,7 +145,7 @@ def _ports_line(allocator_ports: dict[str, tuple[int, int]]) -> str:
     shown = ", ".join(
         f"{who} {n} (peak {peak} locks)" for who, (n, peak) in allocator_ports.items()
     )
-    return f"ports reserved per test process (gateway.ports): {shown}"
+    return f"ports reserved per test process (gateway.testkit.ports): {shown}"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

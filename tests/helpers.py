@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.ports import release_port, reserve_port
-from workers.sandbox import redis_binary
+from gateway.app.sandbox import redis_binary
+from gateway.testkit.ports import release_port, reserve_port
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ CLUSTER_BUS = (10_000,)  # a cluster node's bus listens on port + 10000
 
 def free_port() -> int:
     """A port for a child to bind: outside the ephemeral range, bindable, and reserved for
-    this process until it exits (``gateway.ports``), so no outgoing connection and no
+    this process until it exits (``gateway.testkit.ports``), so no outgoing connection and no
     other test process takes it before the child binds it."""
     return reserve_port()
 
@@ -467,7 +467,7 @@ async def running(
                 raise t.exception()  # type: ignore[misc]
 
 
-# The prefixes of every gateway setting (gateway/settings.py): none may leak from the
+# The prefixes of every gateway setting (gateway/core/settings.py): none may leak from the
 # developer's environment into a test or a child process.
 GATEWAY_ENV_PREFIXES = (
     "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
@@ -493,7 +493,7 @@ def make_config(
     sender: dict[str, Any] | None = None,
 ) -> Any:
     """A role ``Config`` for tests: fast polling, short blocks, everything overridable."""
-    from gateway.settings import (
+    from gateway.core.settings import (
         Config,
         IngressSettings,
         PipelineSettings,
@@ -539,8 +539,8 @@ def make_config(
 
 
 def all_roles(cfg: Any) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
-    from gateway.serve import serve_ingress_role
-    from workers.roles import serve_sender, serve_worker
+    from gateway.app.roles import serve_sender, serve_worker
+    from gateway.ingress.serve import serve_ingress_role
 
     return [
         lambda stop: serve_ingress_role(cfg, stop),
@@ -550,12 +550,12 @@ def all_roles(cfg: Any) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
 
 
 async def dead_letters(redis: Any, cfg: Any) -> list[dict[str, str]]:
-    from gateway.contracts import decode_fields
+    from gateway.core.contracts import decode_fields
 
     return [decode_fields(f) for _, f in await redis.xrange(cfg.keys.dead)]
 
 
 async def results(redis: Any, cfg: Any) -> list[dict[str, str]]:
-    from gateway.contracts import decode_fields
+    from gateway.core.contracts import decode_fields
 
     return [decode_fields(f) for _, f in await redis.xrange(cfg.keys.results)]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import EXIT_PIPE_CLOSED, EXIT_UNAVAILABLE, REDIS_COMMAND_TIMEOUT
+from gateway.app.cli import REDIS_COMMAND_TIMEOUT
+from gateway.app.running import EXIT_PIPE_CLOSED, EXIT_UNAVAILABLE
 from tests.helpers import TOKEN, RedisProcess, env_without_gateway_vars
 
 pytestmark = pytest.mark.e2e

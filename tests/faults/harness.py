@@ -42,8 +42,8 @@ import httpx
 import redis as sync_redis
 from redis.exceptions import RedisError
 
-from gateway.contracts import partition_for
-from gateway.ports import release_port
+from gateway.core.contracts import partition_for
+from gateway.testkit.ports import release_port
 from tests.helpers import (
     BOT_ID,
     TOKEN,
@@ -933,7 +933,7 @@ class Harness:
     # --- the ledger --------------------------------------------------------------------
 
     def report(self, *, final: bool = True) -> Report:
-        from workers.reference import respond
+        from gateway.testkit.reference.rules import respond
 
         assert self.traffic is not None
         messages = list(self.traffic.sent)

@@ -168,7 +168,7 @@ def test_429_waits_do_not_use_up_the_5xx_attempt_budget(tmp_path: Path, report_p
 
 
 def test_first_callback_after_redis_restart_is_accepted(tmp_path: Path, report_path: Path) -> None:
-    from gateway.tokens import sign_route
+    from gateway.core.tokens import sign_route
 
     options = Options(workers=1, senders=1, aof=True)
     with Harness(
@@ -221,7 +221,7 @@ def test_partition_released_during_a_read_keeps_order(tmp_path: Path, report_pat
     socket timeout); worker-1 joins, so worker-0 releases half the partitions mid-read and
     worker-1 takes them; then one chat of a moved partition writes three messages. Redis
     hands the first to worker-0's older blocked read. They must still stay in order."""
-    from gateway.contracts import partition_for
+    from gateway.core.contracts import partition_for
 
     options = Options(
         workers=1,
@@ -287,8 +287,8 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
     a take-over dispatches partition 1's backlog (what the lease task does on a start)."""
     import asyncio
 
-    from gateway.contracts import Keys, Stage
-    from workers.consumer import Ack, ConsumerConfig, StreamConsumer
+    from gateway.core.contracts import Keys, Stage
+    from gateway.runtime.consumer import Ack, ConsumerConfig, StreamConsumer
 
     keys = Keys("tg", 4)
     calls: list[tuple[str, object, object]] = []  # (command, stream, ids)

@@ -24,7 +24,8 @@ from typing import cast
 
 import pytest
 
-from gateway.contracts import Keys
+from gateway.core.contracts import Keys
+from gateway.runtime.leases import assign
 from tests.faults.harness import (
     PARTITIONS,
     SEED,
@@ -37,7 +38,6 @@ from tests.faults.harness import (
     show,
 )
 from tests.helpers import redis_server_binary
-from workers.leases import assign
 
 pytestmark = [
     pytest.mark.e2e,
@@ -56,7 +56,7 @@ KEYS = Keys("tg", PARTITIONS)
 
 
 def consumer_names(h: Harness, kind: str) -> dict[str, str]:
-    """Consumer name (``{kind}-{hostname}-{pid}``, workers/consumer.py) -> role name, for
+    """Consumer name (``{kind}-{hostname}-{pid}``, gateway/runtime/consumer.py) -> role name, for
     the live processes of ``kind``."""
     host = socket.gethostname()
     return {
@@ -74,7 +74,7 @@ def lease_owners(h: Harness, kind: str) -> dict[int, str | None]:
 
 def convergence_bound(h: Harness, kind: str) -> float:
     """Three lease TTLs (an expired lease, a heartbeat dropping out, the take-over tick)
-    plus the new owner's settle time (``BLOCK_MS`` + 0.5 s, workers/consumer.py)."""
+    plus the new owner's settle time (``BLOCK_MS`` + 0.5 s, gateway/runtime/consumer.py)."""
     block_ms = int(h.role_env()[f"{kind.upper()}_BLOCK_MS"])
     return 3 * h.options.lease_ttl_ms / 1000 + block_ms / 1000 + 0.5
 

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.batching import Coalescer
-from gateway.streams import connect
+from gateway.runtime.batching import Coalescer
+from gateway.runtime.streams import connect
 from tests.helpers import RedisProcess
 
 pytestmark = pytest.mark.integration

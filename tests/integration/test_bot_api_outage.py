@@ -11,11 +11,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import partition_for, update_fields
-from gateway.emulator import Emulator
-from gateway.streams import ensure_groups
+from gateway.app.roles import learn_me, make_bot, serve_worker
+from gateway.core.contracts import partition_for, update_fields
+from gateway.runtime.streams import ensure_groups
+from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, make_config, running, wait_for
-from workers.roles import learn_me, make_bot, serve_worker
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import Keys, Reason, Stage, decode_fields
-from gateway.streams import connect, ensure_groups
+from gateway.core.contracts import Keys, Reason, Stage, decode_fields
+from gateway.runtime.consumer import FINISH_LUA, Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
+from gateway.runtime.streams import connect, ensure_groups
 from tests.helpers import RedisProcess, RedisProxy, wait_for
-from workers.consumer import FINISH_LUA, Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import GROUP_WORKERS, Keys, Reason, Stage
-from gateway.streams import dead_letter_and_ack, ensure_groups
+from gateway.core.contracts import GROUP_WORKERS, Keys, Reason, Stage
+from gateway.runtime.streams import dead_letter_and_ack, ensure_groups
 from tests.helpers import env_without_gateway_vars
 
 pytestmark = pytest.mark.integration

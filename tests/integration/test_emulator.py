@@ -25,7 +25,7 @@ from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboar
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.emulator import Emulator, EmulatorLimits
+from gateway.testkit.emulator import Emulator, EmulatorLimits
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.emulator import Emulator
-from gateway.serve import serve_ingress_role
+from gateway.ingress.serve import serve_ingress_role
+from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_USERNAME, TOKEN, free_port, make_config, running, wait_for
 
 pytestmark = pytest.mark.integration

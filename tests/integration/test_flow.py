@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.emulator import Emulator
+from gateway.testkit.emulator import Emulator
+from gateway.testkit.reference.app import ReferencePipelineServer
+from gateway.testkit.reference.rules import Category, classify
 from tests.helpers import (
     BOT_ID,
     BOT_USERNAME,
@@ -18,8 +20,6 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.reference import Category, classify
-from workers.reference_app import ReferencePipelineServer
 
 pytestmark = pytest.mark.integration
 

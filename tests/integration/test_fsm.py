@@ -18,14 +18,14 @@ from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.types import Message
 
-from gateway.contracts import Keys, partition_for, update_fields
-from gateway.emulator import Emulator
-from gateway.streams import ensure_groups
+from gateway.app import roles
+from gateway.app.roles import serve_sender, serve_worker
+from gateway.core.contracts import Keys, partition_for, update_fields
+from gateway.runtime.streams import ensure_groups
+from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, make_config, running
-from workers import roles
-from workers.context import WorkerContext
-from workers.roles import serve_sender, serve_worker
-from workers.worker import fsm_storage
+from workers.worker.context import WorkerContext
+from workers.worker.handler import fsm_storage
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ async def test_fsm_storage_works_on_a_redis_cluster(cluster_redis: aioredis.Redi
 
 
 def test_the_sandbox_alone_keeps_the_fsm_in_memory() -> None:
-    from workers.sandbox import sandbox_config
+    from gateway.app.sandbox import sandbox_config
 
     cfg = sandbox_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 1)
     assert cfg.fsm_storage == "memory"

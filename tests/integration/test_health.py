@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.emulator import Emulator
+from gateway.testkit.emulator import Emulator
 from tests.helpers import TOKEN, all_roles, env_without_gateway_vars, make_config, running, wait_for
 
 pytestmark = pytest.mark.integration

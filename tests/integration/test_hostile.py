@@ -12,10 +12,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.contracts import Keys
-from gateway.ingress import IngressApp, IngressConfig
-from gateway.streams import connect
-from gateway.tokens import sign_route
+from gateway.core.contracts import Keys
+from gateway.core.tokens import sign_route
+from gateway.ingress.app import IngressApp, IngressConfig
+from gateway.runtime.streams import connect
 from tests.helpers import FIXTURES
 
 SECRET = "fuzz_secret"

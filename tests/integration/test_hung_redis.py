@@ -15,16 +15,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import Keys
-from gateway.serve import serve_ingress
-from gateway.settings import (
+from gateway.core.contracts import Keys
+from gateway.core.settings import (
     IngressSettings,
     PipelineSettings,
     RedisSettings,
     TelegramSettings,
     load,
 )
-from gateway.tokens import sign_route
+from gateway.core.tokens import sign_route
+from gateway.ingress.serve import serve_ingress
 from tests.helpers import BOT_ID, FIXTURES, TOKEN, RedisProcess, free_port, running, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,20 +12,20 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.cli import main as cli_main
-from gateway.contracts import GROUP_WORKERS, Keys, OutboundEntry, partition_for
-from gateway.emulator import Emulator
-from gateway.errors import ConfigError
-from gateway.serve import serve_ingress
-from gateway.settings import (
+from gateway.app.cli import main as cli_main
+from gateway.core.contracts import GROUP_WORKERS, Keys, OutboundEntry, partition_for
+from gateway.core.errors import ConfigError
+from gateway.core.settings import (
     IngressSettings,
     PipelineSettings,
     RedisSettings,
     TelegramSettings,
     load,
 )
-from gateway.telegram import derive_webhook_secret, webhook_secret_for
-from gateway.tokens import sign_route
+from gateway.core.tokens import sign_route
+from gateway.ingress.serve import serve_ingress
+from gateway.telegram.client import derive_webhook_secret, webhook_secret_for
+from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, TOKEN, RedisProcess, free_port, running, wait_for
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import GROUP_WORKERS, SCHEMA, Keys
-from gateway.emulator import Emulator
-from gateway.layout import LayoutMismatch, ensure_layout, read_layout, reset_layout
-from gateway.serve import serve_ingress_role
-from gateway.streams import ensure_groups
+from gateway.app.roles import serve_sender, serve_worker
+from gateway.core.contracts import GROUP_WORKERS, SCHEMA, Keys
+from gateway.ingress.serve import serve_ingress_role
+from gateway.runtime.layout import LayoutMismatch, ensure_layout, read_layout, reset_layout
+from gateway.runtime.streams import ensure_groups
+from gateway.testkit.emulator import Emulator
 from tests.helpers import (
     RedisProcess,
     env_without_gateway_vars,
@@ -25,7 +26,6 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.roles import serve_sender, serve_worker
 
 pytestmark = pytest.mark.integration
 

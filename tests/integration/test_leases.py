@@ -10,11 +10,18 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import Keys, Stage
-from gateway.streams import ensure_groups
+from gateway.core.contracts import Keys, Stage
+from gateway.runtime.consumer import (
+    Ack,
+    ConsumerConfig,
+    LeaseLost,
+    Outcome,
+    StreamConsumer,
+    lease_valid,
+)
+from gateway.runtime.leases import assign
+from gateway.runtime.streams import ensure_groups
 from tests.helpers import wait_for
-from workers.consumer import Ack, ConsumerConfig, LeaseLost, Outcome, StreamConsumer, lease_valid
-from workers.leases import assign
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import OutboundEntry
-from gateway.emulator import Emulator, EmulatorLimits
-from gateway.streams import ensure_groups, publish_outbound
+from gateway.app.roles import serve_sender
+from gateway.core.contracts import OutboundEntry
+from gateway.runtime.streams import ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator, EmulatorLimits
 from tests.helpers import (
     BOT_ID,
     BOT_USERNAME,
@@ -32,7 +33,6 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.roles import serve_sender
 
 pytestmark = pytest.mark.integration
 

@@ -21,18 +21,21 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from gateway.batching import Coalescer
-from gateway.contracts import GROUP_SENDERS, Keys, OutboundEntry, Stage, partition_for
-from gateway.emulator import Emulator
-from gateway.serve import serve_ingress
-from gateway.settings import (
+from gateway.app.roles import make_bot
+from gateway.core.contracts import GROUP_SENDERS, Keys, OutboundEntry, Stage, partition_for
+from gateway.core.settings import (
     IngressSettings,
     PipelineSettings,
     RedisSettings,
     TelegramSettings,
     load,
 )
-from gateway.streams import connect, ensure_groups, publish_outbound
+from gateway.ingress.serve import serve_ingress
+from gateway.runtime.batching import Coalescer
+from gateway.runtime.consumer import ConsumerConfig, StreamConsumer
+from gateway.runtime.leases import LeaseManager
+from gateway.runtime.streams import connect, ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator
 from tests.helpers import (
     BOT_ID,
     FIXTURES,
@@ -45,11 +48,8 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.consumer import ConsumerConfig, StreamConsumer
-from workers.leases import LeaseManager
-from workers.ratelimit import Limits, RateLimiter
-from workers.roles import make_bot
-from workers.sender import Sender
+from workers.sender.handler import Sender
+from workers.sender.ratelimit import Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,11 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.contracts import GROUP_SENDERS, Keys, OutboundEntry, Stage, partition_for
-from gateway.emulator import Emulator, EmulatorLimits
-from gateway.streams import connect, ensure_groups, publish_outbound
+from gateway.app.roles import make_bot
+from gateway.core.contracts import GROUP_SENDERS, Keys, OutboundEntry, Stage, partition_for
+from gateway.runtime.consumer import ConsumerConfig, StreamConsumer
+from gateway.runtime.streams import connect, ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator, EmulatorLimits
 from tests.helpers import (
     BOT_ID,
     BOT_USERNAME,
@@ -34,10 +36,8 @@ from tests.helpers import (
     wait_for,
 )
 from tests.integration.test_node_outage import node_of, restart, stop_node
-from workers.consumer import ConsumerConfig, StreamConsumer
-from workers.ratelimit import Limits, RateLimiter
-from workers.roles import make_bot
-from workers.sender import Sender
+from workers.sender.handler import Sender
+from workers.sender.ratelimit import Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
 

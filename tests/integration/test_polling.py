@@ -8,10 +8,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.emulator import Emulator
-from gateway.errors import TelegramFatal
-from gateway.serve import serve_ingress_role
-from gateway.streams import connect
+from gateway.core.errors import TelegramFatal
+from gateway.ingress.serve import serve_ingress_role
+from gateway.runtime.streams import connect
+from gateway.testkit.emulator import Emulator
 from tests.helpers import TOKEN, RedisProcess, make_config, running, wait_for
 
 pytestmark = pytest.mark.integration

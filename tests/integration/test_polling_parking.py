@@ -22,13 +22,13 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.contracts import Keys, partition_for, update_fields
-from gateway.emulator import Emulator
-from gateway.layout import LayoutMismatch, ensure_layout, reset_layout
-from gateway.poller import Poller
-from gateway.settings import DEFAULT_ALLOWED_UPDATES
-from gateway.streams import UpdatePublisher, connect
-from gateway.telegram import BotApi
+from gateway.core.contracts import Keys, partition_for, update_fields
+from gateway.core.settings import DEFAULT_ALLOWED_UPDATES
+from gateway.ingress.poller import Poller
+from gateway.runtime.layout import LayoutMismatch, ensure_layout, reset_layout
+from gateway.runtime.streams import UpdatePublisher, connect
+from gateway.telegram.client import BotApi
+from gateway.testkit.emulator import Emulator
 from tests.helpers import (
     BOT_ID,
     TOKEN,
@@ -128,7 +128,7 @@ def poller_url(own_redis: RedisProcess) -> str:
 
 @pytest.fixture(autouse=True)
 def _poller_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.poller")
+    caplog.set_level(logging.INFO, logger="gateway.ingress.poller")
 
 
 async def test_a_refused_partition_is_parked_and_its_updates_land_in_order(
@@ -271,7 +271,7 @@ async def test_a_full_parking_stream_refuses_and_keeps_what_it_holds(
 ) -> None:
     """Past its cap a parking stream takes nothing more (the poller then holds its
     offset); what it holds is never trimmed."""
-    monkeypatch.setattr("gateway.streams.PARK_CAP", 3)
+    monkeypatch.setattr("gateway.runtime.streams.PARK_CAP", 3)
     keys = Keys("pf", P)
     publisher = UpdatePublisher(redis, keys, 3600, timeout=2.0)
     stream = keys.parked(0)

@@ -18,9 +18,10 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from gateway import dlq
-from gateway.contracts import Keys, Reason, Stage
-from gateway.streams import UpdatePublisher, connect, ensure_groups, is_cluster
+from gateway.core.contracts import Keys, Reason, Stage
+from gateway.runtime import dlq
+from gateway.runtime.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
+from gateway.runtime.streams import UpdatePublisher, connect, ensure_groups, is_cluster
 from tests.helpers import (
     BOT_ID,
     RedisClusterProcesses,
@@ -28,8 +29,7 @@ from tests.helpers import (
     redis_server_binary,
     wait_for,
 )
-from workers.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
-from workers.ratelimit import Limits, RateLimiter
+from workers.sender.ratelimit import Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -214,7 +214,7 @@ async def test_a_worker_outlives_a_node_restart(
     down and the cluster says ``fail`` (every node answers CLUSTERDOWN) for a few
     seconds, then comes back: the consumer keeps running, and every entry is handled
     exactly once."""
-    caplog.set_level(logging.WARNING, logger="workers.consumer")
+    caplog.set_level(logging.WARNING, logger="gateway.runtime.consumer")
     redis = connect(own_cluster.url, cluster=True)
     keys = Keys("nf", 6)
     handled: list[tuple[str, str]] = []

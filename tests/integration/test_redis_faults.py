@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-from gateway.contracts import Keys, Stage
-from gateway.streams import connect, ensure_groups
+from gateway.core.contracts import Keys, Stage
+from gateway.runtime.consumer import Ack, ConsumerConfig, Outcome, StreamConsumer
+from gateway.runtime.streams import connect, ensure_groups
 from tests.helpers import RedisProxy, wait_for
-from workers.consumer import Ack, ConsumerConfig, Outcome, StreamConsumer
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Integration tests for ``workers.reference_app``: real HTTP on 127.0.0.1, with a small
+"""Integration tests for ``gateway.testkit.reference.app``: real HTTP on 127.0.0.1, with a small
 aiohttp callback receiver standing in for the gateway."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from gateway.testkit.reference.app import ReferencePipelineServer, run_reference_pipeline
+from gateway.testkit.reference.rules import respond
 from tests.helpers import env_without_gateway_vars, free_port, wait_for
-from workers.reference import respond
-from workers.reference_app import ReferencePipelineServer, run_reference_pipeline
 
 pytestmark = pytest.mark.integration
 

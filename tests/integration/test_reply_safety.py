@@ -21,14 +21,15 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway.cli import main as cli_main
-from gateway.contracts import Keys, OutboundEntry, decode_fields, partition_for, update_fields
-from gateway.emulator import Emulator
-from gateway.serve import serve_ingress
-from gateway.settings import IngressSettings, PipelineSettings, RedisSettings, TelegramSettings
-from gateway.settings import load as load_settings
-from gateway.streams import ensure_groups, publish_outbound
-from gateway.tokens import sign_route
+from gateway.app.cli import main as cli_main
+from gateway.app.roles import serve_sender, serve_worker
+from gateway.core.contracts import Keys, OutboundEntry, decode_fields, partition_for, update_fields
+from gateway.core.settings import IngressSettings, PipelineSettings, RedisSettings, TelegramSettings
+from gateway.core.settings import load as load_settings
+from gateway.core.tokens import sign_route
+from gateway.ingress.serve import serve_ingress
+from gateway.runtime.streams import ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator
 from tests.helpers import (
     BOT_ID,
     FIXTURES,
@@ -41,7 +42,6 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.roles import serve_sender, serve_worker
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import Keys
-from gateway.streams import safe_trim_id, trim_stream
+from gateway.core.contracts import Keys
+from gateway.runtime.streams import safe_trim_id, trim_stream
 
 pytestmark = pytest.mark.integration
 

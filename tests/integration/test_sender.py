@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import GROUP_SENDERS, OutboundEntry, Stage, partition_for
-from gateway.emulator import Emulator
-from gateway.emulator.limits import EmulatorLimits
-from gateway.errors import TelegramFatal
-from gateway.streams import ensure_groups, publish_outbound
+from gateway.app.roles import make_bot, serve_sender
+from gateway.core.contracts import GROUP_SENDERS, OutboundEntry, Stage, partition_for
+from gateway.core.errors import TelegramFatal
+from gateway.runtime.consumer import ConsumerConfig, StreamConsumer
+from gateway.runtime.streams import ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator
+from gateway.testkit.emulator.limits import EmulatorLimits
 from tests.helpers import (
     BOT_ID,
     BOT_USERNAME,
@@ -24,10 +26,8 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.consumer import ConsumerConfig, StreamConsumer
-from workers.ratelimit import Limits, RateLimiter
-from workers.roles import make_bot, serve_sender
-from workers.sender import Sender
+from workers.sender.handler import Sender
+from workers.sender.ratelimit import Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +237,7 @@ async def test_unauthorized_stops_the_sender_with_a_clear_error(
 
 
 def _stream_of(cfg: object, chat: int) -> str:
-    from gateway.contracts import partition_for
+    from gateway.core.contracts import partition_for
 
     keys = cfg.keys  # type: ignore[attr-defined]
     return keys.outbound(partition_for(chat, keys.partitions))  # type: ignore[no-any-return]
@@ -272,8 +272,8 @@ async def test_paid_broadcasts_lift_the_global_limit(redis: aioredis.Redis, redi
 
 
 def test_global_limit_above_30_needs_paid_broadcasts() -> None:
-    from gateway.errors import ConfigError
-    from gateway.settings import SenderSettings, load
+    from gateway.core.errors import ConfigError
+    from gateway.core.settings import SenderSettings, load
 
     with pytest.raises(ConfigError, match="SENDER_PAID_BROADCAST"):
         load(SenderSettings, sender_global_per_second=100)

@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.contracts import Keys, OutboundEntry
-from gateway.emulator import Emulator
-from gateway.emulator.limits import max_in_window
-from gateway.streams import connect, ensure_groups, publish_outbound
+from gateway.app.roles import serve_sender
+from gateway.core.contracts import Keys, OutboundEntry
+from gateway.runtime.streams import connect, ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator
+from gateway.testkit.emulator.limits import max_in_window
 from tests.helpers import (
     BOT_ID,
     RedisProxy,
@@ -32,8 +33,7 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.ratelimit import PROBE_EVERY, Limits, RateLimiter
-from workers.roles import serve_sender
+from workers.sender.ratelimit import PROBE_EVERY, Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
 

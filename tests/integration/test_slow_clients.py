@@ -12,14 +12,14 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.serve import serve_ingress
-from gateway.settings import (
+from gateway.core.settings import (
     IngressSettings,
     PipelineSettings,
     RedisSettings,
     TelegramSettings,
     load,
 )
+from gateway.ingress.serve import serve_ingress
 from tests.helpers import FIXTURES, TOKEN, free_port, running
 
 pytestmark = pytest.mark.integration

@@ -11,13 +11,13 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import status
-from gateway.contracts import partition_for, update_fields
-from gateway.emulator import Emulator
-from gateway.status import render, stream_status
-from gateway.streams import ensure_groups
+from gateway.app.roles import serve_sender, serve_worker
+from gateway.core.contracts import partition_for, update_fields
+from gateway.runtime import status
+from gateway.runtime.status import render, stream_status
+from gateway.runtime.streams import ensure_groups
+from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, make_config, running, wait_for
-from workers.roles import serve_sender, serve_worker
 
 pytestmark = pytest.mark.integration
 

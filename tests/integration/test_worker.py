@@ -14,12 +14,12 @@ import redis.asyncio as aioredis
 from aiogram import F, Router
 from aiogram.types import Message
 
-from gateway.contracts import partition_for, update_fields
-from gateway.emulator import Emulator
-from gateway.streams import ensure_groups
+from gateway.app.roles import serve_sender, serve_worker
+from gateway.core.contracts import partition_for, update_fields
+from gateway.runtime.streams import ensure_groups
+from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, dead_letters, make_config, running, wait_for
-from workers.context import WorkerContext
-from workers.roles import serve_sender, serve_worker
+from workers.worker.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def emu(emu: Emulator) -> Emulator:
 async def test_a_malformed_update_is_dead_lettered_and_the_chat_goes_on(
     redis: aioredis.Redis, redis_url: str, emu: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="workers.roles")
+    caplog.set_level(logging.INFO, logger="gateway.app.roles")
     broken = text_update(10, "no date")
     del broken["message"]["date"]  # aiogram's Message requires it
     cfg = make_config(redis_url, emu.api_url)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import FIXTURES
-from workers.adapter import adapt
+from workers.worker.adapter import adapt
 
 BOT = 7689012345
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.attachments import FILE_ID, attachment_ref_problem, check_attachment_ref
+from gateway.core.attachments import FILE_ID, attachment_ref_problem, check_attachment_ref
 from tests.helpers import FIXTURES
 
 

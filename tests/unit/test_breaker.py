@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.breaker import CircuitBreaker
+from workers.worker.breaker import CircuitBreaker
 
 
 class Clock:

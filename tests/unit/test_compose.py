@@ -41,7 +41,7 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_compose_uses_only_real_subcommands() -> None:
-    from gateway.cli import build_parser
+    from gateway.app.cli import build_parser
 
     text = (ROOT / "docker-compose.yml").read_text()
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]

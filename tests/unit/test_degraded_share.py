@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gateway.emulator.limits import max_in_window
-from workers.ratelimit import LATE_CREDIT_US, gcra, share_interval_us
+from gateway.testkit.emulator.limits import max_in_window
+from workers.sender.ratelimit import LATE_CREDIT_US, gcra, share_interval_us
 
 
 def schedule(interval_us: int, start_us: int, until_us: int) -> list[float]:

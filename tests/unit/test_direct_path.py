@@ -14,10 +14,10 @@ from aiogram.types import Update, User
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import workers.worker as worker_module
+import workers.worker.handler as worker_module
+from gateway.runtime.consumer import Ack
 from tests.helpers import FIXTURES
-from workers.consumer import Ack
-from workers.worker import build_dispatcher, plain_message
+from workers.worker.handler import build_dispatcher, plain_message
 
 BOT_USER = User(id=7689012345, is_bot=True, first_name="Gateway", username="gw_bot")
 

@@ -7,12 +7,17 @@ from typing import Any
 
 import pytest
 
-from gateway.emulator.errors import WEBHOOK_ACTIVE
-from gateway.emulator.faults import Faults
-from gateway.emulator.limits import EmulatorLimits, SendWindows, max_in_window, window_maxima
-from gateway.emulator.objects import user_obj
-from gateway.emulator.state import EmulatorState, time_based_update_id
-from gateway.emulator.text import (
+from gateway.testkit.emulator.errors import WEBHOOK_ACTIVE
+from gateway.testkit.emulator.faults import Faults
+from gateway.testkit.emulator.limits import (
+    EmulatorLimits,
+    SendWindows,
+    max_in_window,
+    window_maxima,
+)
+from gateway.testkit.emulator.objects import user_obj
+from gateway.testkit.emulator.state import EmulatorState, time_based_update_id
+from gateway.testkit.emulator.text import (
     EntityParseError,
     detect_entities,
     parse_html,
@@ -20,7 +25,7 @@ from gateway.emulator.text import (
     parse_markdown_v2,
     utf16_len,
 )
-from gateway.emulator.users import push_update, user_edit, user_press, user_send
+from gateway.testkit.emulator.users import push_update, user_edit, user_press, user_send
 from tests.helpers import FIXTURES
 
 BOT = user_obj(7689012345, "Example Gateway", username="example_gateway_bot", is_bot=True)

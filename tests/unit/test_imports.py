@@ -1,11 +1,17 @@
-"""Process footprint: what each role imports (idle RSS goals live in bench/idle_rss.py)."""
+"""Imports: the layers hold, no import circle, and what each role loads (idle RSS goals
+live in bench/idle_rss.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import grimp
 
 from tests.helpers import FIXTURES
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(code: str) -> str:
@@ -19,7 +25,8 @@ def run(code: str) -> str:
 def test_ingress_never_loads_aiogram() -> None:
     """aiogram's models cost ~100 MB; the ingress role has no use for them."""
     out = run(
-        "import sys, gateway.cli, gateway.serve, gateway.ingress, gateway.poller\n"
+        "import sys, gateway.app.cli, gateway.ingress.serve, gateway.ingress.app\n"
+        "import gateway.ingress.poller\n"
         "print('aiogram' in sys.modules)"
     )
     assert out == "False"
@@ -31,7 +38,7 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
         "import glob, json, workers\n"
         "from workers.lazy_aiogram import lazy\n"
         "from aiogram.types import Update, Message\n"
-        "from workers.sender import METHODS\n"
+        "from workers.sender.handler import METHODS\n"
         f"files = sorted(glob.glob('{FIXTURES}/updates/*.json'))\n"
         "kinds = []\n"
         "for f in files:\n"
@@ -63,3 +70,65 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
         "message",
         "my_chat_member",
     ]
+
+
+def test_import_contracts_hold() -> None:
+    """``lint-imports``: the layers in pyproject's ``[tool.importlinter]`` are kept."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run(
+        [str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout
+
+
+def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Every strongly connected set of two or more modules, or one importing itself."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm; the graph is small
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == module:
+                    break
+            if len(component) > 1 or module in graph.find_modules_directly_imported_by(module):
+                cycles.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_circle() -> None:
+    """No module reaches itself through imports, counting imports inside functions and
+    under ``TYPE_CHECKING`` (grimp sees both); the layer contracts miss circles in a layer."""
+    graph = grimp.build_graph("gateway", "workers", cache_dir=None)
+    assert len(graph.modules) > 50  # the whole tree was read
+    assert import_cycles(graph) == []
+
+
+def test_cycle_finder_finds_a_circle() -> None:
+    """The finder itself: one import added to the real graph makes a circle it reports."""
+    graph = grimp.build_graph("gateway", "workers", cache_dir=None)
+    graph.add_import(importer="gateway.core.errors", imported="gateway.app.cli")
+    cycles = import_cycles(graph)
+    assert len(cycles) == 1
+    assert {"gateway.core.errors", "gateway.app.cli"} <= set(cycles[0])

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from gateway.logs import JsonFormatter, RedactingFilter, redact
+from gateway.core.logs import JsonFormatter, RedactingFilter, redact
 
 TOKEN = "7689012345:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from gateway.contracts import PARK_TAGS, Keys
+from gateway.core.contracts import PARK_TAGS, Keys
 
 
 def test_parking_streams_cover_every_sixteenth_of_the_slot_space() -> None:

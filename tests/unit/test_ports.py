@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ports import LOWEST, PortAllocator, ephemeral_range, reserve_port
+from gateway.testkit.ports import LOWEST, PortAllocator, ephemeral_range, reserve_port
 from tests.helpers import free_port, redis_server_binary
 
 
@@ -157,7 +157,7 @@ def test_a_reserved_port_is_not_given_again_until_released(tmp_path: Path) -> No
 CHILD = """
 import json, sys
 from pathlib import Path
-from gateway.ports import PortAllocator
+from gateway.testkit.ports import PortAllocator
 low, count = int(sys.argv[1]), int(sys.argv[2])
 allocator = PortAllocator(candidates=range(low, low + 400))
 sys.stdin.readline()  # every process starts at once

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.redact import redact_url
+from gateway.core.redact import redact_url
 
 
 @pytest.mark.parametrize(

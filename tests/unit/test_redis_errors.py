@@ -1,4 +1,4 @@
-"""gateway.redis_errors: which Redis failures every retry loop waits out, which surface."""
+"""gateway.runtime.redis_errors: which Redis failures every retry loop waits out, which surface."""
 
 from __future__ import annotations
 
@@ -26,12 +26,16 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_errors import as_connection_error, is_closed_connection_leak, is_transient
+from gateway.runtime.redis_errors import (
+    as_connection_error,
+    is_closed_connection_leak,
+    is_transient,
+)
 
 TRANSIENT: list[BaseException] = [
     RedisConnectionError("Connection closed by server."),
     RedisTimeoutError("Timeout reading from 127.0.0.1:7000"),
-    TimeoutError("no answer from Redis within 2s"),  # gateway.batching.Coalescer
+    TimeoutError("no answer from Redis within 2s"),  # gateway.runtime.batching.Coalescer
     ConnectionResetError(104, "Connection reset by peer"),
     ConnectionRefusedError(111, "Connect call failed"),
     ClusterDownError("The cluster is down"),

@@ -1,4 +1,4 @@
-"""Unit tests for ``workers.reference`` (rule-based reference pipeline)."""
+"""Unit tests for ``gateway.testkit.reference.rules`` (rule-based reference pipeline)."""
 
 # ruff: noqa: RUF001  (Russian test phrases use Cyrillic letters on purpose)
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from workers.reference import Category, ReferenceReply, classify, respond, ticket_id
+from gateway.testkit.reference.rules import Category, ReferenceReply, classify, respond, ticket_id
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from workers.relay import Relay
+from gateway.runtime.relay import Relay
 
 
 def _relay() -> Relay:

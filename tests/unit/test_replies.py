@@ -6,10 +6,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.contracts import OutboundEntry
-from gateway.errors import ReplyShapeError
-from gateway.replies import MAX_NESTING, NoReplyContent, parse_reply, reply_entries
-from gateway.tokens import Route
+from gateway.core.contracts import OutboundEntry
+from gateway.core.errors import ReplyShapeError
+from gateway.core.replies import MAX_NESTING, NoReplyContent, parse_reply, reply_entries
+from gateway.core.tokens import Route
 
 FIELDS = ["content", "response", "text", "message"]
 ROUTE = Route(bot_id=7, chat_id=42, reply_to=1287, update_id=99, expires_at=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.settings import (
+from gateway.core.errors import ConfigError
+from gateway.core.settings import (
     IngressSettings,
     LogSettings,
     PipelineSettings,

@@ -1,4 +1,4 @@
-"""Unit and property tests for ``workers.split`` (pure text splitting)."""
+"""Unit and property tests for ``workers.sender.split`` (pure text splitting)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.split import CAPTION_LIMIT, TEXT_LIMIT, split_text, utf16_len
+from workers.sender.split import CAPTION_LIMIT, TEXT_LIMIT, split_text, utf16_len
 
 TAG = re.compile(r"<(/?)([a-zA-Z][\w-]*)((?:[^<>\"']|\"[^\"]*\"|'[^']*')*)>")
 

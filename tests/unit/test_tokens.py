@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import DeliveryTokenError
-from gateway.tokens import Route, sign_route
-from gateway.tokens import verify_route as _verify_route
+from gateway.core.errors import DeliveryTokenError
+from gateway.core.tokens import Route, sign_route
+from gateway.core.tokens import verify_route as _verify_route
 
 SECRET = b"0123456789abcdef-secret"
 BOT = 7

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.contracts import extract_update_ids
+from gateway.core.contracts import extract_update_ids
 
 
 @pytest.mark.parametrize(

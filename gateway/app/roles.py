@@ -1,0 +1,313 @@
+"""Running the worker and sender roles: resources opened in one stack, closed in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import User
+
+from gateway.core.backoff import backoff
+from gateway.core.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
+from gateway.core.errors import TelegramFatal
+from gateway.core.redact import redact_url
+from gateway.core.settings import Config, PipelineSettings, TelegramSettings
+from gateway.ingress.poller import UNAUTHORIZED_HELP
+from gateway.ingress.serve import serve_ingress_role
+from gateway.runtime.batching import Coalescer
+from gateway.runtime.consumer import (
+    ConsumerConfig,
+    StreamConsumer,
+    consumer_name,
+    run_until_stopped,
+)
+from gateway.runtime.layout import ensure_layout_until
+from gateway.runtime.streams import connect_with
+from gateway.telegram.client import BotApi, BotApiError
+from gateway.testkit.reference.rules import reply_body
+from workers.sender.handler import Sender
+from workers.sender.ratelimit import Limits, RateLimiter
+from workers.worker.breaker import CircuitBreaker
+from workers.worker.commands import load_routers
+from workers.worker.context import WorkerServices
+from workers.worker.handler import UpdateHandler, build_dispatcher, fsm_storage
+from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
+
+
+def claim_period(claim_idle_ms: int) -> float:
+    """How often to claim and to refresh held entries: well inside the idle threshold, so
+    an entry waiting in a live lane never looks abandoned to another consumer."""
+    return min(5.0, claim_idle_ms / 1000 / 4)
+
+
+def make_bot(tg: TelegramSettings) -> Bot:
+    token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
+    session = AiohttpSession(
+        api=TelegramAPIServer.from_base(tg.telegram_api_url),
+        timeout=tg.telegram_request_timeout,
+    )
+    return Bot(token, session=session)
+
+
+def assumed_me(tg: TelegramSettings) -> User:
+    """The bot's user before getMe answered: its id (from the token) and
+    ``TELEGRAM_BOT_USERNAME``. Without a username, aiogram's ``Command`` filter takes
+    ``/cmd@any_name`` as addressed to this bot until getMe tells the real one."""
+    return User(
+        id=tg.bot_id or 1,
+        is_bot=True,
+        first_name="tg-gateway",
+        username=tg.telegram_bot_username,
+    )
+
+
+async def learn_me(bot: Bot, tg: TelegramSettings, stop: asyncio.Event) -> None:
+    """In the background: the worker feeds the pipeline while the Bot API is down, with
+    ``assumed_me`` until getMe answers. A 401 (a wrong token) still stops the role; a stop
+    while the Bot API is still down is no error."""
+    try:
+        me = await resolve_me(tg, stop)
+    except BotApiError:
+        if stop.is_set():
+            return
+        raise
+    if tg.telegram_bot_username and me.username != tg.telegram_bot_username:
+        log.warning(
+            "TELEGRAM_BOT_USERNAME=%s but getMe says @%s: using @%s",
+            tg.telegram_bot_username,
+            me.username,
+            me.username,
+        )
+    bot._me = me
+    log.info("bot is @%s", me.username)
+
+
+async def resolve_me(tg: TelegramSettings, stop: asyncio.Event) -> User:
+    """The bot's own user (for /cmd@ThisBot); from getMe, retried until it answers."""
+    if not tg.telegram_enabled:
+        return assumed_me(tg)
+    attempt = 0
+    async with BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout) as api:
+        while True:
+            try:
+                return User.model_validate(await api.call("getMe"))
+            except BotApiError as exc:
+                if exc.error_code == 401:
+                    raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
+                if stop.is_set():
+                    raise
+                delay = backoff(attempt, cap=10.0)
+                attempt += 1
+                log.warning("getMe failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+
+def _stop_on_error(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        stop.set()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def make_pipeline(ps: PipelineSettings) -> Pipeline:
+    if ps.pipeline_url:
+        ps.require_secret()
+        return HttpPipeline(ps.pipeline_url, ps.pipeline_timeout)
+    return EmbeddedPipeline(reply_body)
+
+
+async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
+    """Consume updates until ``stop``; in-flight work finishes within the grace period."""
+    ps, ws = cfg.pipeline, cfg.worker
+    async with contextlib.AsyncExitStack() as stack:
+        pipeline = make_pipeline(ps)
+        stack.push_async_callback(pipeline.aclose)
+        redis = connect_with(cfg.redis)
+        stack.push_async_callback(redis.aclose)
+        if await ensure_layout_until(redis, cfg.keys, "worker", stop) is None:
+            return  # stopped while Redis was away
+        bot = make_bot(cfg.telegram)
+        stack.push_async_callback(bot.session.close)
+        bot._me = assumed_me(cfg.telegram)
+        me_task = asyncio.create_task(learn_me(bot, cfg.telegram, stop), name="getMe")
+        me_task.add_done_callback(lambda t: _stop_on_error(t, stop))
+        stack.push_async_callback(_cancel, me_task)
+        routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)
+        calls = Coalescer(redis)
+        stack.push_async_callback(calls.aclose)
+        services = WorkerServices(
+            redis=redis,
+            calls=calls,
+            keys=cfg.keys,
+            bot_id=cfg.telegram.bot_id,
+            pipeline=pipeline,
+            admin_ids=frozenset(ws.admin_user_ids),
+            outbound_ttl=cfg.sender.outbound_ttl_seconds,
+            gateway_public_url=ps.gateway_public_url,
+            delivery_secret=(
+                ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
+            ),
+            token_ttl=ps.delivery_token_ttl,
+            retry_seconds=ps.pipeline_retry_seconds,
+            apology_text=ws.apology_text,
+            reply_fields=ps.pipeline_reply_fields,
+            breaker=CircuitBreaker(ps.pipeline_breaker_threshold, ps.pipeline_breaker_cooldown),
+            handed_ttl=cfg.redis.dedupe_ttl_seconds,
+            delay_notice=ps.pipeline_delay_notice,
+            delay_notice_after=ps.pipeline_delay_notice_after,
+        )
+        # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
+        storage = fsm_storage(
+            redis, cfg.keys, ws.fsm_ttl_seconds, memory=cfg.fsm_storage == "memory"
+        )
+        dispatcher = build_dispatcher(routers, storage)
+        handler = UpdateHandler(services, bot, dispatcher, direct=not routers)
+        consumer = StreamConsumer(
+            redis,
+            cfg.keys,
+            ConsumerConfig(
+                role="worker",
+                group=GROUP_WORKERS,
+                stage=Stage.WORKER,
+                streams=cfg.keys.all_updates(),
+                count=ws.worker_batch,
+                block_ms=ws.worker_block_ms,
+                claim_idle_ms=ws.claim_idle_ms,
+                claim_every=claim_period(ws.claim_idle_ms),
+                max_deliveries=ws.max_deliveries,
+                grace=ws.shutdown_grace_seconds,
+                max_in_flight=ws.worker_max_in_flight,
+                leases=cfg.redis.partition_leases,
+                lease_ttl_ms=cfg.redis.lease_ttl_ms,
+                trim=tuple(
+                    (s, cfg.redis.stream_retention_seconds, True) for s in cfg.keys.all_updates()
+                ),
+            ),
+            handler,
+            calls=calls,
+        )
+        log.info(
+            "worker %s consuming %d partition(s); pipeline: %s",
+            consumer.name,
+            cfg.keys.partitions,
+            redact_url(ps.pipeline_url or "embedded reference pipeline"),
+        )
+        await run_until_stopped([consumer], stop, ws.shutdown_grace_seconds)
+        if me_task.done() and not me_task.cancelled() and me_task.exception() is not None:
+            raise me_task.exception()  # type: ignore[misc]  # 401 from getMe
+        log.info(
+            "worker stopped: %d acknowledged, %d dead-lettered; %s",
+            consumer.handled,
+            consumer.dead,
+            services.counters,
+        )
+
+
+async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
+    """Drain the outbound streams until ``stop``."""
+    tg, ss = cfg.telegram, cfg.sender
+    if not tg.telegram_enabled:
+        redis = connect_with(cfg.redis)
+        try:
+            await ensure_layout_until(redis, cfg.keys, "sender", stop)
+        finally:
+            await redis.aclose()
+        log.warning("TELEGRAM_ENABLED=false: sender idle, outbound entries wait in their streams")
+        await stop.wait()
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        redis = connect_with(cfg.redis)
+        stack.push_async_callback(redis.aclose)
+        if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
+            return  # stopped while Redis was away
+        bot = make_bot(tg)
+        stack.push_async_callback(bot.session.close)
+        limits = Limits(
+            global_per_second=ss.sender_global_per_second,
+            chat_per_second=ss.sender_chat_per_second,
+            group_per_minute=ss.sender_group_per_minute,
+            margin=ss.rate_margin,
+        )
+        name = consumer_name("sender")
+        limiter = RateLimiter(
+            redis, cfg.keys, tg.bot_id, limits, assumed_senders=ss.sender_processes
+        )
+        sender = Sender(
+            redis,
+            cfg.keys,
+            bot,
+            limiter,
+            max_attempts=ss.sender_max_attempts,
+            default_ttl=ss.outbound_ttl_seconds,
+            backoff_max=ss.sender_backoff_max,
+            token=tg.token,
+            paid_broadcast=ss.sender_paid_broadcast,
+            name=name,
+        )
+        consumer = StreamConsumer(
+            redis,
+            cfg.keys,
+            ConsumerConfig(
+                role="sender",
+                group=GROUP_SENDERS,
+                stage=Stage.SENDER,
+                streams=cfg.keys.all_outbound(),
+                count=ss.sender_batch,
+                block_ms=ss.sender_block_ms,
+                claim_idle_ms=ss.claim_idle_ms,
+                claim_every=claim_period(ss.claim_idle_ms),
+                max_deliveries=ss.max_deliveries,
+                grace=ss.shutdown_grace_seconds,
+                max_in_flight=ss.sender_max_in_flight,
+                leases=cfg.redis.partition_leases,
+                lease_ttl_ms=cfg.redis.lease_ttl_ms,
+                trim=(
+                    *(
+                        (s, cfg.redis.stream_retention_seconds, True)
+                        for s in cfg.keys.all_outbound()
+                    ),
+                    (cfg.keys.results, cfg.redis.results_retention_seconds, False),
+                ),
+            ),
+            sender,
+            name=name,
+        )
+        leases = consumer.leases
+        if leases is not None:  # the degraded limiter's share: the live senders last seen
+            limiter.senders = lambda: len(leases.members) or None
+        log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
+        await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)
+        log.info(
+            "sender stopped: %d acknowledged, %d dead-lettered, %d sent, %d flood waits",
+            consumer.handled,
+            consumer.dead,
+            sender.sent,
+            sender.flood_waits,
+        )
+
+
+async def serve_all(cfg: Config, stop: asyncio.Event) -> None:
+    """Ingress, worker and sender in one process (small deployments, development)."""
+    tasks = [
+        asyncio.create_task(serve_ingress_role(cfg, stop), name="ingress"),
+        asyncio.create_task(serve_worker(cfg, stop), name="worker"),
+        asyncio.create_task(serve_sender(cfg, stop), name="sender"),
+    ]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

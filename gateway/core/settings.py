@@ -1,0 +1,341 @@
+"""Settings, one class per concern, read from the environment and ``.env``.
+
+Each field's environment variable is its name in upper case. ``load`` turns a
+validation failure into one ``ConfigError`` line naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.core.contracts import Keys
+from gateway.core.errors import ConfigError
+from gateway.core.redact import redact_url
+
+PUBLIC_API_URL = "https://api.telegram.org"
+DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
+_TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+
+CommaList = Annotated[list[str], NoDecode]
+CommaInts = Annotated[list[int], NoDecode]
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+
+class TelegramSettings(_Base):
+    """The bot and how updates arrive."""
+
+    telegram_enabled: bool = True
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_url: str = PUBLIC_API_URL
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_mode: Literal["auto", "webhook", "polling"] = "auto"
+    telegram_allowed_updates: CommaList = Field(default_factory=lambda: [*DEFAULT_ALLOWED_UPDATES])
+    telegram_max_connections: int = Field(default=40, ge=1, le=100)
+    telegram_poll_timeout: int = Field(default=25, ge=0, le=50)
+    telegram_bot_username: str | None = None
+    telegram_request_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("telegram_allowed_updates", mode="before")
+    @classmethod
+    def _split_updates(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not _TOKEN_RE.match(value.get_secret_value()):
+            raise ValueError("not a bot token (expected '<digits>:<secret>' from @BotFather)")
+        return value
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not _SECRET_RE.match(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z a-z 0-9 _ - (Telegram's rule)")
+        return value
+
+    @field_validator("telegram_api_url", "telegram_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None if value == "" else value
+        assert value is not None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _needs_token(self) -> TelegramSettings:
+        if self.telegram_enabled and self.telegram_bot_token is None:
+            raise ValueError(
+                "TELEGRAM_BOT_TOKEN: required when TELEGRAM_ENABLED=true "
+                "(set the token from @BotFather, or TELEGRAM_ENABLED=false)"
+            )
+        if self.mode == "webhook" and not self.telegram_webhook_url:
+            raise ValueError("TELEGRAM_WEBHOOK_URL: required when TELEGRAM_MODE=webhook")
+        return self
+
+    @property
+    def mode(self) -> Literal["webhook", "polling"]:
+        if self.telegram_mode != "auto":
+            return self.telegram_mode
+        return "webhook" if self.telegram_webhook_url else "polling"
+
+    @property
+    def token(self) -> str:
+        if self.telegram_bot_token is None:
+            raise ConfigError("TELEGRAM_BOT_TOKEN: not set")
+        return self.telegram_bot_token.get_secret_value()
+
+    @property
+    def bot_id(self) -> int:
+        """The bot's id is the token's numeric prefix; 0 when no token is configured."""
+        if self.telegram_bot_token is None:
+            return 0
+        return int(self.telegram_bot_token.get_secret_value().split(":", 1)[0])
+
+    @property
+    def webhook_secret(self) -> str | None:
+        s = self.telegram_webhook_secret
+        return None if s is None else s.get_secret_value()
+
+
+class RedisSettings(_Base):
+    """Where the streams live and how they are laid out."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL names one node of a Redis Cluster; the client discovers the rest.
+    redis_cluster: bool = False
+    stream_prefix: str = Field(default="tg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    partitions: int = Field(default=4, ge=1, le=1024)
+    dedupe_ttl_seconds: int = Field(default=86_400, ge=60)
+    redis_max_connections: int = Field(default=64, ge=4, le=10_000)
+    partition_leases: bool = True
+    lease_ttl_ms: int = Field(default=5000, ge=500, le=600_000)
+    stream_retention_seconds: float = Field(default=7 * 86_400, ge=0)
+    results_retention_seconds: float = Field(default=7 * 86_400, ge=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class PipelineSettings(_Base):
+    """The message pipeline the worker feeds, and the callback it answers on."""
+
+    pipeline_url: str | None = None
+    pipeline_timeout: float = Field(default=10.0, gt=0)
+    pipeline_retry_seconds: float = Field(default=120.0, ge=0)
+    pipeline_breaker_threshold: int = Field(default=5, ge=1)
+    pipeline_breaker_cooldown: float = Field(default=5.0, gt=0)
+    pipeline_delay_notice: str = ""
+    pipeline_delay_notice_after: float = Field(default=10.0, ge=0)
+    pipeline_reply_fields: CommaList = Field(
+        default_factory=lambda: ["content", "response", "text", "message"]
+    )
+    gateway_public_url: str = "http://127.0.0.1:8080"
+    delivery_secret: SecretStr | None = None
+    delivery_token_ttl: int = Field(default=7 * 86_400, ge=60)
+
+    @field_validator("pipeline_reply_fields", mode="before")
+    @classmethod
+    def _split_fields(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("pipeline_url", "gateway_public_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("delivery_secret")
+    @classmethod
+    def _secret_len(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (it signs callback URLs)")
+        return value
+
+    def require_secret(self) -> bytes:
+        if self.delivery_secret is None:
+            raise ConfigError(
+                "DELIVERY_SECRET: required (signs the pipeline's callback URLs; "
+                "use the same value for ingress and workers)"
+            )
+        return self.delivery_secret.get_secret_value().encode()
+
+
+class IngressSettings(_Base):
+    """The HTTP service."""
+
+    ingress_host: str = "0.0.0.0"
+    ingress_port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Slow clients: a request's headers and its body each must arrive within these
+    # seconds (else 408 and the connection is closed); idle keep-alive connections close.
+    ingress_header_timeout: float = Field(default=10.0, gt=0, le=300)
+    ingress_body_timeout: float = Field(default=10.0, gt=0, le=300)
+    ingress_keep_alive: int = Field(default=5, ge=1, le=300)
+    ingress_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # Longest a webhook or callback waits for Redis before answering 503 (Telegram retries).
+    ingress_store_timeout: float = Field(default=3.0, gt=0, le=60)
+
+
+class WorkerSettings(_Base):
+    """The update consumer."""
+
+    worker_batch: int = Field(default=16, ge=1, le=1000)
+    worker_block_ms: int = Field(default=1000, ge=10)
+    admin_user_ids: CommaInts = Field(default_factory=list)
+    apology_text: str = "Sorry, we could not process your message. Please try again later."
+    worker_routers: CommaList = Field(default_factory=list)
+    claim_idle_ms: int = Field(default=60_000, ge=1000)
+    max_deliveries: int = Field(default=5, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    worker_max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    fsm_ttl_seconds: int = Field(default=86_400, ge=60)
+
+    @field_validator("worker_routers", mode="before")
+    @classmethod
+    def _split_routers(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: Any) -> Any:
+        return _split(value)
+
+
+class SenderSettings(_Base):
+    """The outbound consumer and its limits."""
+
+    sender_batch: int = Field(default=32, ge=1, le=1000)
+    sender_block_ms: int = Field(default=1000, ge=10)
+    sender_global_per_second: float = Field(default=30.0, gt=0, le=1000)
+    sender_chat_per_second: float = Field(default=1.0, gt=0)
+    sender_group_per_minute: float = Field(default=20.0, gt=0)
+    sender_max_attempts: int = Field(default=0, ge=0)  # 0: until the reply's deadline
+    sender_backoff_max: float = Field(default=30.0, gt=0)
+    outbound_ttl_seconds: float = Field(default=3600.0, gt=0)
+    rate_margin: float = Field(default=0.02, ge=0, le=0.5)
+    sender_paid_broadcast: bool = False
+    # Sender processes sharing the global limit, assumed by the limiter's degraded mode
+    # while it has seen no membership (partition leases off, or the members key away).
+    sender_processes: int = Field(default=1, ge=1, le=1000)
+    sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
+    claim_idle_ms: int = Field(default=60_000, ge=1000)
+    max_deliveries: int = Field(default=5, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _paid_limit(self) -> SenderSettings:
+        if self.sender_global_per_second > 30 and not self.sender_paid_broadcast:
+            raise ValueError(
+                "SENDER_GLOBAL_PER_SECOND: above 30/s Telegram answers 429 unless the bot pays "
+                "for broadcasts (set SENDER_PAID_BROADCAST=true, up to 1000/s)"
+            )
+        return self
+
+
+class ReferencePipelineSettings(_Base):
+    """The reference pipeline service (``tg-gateway pipeline``): closed by default."""
+
+    reference_test_endpoints: bool = False
+    reference_callback_hosts: CommaList = Field(default_factory=list)
+    reference_max_records: int = Field(default=10_000, ge=1)
+    reference_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    reference_callback_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("reference_callback_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        return _split(value)
+
+
+class LogSettings(_Base):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+@dataclass
+class Config:
+    """All settings of the roles, built once at start and passed down."""
+
+    telegram: TelegramSettings
+    redis: RedisSettings
+    pipeline: PipelineSettings
+    ingress: IngressSettings
+    worker: WorkerSettings
+    sender: SenderSettings
+    extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
+    fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.redis.stream_prefix, self.redis.partitions)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S], **overrides: Any) -> S:
+    """Build a settings class; a bad value raises one ``ConfigError`` line naming it."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if not loc:
+        return msg
+    value = err.get("input")
+    shown = (
+        ""
+        if isinstance(value, dict) or "secret" in loc[0] or "token" in loc[0]
+        else (f" (got {value!r})" if value is not None else "")
+    )
+    return redact_url(f"{loc[0].upper()}: {msg}{shown}")  # a URL's password is never echoed

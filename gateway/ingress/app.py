@@ -1,0 +1,358 @@
+"""The ingress HTTP service: Telegram webhook, pipeline callbacks, health (a bare ASGI app).
+
+Bare ASGI rather than FastAPI: the webhook is the hot path, so no framework sits between
+uvicorn and the handler (figures: README, bench/ingress.py). Routes:
+
+    POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored);
+                                  webhook mode only (always with a secret), else 404
+    POST /api/delivery/{token}    pipeline replies  → outbound stream
+    GET  /healthz                 process up
+    GET  /readyz                  Redis reachable, streams and groups present
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.core.contracts import Keys, extract_update_ids
+from gateway.core.errors import DeliveryTokenError, RedisUnavailable, ReplyShapeError
+from gateway.core.replies import parse_reply, reply_entries
+from gateway.core.tokens import verify_route
+from gateway.runtime.streams import UpdatePublisher, groups_present, publish_outbound
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WEBHOOK_PATH = "/webhook/telegram"
+DELIVERY_PREFIX = "/api/delivery/"
+SECRET_HEADER = b"x-telegram-bot-api-secret-token"
+BODY_TIMEOUT_ERROR = "request body not received in time"
+
+
+@dataclass(frozen=True, slots=True)
+class IngressConfig:
+    bot_id: int
+    keys: Keys
+    webhook_secret: str | None  # None: no webhook route (polling mode), 404
+    delivery_secret: bytes | None
+    max_body_bytes: int
+    reply_fields: list[str]
+    outbound_ttl: float
+    body_timeout: float = 10.0  # seconds to receive a body once the headers are in
+    store_timeout: float = 3.0  # longest wait for Redis before answering 503
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class InvalidUpdate(ValueError):
+    pass
+
+
+def parse_update(body: bytes) -> tuple[int, int | None]:
+    """(update_id, chat_id) of a webhook body, or ``InvalidUpdate`` with the reason."""
+    try:
+        update = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidUpdate(f"body is not valid JSON: {exc}") from None
+    if not isinstance(update, dict):
+        raise InvalidUpdate("body is not a JSON object")
+    update_id = update.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
+        raise InvalidUpdate("update_id missing or not a non-negative integer")
+    if not any(isinstance(v, dict) for k, v in update.items() if k != "update_id"):
+        raise InvalidUpdate("no update payload (expected e.g. 'message')")
+    _check_ids(update)
+    chat_id, _ = extract_update_ids(update)
+    return update_id, chat_id
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no id
+
+
+def _check_ids(update: dict[str, Any]) -> None:
+    """The payload's chat and user ids, where present, are integers (``InvalidUpdate``
+    otherwise): a forged ``"chat": {"id": true}`` is refused, not stored."""
+    for key, value in update.items():
+        if key == "update_id" or not isinstance(value, dict):
+            continue
+        holders = [("chat", value.get("chat")), ("from", value.get("from"))]
+        holders.append(("user", value.get("user")))
+        inner = value.get("message")
+        if isinstance(inner, dict):  # callback_query
+            holders.append(("message.chat", inner.get("chat")))
+        for name, holder in holders:
+            if isinstance(holder, dict) and "id" in holder and not _is_int(holder["id"]):
+                raise InvalidUpdate(f"{key}.{name}.id is not an integer")
+        return
+
+
+class IngressApp:
+    """The ASGI callable. Redis and the publisher are created in the lifespan."""
+
+    def __init__(
+        self,
+        config: IngressConfig,
+        redis_factory: Callable[[], aioredis.Redis],
+        dedupe_ttl: int,
+        on_startup: Callable[[IngressApp], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[IngressApp], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self._redis_factory = redis_factory
+        self._dedupe_ttl = dedupe_ttl
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+        self.redis: aioredis.Redis | None = None
+        self.publisher: UpdatePublisher | None = None
+        self.published = 0
+        self.duplicates = 0
+
+    # --- lifespan ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.redis = self._redis_factory()
+        self.publisher = UpdatePublisher(
+            self.redis, self.config.keys, self._dedupe_ttl, self.config.store_timeout
+        )
+        if self._on_startup is not None:
+            await self._on_startup(self)
+
+    async def shutdown(self) -> None:
+        if self._on_shutdown is not None:
+            try:
+                await self._on_shutdown(self)
+            except Exception:
+                log.exception("ingress shutdown hook failed")
+        if self.publisher is not None:
+            await self.publisher.aclose()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("ingress startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == WEBHOOK_PATH and self.config.webhook_secret is not None:
+            if method != "POST":
+                await _json(send, 405, {"ok": False, "error": "use POST"})
+                return
+            await self._webhook(scope, receive, send)
+        elif path.startswith(DELIVERY_PREFIX):
+            if method != "POST":
+                await _json(send, 405, {"ok": False, "error": "use POST"})
+                return
+            await self._delivery(scope, receive, send, path[len(DELIVERY_PREFIX) :])
+        elif path == "/healthz":
+            await _json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await self._readyz(send)
+        else:
+            await _json(send, 404, {"ok": False, "error": "not found"})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body within ``body_timeout`` (``BodyTimeout``) and ``max_body_bytes``
+        (``BodyTooLarge``): a client sending a byte now and then holds nothing for long."""
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                return await self._read_body_unbounded(scope, receive)
+        except TimeoutError:
+            raise BodyTimeout from None
+
+    async def _read_body_unbounded(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.config.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        raise BodyTooLarge
+                except ValueError:
+                    pass
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionResetError("client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        expected = self.config.webhook_secret
+        assert expected is not None  # no route without a secret
+        given = headers.get(SECRET_HEADER, b"")
+        if not hmac.compare_digest(given, expected.encode()):
+            await _json(send, 401, {"ok": False, "error": "bad or missing secret token"})
+            return
+        if not _is_json(headers):
+            await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
+            return
+        try:
+            body = await self._read_body(scope, receive)
+        except BodyTooLarge:
+            await _json(send, 413, {"ok": False, "error": "body too large"})
+            return
+        except BodyTimeout:
+            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
+            return
+        except ConnectionResetError:
+            return
+        try:
+            update_id, chat_id = parse_update(body)
+        except InvalidUpdate as exc:
+            await _json(send, 400, {"ok": False, "error": str(exc)})
+            return
+        assert self.publisher is not None
+        try:
+            new = await self.publisher.publish(
+                bot_id=self.config.bot_id,
+                update_id=update_id,
+                chat_id=chat_id,
+                source="webhook",
+                raw_update=body,
+            )
+        except RedisUnavailable as exc:
+            log.warning("update %s not stored, answering 503: %s", update_id, exc)
+            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            return
+        if new:
+            self.published += 1
+        else:
+            self.duplicates += 1
+        await _json(send, 200, {"ok": True, "duplicate": not new})
+
+    async def _delivery(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
+        secret = self.config.delivery_secret
+        if secret is None:
+            await _json(send, 503, {"ok": False, "error": "delivery disabled: no DELIVERY_SECRET"})
+            return
+        try:
+            route = verify_route(secret, token, bot_id=self.config.bot_id)
+        except DeliveryTokenError as exc:
+            await _json(send, 403, {"ok": False, "error": f"invalid delivery token: {exc}"})
+            return
+        headers = dict(scope["headers"])
+        if not _is_json(headers):
+            await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
+            return
+        try:
+            body = await self._read_body(scope, receive)
+        except BodyTooLarge:
+            await _json(send, 413, {"ok": False, "error": "body too large"})
+            return
+        except BodyTimeout:
+            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
+            return
+        except ConnectionResetError:
+            return
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            await _json(send, 400, {"ok": False, "error": f"body is not valid JSON: {exc}"})
+            return
+        try:
+            reply = parse_reply(data, self.config.reply_fields)
+        except ReplyShapeError as exc:
+            await _json(send, 422, {"ok": False, "error": str(exc)})
+            return
+        entries = reply_entries(route, reply, origin="pipeline", ttl=self.config.outbound_ttl)
+        assert self.redis is not None
+        try:
+            async with asyncio.timeout(self.config.store_timeout):
+                await publish_outbound(self.redis, self.config.keys, entries)
+        except TimeoutError:
+            log.warning(
+                "reply for update %s not stored: no answer from Redis within %gs",
+                route.update_id,
+                self.config.store_timeout,
+            )
+            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            return
+        except RedisUnavailable as exc:
+            log.warning("reply for update %s not stored: %s", route.update_id, exc)
+            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            return
+        await _json(send, 200, {"ok": True, "reply_ids": [e.reply_id for e in entries]})
+
+    async def _readyz(self, send: Send) -> None:
+        if self.redis is None:
+            await _json(send, 503, {"ready": False, "error": "starting"})
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await self.redis.ping()
+                missing = await groups_present(self.redis, self.config.keys)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await _json(send, 503, {"ready": False, "error": f"redis: {type(exc).__name__}"})
+            return
+        if missing:
+            await _json(send, 503, {"ready": False, "error": "groups missing", "streams": missing})
+            return
+        await _json(send, 200, {"ready": True})
+
+
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    return ctype == b"application/json"
+
+
+async def _json(send: Send, status: int, body: dict[str, Any], *, close: bool = False) -> None:
+    payload = orjson.dumps(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if close:  # the rest of the request may still be on its way: do not read it
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

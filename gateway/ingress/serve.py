@@ -1,0 +1,338 @@
+"""Running the ingress role: settings → ASGI app → uvicorn, with the poller or webhook setup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.core.backoff import backoff
+from gateway.core.contracts import Keys
+from gateway.core.errors import ConfigError, TelegramFatal
+from gateway.core.redact import redact_url
+from gateway.core.settings import (
+    Config,
+    IngressSettings,
+    PipelineSettings,
+    RedisSettings,
+    TelegramSettings,
+)
+from gateway.ingress.app import IngressApp, IngressConfig
+from gateway.ingress.poller import UNAUTHORIZED_HELP, Poller
+from gateway.runtime.layout import ensure_layout
+from gateway.runtime.streams import connect_with, ensure_groups
+from gateway.telegram.client import BotApi, BotApiError, webhook_secret_for
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: the role runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_ingress(
+    tg: TelegramSettings,
+    rs: RedisSettings,
+    ps: PipelineSettings,
+    ing: IngressSettings,
+    outbound_ttl: float,
+) -> IngressApp:
+    keys = Keys(rs.stream_prefix, rs.partitions)
+    config = IngressConfig(
+        bot_id=tg.bot_id,
+        keys=keys,
+        # Polling mode serves no webhook route; webhook mode always checks a secret.
+        webhook_secret=webhook_secret_for(tg) if tg.mode == "webhook" else None,
+        delivery_secret=(
+            ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
+        ),
+        max_body_bytes=ing.max_body_bytes,
+        reply_fields=ps.pipeline_reply_fields,
+        outbound_ttl=outbound_ttl,
+        body_timeout=ing.ingress_body_timeout,
+        store_timeout=ing.ingress_store_timeout,
+    )
+    return IngressApp(
+        config,
+        lambda: connect_with(rs),
+        rs.dedupe_ttl_seconds,
+    )
+
+
+async def _check_layout_first(rs: RedisSettings, keys: Keys) -> None:
+    """Compare the stream layout before serving (``LayoutMismatch``: the role stops with
+    one line). Redis away or hung: serve anyway, ``_bootstrap_groups`` checks it later."""
+    redis = connect_with(rs)
+    try:
+        await asyncio.wait_for(ensure_layout(redis, keys, "ingress"), timeout=3.0)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.warning("cannot check the stream layout yet (%s); serving 503s meanwhile", exc)
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+
+
+async def _bootstrap_groups(app: IngressApp) -> None:
+    """Layout check, then streams and groups; retried while Redis is away. A layout
+    mismatch ends the role (``serve_ingress`` waits on this task too)."""
+    attempt = 0
+    while True:
+        try:
+            assert app.redis is not None
+            await ensure_layout(app.redis, app.config.keys, "ingress")
+            await ensure_groups(app.redis, app.config.keys)
+            return
+        except ConfigError:
+            raise
+        except Exception as exc:  # Redis down at start: keep serving 503s, keep trying
+            delay = backoff(attempt, cap=5.0)
+            attempt += 1
+            log.warning("cannot create stream groups yet (%s); retry in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def ensure_webhook(api: BotApi, tg: TelegramSettings) -> None:
+    """Point Telegram at our webhook (same settings as `tg-gateway webhook set`)."""
+    assert tg.telegram_webhook_url is not None
+    params: dict[str, object] = {
+        "url": tg.telegram_webhook_url,
+        "allowed_updates": tg.telegram_allowed_updates,
+        "max_connections": tg.telegram_max_connections,
+    }
+    params["secret_token"] = webhook_secret_for(tg)
+    await api.call("setWebhook", params)
+
+
+async def serve_ingress(
+    tg: TelegramSettings,
+    rs: RedisSettings,
+    ps: PipelineSettings,
+    ing: IngressSettings,
+    outbound_ttl: float,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
+    app = build_ingress(tg, rs, ps, ing, outbound_ttl)
+    await _check_layout_first(rs, app.config.keys)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=ing.ingress_host,
+            port=ing.ingress_port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            loop="none",
+            http=bounded_protocol(ing),
+            timeout_keep_alive=ing.ingress_keep_alive,
+            # uvicorn answers 503 once this many requests are in flight (a request's task
+            # may outlive its connection); +1: its check counts the asking connection too,
+            # and BoundedHttpTools already keeps connections at the limit.
+            limit_concurrency=ing.ingress_max_connections + 1,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    serve_task = asyncio.create_task(server.serve())
+    while not server.started:
+        if serve_task.done():
+            await serve_task
+            raise RuntimeError(f"ingress could not bind {ing.ingress_host}:{ing.ingress_port}")
+        await asyncio.sleep(0.02)
+    log.info("ingress listening on %s:%s", ing.ingress_host, ing.ingress_port)
+    bootstrap = asyncio.create_task(_bootstrap_groups(app))
+    background: list[asyncio.Task[None]] = []  # tasks whose end ends the role
+    api: BotApi | None = None
+    if tg.telegram_enabled:
+        api = BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout)
+        if tg.mode == "polling":
+            assert app.publisher is not None
+            poller = Poller(
+                api,
+                app.publisher,
+                bot_id=tg.bot_id,
+                allowed_updates=tg.telegram_allowed_updates,
+                timeout=tg.telegram_poll_timeout,
+            )
+            background.append(asyncio.create_task(poller.run()))
+            log.info("long polling %s", redact_url(tg.telegram_api_url))
+        else:
+            try:
+                await ensure_webhook(api, tg)
+                log.info("webhook set to %s", redact_url(tg.telegram_webhook_url or ""))
+            except BotApiError as exc:
+                if exc.error_code == 401:
+                    raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
+                log.error("setWebhook failed (%s); serving anyway", exc)
+    if ready is not None:
+        ready.set()
+    stop_task = asyncio.create_task(stop.wait())
+    try:
+        waiting = {stop_task, serve_task, bootstrap, *background}
+        while True:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if done != {bootstrap} or bootstrap.exception() is not None:
+                break  # the bootstrap succeeding alone ends nothing
+        for task in done:
+            if task is not stop_task and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in (bootstrap, *background):
+            task.cancel()
+        await asyncio.gather(bootstrap, *background, return_exceptions=True)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serve_task
+        stop_task.cancel()
+        if api is not None:
+            await api.aclose()
+
+
+async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
+    """The ingress role from the shared ``Config`` (no aiogram import: small and fast)."""
+    await serve_ingress(
+        cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
+    )
+
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _plain(status: bytes, text: bytes) -> bytes:
+    """A complete ``connection: close`` answer, written before the ASGI app is involved."""
+    head = b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(text) + text
+
+
+_408 = _plain(b"408 Request Timeout", b"request not received in time")
+_431 = _plain(b"431 Request Header Fields Too Large", b"request headers too large")
+_503 = _plain(b"503 Service Unavailable", b"too many connections")
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds it lacks for slow clients.
+
+    uvicorn arms its keep-alive timer only after a response, so a fresh connection that
+    sends nothing, or one header line now and then, stays open forever, and it accepts
+    every connection. Here:
+
+    - at most ``max_connections`` are open: the next one gets 503 and is closed;
+    - a request's headers must be complete within ``header_timeout`` of the connection
+      opening (first request) or of its first byte (later ones), and at most
+      ``MAX_HEADER_BYTES`` long (431);
+    - its body must be complete within ``body_timeout`` (+1 s: the app's own deadline in
+      ``IngressApp._read_body`` answers a JSON 408 first; this one also covers bodies the
+      app never reads, e.g. after a 401).
+
+    Past a deadline: 408 (if no response started) and the connection is closed.
+    """
+
+    max_connections = 1000
+    header_timeout = 10.0
+    body_timeout = 10.0
+    _refused_logged_at = -1e9  # a flood of refusals logs a line per 10 s, not per refusal
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._fresh = True  # no request headers seen yet on this connection
+        self._in_headers = False
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            self.transport = transport
+            transport.write(_503)
+            transport.close()
+            now = time.monotonic()
+            if now - BoundedHttpTools._refused_logged_at > 10:
+                BoundedHttpTools._refused_logged_at = now
+                log.warning(
+                    "refusing connections: %d open (INGRESS_MAX_CONNECTIONS)",
+                    len(self.connections),
+                )
+            return
+        super().connection_made(transport)
+        self._in_headers = True
+        self._arm(self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.parser is None or self.flow is None:  # refused in connection_made
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.flow is None:  # refused
+            return
+        super().data_received(data)
+        if self._in_headers and self.parser is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._end(_431)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        if not self._fresh:  # a fresh connection's deadline runs from connect
+            self._arm(self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._fresh = self._in_headers = False
+        self._arm(self.body_timeout + 1.0)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        if self.cycle is not None and self.cycle.response_complete:
+            # Answered before the body was in (e.g. a 401): uvicorn's keep-alive timer was
+            # armed at the answer and dropped by the body's bytes; idle from now on.
+            self._arm(float(self.timeout_keep_alive))
+        super().on_message_complete()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self._end(_408)
+
+    def _end(self, answer: bytes) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or (self.cycle.response_complete and self._in_headers):
+            self.transport.write(answer)  # a new request, and nothing else being written
+        self.transport.close()
+
+
+def bounded_protocol(ing: IngressSettings) -> type[BoundedHttpTools]:
+    """The protocol class uvicorn builds per connection, with this ingress's bounds."""
+    return type(
+        "BoundedHttpTools",
+        (BoundedHttpTools,),
+        {
+            "max_connections": ing.ingress_max_connections,
+            "header_timeout": ing.ingress_header_timeout,
+            "body_timeout": ing.ingress_body_timeout,
+        },
+    )

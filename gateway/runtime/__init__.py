@@ -1,0 +1,1 @@
+"""The stream runtime shared by every role: connection, coalescing, consumer lanes, leases."""

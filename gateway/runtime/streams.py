@@ -1,0 +1,612 @@
+"""Redis adapters: connect, create groups, publish updates (coalesced), outbound, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.core.contracts import (
+    GROUP_SENDERS,
+    GROUP_WORKERS,
+    PARK_CAP,
+    Keys,
+    OutboundEntry,
+    Reason,
+    Stage,
+    dead_fields,
+    partition_for,
+    update_fields,
+)
+from gateway.core.errors import RedisUnavailable
+from gateway.core.settings import RedisSettings
+from gateway.runtime.batching import Coalescer
+from gateway.runtime.redis_errors import REFRESH_EVERY
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] dedupe key, KEYS[2] stream; ARGV[1] ttl seconds, ARGV[2..] field/value pairs.
+# The dedupe key and the entry appear together or not at all.
+PUBLISH_UPDATE_LUA = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+end
+return false
+"""
+
+# PUBLISH_UPDATE_LUA for several entries of one partition (the poller and its mover):
+# KEYS[1] the partition's stream, KEYS[1 + i] entry i's dedupe key; ARGV[1] ttl seconds,
+# then per entry its number of field/value arguments and those. Returns per entry its id,
+# or 0 for a duplicate. One atomic call: a node that refuses it (down, LOADING) refuses
+# every entry, so a later update of the chat is never stored while an earlier one is not
+# (N one-entry calls in a pipeline can straddle the end of a LOADING).
+PUBLISH_UPDATES_LUA = """
+local at, out = 2, {}
+for i = 2, #KEYS do
+  local first, last = at + 1, at + tonumber(ARGV[at])
+  at = last + 1
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# KEYS[1] parking stream; ARGV[1] its cap, ARGV[2] the number of entries, then per entry
+# its number of field/value arguments and those. All the entries, in order, or none
+# (PARKFULL past the cap: nothing parked is ever trimmed). No dedupe key here: the mover
+# publishes through PUBLISH_UPDATES_LUA, which stores a repeat once.
+PARK_UPDATES_LUA = """
+if redis.call('XLEN', KEYS[1]) + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
+  return redis.error_reply('PARKFULL the parking stream holds its cap of entries')
+end
+local at = 3
+for i = 1, tonumber(ARGV[2]) do
+  local first, last = at + 1, at + tonumber(ARGV[at])
+  at = last + 1
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+end
+return 1
+"""
+
+Fields = Mapping[Any, Any]
+"""An updates entry's fields (``update_fields``; bytes keys when read back from Redis)."""
+
+
+def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
+    """Entry fields in the shape redis-py's (invariant) ``xadd`` annotation accepts."""
+    return dict(fields)
+
+
+_in_command: contextvars.ContextVar[bool] = contextvars.ContextVar("_in_command", default=False)
+
+
+class GatewayCluster(RedisCluster):
+    """redis-py's cluster client, except that one node in trouble stays its own problem.
+
+    redis-py 8.1 does three things that turn one node's outage into every node's:
+
+    - A CLUSTERDOWN (or an uncovered slot) from one node calls ``aclose()``, which cuts
+      the commands in flight on the healthy nodes (a node rejoining after a restart
+      answers CLUSTERDOWN for a while). Here that only asks for a fresh slot map before
+      the next command; ``aclose()`` from outside still closes the client.
+    - After any connection error it reloads the slot map and then the command table
+      (``COMMAND``) from its default node, the first primary it knows, which may be the
+      node that is down. That fails the reload as a whole, closes every node's
+      connections (again cutting the healthy nodes' commands in flight) and fails the
+      command that asked, on whichever node it was meant for; the next command tries
+      the same. The command table does not change with the topology: here it is loaded
+      once, and a reload that fails closes nothing. The keys of XREAD and XREADGROUP
+      (movable keys, which redis-py asks that same node for with ``COMMAND GETKEYS``,
+      once per call) are read off the arguments here.
+    - Every failed command asks for a reload, and each reload marks every connection of
+      every node for reconnection. While a node is down, its partitions' retries would
+      keep the whole client reconnecting. Here a reload runs at most every
+      ``REFRESH_EVERY`` seconds; a failover is still seen within that.
+    """
+
+    _refreshed_at = 0.0
+
+    async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _in_command.set(True)
+        try:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError):
+            if time.monotonic() - self._refreshed_at < REFRESH_EVERY:
+                self._initialize = False  # reloaded a moment ago: the map is fresh enough
+            raise
+        finally:
+            _in_command.reset(token)
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("XREAD", "XREADGROUP"):
+            keys = _stream_keys(args[3:] if command.upper() == "XREADGROUP" else args)
+            slots = {self.keyslot(key) for key in keys}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> GatewayCluster:
+        if not self.commands_parser.commands:  # the first start: redis-py's own
+            await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+            self._refreshed_at = time.monotonic()
+            return self
+        if self._initialize:
+            if not self._lock:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._initialize:
+                    self._refreshed_at = time.monotonic()
+                    await self.nodes_manager.initialize(
+                        additional_startup_nodes_info=additional_startup_nodes_info,
+                        last_failed_node_name=last_failed_node_name,
+                    )
+                    self._initialize = False
+        return self
+
+    async def aclose(self) -> None:
+        if _in_command.get():
+            self._initialize = True
+            return
+        await super().aclose()
+
+
+def _stream_keys(args: Sequence[Any]) -> list[Any]:
+    """The stream names in an XREAD's arguments (after the command name; an XREADGROUP's
+    after ``GROUP group consumer``): the first half of what follows ``STREAMS``."""
+    for i, arg in enumerate(args):
+        word = arg.decode() if isinstance(arg, bytes) else str(arg)
+        if word.upper() == "STREAMS":
+            rest = list(args[i + 1 :])
+            return rest[: len(rest) // 2]
+    return []
+
+
+def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:
+    """A client on a bounded pool: callers past ``max_connections`` wait for a connection
+    (up to 20 s) instead of failing; bytes in, bytes out (entries carry raw JSON).
+
+    With ``cluster`` (``REDIS_CLUSTER=true``) it is a Redis Cluster client seeded from
+    ``url``; ``max_connections`` is then per node. Every key the gateway touches in one
+    command or script shares a hash tag, so the same calls work on both (``is_cluster``
+    marks the few places that run differently).
+    """
+    if cluster:
+        client = GatewayCluster.from_url(
+            url,
+            max_connections=max_connections,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            decode_responses=False,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+        )
+        # RedisCluster implements the command API the gateway uses; callers that need
+        # more (a pipeline's MULTI, a raw connection) ask is_cluster() first.
+        return cast(aioredis.Redis, client)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=20,
+        # A connection opened before a Redis restart fails its first command: retry it
+        # on a fresh connection instead of failing the caller (503, a pending entry).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=15,
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def connect_with(rs: RedisSettings) -> aioredis.Redis:
+    """The client the settings ask for: ``REDIS_URL``, pool size, cluster or not."""
+    return connect(rs.redis_url, rs.redis_max_connections, cluster=rs.redis_cluster)
+
+
+def is_cluster(redis: object) -> bool:
+    """Is ``redis`` a Redis Cluster client (no MULTI across slots, no multi-slot reads)?"""
+    return isinstance(redis, RedisCluster)
+
+
+async def ensure_groups(redis: aioredis.Redis, keys: Keys) -> None:
+    """Create every stream and group at id 0, so entries published earlier are seen."""
+    pairs = [(s, GROUP_WORKERS) for s in keys.all_updates()]
+    pairs += [(s, GROUP_SENDERS) for s in keys.all_outbound()]
+    for stream, group in pairs:
+        try:
+            await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def groups_present(redis: aioredis.Redis, keys: Keys) -> list[str]:
+    """Streams whose consumer group is missing (empty list = ready)."""
+    missing: list[str] = []
+    wanted = [(s, GROUP_WORKERS) for s in keys.all_updates()]
+    wanted += [(s, GROUP_SENDERS) for s in keys.all_outbound()]
+    for stream, group in wanted:
+        try:
+            groups = await redis.xinfo_groups(stream)
+        except ResponseError:
+            missing.append(stream)
+            continue
+        names = {
+            (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) for g in groups
+        }
+        if group not in names:
+            missing.append(stream)
+    return missing
+
+
+class UpdatePublisher:
+    """Publishes updates with dedupe, coalescing concurrent calls into one pipeline.
+
+    Each caller's coroutine returns only after Redis answered for its own entry, so a
+    webhook is acknowledged only once its update is stored; callers that arrive while a
+    pipeline is in flight ride the next one (one round trip for many requests).
+
+    The poller publishes with ``publish_entries`` (the same dedupe keys and XADD as
+    ``publish``, one atomic call per partition) and parks here (``park``, ``read_parked``,
+    ``unpark``): an update whose partition's node cannot take it goes to a parking stream
+    (``Keys.parked``) and is published later, by ``publish_entries`` again.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, dedupe_ttl: int, timeout: float | None = None
+    ) -> None:
+        """``timeout`` bounds each ``publish`` whatever Redis does (hung, not only down):
+        past it the caller gets ``RedisUnavailable``. Its update may still be stored (the
+        pipeline was sent); a retry then finds the dedupe key: stored once."""
+        self._redis = redis
+        self._keys = keys
+        self._ttl = str(dedupe_ttl)
+        self._timeout = timeout
+        self._calls = Coalescer(redis, timeout)
+        self._sha = self._calls.script(PUBLISH_UPDATE_LUA)
+        self._many_sha = self._calls.script(PUBLISH_UPDATES_LUA)
+        self._park_sha = self._calls.script(PARK_UPDATES_LUA)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    def partition(self, fields: Fields) -> int:
+        """The partition of an entry (its ``chat_id`` field, as ``publish`` routes it);
+        ``KeyError``/``ValueError`` if it lacks an id ``publish_entries`` needs."""
+        for name in ("bot_id", "update_id"):
+            int(_field(fields, name))
+        chat = _field(fields, "chat_id")
+        return partition_for(int(chat) if chat else None, self._keys.partitions)
+
+    def _publish_command(self, p: int, bot_id: int, update_id: int, fields: Fields) -> list[Any]:
+        args: list[Any] = [
+            "EVALSHA",
+            self._sha,
+            2,
+            self._keys.dedupe(p, bot_id, update_id),
+            self._keys.updates(p),
+            self._ttl,
+        ]
+        for k, v in fields.items():
+            args += [k, v]
+        return args
+
+    async def publish(
+        self,
+        *,
+        bot_id: int,
+        update_id: int,
+        chat_id: int | None,
+        source: str,
+        raw_update: bytes | str,
+        received_at: float | None = None,
+    ) -> bool:
+        """Store one update; True if new, False if a duplicate ``update_id`` (not stored)."""
+        p = partition_for(chat_id, self._keys.partitions)
+        fields = update_fields(
+            bot_id=bot_id,
+            update_id=update_id,
+            chat_id=chat_id,
+            source=source,
+            raw_update=raw_update,
+            received_at=received_at,
+        )
+        try:
+            [res] = await self._calls.run(self._publish_command(p, bot_id, update_id, fields))
+        except Exception as exc:  # Redis away, or e.g. a packing error: an answer, not a hang
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if isinstance(res, Exception):
+            raise RedisUnavailable(f"redis: {res}")
+        # A repeat after a lost connection finds its own dedupe key: reported as a
+        # duplicate, which it is (the first run stored it).
+        return res is not None and res is not False
+
+    async def publish_entries(self, entries: Sequence[Fields]) -> list[bool | RedisUnavailable]:
+        """``publish`` for ready-made entries, each partition's in order and in one atomic
+        call (all stored or none), the calls in one pipeline per node. For each entry: True
+        (stored), False (a duplicate: stored before) or the ``RedisUnavailable``.
+        ``KeyError``/``ValueError`` for an entry without its ids (see ``partition``)."""
+        by_partition: dict[int, list[int]] = {}
+        for i, f in enumerate(entries):
+            by_partition.setdefault(self.partition(f), []).append(i)
+        commands: list[list[Any]] = []
+        for p, where in by_partition.items():
+            dedupe = [
+                self._keys.dedupe(
+                    p, int(_field(entries[i], "bot_id")), int(_field(entries[i], "update_id"))
+                )
+                for i in where
+            ]
+            command = ["EVALSHA", self._many_sha, 1 + len(where), self._keys.updates(p), *dedupe]
+            command.append(self._ttl)
+            for i in where:
+                command += _counted(entries[i])
+            commands.append(command)
+        results: list[bool | RedisUnavailable] = [False] * len(entries)
+        if not commands:
+            return results
+        try:
+            replies = await self._calls.run(*commands)
+        except Exception as exc:
+            return [RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")] * len(entries)
+        for where, reply in zip(by_partition.values(), replies, strict=True):
+            for n, i in enumerate(where):
+                results[i] = (
+                    RedisUnavailable(f"redis: {reply}")
+                    if isinstance(reply, Exception)
+                    else bool(reply[n])
+                )
+        return results
+
+    async def park(self, key: str, entries: Sequence[Fields]) -> str | None:
+        """Append ``entries`` to the parking stream ``key``, in order: all or none (none
+        if that would take it past ``PARK_CAP``). None if parked, else why not."""
+        command: list[Any] = ["EVALSHA", self._park_sha, 1, key, str(PARK_CAP), len(entries)]
+        for f in entries:
+            command += _counted(f)
+        try:
+            [reply] = await self._calls.run(command)
+        except Exception as exc:
+            return f"redis: {type(exc).__name__}: {exc}"
+        return f"redis: {reply}" if isinstance(reply, Exception) else None
+
+    async def read_parked(
+        self, key: str, start: str, count: int
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Up to ``count`` entries of a parking stream from ``start`` (an XRANGE bound)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                rows: Any = await self._redis.xrange(key, min=start, count=count)
+        except Exception as exc:  # as ``publish``: its node away, whatever redis-py raises
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return [(i.decode() if isinstance(i, bytes) else str(i), f) for i, f in rows]
+
+    async def unpark(self, key: str, ids: Sequence[str]) -> None:
+        """Delete moved entries from a parking stream."""
+        if not ids:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.xdel(key, *ids)
+        except Exception as exc:
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def count_parked(self, n: int) -> None:
+        """Add to the ``parked_updates`` counter; best effort (its node may be the one away)."""
+        with contextlib.suppress(Exception):
+            await self._calls.run(("INCRBY", self._keys.counter("parked_updates"), n))
+
+    def parking_places(self, p: int) -> list[str]:
+        """Parking streams to try for partition ``p``, one per node: other nodes than the
+        partition's first, starting at ``p``'s own rotation (partitions spread over them),
+        the partition's own node last. On a single Redis: one stream."""
+        streams = self._keys.all_parked()
+        home = self._node_of(self._keys.updates(p))
+        seen: set[str | None] = set()
+        elsewhere: list[str] = []
+        same: list[str] = []
+        for i in range(len(streams)):
+            key = streams[(p + i) % len(streams)]
+            node = self._node_of(key)
+            if node in seen:
+                continue
+            seen.add(node)
+            (same if node == home else elsewhere).append(key)
+        return elsewhere + same
+
+    def _node_of(self, key: str) -> str | None:
+        """The cluster node serving ``key`` in the client's slot map; None on a single
+        Redis (or a slot map not learned yet)."""
+        if not is_cluster(self._redis):
+            return None
+        cluster: Any = self._redis
+        try:
+            return str(cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key)).name)
+        except Exception:
+            return None
+
+    async def aclose(self) -> None:
+        """Wait for an in-flight pipeline so no caller is left without an answer."""
+        await self._calls.aclose()
+
+
+def _counted(fields: Fields) -> list[Any]:
+    """An entry's field/value arguments, preceded by their number (the scripts above)."""
+    args: list[Any] = [2 * len(fields)]
+    for k, v in fields.items():
+        args += [k, v]
+    return args
+
+
+def _field(fields: Fields, name: str) -> str:
+    value = fields.get(name, fields.get(name.encode()))
+    if value is None:
+        raise KeyError(name)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def publish_outbound(
+    redis: aioredis.Redis, keys: Keys, entries: Iterable[OutboundEntry]
+) -> list[str]:
+    """XADD outbound entries to their chat's partition (one pipeline); returns entry ids.
+
+    On a cluster the XADDs go out per node (``Coalescer``): a node that is down fails
+    these entries only, and redis-py's cluster pipeline, which on a connection error
+    closes the client's connections to every node, is not used."""
+    if is_cluster(redis):
+        commands = [
+            (
+                "XADD",
+                keys.outbound(partition_for(e.chat_id, keys.partitions)),
+                "*",
+                *(x for kv in e.to_fields().items() for x in kv),
+            )
+            for e in entries
+        ]
+        if not commands:
+            return []
+        try:
+            replies = await Coalescer(redis).run(*commands)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise RedisUnavailable(f"redis: {reply}")
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
+    pipe = redis.pipeline(transaction=False)
+    count = 0
+    for entry in entries:
+        stream = keys.outbound(partition_for(entry.chat_id, keys.partitions))
+        pipe.xadd(stream, fields_arg(entry.to_fields()))
+        count += 1
+    if not count:
+        return []
+    try:
+        ids = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+async def dead_letter_and_ack(
+    redis: aioredis.Redis,
+    keys: Keys,
+    *,
+    group: str,
+    stage: Stage,
+    reason: Reason,
+    stream: str,
+    entry_id: str,
+    entry: dict[str, str],
+    attempts: int,
+    error: str,
+) -> None:
+    """Move an entry to the dead-letter stream and acknowledge it, in one MULTI.
+
+    On a Redis Cluster the dead stream and the entry's partition are different slots: the
+    XADD goes first, then the XACK, so a crash in between leaves the entry pending and it
+    is dead-lettered again (a duplicate dead letter, never a lost one)."""
+    dead = fields_arg(
+        dead_fields(
+            stage=stage,
+            reason=reason,
+            stream=stream,
+            entry_id=entry_id,
+            entry=entry,
+            attempts=attempts,
+            error=error,
+        )
+    )
+    if is_cluster(redis):
+        await redis.xadd(keys.dead, dead)
+        await redis.xack(stream, group, entry_id)
+    else:
+        pipe = redis.pipeline(transaction=True)
+        pipe.xadd(keys.dead, dead)
+        pipe.xack(stream, group, entry_id)
+        await pipe.execute()
+    log.warning(
+        "dead-lettered %s %s from %s: %s (%s)",
+        stage.value,
+        entry_id,
+        stream,
+        reason.value,
+        error[:200],
+    )
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def safe_trim_id(redis: aioredis.Redis, stream: str, retention_s: float) -> str | None:
+    """The MINID below which every entry is older than ``retention_s`` **and** delivered to
+    and acknowledged by every consumer group of ``stream``; None if nothing may go.
+
+    Unread entries (after a group's last-delivered id) and pending ones (in a group's PEL)
+    are never below it, so trimming to it never loses work (MAXLEN ~ can).
+    """
+    now_ms = int(time.time() * 1000)
+    bound = (now_ms - int(retention_s * 1000), 0)
+    try:
+        groups: Any = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream
+        return None
+    for group in groups:
+        name = group["name"]
+        last = _id_tuple(group["last-delivered-id"])
+        bound = min(bound, (last[0], last[1] + 1))  # everything after it is unread
+        if int(group["pending"]):
+            summary: Any = await redis.xpending(stream, name)
+            oldest = summary.get("min")
+            if oldest:
+                bound = min(bound, _id_tuple(oldest))
+    if bound <= (0, 0):
+        return None
+    return f"{bound[0]}-{bound[1]}"
+
+
+async def trim_stream(
+    redis: aioredis.Redis,
+    stream: str,
+    retention_s: float,
+    *,
+    groups: bool = True,
+    approximate: bool = True,
+) -> int:
+    """Trim what retention allows (approximate MINID: whole nodes only, never past the id).
+
+    With ``groups`` the bound also respects every consumer group (see ``safe_trim_id``);
+    without (results stream) it is by age alone. Returns entries removed.
+    """
+    if retention_s <= 0:
+        return 0
+    if groups:
+        minid = await safe_trim_id(redis, stream, retention_s)
+    else:
+        minid = f"{int((time.time() - retention_s) * 1000)}-0"
+    if minid is None:
+        return 0
+    return int(await redis.xtrim(stream, minid=minid, approximate=approximate))

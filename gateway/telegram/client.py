@@ -1,0 +1,129 @@
+"""A thin raw Bot API client (httpx) for the ingress side: getUpdates keeps updates untouched.
+
+Errors come back as ``BotApiError`` carrying Telegram's ``error_code``, description and
+``retry_after``; messages never contain the token (it lives only in the URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.core.errors import ConfigError
+from gateway.core.logs import redact
+from gateway.core.settings import TelegramSettings
+
+WEBHOOK_SECRET_LABEL = b"tg-gateway webhook secret v1"
+
+
+def derive_webhook_secret(token: str) -> str:
+    """The webhook secret every replica computes from the bot token alone: HMAC-SHA256
+    (key = token, message = a fixed label), base64url without padding (43 characters of
+    Telegram's alphabet ``[A-Za-z0-9_-]``). One-way: the token cannot be recovered."""
+    digest = hmac.new(token.encode(), WEBHOOK_SECRET_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def webhook_secret_for(tg: TelegramSettings) -> str:
+    """The secret webhook mode checks and registers with ``setWebhook`` (the ingress at
+    start and ``tg-gateway webhook set`` both call this): ``TELEGRAM_WEBHOOK_SECRET`` if
+    set, else derived from the token. Webhook mode never runs without one."""
+    if tg.webhook_secret:
+        return tg.webhook_secret
+    if tg.telegram_bot_token is None:
+        raise ConfigError(
+            "TELEGRAM_WEBHOOK_SECRET: webhook mode needs a secret; set it, or set "
+            "TELEGRAM_BOT_TOKEN to derive one"
+        )
+    return derive_webhook_secret(tg.telegram_bot_token.get_secret_value())
+
+
+class BotApiError(Exception):
+    """A Bot API call failed; ``error_code`` 0 means no HTTP answer (network, timeout)."""
+
+    def __init__(
+        self, method: str, error_code: int, description: str, retry_after: int | None = None
+    ) -> None:
+        super().__init__(f"{method}: {error_code} {description}")
+        self.method = method
+        self.error_code = error_code
+        self.description = description
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.error_code == 0 or self.error_code == 429 or self.error_code >= 500
+
+
+class BotApi:
+    """Calls ``{api_url}/bot{token}/{method}`` with JSON bodies; one pooled httpx client."""
+
+    def __init__(self, api_url: str, token: str, timeout: float = 30.0) -> None:
+        self._base = f"{api_url.rstrip('/')}/bot{token}"
+        self._token = token
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        )
+
+    async def __aenter__(self) -> BotApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """The ``result`` of a call, or ``BotApiError``."""
+        extra = {} if timeout is None else {"timeout": httpx.Timeout(timeout, connect=10.0)}
+        try:
+            resp = await self._client.post(
+                f"{self._base}/{method}",
+                content=orjson.dumps(params or {}),
+                headers={"Content-Type": "application/json"},
+                **extra,  # type: ignore[arg-type]
+            )
+        except httpx.HTTPError as exc:
+            detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))
+            raise BotApiError(method, 0, detail) from None
+        try:
+            body = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            raise BotApiError(
+                method, resp.status_code, f"non-JSON answer (HTTP {resp.status_code})"
+            ) from None
+        if not isinstance(body, dict):
+            raise BotApiError(method, resp.status_code, "unexpected answer shape")
+        if body.get("ok") is True:
+            return body.get("result")
+        params_out = body.get("parameters") or {}
+        raise BotApiError(
+            method,
+            int(body.get("error_code") or resp.status_code),
+            redact(str(body.get("description") or "unknown error"), (self._token,)),
+            retry_after=params_out.get("retry_after") if isinstance(params_out, dict) else None,
+        )
+
+    async def get_updates_raw(
+        self, offset: int | None, limit: int, timeout: int, allowed_updates: list[str]
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {
+            "limit": limit,
+            "timeout": timeout,
+            "allowed_updates": allowed_updates,
+        }
+        if offset is not None:
+            params["offset"] = offset
+        result = await self.call("getUpdates", params, timeout=timeout + 15)
+        if not isinstance(result, list):
+            raise BotApiError("getUpdates", 0, "result is not a list")
+        return [u for u in result if isinstance(u, dict)]

@@ -1,0 +1,1 @@
+"""Tools for testers: the Bot API emulator, the reference pipeline, port reservations."""

@@ -1,0 +1,162 @@
+"""``EmulatorCore``: the emulator's state and its Python user-side API, without the server.
+
+The Bot API handlers are written against it, so they do not import the module that
+serves them (``gateway.testkit.emulator.emulator``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+from gateway.testkit.emulator import users
+from gateway.testkit.emulator.faults import Faults
+from gateway.testkit.emulator.limits import EmulatorLimits
+from gateway.testkit.emulator.notify import Signal
+from gateway.testkit.emulator.objects import Obj, infer_chat_type, user_obj
+from gateway.testkit.emulator.state import Clock, EmulatorState
+from gateway.testkit.emulator.webhook import WebhookDeliverer
+
+log = logging.getLogger(__name__)
+DEFAULT_TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"  # noqa: S105 - fake
+
+
+class EmulatorCore:
+    """A fake Telegram without its server: what the Bot API handlers and the user side
+    see (state, faults, signals, webhook delivery). ``Emulator`` adds the HTTP server.
+
+    Use from the event loop's thread only.
+    """
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        bot_username: str = "example_gateway_bot",
+        bot_name: str = "Example Gateway",
+        limits: EmulatorLimits | None = None,
+        webhook_retry_delay: float = 0.05,
+        *,
+        webhook_timeout: float = 10.0,
+        max_poll_timeout: float = 50.0,
+        clock: Clock | None = None,
+    ) -> None:
+        bot_id, sep, _ = token.partition(":")
+        if not (sep and bot_id.isdigit()):
+            raise ValueError("a bot token looks like <bot id>:<secret>")
+        self.token = token
+        self.max_poll_timeout = max_poll_timeout
+        bot = user_obj(int(bot_id), bot_name, username=bot_username, is_bot=True)
+        self.state = EmulatorState(bot, limits, clock=clock or time.monotonic)
+        self.signal = Signal()
+        self.state.on_change = self.signal.fire
+        self.faults = Faults()
+        self.faults.on_migrate = self._on_migrate
+        self.closing = False
+        self._webhook = WebhookDeliverer(
+            self.state, self.signal, webhook_retry_delay, webhook_timeout
+        )
+
+    def reset(self) -> None:
+        """Forget chats, messages, updates, the webhook, logs and faults."""
+        self.state.reset()
+        self.faults.clear()
+
+    def _on_migrate(self, old_chat_id: int, new_chat_id: int) -> None:
+        if new_chat_id not in self.state.chats:
+            title = self.state.chats.get(old_chat_id, {}).get("title")
+            self.state.add_chat(new_chat_id, infer_chat_type(new_chat_id), title)
+
+    # --- the user side ------------------------------------------------------------------
+
+    def user_send(
+        self,
+        user_id: int,
+        text: str | None = None,
+        chat_id: int | None = None,
+        chat_type: str = "private",
+        chat_title: str | None = None,
+        first_name: str = "Alice",
+        username: str | None = "alice",
+        language_code: str | None = "en",
+        photo_file_id: str | None = None,
+        caption: str | None = None,
+        last_name: str | None = None,
+    ) -> Obj:
+        """A user writes (text, or a photo with caption); returns the queued Update."""
+        return users.user_send(
+            self.state, user_id, text, chat_id, chat_type, chat_title, first_name, username,
+            language_code, photo_file_id, caption, last_name,
+        )  # fmt: skip
+
+    def user_edit(self, user_id: int, chat_id: int, message_id: int, text: str) -> Obj:
+        """A user edits their message; returns the ``edited_message`` Update."""
+        return users.user_edit(self.state, user_id, chat_id, message_id, text)
+
+    def user_press(self, user_id: int, chat_id: int, message_id: int, data: str) -> Obj:
+        """A user presses an inline button; returns the ``callback_query`` Update."""
+        return users.user_press(self.state, user_id, chat_id, message_id, data)
+
+    def push_update(self, raw_update: dict[str, Any]) -> Obj:
+        """Queue a raw Update as-is (``update_id`` assigned only when missing)."""
+        return users.push_update(self.state, raw_update)
+
+    def add_chat(
+        self,
+        chat_id: int,
+        type: str | None = None,
+        title: str | None = None,
+        username: str | None = None,
+    ) -> Obj:
+        """Make a chat known so the bot can write to it."""
+        return self.state.add_chat(chat_id, type, title, username)
+
+    # --- what the bot did ---------------------------------------------------------------
+
+    def messages(self, chat_id: int) -> list[Obj]:
+        """Messages the bot sent to ``chat_id``, in order."""
+        return self.state.messages(chat_id)
+
+    async def wait_messages(
+        self,
+        chat_id: int,
+        count: int,
+        timeout: float = 10.0,
+    ) -> list[Obj]:
+        """At least ``count`` bot messages in ``chat_id``; TimeoutError after ``timeout``."""
+
+        def enough() -> list[Obj]:
+            got = self.state.messages(chat_id)
+            return got if len(got) >= count else []
+
+        if count <= 0:
+            return self.state.messages(chat_id)
+        got = await self.signal.wait_for(enough, timeout)
+        if not got:
+            have = len(self.state.messages(chat_id))
+            raise TimeoutError(f"chat {chat_id}: {have} of {count} messages after {timeout}s")
+        return got
+
+    def sent(self) -> list[Obj]:
+        """Every successful message-sending call: method, chat_id, ts (epoch), message,
+        paid_broadcast (sent with ``allow_paid_broadcast``)."""
+        return list(self.state.logs.sent)
+
+    def chat_actions(self, chat_id: int) -> list[str]:
+        return list(self.state.logs.chat_actions.get(chat_id, []))
+
+    def callback_answers(self) -> list[Obj]:
+        return list(self.state.logs.callback_answers)
+
+    def stats(self) -> Obj:
+        """sent, rejected_429 (limits), faults_429, requests per method, sliding-window peaks."""
+        return self.state.stats()
+
+    def delivery_attempts(self) -> dict[int, int]:
+        """Webhook POST attempts per update_id."""
+        return dict(self.state.delivery_attempts)
+
+    def webhook_info(self) -> Obj:
+        """What getWebhookInfo answers now."""
+        return copy.deepcopy(self.state.webhook_info())

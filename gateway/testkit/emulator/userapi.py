@@ -1,0 +1,135 @@
+"""The user-side HTTP API under ``/_emu/`` (JSON in, JSON out), mirroring the Python API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.testkit.emulator.core import EmulatorCore
+
+Route = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """JSON via orjson (integer dict keys become strings)."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=f"bad JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="a JSON object is expected")
+    return body
+
+
+def _guarded(handler: Callable[[web.Request], Awaitable[Any]]) -> Route:
+    """Run ``handler``; its result becomes JSON, bad arguments become 400 ``{"error": ...}``."""
+
+    async def route(request: web.Request) -> web.Response:
+        try:
+            result = await handler(request)
+        except (TypeError, ValueError, KeyError) as exc:
+            return json_response({"error": f"{type(exc).__name__}: {exc}"}, 400)
+        if isinstance(result, web.Response):
+            return result
+        return json_response(result)
+
+    return route
+
+
+def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
+    """Register ``/_emu/*`` routes bound to ``emu``."""
+
+    async def send(request: web.Request) -> Any:
+        return emu.user_send(**await _body(request))
+
+    async def edit(request: web.Request) -> Any:
+        return emu.user_edit(**await _body(request))
+
+    async def press(request: web.Request) -> Any:
+        return emu.user_press(**await _body(request))
+
+    async def updates(request: web.Request) -> Any:
+        return emu.push_update(await _body(request))
+
+    async def chats(request: web.Request) -> Any:
+        return emu.add_chat(**await _body(request))
+
+    async def reset(request: web.Request) -> Any:
+        emu.reset()
+        return {"ok": True}
+
+    async def faults(request: web.Request) -> Any:
+        args = await _body(request)
+        op = str(args.pop("op", ""))
+        if op not in emu.faults.OPS:
+            raise ValueError(f"unknown fault op {op!r}; one of {sorted(emu.faults.OPS)}")
+        getattr(emu.faults, op)(**args)
+        return {"ok": True}
+
+    async def clear_faults(request: web.Request) -> Any:
+        emu.faults.clear()
+        return {"ok": True}
+
+    async def messages(request: web.Request) -> Any:
+        chat_id = int(request.match_info["chat_id"])
+        wait = int(request.query.get("wait", "0"))
+        if wait <= 0:
+            return emu.messages(chat_id)
+        timeout = float(request.query.get("timeout", "10"))
+        try:
+            return await emu.wait_messages(chat_id, wait, timeout)
+        except TimeoutError:
+            error = f"timed out waiting for {wait} messages"
+            return json_response({"error": error, "messages": emu.messages(chat_id)}, 408)
+
+    async def actions(request: web.Request) -> Any:
+        return emu.chat_actions(int(request.match_info["chat_id"]))
+
+    async def sent(request: web.Request) -> Any:
+        return emu.sent()
+
+    async def stats(request: web.Request) -> Any:
+        return emu.stats()
+
+    async def answers(request: web.Request) -> Any:
+        return emu.callback_answers()
+
+    async def webhook(request: web.Request) -> Any:
+        return {"info": emu.webhook_info(), "delivery_attempts": emu.delivery_attempts()}
+
+    table: list[tuple[str, str, Callable[[web.Request], Awaitable[Any]]]] = [
+        ("POST", "/_emu/send", send),
+        ("POST", "/_emu/edit", edit),
+        ("POST", "/_emu/press", press),
+        ("POST", "/_emu/updates", updates),
+        ("POST", "/_emu/chats", chats),
+        ("POST", "/_emu/reset", reset),
+        ("POST", "/_emu/faults", faults),
+        ("DELETE", "/_emu/faults", clear_faults),
+        ("GET", "/_emu/chats/{chat_id}/messages", messages),
+        ("GET", "/_emu/chats/{chat_id}/actions", actions),
+        ("GET", "/_emu/sent", sent),
+        ("GET", "/_emu/stats", stats),
+        ("GET", "/_emu/callback_answers", answers),
+        ("GET", "/_emu/webhook", webhook),
+    ]
+    for verb, path, handler in table:
+        app.router.add_route(verb, path, _guarded(handler))

@@ -1,0 +1,426 @@
+"""The reference pipeline as an HTTP service (aiohttp): the CRM contract the gateway calls,
+with callbacks to ``X-Webhook-URL``, idempotency, and fault injection for tests.
+
+Closed by default, as docker-compose deploys it: the test endpoints (``/_ref/*``) exist
+only when enabled, callbacks go only to allowed hosts (never following a redirect), what
+it remembers is bounded, and a callback URL (it carries a signed token) is logged only as
+host and path prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from gateway.testkit.reference.rules import respond
+
+log = logging.getLogger(__name__)
+
+MODES = ("async", "sync")
+_RETRYABLE_4XX = (408, 429)
+DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def redact_url(url: str) -> str:
+    """What a log line may show of a callback URL: scheme, host and port, and at most two
+    leading path segments, never the last one (the signed token), the userinfo, the query
+    or the fragment: ``http://ingress:8080/api/delivery/…``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    shown = f"[{host}]" if ":" in host else host
+    if port is not None:
+        shown += f":{port}"
+    segments = [s for s in parts.path.split("/") if s][:-1][:2]
+    prefix = "/".join(segments)
+    return f"{parts.scheme}://{shown}/{prefix + '/' if prefix else ''}…"
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a URL -> (lower-case host, port or None)."""
+    entry = entry.strip()
+    parts = urlsplit(entry if "://" in entry else f"//{entry}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError(f"not a host: {entry!r}")
+    return host, parts.port
+
+
+def callback_allow_list(
+    hosts: Iterable[str], public_url: str | None = None
+) -> frozenset[tuple[str, int | None]]:
+    """The hosts callbacks may go to: ``hosts`` if any, else ``public_url``'s host (the
+    gateway's GATEWAY_PUBLIC_URL), else loopback; a loopback host allows every loopback
+    name. An entry without a port allows any port of that host."""
+    entries = [_host_port(h) for h in hosts if h.strip()]
+    if not entries and public_url:
+        entries = [(_host_port(public_url)[0], None)]
+    if not entries or any(host in LOOPBACK_HOSTS for host, _ in entries):
+        entries += [(host, None) for host in LOOPBACK_HOSTS]
+    return frozenset(entries)
+
+
+class Faults:
+    """Runtime fault injection: fail the next N message requests, or delay every answer."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.count = 0
+        self.delay = 0.0
+
+    def fail_next(self, status: int, count: int = 1) -> None:
+        self.status, self.count = status, count
+
+    def set_delay(self, seconds: float) -> None:
+        self.delay = seconds
+
+    def clear(self) -> None:
+        self.status, self.count, self.delay = None, 0, 0.0
+
+    def take(self) -> int | None:
+        """The status to inject for this request, if any (uses one of the N)."""
+        if self.status is None or self.count <= 0:
+            return None
+        self.count -= 1
+        status = self.status
+        if self.count == 0:
+            self.status = None
+        return status
+
+    def state(self) -> dict[str, Any]:
+        return {"status": self.status, "count": self.count, "delay": self.delay}
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: dict[str, Any]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest(400, "body must be valid JSON") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(422, "body must be a JSON object")
+    for name in ("client_id", "content"):
+        if not isinstance(body.get(name), str):
+            raise _BadRequest(422, f"'{name}' must be a string")
+    if not body["client_id"]:
+        raise _BadRequest(422, "'client_id' must not be empty")
+    return body
+
+
+def _check_webhook(url: str | None, allowed: frozenset[tuple[str, int | None]]) -> str:
+    if not url:
+        raise _BadRequest(400, "X-Webhook-URL header is required")
+    parts = urlsplit(url)
+    try:
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        raise _BadRequest(400, "X-Webhook-URL has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise _BadRequest(400, "X-Webhook-URL must be an absolute http(s) URL")
+    port = port or (443 if parts.scheme == "https" else 80)
+    if (host, None) not in allowed and (host, port) not in allowed:
+        raise _BadRequest(
+            422,
+            f"X-Webhook-URL host {host}:{port} is not an allowed callback host "
+            "(REFERENCE_CALLBACK_HOSTS)",
+        )
+    return url
+
+
+class ReferencePipelineServer:
+    """``POST /api/messages/`` answered by ``gateway.testkit.reference.rules.respond``.
+
+    ``mode="async"``: 202 at once, the reply POSTed to ``X-Webhook-URL`` later (with
+    retries); ``mode="sync"``: 200 with the reply in the body, no callback.
+
+    ``test_endpoints``: serve ``/_ref/requests`` and ``/_ref/faults`` (tests only: they
+    show every user's text and let anyone inject faults). ``callback_hosts``: the hosts an
+    ``X-Webhook-URL`` may name (``callback_allow_list``; default loopback); any other is
+    422, not fetched. ``max_records`` bounds each of: the recorded requests (oldest
+    dropped), the idempotency keys remembered (least recently used dropped) and the
+    callbacks pending (beyond it: 503). ``max_body_bytes``: larger requests get 413.
+    """
+
+    def __init__(
+        self,
+        mode: str = "async",
+        delay: float = 0.0,
+        *,
+        callback_retries: int = 8,  # 0.1 s doubling: ~25 s, more than an ingress restart
+        callback_backoff: float = 0.1,
+        callback_timeout: float = 10.0,
+        shutdown_timeout: float = 1.0,
+        test_endpoints: bool = False,
+        callback_hosts: Iterable[str] = (),
+        public_url: str | None = None,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
+        self.mode = mode
+        self.delay = delay
+        self.callback_retries = callback_retries
+        self.callback_backoff = callback_backoff
+        self.callback_timeout = callback_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.test_endpoints = test_endpoints
+        self.allowed_hosts = callback_allow_list(callback_hosts, public_url)
+        self.max_records = max_records
+        self.max_body_bytes = max_body_bytes
+        self.faults = Faults()
+        self._requests: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self.arrivals = 0
+        self._answers: OrderedDict[str, _Answer] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The recorded requests, oldest first (the last ``max_records``)."""
+        return list(self._requests)
+
+    @property
+    def remembered_keys(self) -> int:
+        """How many idempotency keys are remembered now."""
+        return len(self._answers)
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_post("/api/messages/", self._messages)
+        app.router.add_post("/api/messages", self._messages)
+        app.router.add_get("/healthz", self._healthz)
+        if self.test_endpoints:
+            app.router.add_post("/_ref/faults", self._set_faults)
+            app.router.add_delete("/_ref/faults", self._clear_faults)
+            app.router.add_get("/_ref/requests", self._list_requests)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: any free port); the base URL."""
+        if self._runner is not None:
+            raise RuntimeError("already started")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.callback_timeout)
+        )
+        runner = web.AppRunner(
+            self.make_app(), handle_signals=False, shutdown_timeout=self.shutdown_timeout
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            await self._session.close()
+            self._session = None
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.base_url = f"http://{shown}:{bound_port}"
+        log.info(
+            "reference pipeline (%s mode) listening on %s; callbacks to %s; test endpoints %s",
+            self.mode,
+            self.base_url,
+            ", ".join(sorted(h if p is None else f"{h}:{p}" for h, p in self.allowed_hosts)),
+            "ON" if self.test_endpoints else "off",
+        )
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop serving, cancel pending callbacks and close the callback session."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def drain(self) -> None:
+        """Wait until every callback scheduled so far has finished (or given up)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- handlers ---------------------------------------------------------------
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        self.arrivals += 1  # counted on arrival: a caller that times out still shows up
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            detail = f"body larger than {self.max_body_bytes} bytes"
+            return web.json_response({"detail": detail}, status=413)
+        pause = self.delay + self.faults.delay
+        if pause > 0:
+            await asyncio.sleep(pause)
+        key = request.headers.get("Idempotency-Key") or None
+        webhook = request.headers.get("X-Webhook-URL")
+        answer = self._answer(raw, key, webhook)
+        try:
+            peek = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            peek = None
+        fields = peek if isinstance(peek, dict) else {}
+        self._requests.append(
+            {
+                "idempotency_key": key,
+                "client_id": fields.get("client_id"),
+                "content": fields.get("content"),
+                "webhook_url": webhook,  # served by /_ref/requests (tests) only, never logged
+                "status": answer.status,
+            }
+        )
+        return web.json_response(answer.body, status=answer.status)
+
+    def _answer(self, raw: bytes, key: str | None, webhook: str | None) -> _Answer:
+        # No awaits in here: the idempotency check-and-store is atomic on the loop.
+        injected = self.faults.take()
+        if injected is not None:
+            log.info("injecting status %d", injected)
+            return _Answer(injected, {"detail": "injected"})
+        if key is not None and key in self._answers:
+            log.info("idempotent replay for key %s", key)
+            self._answers.move_to_end(key)
+            return self._answers[key]
+        try:
+            url = _check_webhook(webhook, self.allowed_hosts)
+            body = _parse_body(raw)
+        except _BadRequest as exc:
+            if exc.status == 422 and webhook:
+                log.warning("refused callback URL %s: %s", redact_url(webhook), exc.detail)
+            return _Answer(exc.status, {"detail": exc.detail})
+        if self.mode == "async" and len(self._tasks) >= self.max_records:
+            return _Answer(503, {"detail": "too many callbacks pending; retry later"})
+        message_id = str(uuid.uuid4())
+        reply = respond(body["client_id"], body["content"])
+        payload = {
+            "client_id": body["client_id"],
+            "content": reply.content,
+            "category": reply.category.value,
+            "escalated": reply.escalated,
+            "message_id": message_id,
+        }
+        if self.mode == "sync":
+            answer = _Answer(200, payload)
+        else:
+            answer = _Answer(202, {"status": "accepted", "message_id": message_id})
+            task = asyncio.create_task(self._deliver(url, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if key is not None:
+            self._answers[key] = answer
+            while len(self._answers) > self.max_records:
+                self._answers.popitem(last=False)
+        return answer
+
+    async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
+        """POST the reply to the callback URL, retrying with doubling backoff."""
+        session = self._session
+        if session is None:
+            return
+        shown = redact_url(url)  # the URL carries a signed token: never logged whole
+        backoff = self.callback_backoff
+        for attempt in range(self.callback_retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff)
+                backoff *= 2
+            try:
+                # No redirects: a 3xx must not carry the reply to a host not allowed.
+                async with session.post(url, json=payload, allow_redirects=False) as resp:
+                    status = resp.status
+                    await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The class only: some aiohttp errors quote the whole URL.
+                log.warning(
+                    "callback to %s failed (attempt %d): %s",
+                    shown,
+                    attempt + 1,
+                    type(exc).__name__,
+                )
+                continue
+            if 200 <= status < 300:
+                log.info("callback %s delivered to %s", payload["message_id"], shown)
+                return
+            if 300 <= status < 500 and status not in _RETRYABLE_4XX:
+                log.error("callback to %s rejected with %d; giving up", shown, status)
+                return
+            log.warning("callback to %s answered %d (attempt %d)", shown, status, attempt + 1)
+        log.error("callback %s to %s not delivered; giving up", payload["message_id"], shown)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        try:
+            spec = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return web.json_response({"detail": "body must be valid JSON"}, status=400)
+        if not isinstance(spec, dict):
+            return web.json_response({"detail": "body must be a JSON object"}, status=422)
+        status, count, delay = spec.get("status"), spec.get("count", 1), spec.get("delay")
+        if status is not None:
+            if not (isinstance(status, int) and 100 <= status <= 599):
+                return web.json_response({"detail": "'status' must be 100-599"}, status=422)
+            if not (isinstance(count, int) and count >= 1):
+                return web.json_response({"detail": "'count' must be >= 1"}, status=422)
+        if delay is not None and not (
+            isinstance(delay, int | float) and not isinstance(delay, bool) and delay >= 0
+        ):
+            return web.json_response({"detail": "'delay' must be >= 0"}, status=422)
+        if status is not None:
+            self.faults.fail_next(status, count)
+        if delay is not None:
+            self.faults.set_delay(float(delay))
+        return web.json_response(self.faults.state())
+
+    async def _clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response(self.faults.state())
+
+    async def _list_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+
+async def run_reference_pipeline(host: str, port: int, mode: str, **options: Any) -> None:
+    """Serve the reference pipeline on ``host:port`` until cancelled (``options``: those of
+    ``ReferencePipelineServer``)."""
+    server = ReferencePipelineServer(mode=mode, **options)
+    await server.start(host, port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

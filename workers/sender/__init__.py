@@ -1,0 +1,1 @@
+"""The sender role: outbound entries -> rate-limited Bot API calls."""

@@ -1,0 +1,1 @@
+"""The worker role: updates -> bot commands or the pipeline -> outbound entries."""

@@ -1,0 +1,63 @@
+"""Bot commands the gateway answers itself (aiogram Router): /start, /help, /status.
+
+Handlers reply through ``WorkerContext.reply`` (the outbound stream, so the sender's
+rate limits apply) instead of calling the Bot API directly. Plug your own aiogram routers
+in with ``WORKER_ROUTERS=package.module:router``; they run before the pipeline fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from aiogram import Router
+from aiogram.filters import Command, CommandStart
+from aiogram.types import Message
+
+from workers.worker.context import WorkerContext
+
+HELP_TEXT = (
+    "I pass your messages to our support team and bring their answers back here.\n\n"
+    "Just write your question. Commands:\n"
+    "/start - greeting\n"
+    "/help - this help\n"
+    "/status - is the service up?"
+)
+
+
+def commands_router() -> Router:
+    router = Router(name="tg-gateway-commands")
+
+    @router.message(CommandStart())
+    async def start(message: Message, gw: WorkerContext) -> None:
+        name = message.from_user.first_name if message.from_user else "there"
+        await gw.reply(
+            f"Hello, {name}! I am the support bot. Write your question and our team will "
+            "answer here. /help lists what I can do.",
+            reply_to=message.message_id,
+        )
+
+    @router.message(Command("help"))
+    async def help_(message: Message, gw: WorkerContext) -> None:
+        await gw.reply(HELP_TEXT, reply_to=message.message_id)
+
+    @router.message(Command("status"))
+    async def status(message: Message, gw: WorkerContext) -> None:
+        user_id = message.from_user.id if message.from_user else 0
+        await gw.reply(
+            await gw.status_text(detailed=gw.is_admin(user_id)), reply_to=message.message_id
+        )
+
+    return router
+
+
+def load_routers(specs: list[str]) -> list[Router]:
+    """Import ``module:attribute`` routers (or factories returning one)."""
+    routers: list[Router] = []
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        obj = getattr(importlib.import_module(module_name), attr or "router")
+        router = obj() if callable(obj) and not isinstance(obj, Router) else obj
+        if not isinstance(router, Router):
+            raise TypeError(f"{spec} is not an aiogram Router")
+        routers.append(router)
+    return routers

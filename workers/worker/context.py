@@ -1,0 +1,168 @@
+"""What a handler sees while one update is handled: the entry, and how to reply."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.core.contracts import (
+    GROUP_SENDERS,
+    GROUP_WORKERS,
+    Keys,
+    OutboundEntry,
+    UpdateEntry,
+    partition_for,
+)
+from gateway.runtime.batching import Coalescer
+from workers.worker.breaker import CircuitBreaker
+from workers.worker.pipeline import Pipeline
+
+
+@dataclass
+class WorkerServices:
+    """Long-lived resources of a worker process, built once in its lifespan."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    bot_id: int
+    pipeline: Pipeline
+    admin_ids: frozenset[int]
+    outbound_ttl: float
+    gateway_public_url: str
+    delivery_secret: bytes | None
+    token_ttl: int
+    retry_seconds: float
+    apology_text: str
+    calls: Coalescer
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    handed_ttl: int = 86_400
+    delay_notice: str = ""  # empty: off
+    delay_notice_after: float = 10.0
+    delay_notice_window: float = 3600.0
+    reply_fields: list[str] = field(
+        default_factory=lambda: ["content", "response", "text", "message"]
+    )
+    started_at: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def outbound_stream(self, entry: OutboundEntry) -> str:
+        return self.keys.outbound(partition_for(entry.chat_id, self.keys.partitions))
+
+
+@dataclass
+class WorkerContext:
+    """Passed to aiogram handlers as ``gw``.
+
+    Replies are queued in ``outbox`` and published by the same Redis script that
+    acknowledges the update: a crash before that publishes nothing, and handling the
+    update again publishes them once. ``now=True`` publishes at once instead, for what
+    cannot wait for the handler to finish (a typing indicator, a button's answer, a
+    "we are delayed" note); if the update is handled again such an entry is published
+    again, and its reply id makes the sender send it once.
+    """
+
+    services: WorkerServices
+    entry: UpdateEntry
+    chat_id: int
+    already_handed: bool = False  # the pipeline took this update before (a redelivery, a copy)
+    handed: bool = False  # the pipeline took it now: the marker is set with the ack
+    outbox: list[OutboundEntry] = field(default_factory=list)
+
+    def is_admin(self, user_id: int) -> bool:
+        return user_id in self.services.admin_ids
+
+    async def reply(
+        self,
+        text: str,
+        *,
+        reply_to: int | None = None,
+        parse_mode: str | None = None,
+        origin: str = "command",
+        key: str = "reply",
+        now: bool = False,
+    ) -> str:
+        """Queue a text reply to this update's chat; returns the reply id.
+
+        The reply id is derived from the update and ``key``: handling the same update
+        twice queues the same id, and the sender's sent marker sends it once.
+        """
+        payload: dict[str, Any] = {"text": text}
+        if parse_mode:
+            payload["parse_mode"] = parse_mode
+        if reply_to:
+            payload["reply_parameters"] = {
+                "message_id": reply_to,
+                "allow_sending_without_reply": True,
+            }
+        return await self.send("sendMessage", payload, origin=origin, key=key, now=now)
+
+    async def send(
+        self,
+        method: str,
+        payload: dict[str, Any],
+        *,
+        origin: str,
+        key: str,
+        ttl: float | None = None,
+        now: bool = False,
+    ) -> str:
+        """Queue one Bot API call for this update's chat (see the class); its reply id."""
+        at = time.time()
+        entry = OutboundEntry(
+            reply_id=f"u{self.entry.update_id}-{key}",
+            bot_id=self.services.bot_id,
+            chat_id=self.chat_id,
+            method=method,
+            payload=payload,
+            origin=origin,
+            update_id=self.entry.update_id,
+            enqueued_at=at,
+            deadline=at + (self.services.outbound_ttl if ttl is None else ttl),
+        )
+        if not now:
+            self.outbox.append(entry)
+            return entry.reply_id
+        s = self.services
+        fields = [x for kv in entry.to_fields().items() for x in kv]
+        [res] = await s.calls.run(("XADD", s.outbound_stream(entry), "*", *fields))
+        if isinstance(res, Exception):
+            raise res  # a RedisError: the consumer retries the update, not counted
+        return entry.reply_id
+
+    async def status_text(self, *, detailed: bool) -> str:
+        s = self.services
+        try:
+            await s.redis.ping()
+            redis_ok = True
+        except (RedisError, OSError):
+            redis_ok = False
+        pipeline_ok = await s.pipeline.healthy()
+        lines = [
+            f"Gateway: {'ok' if redis_ok else 'DEGRADED (storage unreachable)'}",
+            f"Pipeline ({s.pipeline.name}): {'ok' if pipeline_ok else 'UNREACHABLE'}",
+        ]
+        if detailed and redis_ok:
+            lines.append(f"Uptime: {int(time.time() - s.started_at)} s")
+            for role, group, streams in (
+                ("updates", GROUP_WORKERS, s.keys.all_updates()),
+                ("outbound", GROUP_SENDERS, s.keys.all_outbound()),
+            ):
+                length = pending = 0
+                for stream in streams:
+                    length += int(await s.redis.xlen(stream))
+                    info = await s.redis.xpending(stream, group)
+                    pending += int(info.get("pending", 0) if isinstance(info, dict) else 0)
+                lines.append(f"{role}: {length} entries, {pending} pending")
+            lines.append(f"dead letters: {int(await s.redis.xlen(s.keys.dead))}")
+            if s.counters:
+                lines.append(
+                    "this worker: " + ", ".join(f"{k}={v}" for k, v in sorted(s.counters.items()))
+                )
+        return "\n".join(lines)

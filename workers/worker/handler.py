@@ -1,0 +1,357 @@
+"""The update worker: updates stream → bot commands (aiogram) or the pipeline → outbound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiogram import Bot, Dispatcher, Router
+from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder
+from aiogram.fsm.storage.memory import MemoryStorage
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.types import CallbackQuery, Message, Update
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from gateway.core.backoff import backoff
+from gateway.core.contracts import EnvelopeError, Keys, Reason, UpdateEntry
+from gateway.core.errors import (
+    PipelineRejected,
+    PipelineUnavailable,
+    RedisUnavailable,
+    ReplyShapeError,
+)
+from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
+from gateway.core.tokens import Route, sign_route
+from gateway.runtime.batching import Command
+from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome, lease_valid
+from gateway.runtime.streams import publish_outbound
+from workers.worker.adapter import PipelineMessage, adapt
+from workers.worker.commands import commands_router
+from workers.worker.context import WorkerContext, WorkerServices
+
+log = logging.getLogger(__name__)
+
+TYPING_EVERY = 4.5  # a chat action shows for up to 5 s
+BLOCKED_TTL = 30 * 86_400  # a block mark outlives any realistic backlog
+
+
+def pipeline_router() -> Router:
+    """The fallback: every message, edit and button press goes to the pipeline."""
+    router = Router(name="tg-gateway-pipeline")
+
+    @router.message()
+    async def on_message(message: Message, gw: WorkerContext) -> Outcome:
+        return await forward(gw)
+
+    @router.edited_message()
+    async def on_edit(message: Message, gw: WorkerContext) -> Outcome:
+        return await forward(gw)
+
+    @router.callback_query()
+    async def on_callback(query: CallbackQuery, gw: WorkerContext) -> Outcome:
+        # Stop the button's spinner first; it times out on the user's side otherwise.
+        await gw.send(
+            "answerCallbackQuery",
+            {"callback_query_id": query.id},
+            origin="gateway",
+            key="cbq",
+            ttl=60.0,
+            now=True,
+        )
+        return await forward(gw)
+
+    return router
+
+
+def fsm_storage(redis: Any, keys: Keys, ttl: int, *, memory: bool = False) -> BaseStorage:
+    """Where aiogram keeps the FSM state and data of the user's routers.
+
+    Redis (the gateway's own client, cluster or not: aiogram's ``RedisStorage`` runs one
+    single-key GET/SET/DEL per call), under ``Keys.fsm_prefix``, each key expiring
+    ``ttl`` seconds after its last write: nothing grows per user in the process, and a
+    conversation survives a restart or moves with its chat to another worker. ``memory``
+    (the sandbox only): a per-process dict that keeps every user's record until exit."""
+    if memory:
+        return MemoryStorage()
+    return RedisStorage(
+        redis,
+        key_builder=DefaultKeyBuilder(prefix=keys.fsm_prefix, with_bot_id=True),
+        state_ttl=ttl,
+        data_ttl=ttl,
+    )
+
+
+def build_dispatcher(user_routers: list[Router], storage: BaseStorage | None = None) -> Dispatcher:
+    # aiogram's FSM is for routers of the user's (``storage``: see fsm_storage); ours are
+    # stateless and skip its per-update middleware.
+    if storage is None:
+        storage = MemoryStorage()  # never used without user routers (FSM disabled)
+    dp = Dispatcher(storage=storage, disable_fsm=not user_routers)
+    dp.include_router(commands_router())
+    for router in user_routers:
+        dp.include_router(router)
+    dp.include_router(pipeline_router())
+    return dp
+
+
+async def forward(gw: WorkerContext) -> Outcome:
+    """Hand the update to the pipeline, retrying transient failures for a bounded time."""
+    s = gw.services
+    message = adapt(gw.entry.update, s.bot_id)
+    if message is None:
+        s.count("unhandled")
+        return Ack()
+    route = Route(
+        bot_id=s.bot_id,
+        chat_id=message.chat_id,
+        reply_to=message.reply_to,
+        update_id=gw.entry.update_id,
+        expires_at=0,
+    )
+    callback_url = None
+    if s.delivery_secret is not None:
+        token = sign_route(
+            s.delivery_secret,
+            bot_id=s.bot_id,
+            chat_id=message.chat_id,
+            reply_to=message.reply_to,
+            update_id=gw.entry.update_id,
+            ttl=s.token_ttl,
+        )
+        callback_url = f"{s.gateway_public_url}/api/delivery/{token}"
+    if gw.already_handed:
+        # Handled before (a redelivery, a copy of the entry): do not POST twice.
+        s.count("already_handed")
+        return Ack()
+    key = idempotency_key(s.bot_id, gw.entry.update_id)
+    started = time.monotonic()
+    attempt = 0
+    typing_task = asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
+    try:
+        while True:
+            await s.breaker.ready()
+            if not lease_valid.get()():
+                raise LeaseLost  # another worker owns this chat's partition now
+            try:
+                body = await s.pipeline.submit(message, callback_url, key)
+                s.breaker.success()
+                break
+            except PipelineRejected as exc:
+                s.breaker.success()  # it answered: up, even if it refused this one
+                s.count("pipeline_rejected")
+                await _apologise(gw, message)
+                return Dead(Reason.PIPELINE_REJECTED, str(exc))
+            except ReplyShapeError as exc:  # it answered, with a body that cannot be used
+                s.breaker.success()
+                return await _bad_reply(gw, message, exc)
+            except PipelineUnavailable as exc:
+                s.breaker.failure()
+                elapsed = time.monotonic() - started
+                delay = backoff(attempt, base=0.5, cap=15.0)
+                attempt += 1
+                if elapsed + delay > s.retry_seconds:
+                    s.count("pipeline_unavailable")
+                    await _apologise(gw, message)
+                    return Dead(
+                        Reason.PIPELINE_UNAVAILABLE,
+                        f"{exc} (gave up after {attempt} attempts, {elapsed:.0f}s)",
+                    )
+                log.warning(
+                    "pipeline unavailable for update %s: %s; retry in %.1fs",
+                    gw.entry.update_id,
+                    exc,
+                    delay,
+                    extra={"update_id": gw.entry.update_id},
+                )
+                if s.delay_notice and elapsed >= s.delay_notice_after:
+                    await _notify_delay(gw, message)
+                await asyncio.sleep(delay)
+    finally:
+        if typing_task is not None:
+            typing_task.cancel()
+    s.count("forwarded")
+    gw.handed = True
+    if body:
+        try:
+            _deliver_body(gw, route, body)
+        except ReplyShapeError as exc:
+            return await _bad_reply(gw, message, exc)
+    return Ack()
+
+
+async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShapeError) -> Dead:
+    """A synchronous reply that cannot be sent: dead-lettered at once (asking again would
+    get the same body), and the user gets the apology instead of silence."""
+    gw.services.count("pipeline_bad_reply")
+    await _apologise(gw, message)
+    return Dead(Reason.PIPELINE_BAD_REPLY, f"unusable reply body: {exc}")
+
+
+async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
+    """At most one "we are delayed" note per chat per outage (shared across workers)."""
+    s = gw.services
+    marker = s.keys.delay_notice(s.bot_id, message.chat_id)
+    if await s.redis.set(marker, "1", nx=True, ex=int(s.delay_notice_window)):
+        await gw.reply(s.delay_notice, origin="gateway", key="delayed", now=True)
+
+
+def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:
+    """A reply in the pipeline's answer becomes the same entries as a callback's; they
+    are published with the update's acknowledgement. ``ReplyShapeError`` when the body
+    is unusable (bad attachments, nested too deep, ...)."""
+    try:
+        reply = parse_reply(body, gw.services.reply_fields)
+    except NoReplyContent:
+        return  # e.g. {"status": "accepted"}: the reply comes on the callback
+    gw.outbox.extend(reply_entries(route, reply, origin="pipeline", ttl=gw.services.outbound_ttl))
+
+
+async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
+    """One short note to the user; the reply id makes a redelivery not send it again."""
+    await gw.reply(
+        gw.services.apology_text, reply_to=message.reply_to, origin="gateway", key="apology"
+    )
+
+
+async def _keep_typing(gw: WorkerContext) -> None:
+    """Best effort: a typing indicator that cannot be queued (Redis away) is skipped."""
+    n = 0
+    while True:
+        try:
+            await gw.send(
+                "sendChatAction",
+                {"action": "typing"},
+                origin="gateway",
+                key=f"typing{n}",
+                ttl=5.0,
+                now=True,
+            )
+        except (RedisUnavailable, RedisError, OSError) as exc:
+            log.debug("typing indicator skipped: %s", exc)
+        n += 1
+        await asyncio.sleep(TYPING_EVERY)
+
+
+def idempotency_key(bot_id: int, update_id: int) -> str:
+    """The ``Idempotency-Key`` of an update's pipeline call, and its handed marker's name."""
+    return f"tg-{bot_id}-{update_id}"
+
+
+def blocking_command(
+    keys: Keys, bot_id: int, update: dict[str, Any], chat_id: int
+) -> Command | None:
+    """Mark a chat that blocked the bot (its replies dead-letter at once); clear the mark
+    when the user unblocks or writes again. None when the update says neither."""
+    key = keys.blocked_chat(bot_id, chat_id)
+    member = update.get("my_chat_member")
+    if isinstance(member, dict):
+        status = (member.get("new_chat_member") or {}).get("status")
+        if status in ("kicked", "left"):
+            return ("SET", key, "1", "EX", BLOCKED_TTL)
+        return ("DEL", key) if status is not None else None
+    if chat_id > 0 and ("message" in update or "callback_query" in update):
+        return ("DEL", key)
+    return None
+
+
+def plain_message(update: dict[str, Any]) -> bool:
+    """A message or edit that only the pipeline fallback would handle: not a command
+    (aiogram's ``Command`` filters read ``text or caption`` after leading whitespace),
+    with the fields aiogram's ``Message`` requires (anything odd takes aiogram's path and
+    its validation, so a malformed entry is still dead-lettered with the reason)."""
+    kind = "message" if "message" in update else "edited_message"
+    message = update.get(kind)
+    if not isinstance(message, dict) or len(update) != 2:
+        return False
+    chat = message.get("chat")
+    text = message.get("text") or message.get("caption")
+    return (
+        type(message.get("message_id")) is int
+        and type(message.get("date")) is int
+        and isinstance(chat, dict)
+        and type(chat.get("id")) is int
+        and isinstance(chat.get("type"), str)
+        and (text is None or (isinstance(text, str) and not text.lstrip().startswith("/")))
+    )
+
+
+class UpdateHandler:
+    """Turns one updates-stream entry into an outcome for the consumer.
+
+    Redis work per update: one call before dispatch (was it handed before? the blocked
+    mark) and the consumer's finish (replies, handed marker, ack); both are coalesced with
+    the other chats' calls of the moment.
+
+    With ``direct`` (no routers of the user's), a ``plain_message`` goes straight to
+    ``forward``, which is where aiogram would route it: building and dispatching its
+    ``Update`` model cost more than everything else the worker does (bench/workers.py).
+    """
+
+    def __init__(
+        self, services: WorkerServices, bot: Bot, dispatcher: Dispatcher, direct: bool = False
+    ) -> None:
+        self.services = services
+        self.bot = bot
+        self.dp = dispatcher
+        self.direct = direct
+        keys = services.keys
+        self._partition = {stream: p for p, stream in enumerate(keys.all_updates())}
+
+    async def __call__(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
+    ) -> Outcome:
+        try:
+            entry = UpdateEntry.from_fields(fields)
+        except EnvelopeError as exc:
+            return Dead(Reason.INVALID_ENTRY, str(exc))
+        update: Update | None = None
+        if not (self.direct and plain_message(entry.update)):
+            try:
+                update = Update.model_validate(entry.update, context={"bot": self.bot})
+            except ValidationError as exc:
+                errors = exc.error_count()
+                return Dead(Reason.INVALID_ENTRY, f"not a Telegram Update: {errors} errors")
+        s = self.services
+        chat_id = entry.chat_id if entry.chat_id is not None else 0
+        handed = s.keys.handed(
+            self._partition.get(stream, 0), idempotency_key(s.bot_id, entry.update_id)
+        )
+        commands: list[Command] = [("EXISTS", handed)]
+        blocking = blocking_command(s.keys, s.bot_id, entry.update, chat_id)
+        if blocking is not None:
+            commands.append(blocking)
+        for reply in (replies := await s.calls.run(*commands)):
+            if isinstance(reply, Exception):
+                raise reply  # a RedisError: retried in place, not counted as a delivery
+        gw = WorkerContext(
+            services=s,
+            entry=entry,
+            chat_id=chat_id,
+            already_handed=bool(replies[0]),
+        )
+        if update is None:
+            result: Any = await forward(gw)
+        else:
+            result = await self.dp.feed_update(self.bot, update, gw=gw)
+        if isinstance(result, Dead):
+            if gw.outbox:  # e.g. the apology: it goes out, the update goes to the dead letters
+                await publish_outbound(s.redis, s.keys, gw.outbox)
+            return result
+        if result is UNHANDLED:
+            s.count("unhandled")
+            log.info(
+                "update %s (%s) not handled; acknowledged",
+                entry.update_id,
+                next((k for k in entry.update if k != "update_id"), "?"),
+                extra={"update_id": entry.update_id},
+            )
+        elif not isinstance(result, Ack):
+            s.count("handled")
+        return Ack(
+            publish=tuple((s.outbound_stream(e), e.to_fields()) for e in gw.outbox),
+            marker=(handed, s.handed_ttl) if gw.handed else None,
+        )
