@@ -119,9 +119,16 @@ class Keys:
         """Sent marker of one outbound part; makes a redelivered entry a no-op."""
         return f"{self.prefix}:sent:{{{p}}}:{reply_id}"
 
+    def chat_tag(self, chat_id: int | str) -> str:
+        """The hash tag of a chat's partition: a chat's own keys live on the node of its
+        partition's streams, so a node that is down stalls only its own partitions' chats
+        (issue 10; before, a worker's every message cleared a blocked mark that could
+        live on any node)."""
+        return f"{{{partition_for(chat_id, self.partitions)}}}"
+
     def blocked_chat(self, bot_id: int, chat_id: int | str) -> str:
         """Present while a chat has blocked or kicked the bot (403)."""
-        return f"{self.prefix}:blocked:{bot_id}:{chat_id}"
+        return f"{self.prefix}:blocked:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
 
     # The limiter's keys of one bot share the hash tag ``{bot_id}``: its script reads the
     # global and the chat's budget atomically, so on a Redis Cluster they live in one slot.
@@ -143,7 +150,7 @@ class Keys:
 
     def delay_notice(self, bot_id: int, chat_id: int | str) -> str:
         """Present while a chat has been told its messages are delayed (pipeline outage)."""
-        return f"{self.prefix}:delayed:{bot_id}:{chat_id}"
+        return f"{self.prefix}:delayed:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
 
     def members(self, role: str) -> str:
         """Live processes of a role (ZSET, score = heartbeat expiry on Redis's clock)."""
@@ -155,7 +162,7 @@ class Keys:
 
     def migrated(self, bot_id: int, chat_id: int | str) -> str:
         """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
-        return f"{self.prefix}:migrated:{bot_id}:{chat_id}"
+        return f"{self.prefix}:migrated:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
 
     @property
     def layout(self) -> str:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from gateway.core.contracts import Keys, Reason, Stage
+from gateway.core.contracts import Keys, Reason, Stage, partition_for
 from gateway.runtime import dlq
 from gateway.runtime.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
 from gateway.runtime.streams import UpdatePublisher, connect, ensure_groups, is_cluster
@@ -54,6 +54,14 @@ def test_the_keys_one_call_touches_share_a_slot() -> None:
             KEYS.lease("sender", p),
         }
         assert len({slot(k) for k in together}) == 1, together
+    for chat in (42, -1001, 7, "9"):
+        tag = slot(KEYS.updates(partition_for(chat, P)))
+        for key in (
+            KEYS.blocked_chat(BOT_ID, chat),
+            KEYS.delay_notice(BOT_ID, chat),
+            KEYS.migrated(BOT_ID, chat),
+        ):
+            assert slot(key) == tag, key  # a chat's own keys live with its partition
     limiter = {
         KEYS.rate_global(BOT_ID),
         KEYS.rate_chat(BOT_ID, 42),
