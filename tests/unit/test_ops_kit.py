@@ -523,7 +523,7 @@ def test_pods_run_non_root_on_a_read_only_root_with_probes_and_resources() -> No
 def test_probes_use_the_real_endpoints_and_health_command() -> None:
     """Ingress: httpGet /healthz (liveness) and /readyz (readiness) on its port; worker and
     sender (no HTTP health endpoint): `tg-gateway health ROLE`, the compose health check."""
-    cli = first_module("gateway.cli")
+    cli = first_module("gateway.cli", "gateway.app.cli")
     subcommands = cli.build_parser()._subparsers._group_actions[0].choices
     source = "\n".join(p.read_text() for p in (ROOT / "gateway").rglob("*.py"))
     deployments = gateway_deployments()
