@@ -1,6 +1,7 @@
 """docker-compose.yml: valid, and its services run the tested `tg-gateway` subcommands;
 closed by default (config gate, health checks, loopback port); the image installs from a
-lock that pins every runtime dependency."""
+lock that pins every runtime dependency; the `observability` profile adds Prometheus and
+Grafana (pinned images, loopback ports, the kit under deploy/) scraping every role."""
 
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_SERVICES = ("ingress", "worker", "sender", "pipeline")
+OBSERVABILITY_SERVICES = ("prometheus", "grafana")
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_compose_config_is_valid(tmp_path: Path) -> None:
+def docker_compose_config(tmp_path: Path, *args: str) -> str:
+    """`docker-compose [args] config` on a copy of the project's compose file; its output."""
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
     (tmp_path / "Dockerfile").write_text((ROOT / "Dockerfile").read_text())
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     proc = subprocess.run(
-        ["docker-compose", "config"],
+        ["docker-compose", *args, "config"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -34,10 +37,26 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_compose_config_is_valid(tmp_path: Path) -> None:
+    out = docker_compose_config(tmp_path)
     for command in ("ingress", "worker", "sender", "pipeline"):
         assert f"- {command}" in out
     assert "noeviction" in out and "appendonly" in out
+    # docker-compose 1.x prints every service whatever the profiles; that Prometheus and
+    # Grafana stay off without `--profile observability`: their `profiles` (test below).
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_compose_observability_profile_is_valid(tmp_path: Path) -> None:
+    """`docker-compose --profile observability config` adds Prometheus and Grafana."""
+    out = docker_compose_config(tmp_path, "--profile", "observability")
+    services = yaml.safe_load(out)["services"]
+    assert set(OBSERVABILITY_SERVICES) <= set(services)
+    assert set(GATEWAY_SERVICES) <= set(services)
 
 
 def test_compose_uses_only_real_subcommands() -> None:
@@ -92,13 +111,48 @@ def test_worker_sender_and_ingress_have_health_checks() -> None:
 
 def test_ingress_is_published_on_loopback_only_by_default() -> None:
     services = compose()["services"]
-    [port] = services["ingress"]["ports"]
-    default = re.fullmatch(r"\$\{INGRESS_PUBLISH:-([^}]*)\}:8080", port)
-    assert default is not None, port
-    assert default.group(1).startswith("127.0.0.1:")
+    published = {"ingress": 8080, "prometheus": 9090, "grafana": 3000}
+    for name, container_port in published.items():
+        [port] = services[name]["ports"]
+        default = re.fullmatch(rf"\$\{{{name.upper()}_PUBLISH:-([^}}]*)\}}:{container_port}", port)
+        assert default is not None, port
+        assert default.group(1).startswith("127.0.0.1:"), name
     for name, service in services.items():
-        if name != "ingress":
+        if name not in published:
             assert "ports" not in service, name  # redis and the pipeline stay inside
+
+
+def test_observability_services_are_pinned_and_use_the_kit() -> None:
+    """Prometheus and Grafana: only with the profile, images pinned by tag, configuration
+    mounted read-only from deploy/ (the files the ops-kit tests check)."""
+    services = compose()["services"]
+    for name in OBSERVABILITY_SERVICES:
+        service = services[name]
+        assert service["profiles"] == ["observability"], name
+        tag = service["image"].partition(":")[2]
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), service["image"]
+        mounts = [v for v in service["volumes"] if v.startswith("./")]
+        assert mounts, name
+        for mount in mounts:
+            source, _target, mode = mount.split(":")
+            assert mode == "ro" and (ROOT / source).is_dir(), mount
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    for name in (*GATEWAY_SERVICES, "redis", "config"):
+        assert "profiles" not in services[name], name  # plain `up` starts the gateway
+
+
+def test_prometheus_scrapes_every_role_where_it_serves_metrics() -> None:
+    """The scrape config names the compose services and ports the roles serve /metrics on:
+    the ingress's own port, and METRICS_PORT for worker and sender."""
+    services = compose()["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "tg-gateway"]
+    targets = {name: sd["port"] for sd in job["dns_sd_configs"] for name in sd["names"]}
+    assert targets["ingress"] == int(services["ingress"]["environment"]["INGRESS_PORT"])
+    for role in ("worker", "sender"):
+        assert targets[role] == int(services[role]["environment"]["METRICS_PORT"]), role
+    assert set(targets) == {"ingress", "worker", "sender"}
 
 
 def test_stop_grace_period_covers_the_shutdown_grace() -> None:
