@@ -1,0 +1,80 @@
+"""What a handler returns and what it is given: outcomes, the fence, an entry (``Item``)."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from gateway.core.contracts import Reason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The handler finished: acknowledge, and in the same atomic step publish ``publish``
+    (stream, fields) entries and set ``marker`` (key, ttl seconds) if given."""
+
+    publish: tuple[tuple[str, Mapping[str, str | bytes]], ...] = ()
+    marker: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Permanent failure: dead-letter with a reason code, then acknowledge; ``publish``
+    (stream, fields) entries go with the dead letter (the sender's failed result)."""
+
+    reason: Reason
+    error: str
+    publish: tuple[tuple[str, Mapping[str, str | bytes]], ...] = ()
+
+
+Outcome = Ack | Dead
+
+lease_valid: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
+    "lease_valid", default=lambda: True
+)
+"""Set for each handler call: may it still act on its partition? Handlers check it right
+before an unfenced side effect (a pipeline POST) and raise ``LeaseLost`` if not."""
+
+
+class LeaseLost(Exception):
+    """The partition moved while its entry was being handled: stop, do not acknowledge."""
+
+
+class RelayFullError(Exception):
+    """The partition's relay holds ``relay_cap`` entries: the finish waits (retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a handler needs to fence an effect that no finish script can cover (the
+    sender's Bot API call): the partition's lease key and owner, checked in Redis right
+    before the effect, and this process's local trust in that lease."""
+
+    lease_key: str
+    owner: str  # '' when the role runs without partition leases: nothing to check
+    trust_left: Callable[[], float]
+    """Seconds this process still trusts its lease (monotonic; ``inf`` without leases)."""
+    startable: Callable[[], bool]
+    """May new work of the partition start (trusted and not being released)?"""
+
+
+fence: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("fence", default=None)
+"""Set for each handler call, beside ``lease_valid``."""
+
+
+class Status(Enum):
+    DONE = "done"  # acknowledged or dead-lettered (or the ack was fenced off)
+    FAILED = "failed"  # the handler raised: counts as a delivery
+    RETRY = "retry"  # Redis was away: try again, not the entry's fault
+    LOST = "lost"  # the partition moved: the next owner handles it
+
+
+Item = tuple[str, str, dict[bytes, bytes], int]
+"""(stream, entry id, fields, delivery count)"""
+Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
+"""(stream, entry id, fields, delivery count) → outcome; raising leaves the entry pending."""
