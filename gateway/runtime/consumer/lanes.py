@@ -4,6 +4,7 @@ capacity, take-over of a gained partition and hand-back of unstarted entries."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict, deque
 from typing import Any
@@ -45,13 +46,13 @@ class Lanes(Finishing):
         cap.cancel()
 
     def _dispatch(self, item: Item) -> None:
-        stream, entry_id, fields, _ = item
+        stream, entry_id = item.stream, item.entry_id
         if entry_id in self._held[stream]:
             return  # our own entry, claimed back while it waits in a lane
         self._unfinished[stream].pop(entry_id, None)
         self._held[stream].add(entry_id)
         self._in_flight += 1
-        key = (stream, self.order_key(fields))
+        key = (stream, self.order_key(item.fields))
         lane = self._lanes.get(key)
         if lane is not None:
             lane.append(item)
@@ -68,7 +69,8 @@ class Lanes(Finishing):
             while lane:
                 if self.stopping:
                     break  # finish only what a lane had started; hand back the rest
-                stream, entry_id, fields, deliveries = lane[0]
+                item = lane[0]
+                stream = item.stream
                 if not self._may_start(stream):
                     if self._holds(stream):
                         # Still ours, trust lapsed (Redis away, a late renewal): wait for
@@ -78,7 +80,7 @@ class Lanes(Finishing):
                         continue
                     break  # lost or being released: the next owner takes the rest
                 try:
-                    status = await self._handle_one(stream, entry_id, fields, deliveries)
+                    status = await self._handle_one(item)
                 except GatewayFatal as exc:
                     self._fatal = exc
                     self.stop()
@@ -88,30 +90,29 @@ class Lanes(Finishing):
                 if status is not Status.DONE:
                     # Keep the chat's order: retry this entry in place after a backoff
                     # (other chats go on); only handler failures count as deliveries.
-                    counted = deliveries + (status is Status.FAILED)
-                    lane[0] = (stream, entry_id, fields, counted)
+                    counted = item.deliveries + (status is Status.FAILED)
+                    lane[0] = dataclasses.replace(item, deliveries=counted)
                     attempts += 1
                     await self._sleep(backoff(attempts, base=0.1, cap=5.0))
                     continue
                 attempts = 0
                 lane.popleft()
-                self._held[stream].discard(entry_id)
+                self._held[stream].discard(item.entry_id)
                 self._in_flight -= 1
                 self._capacity.set()
         finally:
             # On cancel (grace over) or a fatal error the rest stays pending: claimed later.
-            for stream, entry_id, _, deliveries in lane:
-                self._held[stream].discard(entry_id)
-                self._unfinished[stream][entry_id] = deliveries
+            for item in lane:
+                self._held[item.stream].discard(item.entry_id)
+                self._unfinished[item.stream][item.entry_id] = item.deliveries
                 self._in_flight -= 1
             del self._lanes[key]
             self._capacity.set()
 
-    async def _handle_one(
-        self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
-    ) -> Status:
+    async def _handle_one(self, item: Item) -> Status:
+        entry_id = item.entry_id
         try:
-            return await self._handle(stream, entry_id, fields, deliveries)
+            return await self._handle(item)
         except Exception as exc:
             if is_transient(exc) or is_nogroup(exc):  # Redis away: not the entry's fault
                 log.warning(
@@ -129,9 +130,13 @@ class Lanes(Finishing):
             log.exception("%s: redis refused %s; counted as a failure", self.config.role, entry_id)
             return Status.FAILED
 
-    async def _handle(
-        self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
-    ) -> Status:
+    async def _handle(self, item: Item) -> Status:
+        stream, entry_id, fields, deliveries = (
+            item.stream,
+            item.entry_id,
+            item.fields,
+            item.deliveries,
+        )
         cfg = self.config
         if deliveries > cfg.max_deliveries:
             return await self._dead(
@@ -195,7 +200,7 @@ class Lanes(Finishing):
                 if fields is None:
                     continue  # trimmed meanwhile
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                self._dispatch((stream, eid, fields, counts.get(eid, 2)))
+                self._dispatch(Item(stream, eid, fields, counts.get(eid, 2)))
             if len(rows) < 200:
                 return
             last = ids[-1].decode() if isinstance(ids[-1], bytes) else ids[-1]

@@ -74,7 +74,16 @@ class Status(Enum):
     LOST = "lost"  # the partition moved: the next owner handles it
 
 
-Item = tuple[str, str, dict[bytes, bytes], int]
-"""(stream, entry id, fields, delivery count)"""
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One fetched entry on its way through a lane."""
+
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int
+    """Deliveries so far, this one included (XPENDING's count, or 1 for a new read)."""
+
+
 Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
 """(stream, entry id, fields, delivery count) → outcome; raising leaves the entry pending."""

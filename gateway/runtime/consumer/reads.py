@@ -91,7 +91,7 @@ class Reads(ConsumerState):
         for stream, entries in reply or []:
             s = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in entries:
-                out.append((s, entry_id.decode(), fields, 1))
+                out.append(Item(s, entry_id.decode(), fields, 1))
         return out
 
     async def _recover(self, streams: list[str]) -> list[Item]:
@@ -112,7 +112,7 @@ class Reads(ConsumerState):
                     if eid in held:
                         continue
                     if fields:
-                        out.append((stream, eid, fields, 1))
+                        out.append(Item(stream, eid, fields, 1))
                     else:  # trimmed while pending: nothing left to handle
                         await self.redis.xack(stream, self.config.group, eid)
                 if len(entries) < RECOVER_PAGE:
@@ -202,7 +202,7 @@ class Reads(ConsumerState):
             return []
         counts = await self._delivery_counts(stream, [eid for eid, _ in claimed])
         return [
-            (stream, entry_id.decode(), fields, counts.get(entry_id.decode(), 2))
+            Item(stream, entry_id.decode(), fields, counts.get(entry_id.decode(), 2))
             for entry_id, fields in claimed
         ]
 
