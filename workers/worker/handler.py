@@ -27,7 +27,7 @@ from gateway.core.errors import (
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.core.tokens import Route, sign_route
 from gateway.runtime.batching import Command
-from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome, lease_valid
+from gateway.runtime.consumer import Ack, Dead, LeaseLost, Marker, Outcome, Publish, lease_valid
 from gateway.runtime.streams import publish_outbound
 from workers.worker.adapter import PipelineMessage, adapt
 from workers.worker.commands import commands_router
@@ -351,7 +351,5 @@ class UpdateHandler:
             )
         elif not isinstance(result, Ack):
             s.count("handled")
-        return Ack(
-            publish=tuple((s.outbound_stream(e), e.to_fields()) for e in gw.outbox),
-            marker=(handed, s.handed_ttl) if gw.handed else None,
-        )
+        marker = (Marker(handed, s.handed_ttl),) if gw.handed else ()
+        return Ack((*(Publish(s.outbound_stream(e), e.to_fields()) for e in gw.outbox), *marker))

@@ -3,7 +3,8 @@
 ``gateway.runtime.consumer`` is the import path of its public names; the parts, each read
 in one sitting (``StreamConsumer`` in ``core`` composes them):
 
-- ``outcome``: what a handler returns (``Ack``, ``Dead``) and is given (``Fence``, ``Item``);
+- ``outcome``: what a handler returns (``Ack``, ``Dead``, ``Retry`` with typed effects
+  ``Publish``, ``Marker``) and is given (``Fence``, ``Item``);
 - ``base``: ``ConsumerConfig``, the state the parts share, the lease predicates;
 - ``reads``: reads, claims, recovery of the entries a lost read delivered;
 - ``lanes``: per-chat lanes, dispatch, capacity, take-over and hand-back;
@@ -26,12 +27,16 @@ from gateway.runtime.consumer.finish import FINISH_LUA, LEASE_LOST, RELAY_FULL
 from gateway.runtime.consumer.outcome import (
     Ack,
     Dead,
+    Effect,
     Fence,
     Handler,
     Item,
     LeaseLost,
+    Marker,
     Outcome,
+    Publish,
     RelayFullError,
+    Retry,
     fence,
     lease_valid,
 )
@@ -48,12 +53,16 @@ __all__ = [
     "Ack",
     "ConsumerConfig",
     "Dead",
+    "Effect",
     "Fence",
     "Handler",
     "Item",
     "LeaseLost",
+    "Marker",
     "Outcome",
+    "Publish",
     "RelayFullError",
+    "Retry",
     "StreamConsumer",
     "consumer_name",
     "fence",

@@ -12,7 +12,7 @@ from redis.crc import key_slot
 from gateway.core.backoff import backoff
 from gateway.core.contracts import dead_fields, decode_fields
 from gateway.runtime.consumer.base import REDIS_RETRY_CAP, ConsumerState
-from gateway.runtime.consumer.outcome import Ack, Dead, RelayFullError, Status
+from gateway.runtime.consumer.outcome import Ack, Dead, Publish, RelayFullError, Status
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.relay import relay_fields
 
@@ -112,12 +112,12 @@ class Finishing(ConsumerState):
         self, stream: str, entry_id: str, outcome: Ack, written: set[int]
     ) -> int:
         """One FINISH_LUA call (coalesced with other lanes'); -1 if the lease was lost.
-        ``written``: indexes of ``outcome.publish`` already written elsewhere (by an
+        ``written``: indexes of ``outcome.publishes`` already written elsewhere (by an
         earlier try of this finish, whose script then failed), updated here."""
         cfg = self.config
         p = self._partition_of[stream]
-        publish = list(outcome.publish)
-        marker = outcome.marker
+        publish = [(e.stream, e.fields) for e in outcome.publishes]
+        marker = (outcome.marker.key, outcome.marker.ttl) if outcome.marker else None
         relayed = 0
         relay = self.keys.relay(cfg.role, p)
         if self.relay is not None:
@@ -185,5 +185,5 @@ class Finishing(ConsumerState):
             attempts=deliveries,
             error=outcome.error,
         )
-        effects = Ack(publish=(*outcome.publish, (self.keys.dead, letter)))
+        effects = Ack((*outcome.effects, Publish(self.keys.dead, letter)))
         return await self._finish(stream, entry_id, effects, dead=outcome)

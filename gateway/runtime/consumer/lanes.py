@@ -16,7 +16,15 @@ from gateway.core.contracts import Reason, Stage
 from gateway.core.errors import TelegramFatal as GatewayFatal
 from gateway.runtime.consumer.base import LAPSE_POLL, is_nogroup
 from gateway.runtime.consumer.finish import Finishing
-from gateway.runtime.consumer.outcome import Dead, Item, LeaseLost, Status, fence, lease_valid
+from gateway.runtime.consumer.outcome import (
+    Dead,
+    Item,
+    LeaseLost,
+    Retry,
+    Status,
+    fence,
+    lease_valid,
+)
 from gateway.runtime.redis_errors import is_transient
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,9 @@ class Lanes(Finishing):
                     self._fatal = exc
                     self.stop()
                     return
+                if isinstance(status, Retry):  # the handler's own delay, not a failure
+                    await self._sleep(status.delay)
+                    continue
                 if status is Status.LOST and not self._holds(stream):
                     break  # leave this and the rest pending for the partition's new owner
                 if status is not Status.DONE:
@@ -109,7 +120,7 @@ class Lanes(Finishing):
             del self._lanes[key]
             self._capacity.set()
 
-    async def _handle_one(self, item: Item) -> Status:
+    async def _handle_one(self, item: Item) -> Status | Retry:
         entry_id = item.entry_id
         try:
             return await self._handle(item)
@@ -130,7 +141,7 @@ class Lanes(Finishing):
             log.exception("%s: redis refused %s; counted as a failure", self.config.role, entry_id)
             return Status.FAILED
 
-    async def _handle(self, item: Item) -> Status:
+    async def _handle(self, item: Item) -> Status | Retry:
         stream, entry_id, fields, deliveries = (
             item.stream,
             item.entry_id,
@@ -170,6 +181,9 @@ class Lanes(Finishing):
                 deliveries,
             )
             return Status.FAILED
+        if isinstance(outcome, Retry):
+            log.info("%s: %s retried in %.1fs: %s", cfg.role, entry_id, outcome.delay, outcome.why)
+            return outcome
         if isinstance(outcome, Dead):
             return await self._dead(stream, entry_id, fields, deliveries, outcome)
         return await self._finish(stream, entry_id, outcome)

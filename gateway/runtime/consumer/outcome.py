@@ -14,25 +14,74 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
-    """The handler finished: acknowledge, and in the same atomic step publish ``publish``
-    (stream, fields) entries and set ``marker`` (key, ttl seconds) if given."""
+class Publish:
+    """Effect: append ``fields`` to ``stream`` (XADD), in the finish that acks the entry."""
 
-    publish: tuple[tuple[str, Mapping[str, str | bytes]], ...] = ()
-    marker: tuple[str, int] | None = None
+    stream: str
+    fields: Mapping[str, str | bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Effect: set ``key`` to ``1`` for ``ttl`` seconds, in the finish that acks the entry."""
+
+    key: str
+    ttl: int
+
+
+Effect = Publish | Marker
+"""What a handler asks the runtime to write for it; ``FINISH_LUA`` writes an outcome's
+effects with the entry's XACK, fenced by the partition's lease: all of them or none."""
+
+
+def _checked(effects: tuple[Effect, ...]) -> None:
+    if sum(isinstance(e, Marker) for e in effects) > 1:
+        raise ValueError("one finish sets at most one marker")
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Done: acknowledge, and in the same atomic step write ``effects`` (at most one
+    ``Marker``)."""
+
+    effects: tuple[Effect, ...] = ()
+
+    def __post_init__(self) -> None:
+        _checked(self.effects)
+
+    @property
+    def publishes(self) -> tuple[Publish, ...]:
+        return tuple(e for e in self.effects if isinstance(e, Publish))
+
+    @property
+    def marker(self) -> Marker | None:
+        return next((e for e in self.effects if isinstance(e, Marker)), None)
 
 
 @dataclass(frozen=True, slots=True)
 class Dead:
-    """Permanent failure: dead-letter with a reason code, then acknowledge; ``publish``
-    (stream, fields) entries go with the dead letter (the sender's failed result)."""
+    """Permanent failure: dead-letter with a reason code, then acknowledge; ``effects`` go
+    with the dead letter, in the same finish (the sender's failed result)."""
 
     reason: Reason
     error: str
-    publish: tuple[tuple[str, Mapping[str, str | bytes]], ...] = ()
+    effects: tuple[Effect, ...] = ()
+
+    def __post_init__(self) -> None:
+        _checked(self.effects)
 
 
-Outcome = Ack | Dead
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Not done, and not the entry's fault: the runtime tries it again in place after
+    ``delay`` seconds (its chat waits behind it), its delivery count unchanged. Nothing
+    is written; ``why`` goes to the log."""
+
+    delay: float
+    why: str = ""
+
+
+Outcome = Ack | Dead | Retry
 
 lease_valid: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
     "lease_valid", default=lambda: True
