@@ -54,6 +54,7 @@ from gateway.runtime.consumer.trim import Retention
 from gateway.runtime.leases import LeaseManager
 from gateway.runtime.redis_errors import is_transient, refresh_slots
 from gateway.runtime.relay import Relay
+from gateway.runtime.routing import partitions_of
 from gateway.runtime.streams import ensure_groups, is_cluster
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class StreamConsumer(Lanes, Reads, Retention):
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._fatal: BaseException | None = None
-        self._partition_of = {stream: p for p, stream in enumerate(config.streams)}
+        self._partition_of = partitions_of(config.streams)
         self._cluster = is_cluster(redis)
         self._calls = calls or Coalescer(redis)  # shared with the handler: fewer pipelines
         self._finish_sha = self._calls.script(FINISH_LUA)
