@@ -34,6 +34,7 @@ from gateway.core.errors import RedisUnavailable
 from gateway.core.settings import RedisSettings
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.redis_errors import REFRESH_EVERY
+from gateway.runtime.routing import outbound_stream
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +478,7 @@ async def publish_outbound(
         commands = [
             (
                 "XADD",
-                keys.outbound(partition_for(e.chat_id, keys.partitions)),
+                outbound_stream(keys, e),
                 "*",
                 *(x for kv in e.to_fields().items() for x in kv),
             )
@@ -496,7 +497,7 @@ async def publish_outbound(
     pipe = redis.pipeline(transaction=False)
     count = 0
     for entry in entries:
-        stream = keys.outbound(partition_for(entry.chat_id, keys.partitions))
+        stream = outbound_stream(keys, entry)
         pipe.xadd(stream, fields_arg(entry.to_fields()))
         count += 1
     if not count:

@@ -288,7 +288,7 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
     import asyncio
 
     from gateway.core.contracts import Keys, Stage
-    from gateway.runtime.consumer import Ack, ConsumerConfig, StreamConsumer
+    from gateway.runtime.consumer import Ack, ConsumerConfig, Item, StreamConsumer
 
     keys = Keys("tg", 4)
     calls: list[tuple[str, object, object]] = []  # (command, stream, ids)
@@ -301,7 +301,7 @@ async def test_held_refresh_survives_a_concurrent_take_over() -> None:
 
         async def xclaim(self, stream: str, *args: object, **__: object) -> list[object]:
             calls.append(("xclaim", stream, args[-1]))
-            consumer._dispatch((keys.outbound(1), "2-0", {b"chat_id": b"7"}, 1))
+            consumer._dispatch(Item(keys.outbound(1), "2-0", {b"chat_id": b"7"}, 1))
             await asyncio.sleep(0)
             return []
 

@@ -12,7 +12,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys, Reason, Stage, decode_fields
-from gateway.runtime.consumer import FINISH_LUA, Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
+from gateway.runtime.consumer import (
+    FINISH_LUA,
+    Ack,
+    ConsumerConfig,
+    Dead,
+    Marker,
+    Outcome,
+    Publish,
+    Retry,
+    StreamConsumer,
+)
 from gateway.runtime.streams import connect, ensure_groups
 from tests.helpers import RedisProcess, RedisProxy, wait_for
 
@@ -100,8 +110,10 @@ async def test_effects_are_written_with_the_ack(redis: aioredis.Redis) -> None:
         if handled == 60:
             await redis.script_flush()
         return Ack(
-            publish=((KEYS.outbound(chat % 2), {"chat_id": str(chat), "seq": str(seq)}),),
-            marker=(f"t:done:{{{chat % 2}}}:{chat}:{seq}", 600),
+            (
+                Publish(KEYS.outbound(chat % 2), {"chat_id": str(chat), "seq": str(seq)}),
+                Marker(f"t:done:{{{chat % 2}}}:{chat}:{seq}", 600),
+            )
         )
 
     for seq in range(20):
@@ -237,6 +249,33 @@ async def _dead_count(redis: aioredis.Redis, n: int) -> bool:
     return int(await redis.xlen(KEYS.dead)) >= n
 
 
+async def test_retry_outcome_waits_in_place_without_using_a_delivery(
+    redis: aioredis.Redis,
+) -> None:
+    """A handler's ``Retry(delay)`` runs the entry again after the delay, ahead of its
+    chat's later entries, with the same delivery count (it is not a failure), and it is
+    never dead-lettered for it, however many times it asks."""
+    calls: list[tuple[int, int]] = []  # (seq, delivery count) per call, chat 1
+    retries = 5  # more than max_deliveries (3): a retry must not count
+
+    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        nonlocal retries
+        _, seq = seq_of(fields)
+        calls.append((seq, n))
+        if seq == 0 and retries:
+            retries -= 1
+            return Retry(0.02, "not yet")
+        return Ack()
+
+    for seq in range(3):
+        await add(redis, 1, seq)
+    c = consumer(redis, handler)
+    await run_until(c, lambda: [s for s, _ in calls][-3:] == [0, 1, 2])
+    assert calls == [(0, 1)] * 6 + [(1, 1), (2, 1)]
+    assert c.handled == 3 and c.dead == 0
+    assert await redis.xlen(KEYS.dead) == 0
+
+
 async def test_dead_outcome_is_dead_lettered_and_acked(redis: aioredis.Redis) -> None:
     async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
         return Dead(Reason.PIPELINE_REJECTED, "422 nope")
@@ -367,7 +406,7 @@ async def test_a_finish_whose_reply_is_lost_publishes_its_entries_once(
 
     async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
         handled.append(seq_of(fields)[1])
-        return Ack(publish=((out, {"seq": fields[b"seq"]}),))
+        return Ack((Publish(out, {"seq": fields[b"seq"]}),))
 
     proxy = RedisProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     await proxy.start()

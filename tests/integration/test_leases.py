@@ -15,7 +15,9 @@ from gateway.runtime.consumer import (
     Ack,
     ConsumerConfig,
     LeaseLost,
+    Marker,
     Outcome,
+    Publish,
     StreamConsumer,
     lease_valid,
 )
@@ -143,8 +145,10 @@ async def test_a_frozen_owner_is_fenced_off(
     def effects(who: str, fields: dict[bytes, bytes]) -> Ack:
         seq = fields[b"seq"].decode()
         return Ack(
-            publish=((KEYS.outbound(0), {"by": who, "seq": seq}),),
-            marker=(f"lz:done:{{0}}:{who}:{seq}", 60),
+            (
+                Publish(KEYS.outbound(0), {"by": who, "seq": seq}),
+                Marker(f"lz:done:{{0}}:{who}:{seq}", 60),
+            )
         )
 
     async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:

@@ -52,7 +52,7 @@ from gateway.core.contracts import (
 )
 from gateway.core.errors import TelegramFatal
 from gateway.core.logs import redact
-from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome
+from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome, Publish
 from gateway.runtime.consumer import fence as current_fence
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.slots import SlotRefresher
@@ -500,7 +500,7 @@ class Sender:
             entry, False, [], attempts, started, code, f"{reason.value}: {description}"
         )
         return Dead(
-            reason, f"{code or ''} {description}".strip(), publish=((self.keys.results, result),)
+            reason, f"{code or ''} {description}".strip(), (Publish(self.keys.results, result),)
         )
 
     def _done(
@@ -516,7 +516,7 @@ class Sender:
         """Finished: the result entry is written by the consumer's finish script, with the
         ack and fenced by the lease, so a sender that lost its partition writes none."""
         result = self._result(entry, ok, message_ids, attempts, started, error_code, description)
-        return Ack(publish=((self.keys.results, result),))
+        return Ack((Publish(self.keys.results, result),))
 
     def _result(
         self,

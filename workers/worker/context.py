@@ -15,9 +15,9 @@ from gateway.core.contracts import (
     Keys,
     OutboundEntry,
     UpdateEntry,
-    partition_for,
 )
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.pipeline import Pipeline
 
@@ -53,7 +53,7 @@ class WorkerServices:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def outbound_stream(self, entry: OutboundEntry) -> str:
-        return self.keys.outbound(partition_for(entry.chat_id, self.keys.partitions))
+        return outbound_stream(self.keys, entry)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -27,8 +28,8 @@ from gateway.core.errors import (
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.core.tokens import Route, sign_route
 from gateway.runtime.batching import Command
-from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome, lease_valid
-from gateway.runtime.streams import publish_outbound
+from gateway.runtime.consumer import Ack, Dead, LeaseLost, Marker, Outcome, Publish, lease_valid
+from gateway.runtime.routing import partitions_of
 from workers.worker.adapter import PipelineMessage, adapt
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
@@ -299,7 +300,7 @@ class UpdateHandler:
         self.dp = dispatcher
         self.direct = direct
         keys = services.keys
-        self._partition = {stream: p for p, stream in enumerate(keys.all_updates())}
+        self._partition = partitions_of(keys.all_updates())
 
     async def __call__(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
@@ -337,10 +338,10 @@ class UpdateHandler:
             result: Any = await forward(gw)
         else:
             result = await self.dp.feed_update(self.bot, update, gw=gw)
+        outbox = tuple(Publish(s.outbound_stream(e), e.to_fields()) for e in gw.outbox)
         if isinstance(result, Dead):
-            if gw.outbox:  # e.g. the apology: it goes out, the update goes to the dead letters
-                await publish_outbound(s.redis, s.keys, gw.outbox)
-            return result
+            # e.g. the apology: it goes out in the finish that dead-letters the update
+            return dataclasses.replace(result, effects=(*result.effects, *outbox))
         if result is UNHANDLED:
             s.count("unhandled")
             log.info(
@@ -351,7 +352,5 @@ class UpdateHandler:
             )
         elif not isinstance(result, Ack):
             s.count("handled")
-        return Ack(
-            publish=tuple((s.outbound_stream(e), e.to_fields()) for e in gw.outbox),
-            marker=(handed, s.handed_ttl) if gw.handed else None,
-        )
+        marker = (Marker(handed, s.handed_ttl),) if gw.handed else ()
+        return Ack((*outbox, *marker))

@@ -1,0 +1,189 @@
+"""The fenced finish: ``FINISH_LUA`` writes an entry's effects and acks it, all or none
+(on a cluster, effects elsewhere first or through the partition's relay); dead letters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from redis.crc import key_slot
+
+from gateway.core.backoff import backoff
+from gateway.core.contracts import dead_fields, decode_fields
+from gateway.runtime.consumer.base import REDIS_RETRY_CAP, ConsumerState
+from gateway.runtime.consumer.outcome import Ack, Dead, Publish, RelayFullError, Status
+from gateway.runtime.redis_errors import is_transient
+from gateway.runtime.relay import relay_fields
+
+log = logging.getLogger(__name__)
+
+FINISH_LUA = """
+-- KEYS[1] the entry's stream, KEYS[2] its partition's lease, KEYS[3] a marker key,
+-- KEYS[4] the partition's relay, KEYS[5..] one stream per entry to publish. ARGV[1] group,
+-- ARGV[2] lease owner ('' when not fenced), ARGV[3] entry id, ARGV[4] marker ttl ('0': no
+-- marker), ARGV[5] how many of the entries go to the relay, ARGV[6] the relay's cap,
+-- ARGV[7..] for each entry to publish: its field count, then its fields and values.
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
+  return 0
+end
+local relayed = tonumber(ARGV[5])
+if relayed > 0 and redis.call('XLEN', KEYS[4]) + relayed > tonumber(ARGV[6]) then
+  return -2
+end
+local at = 7
+for k = 5, #KEYS do
+  local n = tonumber(ARGV[at])
+  redis.call('XADD', KEYS[k], '*', unpack(ARGV, at + 1, at + n))
+  at = at + n + 1
+end
+if ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+end
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+"""
+"""Finish an entry: its effects and its XACK, or (lease lost: -1; relay full: -2) nothing at
+all. An entry no longer pending (a retry whose earlier try ran but lost its reply) is 0
+and writes nothing again: a finish's effects in its partition's slot land once. All keys
+share the partition's hash tag; on a cluster, effects elsewhere are written first, or put
+in the partition's relay when their node does not answer (``gateway/runtime/relay.py``)."""
+
+LEASE_LOST = -1
+RELAY_FULL = -2
+
+
+class Finishing(ConsumerState):
+    """Finishing an entry: its effects and its XACK in one fenced script."""
+
+    async def _finish(
+        self, stream: str, entry_id: str, outcome: Ack, dead: Dead | None = None
+    ) -> Status:
+        """Write the entry's effects and ack it, retrying Redis errors in place: the
+        effects (a reply) must land before the chat's next entry is handled. ``dead``:
+        the effects include the entry's dead letter."""
+        attempt = 0
+        written: set[int] = set()  # effects elsewhere a failed try already wrote
+        while True:
+            try:
+                acked = await self._finish_once(stream, entry_id, outcome, written)
+            except Exception as exc:
+                if not (is_transient(exc) or isinstance(exc, RelayFullError)):
+                    raise  # refused for good: counted as a failed delivery (_handle_one)
+                if self.stopping:
+                    return Status.RETRY  # handed back; the next run redoes the entry
+                if self.leases is not None and not self._holds(stream):
+                    return Status.LOST
+                delay = backoff(attempt, base=0.1, cap=REDIS_RETRY_CAP)
+                attempt += 1
+                log.warning(
+                    "%s: finishing %s failed (%s); retry in %.1fs",
+                    self.config.role,
+                    entry_id,
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+                continue
+            if acked == LEASE_LOST:
+                log.warning(
+                    "%s: lease of partition %d lost; %s left for its new owner",
+                    self.config.role,
+                    self._partition_of[stream],
+                    entry_id,
+                )
+            elif dead is not None:
+                self.dead += 1
+                log.warning(
+                    "dead-lettered %s %s from %s: %s (%s)",
+                    self.config.stage.value,
+                    entry_id,
+                    stream,
+                    dead.reason.value,
+                    dead.error[:200],
+                )
+            else:
+                self.handled += 1
+            return Status.DONE
+
+    async def _finish_once(
+        self, stream: str, entry_id: str, outcome: Ack, written: set[int]
+    ) -> int:
+        """One FINISH_LUA call (coalesced with other lanes'); -1 if the lease was lost.
+        ``written``: indexes of ``outcome.publishes`` already written elsewhere (by an
+        earlier try of this finish, whose script then failed), updated here."""
+        cfg = self.config
+        p = self._partition_of[stream]
+        publish = [(e.stream, e.fields) for e in outcome.publishes]
+        marker = (outcome.marker.key, outcome.marker.ttl) if outcome.marker else None
+        relayed = 0
+        relay = self.keys.relay(cfg.role, p)
+        if self.relay is not None:
+            # A script's keys must share a slot: effects elsewhere go first, unfenced (a
+            # repeat publishes a copy the next stage dedupes by id; the marker is a SET).
+            # One whose node does not answer goes to the partition's relay instead, in
+            # the script: the finish does not wait for that node (``gateway/runtime/relay.py``).
+            slot = key_slot(stream.encode())
+            if key_slot(relay.encode()) != slot:  # a stream that is no partition of ours
+                relay = stream
+            local: list[tuple[str, Mapping[str, str | bytes]]] = []
+            for i, (s, f) in enumerate(publish):
+                if key_slot(s.encode()) == slot:
+                    local.append((s, f))
+                elif i in written:
+                    continue
+                elif relay == stream:
+                    await self.redis.xadd(s, dict(f))  # type: ignore[arg-type]
+                    written.add(i)
+                elif await self.relay.write_direct(s, f):
+                    written.add(i)
+                else:
+                    local.append((relay, relay_fields(s, f)))
+                    relayed += 1
+            publish = local
+            if marker is not None and key_slot(marker[0].encode()) != slot:
+                await self.redis.set(marker[0], "1", ex=marker[1])
+                marker = None
+        if self.leases is not None:
+            lease, owner = self.keys.lease(cfg.role, p), self.name
+        else:
+            lease, owner = stream, ""
+        keys = [stream, lease, marker[0] if marker else stream, relay, *(s for s, _ in publish)]
+        args: list[Any] = [cfg.group, owner, entry_id, str(marker[1]) if marker else "0"]
+        args += [relayed, cfg.relay_cap]
+        for _, entry in publish:
+            args.append(2 * len(entry))
+            for k, v in entry.items():
+                args += [k, v]
+        [acked] = await self._calls.run(("EVALSHA", self._finish_sha, len(keys), *keys, *args))
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) == RELAY_FULL:
+            raise RelayFullError(f"relay of partition {p} holds {cfg.relay_cap} entries")
+        if relayed and int(acked) >= 0 and self.relay is not None:
+            self.relay.note_relayed(p, relayed)
+        return int(acked)
+
+    async def _dead(
+        self,
+        stream: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        deliveries: int,
+        outcome: Dead,
+    ) -> Status:
+        """Dead-letter the entry and ack it: one finish (fenced, atomic with the ack; on a
+        cluster the dead letter is written first, or relayed like any effect elsewhere)."""
+        letter = dead_fields(
+            stage=self.config.stage,
+            reason=outcome.reason,
+            stream=stream,
+            entry_id=entry_id,
+            entry=decode_fields(fields),
+            attempts=deliveries,
+            error=outcome.error,
+        )
+        effects = Ack((*outcome.effects, Publish(self.keys.dead, letter)))
+        return await self._finish(stream, entry_id, effects, dead=outcome)

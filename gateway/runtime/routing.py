@@ -1,0 +1,20 @@
+"""Where an entry goes: the one mapping from a chat to its partition's stream, and from a
+role's streams to their partitions. Every publisher of outbound entries (the finish of a
+worker, a worker's ``now=True`` send, ``publish_outbound``) and every consumer asks here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.core.contracts import Keys, OutboundEntry, partition_for
+
+
+def outbound_stream(keys: Keys, entry: OutboundEntry) -> str:
+    """The outbound stream of ``entry``'s chat (its partition: crc32 of the chat id)."""
+    return keys.outbound(partition_for(entry.chat_id, keys.partitions))
+
+
+def partitions_of(streams: Sequence[str]) -> dict[str, int]:
+    """stream -> partition of one role's streams, where ``streams[p]`` is partition ``p``
+    (``Keys.all_updates()``, ``Keys.all_outbound()``)."""
+    return {stream: p for p, stream in enumerate(streams)}
