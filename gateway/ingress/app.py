@@ -125,8 +125,6 @@ class IngressApp:
         self._on_shutdown = on_shutdown
         self.redis: aioredis.Redis | None = None
         self.publisher: UpdatePublisher | None = None
-        self.published = 0
-        self.duplicates = 0
 
     # --- lifespan ---------------------------------------------------------------------
 
@@ -265,10 +263,6 @@ class IngressApp:
             log.warning("update %s not stored, answering 503: %s", update_id, exc)
             await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
             return
-        if new:
-            self.published += 1
-        else:
-            self.duplicates += 1
         await _json(send, 200, {"ok": True, "duplicate": not new})
 
     async def _delivery(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
