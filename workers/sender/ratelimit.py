@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 # advanced. While ``recovering`` exists the global interval is at least its value (one
 # sender's share); a sender back from degraded mode sets it and pushes the global TAT
 # one share into the future, so its local schedule goes on without a step. Keys get a TTL
-# so idle chats cost no memory.
+# so idle chats cost no memory. TATs are written with '%.0f': Lua's tostring keeps 14
+# digits, which rounds a 16-digit µs TAT to 100 µs (tests/integration/test_gcra_lua.py).
 GCRA_LUA = """
+local function digits(x) return string.format('%.0f', x) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local wait_g, wait_c = 0, 0
@@ -59,10 +61,10 @@ local share = tonumber(ARGV[4])
 local tat_g = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now - credit)
 if share > 0 then
   share = math.max(share, slow)
-  redis.call('SET', KEYS[5], tostring(share), 'PX', ARGV[5])
+  redis.call('SET', KEYS[5], digits(share), 'PX', ARGV[5])
   slow = share
   tat_g = math.max(tat_g, now + share)
-  redis.call('SET', KEYS[3], tostring(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
+  redis.call('SET', KEYS[3], digits(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
 end
 interval_g = math.max(interval_g, slow)
 local tat_c = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now - credit)
@@ -71,8 +73,8 @@ if tat_g > now or tat_c > now then
 end
 tat_g = tat_g + interval_g
 tat_c = tat_c + tonumber(ARGV[2])
-redis.call('SET', KEYS[3], tostring(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
-redis.call('SET', KEYS[4], tostring(tat_c), 'PX', math.ceil((tat_c - now) / 1000) + 1000)
+redis.call('SET', KEYS[3], digits(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
+redis.call('SET', KEYS[4], digits(tat_c), 'PX', math.ceil((tat_c - now) / 1000) + 1000)
 return {0, 0}
 """
 
