@@ -50,7 +50,7 @@ class IngressConfig:
     webhook_secret: str | None  # None: no webhook route (polling mode), 404
     delivery_secret: bytes | None
     max_body_bytes: int
-    reply_fields: list[str]
+    reply_fields: tuple[str, ...]
     outbound_ttl: float
     body_timeout: float = 10.0  # seconds to receive a body once the headers are in
     store_timeout: float = 3.0  # longest wait for Redis before answering 503

@@ -269,7 +269,7 @@ def cmd_layout(args: argparse.Namespace) -> int:
     from gateway.runtime.streams import connect_with
 
     rs = load(RedisSettings)
-    keys = Keys(rs.stream_prefix, rs.partitions)
+    keys = rs.keys
 
     async def go() -> int:
         redis = connect_with(rs)
