@@ -1,4 +1,4 @@
-"""The pure ``gcra`` and ``GCRA_LUA`` on real Redis agree, call after call."""
+"""The pure ``gcra`` and the ``GCRA`` script on real Redis agree, call after call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.sender.ratelimit import GCRA_LUA, gcra
+from gateway.runtime.scripts import GCRA
+from workers.sender.ratelimit import gcra
 
 CLOCK = "local t = redis.call('TIME')"
 # The script's only clock is Redis TIME; here the caller gives it (ARGV 6 and 7: seconds
@@ -41,7 +42,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 def test_the_clock_is_replaced() -> None:
     """The test's script differs from the real one only in where ``now`` comes from."""
-    assert GCRA_LUA.count(CLOCK) == 1
+    assert GCRA.source.count(CLOCK) == 1
 
 
 @settings(
@@ -52,7 +53,7 @@ def test_script_matches_pure_gcra(
     client: redis.Redis, steps: list[tuple[int, int, int, int]]
 ) -> None:
     """Same allowed, same waits, same stored TATs as two pure ``gcra`` limits together."""
-    script = client.register_script(GCRA_LUA.replace(CLOCK, GIVEN_CLOCK))
+    script = client.register_script(GCRA.source.replace(CLOCK, GIVEN_CLOCK))
     client.delete(*KEYS)
     now, tat_g, tat_c = EPOCH_US, 0, 0
     for step, interval_g, interval_c, credit in steps:
