@@ -491,10 +491,12 @@ def make_config(
     ingress: dict[str, Any] | None = None,
     worker: dict[str, Any] | None = None,
     sender: dict[str, Any] | None = None,
+    consumer: dict[str, Any] | None = None,
 ) -> Any:
     """A role ``Config`` for tests: fast polling, short blocks, everything overridable."""
     from gateway.core.settings import (
         Config,
+        ConsumerSettings,
         IngressSettings,
         PipelineSettings,
         RedisSettings,
@@ -535,6 +537,7 @@ def make_config(
             SenderSettings,
             **{"sender_block_ms": 100, "sender_backoff_max": 0.2, **(sender or {})},
         ),
+        consumer=load(ConsumerSettings, **(consumer or {})),
     )
 
 

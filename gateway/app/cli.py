@@ -39,6 +39,7 @@ from gateway.core.logs import setup_logging
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
+    ConsumerSettings,
     IngressSettings,
     LogSettings,
     PipelineSettings,
@@ -68,6 +69,7 @@ def load_config(**telegram_overrides: Any) -> Config:
         ingress=load(IngressSettings),
         worker=load(WorkerSettings),
         sender=load(SenderSettings),
+        consumer=load(ConsumerSettings),
     )
     load(LogSettings)
     return config
@@ -247,7 +249,6 @@ def cmd_health(args: argparse.Namespace) -> int:
     after this host (as ``gateway.runtime.consumer.consumer_name`` names them)."""
     import socket
 
-    from gateway.core.contracts import Keys
     from gateway.runtime.streams import connect_with
 
     def verdict(ok: bool, line: str) -> int:
@@ -273,7 +274,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         return verdict(False, f"PARTITION_LEASES=false: a {args.role} does not heartbeat")
     if args.role == "sender" and not load(TelegramSettings).telegram_enabled:
         return verdict(True, "TELEGRAM_ENABLED=false: the sender idles by design")
-    keys = Keys(rs.stream_prefix, rs.partitions)
+    keys = rs.keys
     prefix = f"{args.role}-{socket.gethostname()}-"
 
     async def beats() -> list[tuple[str, float]]:
@@ -311,7 +312,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import time as _time
 
     from gateway.core.attachments import attachment_ref_problem
-    from gateway.core.contracts import Keys, OutboundEntry
+    from gateway.core.contracts import OutboundEntry
     from gateway.runtime.layout import ensure_layout
     from gateway.runtime.streams import connect_with, ensure_groups, publish_outbound
 
@@ -368,7 +369,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     async def go() -> str:
         redis = connect_with(rs)
         try:
-            keys = Keys(rs.stream_prefix, rs.partitions)
+            keys = rs.keys
             await ensure_layout(redis, keys, "send")
             await ensure_groups(redis, keys)
             [entry_id] = await publish_outbound(redis, keys, [entry])
@@ -385,13 +386,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     """Dead letters: list, show, requeue, purge (filters: --stage, --reason, --older-than)."""
     import json
 
-    from gateway.core.contracts import Keys
     from gateway.runtime import dlq
     from gateway.runtime.layout import check_layout
     from gateway.runtime.streams import connect_with
 
     rs = load(RedisSettings)
-    keys = Keys(rs.stream_prefix, rs.partitions)
+    keys = rs.keys
     sel = dlq.Selection(
         ids=tuple(getattr(args, "ids", None) or ()),
         stage=args.stage,
@@ -441,7 +441,6 @@ def cmd_streams(args: argparse.Namespace) -> int:
     lease owners; dead letters by reason."""
     import json
 
-    from gateway.core.contracts import Keys
     from gateway.runtime.status import render, stream_status
     from gateway.runtime.streams import connect_with
 
@@ -450,7 +449,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         redis = connect_with(rs)
         try:
-            keys = Keys(rs.stream_prefix, rs.partitions)
+            keys = rs.keys
             return await stream_status(redis, keys, heartbeats=rs.partition_leases)
         finally:
             await redis.aclose()

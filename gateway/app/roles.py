@@ -11,20 +11,15 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import User
 
+from gateway.app.configs import consumer_config, worker_options
 from gateway.core.backoff import backoff
-from gateway.core.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.core.errors import TelegramFatal
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
 from gateway.ingress.poller import UNAUTHORIZED_HELP
 from gateway.ingress.serve import serve_ingress_role
 from gateway.runtime.batching import Coalescer
-from gateway.runtime.consumer import (
-    ConsumerConfig,
-    StreamConsumer,
-    consumer_name,
-    run_until_stopped,
-)
+from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
 from gateway.runtime.layout import ensure_layout_until
 from gateway.runtime.streams import connect_with
 from gateway.telegram.client import BotApi, BotApiError
@@ -40,12 +35,6 @@ from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
-
-
-def claim_period(claim_idle_ms: int) -> float:
-    """How often to claim and to refresh held entries: well inside the idle threshold, so
-    an entry waiting in a live lane never looks abandoned to another consumer."""
-    return min(5.0, claim_idle_ms / 1000 / 4)
 
 
 def make_bot(tg: TelegramSettings) -> Bot:
@@ -149,24 +138,11 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
         stack.push_async_callback(calls.aclose)
         services = WorkerServices(
             redis=redis,
-            calls=calls,
             keys=cfg.keys,
-            bot_id=cfg.telegram.bot_id,
+            calls=calls,
             pipeline=pipeline,
-            admin_ids=frozenset(ws.admin_user_ids),
-            outbound_ttl=cfg.sender.outbound_ttl_seconds,
-            gateway_public_url=ps.gateway_public_url,
-            delivery_secret=(
-                ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
-            ),
-            token_ttl=ps.delivery_token_ttl,
-            retry_seconds=ps.pipeline_retry_seconds,
-            apology_text=ws.apology_text,
-            reply_fields=ps.pipeline_reply_fields,
+            options=worker_options(cfg),
             breaker=CircuitBreaker(ps.pipeline_breaker_threshold, ps.pipeline_breaker_cooldown),
-            handed_ttl=cfg.redis.dedupe_ttl_seconds,
-            delay_notice=ps.pipeline_delay_notice,
-            delay_notice_after=ps.pipeline_delay_notice_after,
         )
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
         storage = fsm_storage(
@@ -177,24 +153,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
         consumer = StreamConsumer(
             redis,
             cfg.keys,
-            ConsumerConfig(
-                role="worker",
-                group=GROUP_WORKERS,
-                stage=Stage.WORKER,
-                streams=cfg.keys.all_updates(),
-                count=ws.worker_batch,
-                block_ms=ws.worker_block_ms,
-                claim_idle_ms=ws.claim_idle_ms,
-                claim_every=claim_period(ws.claim_idle_ms),
-                max_deliveries=ws.max_deliveries,
-                grace=ws.shutdown_grace_seconds,
-                max_in_flight=ws.worker_max_in_flight,
-                leases=cfg.redis.partition_leases,
-                lease_ttl_ms=cfg.redis.lease_ttl_ms,
-                trim=tuple(
-                    (s, cfg.redis.stream_retention_seconds, True) for s in cfg.keys.all_updates()
-                ),
-            ),
+            consumer_config(cfg, "worker"),
             handler,
             calls=calls,
         )
@@ -204,7 +163,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             cfg.keys.partitions,
             redact_url(ps.pipeline_url or "embedded reference pipeline"),
         )
-        await run_until_stopped([consumer], stop, ws.shutdown_grace_seconds)
+        await run_until_stopped([consumer], stop, cfg.consumer.shutdown_grace_seconds)
         if me_task.done() and not me_task.cancelled() and me_task.exception() is not None:
             raise me_task.exception()  # type: ignore[misc]  # 401 from getMe
         log.info(
@@ -259,28 +218,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         consumer = StreamConsumer(
             redis,
             cfg.keys,
-            ConsumerConfig(
-                role="sender",
-                group=GROUP_SENDERS,
-                stage=Stage.SENDER,
-                streams=cfg.keys.all_outbound(),
-                count=ss.sender_batch,
-                block_ms=ss.sender_block_ms,
-                claim_idle_ms=ss.claim_idle_ms,
-                claim_every=claim_period(ss.claim_idle_ms),
-                max_deliveries=ss.max_deliveries,
-                grace=ss.shutdown_grace_seconds,
-                max_in_flight=ss.sender_max_in_flight,
-                leases=cfg.redis.partition_leases,
-                lease_ttl_ms=cfg.redis.lease_ttl_ms,
-                trim=(
-                    *(
-                        (s, cfg.redis.stream_retention_seconds, True)
-                        for s in cfg.keys.all_outbound()
-                    ),
-                    (cfg.keys.results, cfg.redis.results_retention_seconds, False),
-                ),
-            ),
+            consumer_config(cfg, "sender"),
             sender,
             name=name,
         )
@@ -288,7 +226,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
         if leases is not None:  # the degraded limiter's share: the live senders last seen
             limiter.senders = lambda: len(leases.members) or None
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
-        await run_until_stopped([consumer], stop, ss.shutdown_grace_seconds)
+        await run_until_stopped([consumer], stop, cfg.consumer.shutdown_grace_seconds)
         log.info(
             "sender stopped: %d acknowledged, %d dead-lettered, %d sent, %d flood waits",
             consumer.handled,

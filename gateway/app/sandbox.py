@@ -32,6 +32,7 @@ from gateway.core.logs import setup_logging
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
+    ConsumerSettings,
     IngressSettings,
     PipelineSettings,
     RedisSettings,
@@ -156,6 +157,7 @@ def sandbox_config(redis_url: str, api_url: str, ingress_port: int) -> Config:
         ingress=load(IngressSettings, ingress_host="127.0.0.1", ingress_port=ingress_port),
         worker=load(WorkerSettings, worker_block_ms=200),
         sender=load(SenderSettings, sender_block_ms=200),
+        consumer=load(ConsumerSettings),
         fsm_storage="memory",  # short-lived: aiogram's in-process FSM store is fine here
     )
 

@@ -28,19 +28,9 @@ SCHEMA = "1"
 GROUP_WORKERS = "workers"
 GROUP_SENDERS = "senders"
 
-Source = Literal["webhook", "polling", "replay", "cli"]
-SOURCES: tuple[str, ...] = ("webhook", "polling", "replay", "cli")
-
 OutboundMethod = Literal[
     "sendMessage", "sendPhoto", "sendDocument", "sendChatAction", "answerCallbackQuery"
 ]
-OUTBOUND_METHODS: tuple[str, ...] = (
-    "sendMessage",
-    "sendPhoto",
-    "sendDocument",
-    "sendChatAction",
-    "answerCallbackQuery",
-)
 
 
 class Stage(StrEnum):

@@ -8,7 +8,7 @@
     ├── ReplyShapeError        a pipeline reply body has no usable content (HTTP 422)
     ├── PipelineError          the pipeline call failed
     │   ├── PipelineRejected   4xx: permanent, dead-letter (carries status, body)
-    │   └── PipelineUnavailable 5xx / timeout / connection error: retry (carries retry_in)
+    │   └── PipelineUnavailable 5xx / timeout / connection error: retry (carries status)
     └── TelegramFatal          401 bad token, 409 webhook/polling conflict: stop the role
 
 Telegram's own errors (aiogram's ``TelegramAPIError`` family) are translated at the

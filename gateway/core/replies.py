@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ class Reply:
     parse_mode: str | None = None
 
 
-def _text_of(body: dict[str, Any], fields: list[str]) -> str | None:
+def _text_of(body: dict[str, Any], fields: Sequence[str]) -> str | None:
     """The first non-empty string among ``fields``, depth first in field order, following
     nested objects at most ``MAX_NESTING`` deep (iterative: no recursion to exhaust)."""
     stack: list[tuple[Any, int]] = [(body, 0)]
@@ -90,7 +91,7 @@ def _checked(ref: str) -> str:
     return ref
 
 
-def parse_reply(body: Any, fields: list[str]) -> Reply:
+def parse_reply(body: Any, fields: Sequence[str]) -> Reply:
     """The text and attachments of a pipeline reply; ``ReplyShapeError`` saying why not."""
     if not isinstance(body, dict):
         raise ReplyShapeError("reply body must be a JSON object")

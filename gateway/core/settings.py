@@ -1,13 +1,16 @@
 """Settings, one class per concern, read from the environment and ``.env``.
 
-Each field's environment variable is its name in upper case. ``load`` turns a
-validation failure into one ``ConfigError`` line naming the variable.
+Each field's environment variable is its name in upper case, and each variable is read
+by exactly one field (the worker and the sender share ``ConsumerSettings``). ``load``
+turns a validation failure into one ``ConfigError`` line naming the variable. The
+runtime's config objects are built from these in ``gateway/app/configs.py``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -141,6 +144,12 @@ class RedisSettings(_Base):
     stream_retention_seconds: float = Field(default=7 * 86_400, ge=0)
     results_retention_seconds: float = Field(default=7 * 86_400, ge=0)
 
+    @cached_property
+    def keys(self) -> Keys:
+        """Every stream and key name of this layout, built once (settings are loaded once
+        per process, so this is the process's one ``Keys``)."""
+        return Keys(self.stream_prefix, self.partitions)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -215,6 +224,14 @@ class IngressSettings(_Base):
     ingress_store_timeout: float = Field(default=3.0, gt=0, le=60)
 
 
+class ConsumerSettings(_Base):
+    """Shared by both stream consumers (worker and sender): one value for the two roles."""
+
+    claim_idle_ms: int = Field(default=60_000, ge=1000)
+    max_deliveries: int = Field(default=5, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+
 class WorkerSettings(_Base):
     """The update consumer."""
 
@@ -223,9 +240,6 @@ class WorkerSettings(_Base):
     admin_user_ids: CommaInts = Field(default_factory=list)
     apology_text: str = "Sorry, we could not process your message. Please try again later."
     worker_routers: CommaList = Field(default_factory=list)
-    claim_idle_ms: int = Field(default=60_000, ge=1000)
-    max_deliveries: int = Field(default=5, ge=1)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     worker_max_in_flight: int = Field(default=256, ge=1, le=100_000)
     fsm_ttl_seconds: int = Field(default=86_400, ge=60)
 
@@ -257,9 +271,6 @@ class SenderSettings(_Base):
     # while it has seen no membership (partition leases off, or the members key away).
     sender_processes: int = Field(default=1, ge=1, le=1000)
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
-    claim_idle_ms: int = Field(default=60_000, ge=1000)
-    max_deliveries: int = Field(default=5, ge=1)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")
     def _paid_limit(self) -> SenderSettings:
@@ -306,12 +317,13 @@ class Config:
     ingress: IngressSettings
     worker: WorkerSettings
     sender: SenderSettings
+    consumer: ConsumerSettings
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
     fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.redis.stream_prefix, self.redis.partitions)
+        return self.redis.keys
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -50,7 +50,7 @@ class IngressConfig:
     webhook_secret: str | None  # None: no webhook route (polling mode), 404
     delivery_secret: bytes | None
     max_body_bytes: int
-    reply_fields: list[str]
+    reply_fields: tuple[str, ...]
     outbound_ttl: float
     body_timeout: float = 10.0  # seconds to receive a body once the headers are in
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
@@ -125,8 +125,6 @@ class IngressApp:
         self._on_shutdown = on_shutdown
         self.redis: aioredis.Redis | None = None
         self.publisher: UpdatePublisher | None = None
-        self.published = 0
-        self.duplicates = 0
 
     # --- lifespan ---------------------------------------------------------------------
 
@@ -265,10 +263,6 @@ class IngressApp:
             log.warning("update %s not stored, answering 503: %s", update_id, exc)
             await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
             return
-        if new:
-            self.published += 1
-        else:
-            self.duplicates += 1
         await _json(send, 200, {"ok": True, "duplicate": not new})
 
     async def _delivery(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:

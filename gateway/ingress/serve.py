@@ -40,6 +40,30 @@ class _Server(uvicorn.Server):
         yield
 
 
+def ingress_config(
+    tg: TelegramSettings,
+    rs: RedisSettings,
+    ps: PipelineSettings,
+    ing: IngressSettings,
+    outbound_ttl: float,
+) -> IngressConfig:
+    """What the ingress app reads from the settings."""
+    return IngressConfig(
+        bot_id=tg.bot_id,
+        keys=rs.keys,
+        # Polling mode serves no webhook route; webhook mode always checks a secret.
+        webhook_secret=webhook_secret_for(tg) if tg.mode == "webhook" else None,
+        delivery_secret=(
+            ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
+        ),
+        max_body_bytes=ing.max_body_bytes,
+        reply_fields=tuple(ps.pipeline_reply_fields),
+        outbound_ttl=outbound_ttl,
+        body_timeout=ing.ingress_body_timeout,
+        store_timeout=ing.ingress_store_timeout,
+    )
+
+
 def build_ingress(
     tg: TelegramSettings,
     rs: RedisSettings,
@@ -47,23 +71,8 @@ def build_ingress(
     ing: IngressSettings,
     outbound_ttl: float,
 ) -> IngressApp:
-    keys = Keys(rs.stream_prefix, rs.partitions)
-    config = IngressConfig(
-        bot_id=tg.bot_id,
-        keys=keys,
-        # Polling mode serves no webhook route; webhook mode always checks a secret.
-        webhook_secret=webhook_secret_for(tg) if tg.mode == "webhook" else None,
-        delivery_secret=(
-            ps.delivery_secret.get_secret_value().encode() if ps.delivery_secret else None
-        ),
-        max_body_bytes=ing.max_body_bytes,
-        reply_fields=ps.pipeline_reply_fields,
-        outbound_ttl=outbound_ttl,
-        body_timeout=ing.ingress_body_timeout,
-        store_timeout=ing.ingress_store_timeout,
-    )
     return IngressApp(
-        config,
+        ingress_config(tg, rs, ps, ing, outbound_ttl),
         lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
     )

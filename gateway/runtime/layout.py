@@ -33,6 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.core.backoff import backoff
 from gateway.core.contracts import GROUP_SENDERS, GROUP_WORKERS, SCHEMA, Keys
 from gateway.core.errors import ConfigError
+from gateway.runtime.scripts import RECORD_LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ HOWTO = (
     "to change it, drain and stop every role, then run `tg-gateway layout reset` "
     '(README, "Changing the stream layout")'
 )
-
-# KEYS[1] layout key; ARGV[1] the layout to record if none is. Returns {created, record}.
-RECORD_LUA = """
-local v = redis.call('GET', KEYS[1])
-if v then return {0, v} end
-redis.call('SET', KEYS[1], ARGV[1])
-return {1, ARGV[1]}
-"""
 
 
 class LayoutMismatch(ConfigError):
@@ -162,7 +155,7 @@ async def ensure_layout(redis: aioredis.Redis, keys: Keys, role: str) -> Recorde
     """Record our layout if Redis holds none (atomically: of concurrent first starts one
     writes, the others read it), then compare. ``LayoutMismatch`` if it differs."""
     mine = Recorded(Layout.of(keys), time.time(), whoami(role))
-    reply: Any = await redis.eval(RECORD_LUA, 1, keys.layout, mine.to_json())
+    reply: Any = await RECORD_LAYOUT.run(redis, [keys.layout], [mine.to_json()])
     created, raw = int(reply[0]), reply[1]
     recorded = parse_record(keys, raw)
     compare(mine.layout, recorded)
@@ -269,7 +262,7 @@ def cmd_layout(args: argparse.Namespace) -> int:
     from gateway.runtime.streams import connect_with
 
     rs = load(RedisSettings)
-    keys = Keys(rs.stream_prefix, rs.partitions)
+    keys = rs.keys
 
     async def go() -> int:
         redis = connect_with(rs)

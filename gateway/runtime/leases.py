@@ -36,27 +36,9 @@ from redis.exceptions import RedisError
 from gateway.core.backoff import backoff
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.redis_errors import is_transient
+from gateway.runtime.scripts import HEARTBEAT, RELEASE_LEASE, RENEW_LEASE
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-"""
-RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def assign(members: list[str], partitions: int) -> dict[str, list[int]]:
@@ -112,9 +94,8 @@ class LeaseManager:
         # consumer's finishes): a process owning many partitions renews them all in one
         # round trip per node, so a slow Redis does not eat into the later leases' trust.
         self._calls = calls or Coalescer(redis)
-        self._heartbeat_sha = self._calls.script(HEARTBEAT_LUA)
-        self._renew_sha = self._calls.script(RENEW_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self._heartbeat_sha = self._calls.script(HEARTBEAT.source)
+        self._renew_sha = self._calls.script(RENEW_LEASE.source)
 
     @property
     def interval(self) -> float:
@@ -208,7 +189,7 @@ class LeaseManager:
             if self.state[p] is State.RELEASING and self.drained(p):
                 try:
                     await self.on_release(p)  # while the lease is still ours
-                    await self._release(keys=[self.lease_key(p)], args=[self.name])
+                    await RELEASE_LEASE.run(self.redis, [self.lease_key(p)], [self.name])
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
@@ -280,7 +261,7 @@ class LeaseManager:
         await self.cancel_gains()
         for p in list(self.state):
             with contextlib.suppress(RedisError, OSError):  # else it expires by itself
-                await self._release(keys=[self.lease_key(p)], args=[self.name])
+                await RELEASE_LEASE.run(self.redis, [self.lease_key(p)], [self.name])
             self._drop(p)
         with contextlib.suppress(RedisError, OSError):
             await self.redis.zrem(self.members_key, self.name)

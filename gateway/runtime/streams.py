@@ -35,54 +35,9 @@ from gateway.core.settings import RedisSettings
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.redis_errors import REFRESH_EVERY
 from gateway.runtime.routing import outbound_stream
+from gateway.runtime.scripts import PARK_UPDATES, PUBLISH_UPDATE, PUBLISH_UPDATES
 
 log = logging.getLogger(__name__)
-
-# KEYS[1] dedupe key, KEYS[2] stream; ARGV[1] ttl seconds, ARGV[2..] field/value pairs.
-# The dedupe key and the entry appear together or not at all.
-PUBLISH_UPDATE_LUA = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-end
-return false
-"""
-
-# PUBLISH_UPDATE_LUA for several entries of one partition (the poller and its mover):
-# KEYS[1] the partition's stream, KEYS[1 + i] entry i's dedupe key; ARGV[1] ttl seconds,
-# then per entry its number of field/value arguments and those. Returns per entry its id,
-# or 0 for a duplicate. One atomic call: a node that refuses it (down, LOADING) refuses
-# every entry, so a later update of the chat is never stored while an earlier one is not
-# (N one-entry calls in a pipeline can straddle the end of a LOADING).
-PUBLISH_UPDATES_LUA = """
-local at, out = 2, {}
-for i = 2, #KEYS do
-  local first, last = at + 1, at + tonumber(ARGV[at])
-  at = last + 1
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"""
-
-# KEYS[1] parking stream; ARGV[1] its cap, ARGV[2] the number of entries, then per entry
-# its number of field/value arguments and those. All the entries, in order, or none
-# (PARKFULL past the cap: nothing parked is ever trimmed). No dedupe key here: the mover
-# publishes through PUBLISH_UPDATES_LUA, which stores a repeat once.
-PARK_UPDATES_LUA = """
-if redis.call('XLEN', KEYS[1]) + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
-  return redis.error_reply('PARKFULL the parking stream holds its cap of entries')
-end
-local at = 3
-for i = 1, tonumber(ARGV[2]) do
-  local first, last = at + 1, at + tonumber(ARGV[at])
-  at = last + 1
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
-end
-return 1
-"""
 
 Fields = Mapping[Any, Any]
 """An updates entry's fields (``update_fields``; bytes keys when read back from Redis)."""
@@ -283,9 +238,9 @@ class UpdatePublisher:
         self._ttl = str(dedupe_ttl)
         self._timeout = timeout
         self._calls = Coalescer(redis, timeout)
-        self._sha = self._calls.script(PUBLISH_UPDATE_LUA)
-        self._many_sha = self._calls.script(PUBLISH_UPDATES_LUA)
-        self._park_sha = self._calls.script(PARK_UPDATES_LUA)
+        self._sha = self._calls.script(PUBLISH_UPDATE.source)
+        self._many_sha = self._calls.script(PUBLISH_UPDATES.source)
+        self._park_sha = self._calls.script(PARK_UPDATES.source)
 
     @property
     def keys(self) -> Keys:

@@ -85,7 +85,7 @@ def run(redis_url: str, path: str, body: bytes, headers: list[tuple[bytes, bytes
                 webhook_secret=SECRET,
                 delivery_secret=DELIVERY,
                 max_body_bytes=2048,
-                reply_fields=["content", "response", "text", "message"],
+                reply_fields=("content", "response", "text", "message"),
                 outbound_ttl=60,
             ),
             lambda: connect(redis_url),

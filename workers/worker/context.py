@@ -22,30 +22,37 @@ from workers.worker.breaker import CircuitBreaker
 from workers.worker.pipeline import Pipeline
 
 
-@dataclass
-class WorkerServices:
-    """Long-lived resources of a worker process, built once in its lifespan."""
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """What a worker's handlers read from the settings; built once, by
+    ``gateway.app.configs.worker_options``."""
 
-    redis: aioredis.Redis
-    keys: Keys
     bot_id: int
-    pipeline: Pipeline
-    admin_ids: frozenset[int]
-    outbound_ttl: float
-    gateway_public_url: str
-    delivery_secret: bytes | None
-    token_ttl: int
-    retry_seconds: float
-    apology_text: str
-    calls: Coalescer
-    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    admin_ids: frozenset[int] = frozenset()
+    outbound_ttl: float = 3600.0
+    gateway_public_url: str = "http://127.0.0.1:8080"
+    delivery_secret: bytes | None = None  # None: no callback URL is offered
+    token_ttl: int = 7 * 86_400
+    retry_seconds: float = 120.0
+    apology_text: str = "Sorry, we could not process your message. Please try again later."
     handed_ttl: int = 86_400
     delay_notice: str = ""  # empty: off
     delay_notice_after: float = 10.0
     delay_notice_window: float = 3600.0
-    reply_fields: list[str] = field(
-        default_factory=lambda: ["content", "response", "text", "message"]
-    )
+    reply_fields: tuple[str, ...] = ("content", "response", "text", "message")
+
+
+@dataclass
+class WorkerServices:
+    """A worker process's runtime: its resources (built once in its lifespan), its
+    options, and what it counts while it runs."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    calls: Coalescer
+    pipeline: Pipeline
+    options: WorkerOptions
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     started_at: float = field(default_factory=time.time)
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -76,7 +83,7 @@ class WorkerContext:
     outbox: list[OutboundEntry] = field(default_factory=list)
 
     def is_admin(self, user_id: int) -> bool:
-        return user_id in self.services.admin_ids
+        return user_id in self.services.options.admin_ids
 
     async def reply(
         self,
@@ -117,14 +124,14 @@ class WorkerContext:
         at = time.time()
         entry = OutboundEntry(
             reply_id=f"u{self.entry.update_id}-{key}",
-            bot_id=self.services.bot_id,
+            bot_id=self.services.options.bot_id,
             chat_id=self.chat_id,
             method=method,
             payload=payload,
             origin=origin,
             update_id=self.entry.update_id,
             enqueued_at=at,
-            deadline=at + (self.services.outbound_ttl if ttl is None else ttl),
+            deadline=at + (self.services.options.outbound_ttl if ttl is None else ttl),
         )
         if not now:
             self.outbox.append(entry)

@@ -102,33 +102,33 @@ def build_dispatcher(user_routers: list[Router], storage: BaseStorage | None = N
 async def forward(gw: WorkerContext) -> Outcome:
     """Hand the update to the pipeline, retrying transient failures for a bounded time."""
     s = gw.services
-    message = adapt(gw.entry.update, s.bot_id)
+    message = adapt(gw.entry.update, s.options.bot_id)
     if message is None:
         s.count("unhandled")
         return Ack()
     route = Route(
-        bot_id=s.bot_id,
+        bot_id=s.options.bot_id,
         chat_id=message.chat_id,
         reply_to=message.reply_to,
         update_id=gw.entry.update_id,
         expires_at=0,
     )
     callback_url = None
-    if s.delivery_secret is not None:
+    if s.options.delivery_secret is not None:
         token = sign_route(
-            s.delivery_secret,
-            bot_id=s.bot_id,
+            s.options.delivery_secret,
+            bot_id=s.options.bot_id,
             chat_id=message.chat_id,
             reply_to=message.reply_to,
             update_id=gw.entry.update_id,
-            ttl=s.token_ttl,
+            ttl=s.options.token_ttl,
         )
-        callback_url = f"{s.gateway_public_url}/api/delivery/{token}"
+        callback_url = f"{s.options.gateway_public_url}/api/delivery/{token}"
     if gw.already_handed:
         # Handled before (a redelivery, a copy of the entry): do not POST twice.
         s.count("already_handed")
         return Ack()
-    key = idempotency_key(s.bot_id, gw.entry.update_id)
+    key = idempotency_key(s.options.bot_id, gw.entry.update_id)
     started = time.monotonic()
     attempt = 0
     typing_task = asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
@@ -154,7 +154,7 @@ async def forward(gw: WorkerContext) -> Outcome:
                 elapsed = time.monotonic() - started
                 delay = backoff(attempt, base=0.5, cap=15.0)
                 attempt += 1
-                if elapsed + delay > s.retry_seconds:
+                if elapsed + delay > s.options.retry_seconds:
                     s.count("pipeline_unavailable")
                     await _apologise(gw, message)
                     return Dead(
@@ -168,7 +168,7 @@ async def forward(gw: WorkerContext) -> Outcome:
                     delay,
                     extra={"update_id": gw.entry.update_id},
                 )
-                if s.delay_notice and elapsed >= s.delay_notice_after:
+                if s.options.delay_notice and elapsed >= s.options.delay_notice_after:
                     await _notify_delay(gw, message)
                 await asyncio.sleep(delay)
     finally:
@@ -195,9 +195,9 @@ async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShap
 async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
     """At most one "we are delayed" note per chat per outage (shared across workers)."""
     s = gw.services
-    marker = s.keys.delay_notice(s.bot_id, message.chat_id)
-    if await s.redis.set(marker, "1", nx=True, ex=int(s.delay_notice_window)):
-        await gw.reply(s.delay_notice, origin="gateway", key="delayed", now=True)
+    marker = s.keys.delay_notice(s.options.bot_id, message.chat_id)
+    if await s.redis.set(marker, "1", nx=True, ex=int(s.options.delay_notice_window)):
+        await gw.reply(s.options.delay_notice, origin="gateway", key="delayed", now=True)
 
 
 def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:
@@ -205,16 +205,18 @@ def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None
     are published with the update's acknowledgement. ``ReplyShapeError`` when the body
     is unusable (bad attachments, nested too deep, ...)."""
     try:
-        reply = parse_reply(body, gw.services.reply_fields)
+        reply = parse_reply(body, gw.services.options.reply_fields)
     except NoReplyContent:
         return  # e.g. {"status": "accepted"}: the reply comes on the callback
-    gw.outbox.extend(reply_entries(route, reply, origin="pipeline", ttl=gw.services.outbound_ttl))
+    gw.outbox.extend(
+        reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
+    )
 
 
 async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
     """One short note to the user; the reply id makes a redelivery not send it again."""
     await gw.reply(
-        gw.services.apology_text, reply_to=message.reply_to, origin="gateway", key="apology"
+        gw.services.options.apology_text, reply_to=message.reply_to, origin="gateway", key="apology"
     )
 
 
@@ -319,10 +321,10 @@ class UpdateHandler:
         s = self.services
         chat_id = entry.chat_id if entry.chat_id is not None else 0
         handed = s.keys.handed(
-            self._partition.get(stream, 0), idempotency_key(s.bot_id, entry.update_id)
+            self._partition.get(stream, 0), idempotency_key(s.options.bot_id, entry.update_id)
         )
         commands: list[Command] = [("EXISTS", handed)]
-        blocking = blocking_command(s.keys, s.bot_id, entry.update, chat_id)
+        blocking = blocking_command(s.keys, s.options.bot_id, entry.update, chat_id)
         if blocking is not None:
             commands.append(blocking)
         for reply in (replies := await s.calls.run(*commands)):
@@ -352,5 +354,5 @@ class UpdateHandler:
             )
         elif not isinstance(result, Ack):
             s.count("handled")
-        marker = (Marker(handed, s.handed_ttl),) if gw.handed else ()
+        marker = (Marker(handed, s.options.handed_ttl),) if gw.handed else ()
         return Ack((*outbox, *marker))

@@ -55,7 +55,6 @@ class ConsumerConfig:
     claim_idle_ms: int = 60_000
     claim_every: float = 5.0
     max_deliveries: int = 5
-    grace: float = 10.0
     max_in_flight: int = 256
     # (stream, retention seconds, respect consumer groups) trimmed every ``trim_every``
     trim: tuple[tuple[str, float, bool], ...] = ()

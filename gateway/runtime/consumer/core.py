@@ -22,7 +22,7 @@
   a read or claim whose reply is lost has still handed its entries over, so those calls
   are never re-sent by the client, and after a failed one the consumer fetches its own
   pending entries (XREADGROUP ID 0) before reading new ones: no chat is reordered;
-- ``stop()`` stops reading, lets in-flight work finish within ``grace`` seconds, and leaves
+- ``stop()`` stops reading, lets in-flight work finish (``run_until_stopped``'s grace), leaves
   the rest pending for a claim — never dropped.
 """
 
