@@ -1,8 +1,9 @@
 """The sender: outbound stream → Telegram Bot API (aiogram ``Bot``), rate-limited.
 
-Telegram errors are translated here, at the edge, into: wait (429), retry with
-backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id), dead-letter with a
-reason code (403, permanent 400s, expired), or stop the role (401).
+Telegram errors are translated by ``gateway.telegram.answers`` (one table for every
+Bot API client) into: wait (429), retry with backoff (5xx, HTML bodies, network), resend
+(migrate_to_chat_id, no parse_mode), dead-letter with a reason code (403, 400s, 404,
+409, 413: never retried), or stop the role (401).
 """
 
 from __future__ import annotations
@@ -16,19 +17,6 @@ from typing import Any, TypeVar, cast
 import aiohttp
 import redis.asyncio as aioredis
 from aiogram import Bot
-from aiogram.exceptions import (
-    ClientDecodeError,
-    RestartingTelegram,
-    TelegramAPIError,
-    TelegramBadRequest,
-    TelegramForbiddenError,
-    TelegramMigrateToChat,
-    TelegramNetworkError,
-    TelegramNotFound,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
 from aiogram.methods import (
     AnswerCallbackQuery,
     SendChatAction,
@@ -50,13 +38,13 @@ from gateway.core.contracts import (
     partition_for,
     result_fields,
 )
-from gateway.core.errors import TelegramFatal
 from gateway.core.logs import redact
 from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome
 from gateway.runtime.consumer import fence as current_fence
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.slots import SlotRefresher
 from gateway.runtime.streams import is_cluster
+from gateway.telegram import answers
 from workers.sender.ratelimit import RateLimiter
 from workers.sender.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
 
@@ -371,57 +359,52 @@ class Sender:
             attempts += 1
             try:
                 result = await self.bot(call, request_timeout=self._request_timeout(trust_left))
-            except TelegramRetryAfter as exc:
-                self.flood_waits += 1
-                is_global = await self.limiter.flood(chat_id, exc.retry_after)
-                log.warning(
-                    "429 for chat %s: %s waits %ss",
-                    chat_id,
-                    "the whole bot" if is_global else "this chat",
-                    exc.retry_after,
-                )
-                continue
-            except TelegramMigrateToChat as exc:
-                if migrated:
-                    return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 400, "migrated twice"))
-                migrated = True
-                log.info("chat %s migrated to %s", chat_id, exc.migrate_to_chat_id)
-                migrated_key = self.keys.migrated(entry.bot_id, chat_id)
-                new_id = str(exc.migrate_to_chat_id)
-                await self._cached(
-                    "migration", self.redis.set, migrated_key, new_id, ex=MIGRATION_TTL
-                )
-                chat_id = exc.migrate_to_chat_id
-                continue
-            except TelegramUnauthorizedError as exc:
-                raise TelegramFatal(
-                    f"Telegram answered 401 ({exc.message}): "
-                    "TELEGRAM_BOT_TOKEN is wrong or revoked",
-                    401,
-                ) from None
-            except TelegramForbiddenError as exc:
-                blocked_key = self.keys.blocked_chat(entry.bot_id, chat_id)
-                await self._cached(
-                    "blocked-chat mark", self.redis.set, blocked_key, "1", ex=30 * 86_400
-                )
-                return _PartOutcome(attempts, dead=(Reason.BOT_BLOCKED, 403, exc.message))
-            except TelegramBadRequest as exc:
-                text = exc.message.lower()
-                if "can't parse entities" in text and "parse_mode" in payload and not plain_retry:
-                    plain_retry = True
-                    payload = {k: v for k, v in payload.items() if k != "parse_mode"}
+            except Exception as exc:
+                decision = answers.classify(exc)
+                if decision is None:
+                    raise  # not a Bot API answer (a bug, Redis): the consumer's business
+                if isinstance(decision, answers.Fatal):
+                    raise answers.fatal(decision, exc) from None
+                if isinstance(decision, answers.Dead):
+                    if decision.reason is Reason.BOT_BLOCKED:
+                        blocked_key = self.keys.blocked_chat(entry.bot_id, chat_id)
+                        await self._cached(
+                            "blocked-chat mark", self.redis.set, blocked_key, "1", ex=30 * 86_400
+                        )
+                    dead = (decision.reason, decision.code, decision.description)
+                    return _PartOutcome(attempts, dead=dead)
+                if isinstance(decision, answers.Wait):
+                    self.flood_waits += 1
+                    is_global = await self.limiter.flood(chat_id, decision.seconds)
+                    log.warning(
+                        "429 for chat %s: %s waits %ss",
+                        chat_id,
+                        "the whole bot" if is_global else "this chat",
+                        decision.seconds,
+                    )
                     continue
-                reason = Reason.CHAT_NOT_FOUND if "chat not found" in text else Reason.BAD_REQUEST
-                return _PartOutcome(attempts, dead=(reason, 400, exc.message))
-            except TelegramNotFound as exc:
-                return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 404, exc.message))
-            except (
-                TelegramServerError,
-                RestartingTelegram,
-                TelegramNetworkError,
-                ClientDecodeError,
-                TelegramAPIError,
-            ) as exc:
+                if isinstance(decision, answers.Resend):
+                    if decision.chat_id is not None and not migrated:
+                        migrated = True
+                        log.info("chat %s migrated to %s", chat_id, decision.chat_id)
+                        migrated_key = self.keys.migrated(entry.bot_id, chat_id)
+                        await self._cached(
+                            "migration",
+                            self.redis.set,
+                            migrated_key,
+                            str(decision.chat_id),
+                            ex=MIGRATION_TTL,
+                        )
+                        chat_id = decision.chat_id
+                        continue
+                    if decision.plain and "parse_mode" in payload and not plain_retry:
+                        plain_retry = True
+                        payload = {k: v for k, v in payload.items() if k != "parse_mode"}
+                        continue
+                    otherwise = decision.otherwise
+                    return _PartOutcome(
+                        attempts, dead=(otherwise.reason, otherwise.code, otherwise.description)
+                    )
                 detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
                 failures += 1
                 if self.max_attempts and failures >= self.max_attempts:
