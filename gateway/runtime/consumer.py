@@ -46,6 +46,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys, Reason, Stage, dead_fields, decode_fields
+from gateway.core.errors import GatewayError
 from gateway.core.errors import TelegramFatal as GatewayFatal
 from gateway.runtime.batching import Coalescer, pooled_connection
 from gateway.runtime.leases import LeaseManager
@@ -140,11 +141,11 @@ lease_valid: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar
 before an unfenced side effect (a pipeline POST) and raise ``LeaseLost`` if not."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(GatewayError):
     """The partition moved while its entry was being handled: stop, do not acknowledge."""
 
 
-class RelayFullError(Exception):
+class RelayFullError(GatewayError):
     """The partition's relay holds ``relay_cap`` entries: the finish waits (retried)."""
 
 
