@@ -19,20 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from aiogram.exceptions import (
-    ClientDecodeError,
-    TelegramAPIError,
-    TelegramBadRequest,
-    TelegramConflictError,
-    TelegramEntityTooLarge,
-    TelegramForbiddenError,
-    TelegramMigrateToChat,
-    TelegramNotFound,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
+from functools import cache
 
 from gateway.core.contracts import Reason
 from gateway.core.errors import TelegramFatal
@@ -162,6 +149,20 @@ def answer_of(exc: BaseException) -> Answer | None:
         return Answer(
             exc.method, exc.error_code, exc.description, exc.retry_after, exc.migrate_to_chat_id
         )
+    if not type(exc).__module__.startswith("aiogram."):
+        return None  # (checked by name: the ingress, which never raises them, never loads aiogram)
+    return _aiogram_answer(exc)
+
+
+def _aiogram_answer(exc: BaseException) -> Answer | None:
+    from aiogram.exceptions import (
+        ClientDecodeError,
+        TelegramAPIError,
+        TelegramMigrateToChat,
+        TelegramRetryAfter,
+        TelegramServerError,
+    )
+
     if isinstance(exc, ClientDecodeError):  # an HTML page or a body that is not an answer
         return Answer("", NO_ANSWER, exc.message)
     if not isinstance(exc, TelegramAPIError):
@@ -172,25 +173,34 @@ def answer_of(exc: BaseException) -> Answer | None:
         return Answer(method, 429, exc.message, retry_after=exc.retry_after)
     if isinstance(exc, TelegramMigrateToChat):
         return Answer(method, 400, exc.message, migrate_to_chat_id=exc.migrate_to_chat_id)
-    return Answer(method, _AIOGRAM_CODES.get(type(exc), _status_of(exc)), exc.message)
+    code = _aiogram_codes().get(type(exc))
+    if code is None:
+        # TelegramServerError (RestartingTelegram too): 5xx. TelegramNetworkError (aiohttp
+        # failed, timed out), or aiogram's catch-all for a status it has no class for (its
+        # code is not kept): treated as no answer.
+        code = 500 if isinstance(exc, TelegramServerError) else NO_ANSWER
+    return Answer(method, code, exc.message)
 
 
-_AIOGRAM_CODES: dict[type[TelegramAPIError], int] = {
-    TelegramBadRequest: 400,
-    TelegramUnauthorizedError: 401,
-    TelegramForbiddenError: 403,
-    TelegramNotFound: 404,
-    TelegramConflictError: 409,
-    TelegramEntityTooLarge: 413,
-}
+@cache
+def _aiogram_codes() -> dict[type[BaseException], int]:
+    from aiogram.exceptions import (
+        TelegramBadRequest,
+        TelegramConflictError,
+        TelegramEntityTooLarge,
+        TelegramForbiddenError,
+        TelegramNotFound,
+        TelegramUnauthorizedError,
+    )
 
-
-def _status_of(exc: TelegramAPIError) -> int:
-    if isinstance(exc, TelegramServerError):  # RestartingTelegram included
-        return 500
-    # TelegramNetworkError (aiohttp failed, timed out), or aiogram's catch-all for a
-    # status it has no class for (its code is not kept): treated as no answer.
-    return NO_ANSWER
+    return {
+        TelegramBadRequest: 400,
+        TelegramUnauthorizedError: 401,
+        TelegramForbiddenError: 403,
+        TelegramNotFound: 404,
+        TelegramConflictError: 409,
+        TelegramEntityTooLarge: 413,
+    }
 
 
 def decide(answer: Answer) -> Decision:
