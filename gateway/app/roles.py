@@ -13,15 +13,14 @@ from aiogram.types import User
 
 from gateway.app.configs import consumer_config, worker_options
 from gateway.core.backoff import backoff
-from gateway.core.errors import TelegramFatal
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
-from gateway.ingress.poller import UNAUTHORIZED_HELP
 from gateway.ingress.serve import serve_ingress_role
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
 from gateway.runtime.layout import ensure_layout_until
 from gateway.runtime.streams import connect_with
+from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
 from gateway.testkit.reference.rules import reply_body
 from workers.sender.handler import Sender
@@ -89,11 +88,14 @@ async def resolve_me(tg: TelegramSettings, stop: asyncio.Event) -> User:
             try:
                 return User.model_validate(await api.call("getMe"))
             except BotApiError as exc:
-                if exc.error_code == 401:
-                    raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
+                decision = classify(exc)
+                if isinstance(decision, Fatal | Dead | Resend):  # 404: a malformed token
+                    raise fatal(decision, exc) from None
                 if stop.is_set():
                     raise
                 delay = backoff(attempt, cap=10.0)
+                if isinstance(decision, Wait):
+                    delay = float(decision.seconds)
                 attempt += 1
                 log.warning("getMe failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

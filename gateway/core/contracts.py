@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.core.attachments import MEDIA_FIELDS, check_attachment_ref
+from gateway.core.errors import GatewayError
 
 SCHEMA = "1"
 
@@ -220,7 +221,7 @@ def decode_fields(fields: dict[Any, Any]) -> dict[str, str]:
     }
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(GatewayError, ValueError):
     """A stream entry that does not parse as its envelope."""
 
 

@@ -1,18 +1,33 @@
-"""The gateway's exception tree.
+"""The gateway's exception tree: every exception the project defines has this one root.
 
     GatewayError
-    ├── ConfigError            a setting is missing or invalid (one line, names the variable)
-    ├── UsageError             a command-line argument or input file is unusable (one line)
-    ├── RedisUnavailable       Redis did not accept a write; callers answer 503 / retry
-    ├── DeliveryTokenError     a callback token is forged, malformed or expired (HTTP 403)
-    ├── ReplyShapeError        a pipeline reply body has no usable content (HTTP 422)
-    ├── PipelineError          the pipeline call failed
-    │   ├── PipelineRejected   4xx: permanent, dead-letter (carries status, body)
+    ├── ConfigError             a setting is missing or invalid (one line, names the variable)
+    │   └── LayoutMismatch      runtime.layout: Redis holds another partition layout
+    ├── UsageError              a command-line argument or input file is unusable (one line)
+    ├── RedisUnavailable        Redis did not accept a write; callers answer 503 / retry
+    ├── DeliveryTokenError      a callback token is forged, malformed or expired (HTTP 403)
+    ├── ReplyShapeError         a pipeline reply body has no usable content (HTTP 422)
+    │   └── NoReplyContent      core.replies: the reply has nothing to send
+    ├── PipelineError           the pipeline call failed
+    │   ├── PipelineRejected    4xx: permanent, dead-letter (carries status, body)
     │   └── PipelineUnavailable 5xx / timeout / connection error: retry (carries status)
-    └── TelegramFatal          401 bad token, 409 webhook/polling conflict: stop the role
+    ├── TelegramFatal           the Telegram configuration is wrong: stop the role
+    │                           (401 bad token, 409 webhook/polling conflict, a permanent
+    │                           error where nothing can be dead-lettered; carries error_code)
+    ├── BotApiError             telegram.client: a raw Bot API call failed (error_code,
+    │                           description, retry_after, migrate_to_chat_id)
+    ├── EnvelopeError           core.contracts: a stream entry is not its envelope (ValueError)
+    ├── LeaseLost               runtime.consumer: the partition moved; stop, do not ack
+    ├── RelayFullError          runtime.consumer: the partition's relay is full; retried
+    ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
+    ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
+    ├── InvalidUpdate           ingress.app: the body is no update (HTTP 400; ValueError)
+    └── (testkit)               the emulator's ApiError (a Bot API error answer) and
+                                EntityParseError, the reference pipeline's _BadRequest
 
-Telegram's own errors (aiogram's ``TelegramAPIError`` family) are translated at the
-sender's edge into retry / wait / dead-letter; they never escape a role.
+Telegram's own errors (aiogram's ``TelegramAPIError`` family) and ``BotApiError`` are
+decided by one table, ``gateway.telegram.answers``: wait / retry / resend / dead-letter /
+fatal; only ``TelegramFatal`` escapes a role.
 """
 
 from __future__ import annotations
@@ -64,7 +79,8 @@ class PipelineUnavailable(PipelineError):
 
 
 class TelegramFatal(GatewayError):
-    """Telegram says the configuration is wrong (401, 409); the role must stop."""
+    """Telegram says the configuration is wrong (401, 409, a permanent answer to a call
+    that cannot be dead-lettered); the role must stop."""
 
     def __init__(self, message: str, error_code: int) -> None:
         super().__init__(message)

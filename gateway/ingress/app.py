@@ -25,7 +25,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.core.contracts import Keys, extract_update_ids
-from gateway.core.errors import DeliveryTokenError, RedisUnavailable, ReplyShapeError
+from gateway.core.errors import (
+    DeliveryTokenError,
+    GatewayError,
+    RedisUnavailable,
+    ReplyShapeError,
+)
 from gateway.core.replies import parse_reply, reply_entries
 from gateway.core.tokens import verify_route
 from gateway.runtime.streams import UpdatePublisher, groups_present, publish_outbound
@@ -56,16 +61,16 @@ class IngressConfig:
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
 
 
-class BodyTimeout(Exception):
-    pass
+class BodyTimeout(GatewayError):
+    """The body did not arrive within ``body_timeout`` (HTTP 408)."""
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(GatewayError):
+    """The body is over ``max_body_bytes`` (HTTP 413)."""
 
 
-class InvalidUpdate(ValueError):
-    pass
+class InvalidUpdate(GatewayError, ValueError):
+    """The body is no Telegram update (HTTP 400)."""
 
 
 def parse_update(body: bytes) -> tuple[int, int | None]:

@@ -25,18 +25,13 @@ import orjson
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import extract_update_ids, update_fields
-from gateway.core.errors import RedisUnavailable, TelegramFatal
+from gateway.core.errors import RedisUnavailable
 from gateway.runtime.streams import Fields, UpdatePublisher
+from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
 
 log = logging.getLogger(__name__)
 
-CONFLICT_HELP = (
-    "Telegram answered 409: {description}. A webhook is set or another process polls this "
-    "bot. Run `tg-gateway webhook delete` (or set TELEGRAM_WEBHOOK_URL to use webhook mode), "
-    "and run one polling ingress per bot."
-)
-UNAUTHORIZED_HELP = "Telegram answered 401 Unauthorized: TELEGRAM_BOT_TOKEN is wrong or revoked."
 
 HOLD_BACKOFF_CAP = 1.0
 """Longest wait between two tries of a batch nothing could take (offset held)."""
@@ -95,7 +90,8 @@ class Poller:
         return {p: st.streams[-1] for p, st in self._parking.items()}
 
     async def run(self) -> None:
-        """Poll until cancelled; ``TelegramFatal`` on 401/409."""
+        """Poll until cancelled; ``TelegramFatal`` on 401, 409 and any other permanent error
+        (``gateway.telegram.answers``: getUpdates has nothing to dead-letter)."""
         self._chore(self._find_parked_soon())
         try:
             await self._poll()
@@ -113,15 +109,12 @@ class Poller:
                     self.offset, self._limit, self._timeout, self._allowed
                 )
             except BotApiError as exc:
-                if exc.error_code == 401:
-                    raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
-                if exc.error_code == 409:
-                    raise TelegramFatal(
-                        CONFLICT_HELP.format(description=exc.description), 409
-                    ) from None
-                if exc.error_code == 429 and exc.retry_after:
-                    log.warning("getUpdates flood wait: %ss", exc.retry_after)
-                    await asyncio.sleep(exc.retry_after)
+                decision = classify(exc)
+                if isinstance(decision, Fatal | Dead | Resend):  # nothing to dead-letter
+                    raise fatal(decision, exc) from None
+                if isinstance(decision, Wait):
+                    log.warning("getUpdates flood wait: %ss", decision.seconds)
+                    await asyncio.sleep(decision.seconds)
                     continue
                 delay = backoff(failures)
                 failures += 1

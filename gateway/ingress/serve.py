@@ -14,7 +14,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
-from gateway.core.errors import ConfigError, TelegramFatal
+from gateway.core.errors import ConfigError
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
@@ -24,9 +24,10 @@ from gateway.core.settings import (
     TelegramSettings,
 )
 from gateway.ingress.app import IngressApp, IngressConfig
-from gateway.ingress.poller import UNAUTHORIZED_HELP, Poller
+from gateway.ingress.poller import Poller
 from gateway.runtime.layout import ensure_layout
 from gateway.runtime.streams import connect_with, ensure_groups
+from gateway.telegram.answers import Fatal, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError, webhook_secret_for
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,9 @@ async def serve_ingress(
                 await ensure_webhook(api, tg)
                 log.info("webhook set to %s", redact_url(tg.telegram_webhook_url or ""))
             except BotApiError as exc:
-                if exc.error_code == 401:
-                    raise TelegramFatal(UNAUTHORIZED_HELP, 401) from None
+                if isinstance(decision := classify(exc), Fatal):
+                    raise fatal(decision, exc) from None
+                # Not retried here: updates wait at Telegram; `tg-gateway webhook set` fixes it.
                 log.error("setWebhook failed (%s); serving anyway", exc)
     if ready is not None:
         ready.set()

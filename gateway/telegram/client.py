@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError, GatewayError
 from gateway.core.logs import redact
 from gateway.core.settings import TelegramSettings
 
+NO_ANSWER = 0
+"""``BotApiError.error_code`` of a call that got no usable answer."""
 WEBHOOK_SECRET_LABEL = b"tg-gateway webhook secret v1"
 
 
@@ -43,21 +45,47 @@ def webhook_secret_for(tg: TelegramSettings) -> str:
     return derive_webhook_secret(tg.telegram_bot_token.get_secret_value())
 
 
-class BotApiError(Exception):
-    """A Bot API call failed; ``error_code`` 0 means no HTTP answer (network, timeout)."""
+class BotApiError(GatewayError):
+    """A Bot API call failed; ``error_code`` 0 means no usable answer (network, timeout,
+    not JSON). What to do about it: ``gateway.telegram.answers.classify``."""
 
     def __init__(
-        self, method: str, error_code: int, description: str, retry_after: int | None = None
+        self,
+        method: str,
+        error_code: int,
+        description: str,
+        retry_after: int | None = None,
+        migrate_to_chat_id: int | None = None,
     ) -> None:
         super().__init__(f"{method}: {error_code} {description}")
         self.method = method
         self.error_code = error_code
         self.description = description
         self.retry_after = retry_after
+        self.migrate_to_chat_id = migrate_to_chat_id
 
-    @property
-    def retryable(self) -> bool:
-        return self.error_code == 0 or self.error_code == 429 or self.error_code >= 500
+
+def result_of(method: str, status: int, content: bytes, token: str = "") -> Any:
+    """The ``result`` of an HTTP answer to ``method``, or the ``BotApiError`` it stands
+    for, raised (pure: the unit tests feed it Telegram's real error bodies)."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise BotApiError(method, NO_ANSWER, f"non-JSON answer (HTTP {status})") from None
+    if not isinstance(body, dict):
+        raise BotApiError(method, NO_ANSWER, f"unexpected answer shape (HTTP {status})")
+    if body.get("ok") is True:
+        return body.get("result")
+    params = body.get("parameters")
+    params = params if isinstance(params, dict) else {}
+    retry_after, migrate_to = params.get("retry_after"), params.get("migrate_to_chat_id")
+    raise BotApiError(
+        method,
+        int(body.get("error_code") or status),
+        redact(str(body.get("description") or "unknown error"), (token,)),
+        retry_after=retry_after if isinstance(retry_after, int) else None,
+        migrate_to_chat_id=migrate_to if isinstance(migrate_to, int) else None,
+    )
 
 
 class BotApi:
@@ -83,7 +111,7 @@ class BotApi:
     async def call(
         self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
-        """The ``result`` of a call, or ``BotApiError``."""
+        """The ``result`` of a call, or ``BotApiError`` (``result_of``)."""
         extra = {} if timeout is None else {"timeout": httpx.Timeout(timeout, connect=10.0)}
         try:
             resp = await self._client.post(
@@ -94,24 +122,8 @@ class BotApi:
             )
         except httpx.HTTPError as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))
-            raise BotApiError(method, 0, detail) from None
-        try:
-            body = orjson.loads(resp.content)
-        except orjson.JSONDecodeError:
-            raise BotApiError(
-                method, resp.status_code, f"non-JSON answer (HTTP {resp.status_code})"
-            ) from None
-        if not isinstance(body, dict):
-            raise BotApiError(method, resp.status_code, "unexpected answer shape")
-        if body.get("ok") is True:
-            return body.get("result")
-        params_out = body.get("parameters") or {}
-        raise BotApiError(
-            method,
-            int(body.get("error_code") or resp.status_code),
-            redact(str(body.get("description") or "unknown error"), (self._token,)),
-            retry_after=params_out.get("retry_after") if isinstance(params_out, dict) else None,
-        )
+            raise BotApiError(method, NO_ANSWER, detail) from None
+        return result_of(method, resp.status_code, resp.content, self._token)
 
     async def get_updates_raw(
         self, offset: int | None, limit: int, timeout: int, allowed_updates: list[str]
@@ -125,5 +137,5 @@ class BotApi:
             params["offset"] = offset
         result = await self.call("getUpdates", params, timeout=timeout + 15)
         if not isinstance(result, list):
-            raise BotApiError("getUpdates", 0, "result is not a list")
+            raise BotApiError("getUpdates", NO_ANSWER, "result is not a list")
         return [u for u in result if isinstance(u, dict)]

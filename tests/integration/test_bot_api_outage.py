@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from gateway.app.roles import learn_me, make_bot, serve_worker
 from gateway.core.contracts import partition_for, update_fields
+from gateway.core.errors import TelegramFatal
 from gateway.runtime.streams import ensure_groups
 from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, make_config, running, wait_for
@@ -62,4 +63,20 @@ async def test_a_stop_while_getme_still_fails_is_no_error(emu: Emulator, redis_u
         await learn_me(bot, cfg.telegram, stop)
     finally:
         await bot.session.close()
+    assert emu.stats()["requests"].get("getMe", 0) == 1
+
+
+async def test_a_permanent_getme_error_stops_the_role_not_retried(
+    emu: Emulator, redis_url: str
+) -> None:
+    """getMe's 404 (Telegram's answer to a malformed token) will not change: stop, say so."""
+    emu.faults.fail_next("getMe", 1, status=404, html=False)
+    cfg = make_config(redis_url, emu.api_url)
+    bot = make_bot(cfg.telegram)
+    try:
+        with pytest.raises(TelegramFatal, match="permanent") as info:
+            await asyncio.wait_for(learn_me(bot, cfg.telegram, asyncio.Event()), 10)
+    finally:
+        await bot.session.close()
+    assert info.value.error_code == 404
     assert emu.stats()["requests"].get("getMe", 0) == 1

@@ -96,6 +96,18 @@ async def test_webhook_set_makes_polling_stop_with_how_to_fix(
     assert info.value.error_code == 409
 
 
+async def test_a_permanent_getupdates_error_stops_polling_not_retried(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """A 400 to getUpdates will answer the same forever: the role stops and says so."""
+    emu.faults.fail_next("getUpdates", 1, status=400, html=False)
+    cfg = make_config(redis_url, emu.api_url)
+    with pytest.raises(TelegramFatal, match="permanent") as info:
+        await asyncio.wait_for(serve_ingress_role(cfg, asyncio.Event()), 15)
+    assert info.value.error_code == 400
+    assert emu.stats()["requests"]["getUpdates"] == 1
+
+
 async def test_bad_token_stops_polling(
     redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:

@@ -148,6 +148,29 @@ async def test_5xx_past_the_attempt_budget_is_dead_lettered(
     assert emu.stats()["requests"]["sendMessage"] == 3
 
 
+@pytest.mark.parametrize("status", [409, 413])
+async def test_conflict_and_too_large_are_dead_lettered_at_once_not_retried(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, status: int
+) -> None:
+    """409 and 413 are permanent (gateway.telegram.answers): one request, a dead letter."""
+    emu.faults.fail_next("sendMessage", 1, status=status, html=False)
+    cfg = make_config(redis_url, emu.api_url)
+    await publish(redis, cfg, entry(text="refused for good"), entry(text="then this"))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="dead letter")
+        [msg] = await emu.wait_messages(CHAT, 1, timeout=15)
+        res = await wait_for(lambda: _results_n(redis, cfg, 2), message="two results")
+    assert dead["reason"] == "bad_request" and dead["stage"] == "sender"
+    assert msg["text"] == "then this"
+    assert emu.stats()["requests"]["sendMessage"] == 2  # the refused one was not retried
+    assert [(r["ok"], r["error_code"]) for r in res] == [("0", str(status)), ("1", "")]
+
+
+async def _results_n(redis: aioredis.Redis, cfg: object, n: int) -> list[dict[str, str]]:
+    got = await results(redis, cfg)
+    return got if len(got) >= n else []
+
+
 async def test_flood_wait_holds_only_that_chat(
     redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:

@@ -1,8 +1,9 @@
 """The sender: outbound stream → Telegram Bot API (aiogram ``Bot``), rate-limited.
 
-Telegram errors are translated here, at the edge, into: wait (429), retry with
-backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id), dead-letter with a
-reason code (403, permanent 400s, expired), or stop the role (401).
+Telegram errors are translated by ``gateway.telegram.answers`` (one table for every
+Bot API client) into: wait (429), retry with backoff (5xx, HTML bodies, network), resend
+(migrate_to_chat_id, no parse_mode), dead-letter with a reason code (403, 400s, 404,
+409, 413: never retried), or stop the role (401).
 """
 
 from __future__ import annotations
@@ -16,19 +17,6 @@ from typing import Any, TypeVar, cast
 import aiohttp
 import redis.asyncio as aioredis
 from aiogram import Bot
-from aiogram.exceptions import (
-    ClientDecodeError,
-    RestartingTelegram,
-    TelegramAPIError,
-    TelegramBadRequest,
-    TelegramForbiddenError,
-    TelegramMigrateToChat,
-    TelegramNetworkError,
-    TelegramNotFound,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
 from aiogram.methods import (
     AnswerCallbackQuery,
     SendChatAction,
@@ -50,13 +38,13 @@ from gateway.core.contracts import (
     partition_for,
     result_fields,
 )
-from gateway.core.errors import TelegramFatal
 from gateway.core.logs import redact
 from gateway.runtime.consumer import Ack, Dead, LeaseLost, Outcome, Publish
 from gateway.runtime.consumer import fence as current_fence
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.slots import SlotRefresher
 from gateway.runtime.streams import is_cluster
+from gateway.telegram import answers
 from workers.sender.ratelimit import RateLimiter
 from workers.sender.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
 
@@ -325,37 +313,29 @@ class Sender:
         chat_id: int | str,
         marker: str,
     ) -> _PartOutcome:
-        attempts = 0
-        failures = 0  # 5xx/network only: 429 waits and migrations do not use the budget
-        migrated = False
-        plain_retry = False
-        counts = method in COUNTED
-        # 5xx/network errors are retried until the entry's deadline (its lane waits, so the
-        # chat's later replies stay behind it); best-effort calls give up sooner.
-        retry_until = (
-            entry.deadline if entry.deadline is not None else entry.enqueued_at + self.default_ttl
-        )
+        """Send one part: the one loop that waits, resends and retries it, each failed
+        call decided by ``gateway.telegram.answers`` and applied by ``_answered``."""
+        part = _Part(chat_id, payload, counts=method in COUNTED)
         while True:
             remaining = None if entry.deadline is None else entry.deadline - time.time()
-            if counts and remaining is not None and remaining <= 0:
-                return _PartOutcome(attempts, dead=(Reason.EXPIRED, None, "deadline passed"))
+            if part.counts and remaining is not None and remaining <= 0:
+                return part.outcome(dead=(Reason.EXPIRED, None, "deadline passed"))
             try:
-                async with asyncio.timeout(remaining if counts else None):
-                    await self.limiter.acquire(chat_id, counts=counts)
+                async with asyncio.timeout(remaining if part.counts else None):
+                    await self.limiter.acquire(part.chat_id, counts=part.counts)
             except TimeoutError:
-                return _PartOutcome(
-                    attempts, dead=(Reason.EXPIRED, None, "deadline passed waiting for budget")
+                return part.outcome(
+                    dead=(Reason.EXPIRED, None, "deadline passed waiting for budget")
                 )
             try:
                 call = (
-                    METHODS[method](chat_id=chat_id, **payload)
+                    METHODS[method](chat_id=part.chat_id, **part.payload)
                     if method != ("answerCallbackQuery")
-                    else METHODS[method](**payload)
+                    else METHODS[method](**part.payload)
                 )
             except (ValidationError, TypeError) as exc:
-                return _PartOutcome(
-                    attempts + 1, dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300]))
-                )
+                part.attempts += 1
+                return part.outcome(dead=(Reason.UNSUPPORTED, None, redact(str(exc)[:300])))
             try:
                 trust_left, already = await self._gate(marker)
             except LeaseLost:
@@ -363,87 +343,88 @@ class Sender:
                 log.warning(
                     "lease of %s lost before sending to chat %s: not sent, left to its owner",
                     marker.split(":", 3)[2],
-                    chat_id,
+                    part.chat_id,
                 )
                 raise
             if already is not None:
-                return _PartOutcome(attempts, already=already, chat_id=chat_id)
-            attempts += 1
+                return part.outcome(already=already)
+            part.attempts += 1
             try:
                 result = await self.bot(call, request_timeout=self._request_timeout(trust_left))
-            except TelegramRetryAfter as exc:
-                self.flood_waits += 1
-                is_global = await self.limiter.flood(chat_id, exc.retry_after)
-                log.warning(
-                    "429 for chat %s: %s waits %ss",
-                    chat_id,
-                    "the whole bot" if is_global else "this chat",
-                    exc.retry_after,
-                )
+            except Exception as exc:
+                decision = answers.classify(exc)
+                if decision is None:
+                    raise  # not a Bot API answer (a bug, Redis): the consumer's business
+                dead = await self._answered(entry, part, decision, exc)
+                if dead is not None:
+                    return part.outcome(dead=dead)
                 continue
-            except TelegramMigrateToChat as exc:
-                if migrated:
-                    return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 400, "migrated twice"))
-                migrated = True
-                log.info("chat %s migrated to %s", chat_id, exc.migrate_to_chat_id)
-                migrated_key = self.keys.migrated(entry.bot_id, chat_id)
-                new_id = str(exc.migrate_to_chat_id)
-                await self._cached(
-                    "migration", self.redis.set, migrated_key, new_id, ex=MIGRATION_TTL
-                )
-                chat_id = exc.migrate_to_chat_id
-                continue
-            except TelegramUnauthorizedError as exc:
-                raise TelegramFatal(
-                    f"Telegram answered 401 ({exc.message}): "
-                    "TELEGRAM_BOT_TOKEN is wrong or revoked",
-                    401,
-                ) from None
-            except TelegramForbiddenError as exc:
-                blocked_key = self.keys.blocked_chat(entry.bot_id, chat_id)
+            mid = getattr(result, "message_id", None)
+            return part.outcome(message_id=mid if isinstance(mid, int) else None)
+
+    async def _answered(
+        self, entry: OutboundEntry, part: _Part, decision: answers.Decision, exc: Exception
+    ) -> tuple[Reason, int | None, str] | None:
+        """Apply the table's decision on a failed call: the part's dead letter (reason,
+        code, description), or None once it may be sent again (after a wait, a resend's
+        change, a backoff); raises ``TelegramFatal`` (401) or ``LeaseLost``."""
+        if isinstance(decision, answers.Fatal):
+            raise answers.fatal(decision, exc) from None
+        if isinstance(decision, answers.Dead):
+            if decision.reason is Reason.BOT_BLOCKED:
+                blocked_key = self.keys.blocked_chat(entry.bot_id, part.chat_id)
                 await self._cached(
                     "blocked-chat mark", self.redis.set, blocked_key, "1", ex=30 * 86_400
                 )
-                return _PartOutcome(attempts, dead=(Reason.BOT_BLOCKED, 403, exc.message))
-            except TelegramBadRequest as exc:
-                text = exc.message.lower()
-                if "can't parse entities" in text and "parse_mode" in payload and not plain_retry:
-                    plain_retry = True
-                    payload = {k: v for k, v in payload.items() if k != "parse_mode"}
-                    continue
-                reason = Reason.CHAT_NOT_FOUND if "chat not found" in text else Reason.BAD_REQUEST
-                return _PartOutcome(attempts, dead=(reason, 400, exc.message))
-            except TelegramNotFound as exc:
-                return _PartOutcome(attempts, dead=(Reason.BAD_REQUEST, 404, exc.message))
-            except (
-                TelegramServerError,
-                RestartingTelegram,
-                TelegramNetworkError,
-                ClientDecodeError,
-                TelegramAPIError,
-            ) as exc:
-                detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
-                failures += 1
-                if self.max_attempts and failures >= self.max_attempts:
-                    return _PartOutcome(attempts, dead=(Reason.RETRIES_EXHAUSTED, None, detail))
-                if not counts and failures >= BEST_EFFORT_ATTEMPTS:
-                    return _PartOutcome(attempts, dead=(Reason.RETRIES_EXHAUSTED, None, detail))
-                delay = backoff(failures, base=0.5, cap=self.backoff_max)
-                if time.time() + delay > retry_until:
-                    return _PartOutcome(
-                        attempts,
-                        dead=(Reason.EXPIRED, None, f"deadline passed while retrying: {detail}"),
-                    )
-                f = current_fence.get()
-                if f is not None and not f.startable():
-                    raise LeaseLost from None  # the partition moves, or its trust lapsed
-                log.warning("send to %s failed (%s); retry in %.1fs", chat_id, detail, delay)
-                await asyncio.sleep(delay)
-                continue
-            mid = getattr(result, "message_id", None)
-            return _PartOutcome(
-                attempts, message_id=mid if isinstance(mid, int) else None, chat_id=chat_id
+            return decision.reason, decision.code, decision.description
+        if isinstance(decision, answers.Wait):  # spends no attempt of the budget
+            self.flood_waits += 1
+            is_global = await self.limiter.flood(part.chat_id, decision.seconds)
+            log.warning(
+                "429 for chat %s: %s waits %ss",
+                part.chat_id,
+                "the whole bot" if is_global else "this chat",
+                decision.seconds,
             )
+            return None
+        if isinstance(decision, answers.Resend):
+            if decision.chat_id is not None and not part.migrated:
+                part.migrated = True
+                log.info("chat %s migrated to %s", part.chat_id, decision.chat_id)
+                migrated_key = self.keys.migrated(entry.bot_id, part.chat_id)
+                new_id = str(decision.chat_id)
+                await self._cached(
+                    "migration", self.redis.set, migrated_key, new_id, ex=MIGRATION_TTL
+                )
+                part.chat_id = decision.chat_id
+                return None
+            if decision.plain and "parse_mode" in part.payload and not part.plain:
+                part.plain = True
+                part.payload = {k: v for k, v in part.payload.items() if k != "parse_mode"}
+                return None
+            other = decision.otherwise
+            return other.reason, other.code, other.description
+        # Retry: 5xx/network errors are retried until the entry's deadline (its lane
+        # waits, so the chat's later replies stay behind it); best-effort calls give up
+        # sooner.
+        detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
+        part.failures += 1
+        if self.max_attempts and part.failures >= self.max_attempts:
+            return Reason.RETRIES_EXHAUSTED, None, detail
+        if not part.counts and part.failures >= BEST_EFFORT_ATTEMPTS:
+            return Reason.RETRIES_EXHAUSTED, None, detail
+        delay = backoff(part.failures, base=0.5, cap=self.backoff_max)
+        retry_until = (
+            entry.deadline if entry.deadline is not None else entry.enqueued_at + self.default_ttl
+        )
+        if time.time() + delay > retry_until:
+            return Reason.EXPIRED, None, f"deadline passed while retrying: {detail}"
+        f = current_fence.get()
+        if f is not None and not f.startable():
+            raise LeaseLost from None  # the partition moves, or its trust lapsed
+        log.warning("send to %s failed (%s); retry in %.1fs", part.chat_id, detail, delay)
+        await asyncio.sleep(delay)
+        return None
 
     async def _cached(
         self, what: str, command: Callable[..., Awaitable[T]], key: str, *args: Any, **kw: Any
@@ -542,6 +523,32 @@ class Sender:
             description=redact(description, (self._token,)),
             update_id=entry.update_id,
             sender=self.name,
+        )
+
+
+class _Part:
+    """One part's sending state across its tries (``Sender._send_part``)."""
+
+    __slots__ = ("attempts", "chat_id", "counts", "failures", "migrated", "payload", "plain")
+
+    def __init__(self, chat_id: int | str, payload: dict[str, Any], *, counts: bool) -> None:
+        self.chat_id = chat_id  # the new id once the group migrated
+        self.payload = payload  # without parse_mode once Telegram could not parse it
+        self.counts = counts  # counts toward the limits (not best effort)
+        self.attempts = 0  # calls made
+        self.failures = 0  # 5xx/network only: 429 waits and resends use no budget
+        self.migrated = False
+        self.plain = False
+
+    def outcome(
+        self,
+        *,
+        message_id: int | None = None,
+        dead: tuple[Reason, int | None, str] | None = None,
+        already: bytes | None = None,
+    ) -> _PartOutcome:
+        return _PartOutcome(
+            self.attempts, message_id=message_id, chat_id=self.chat_id, dead=dead, already=already
         )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from gateway.core.contracts import Reason
+from gateway.core.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,11 @@ lease_valid: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar
 before an unfenced side effect (a pipeline POST) and raise ``LeaseLost`` if not."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(GatewayError):
     """The partition moved while its entry was being handled: stop, do not acknowledge."""
 
 
-class RelayFullError(Exception):
+class RelayFullError(GatewayError):
     """The partition's relay holds ``relay_cap`` entries: the finish waits (retried)."""
 
 

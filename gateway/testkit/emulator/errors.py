@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.core.errors import GatewayError
+
 TOO_MANY = "Too Many Requests: retry after {}"
 BLOCKED = "Forbidden: bot was blocked by the user"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
@@ -17,7 +19,7 @@ TERMINATED = (
 )
 
 
-class ApiError(Exception):
+class ApiError(GatewayError):
     """A Bot API call answered ``{"ok": false, ...}`` with an HTTP status equal to error_code."""
 
     def __init__(

@@ -7,10 +7,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.errors import GatewayError
+
 Entity = dict[str, Any]
 
 
-class EntityParseError(Exception):
+class EntityParseError(GatewayError):
     """The text does not parse under its parse_mode; str() is Telegram's wording."""
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from gateway.core.errors import GatewayError
 from gateway.testkit.reference.rules import respond
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ class _Answer:
     body: dict[str, Any]
 
 
-class _BadRequest(Exception):
+class _BadRequest(GatewayError):
+    """A request the reference pipeline answers 4xx to (``status``)."""
+
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
