@@ -502,3 +502,28 @@ async def test_a_sender_whose_lease_goes_while_it_waits_for_budget_sends_nothing
 
 async def _pending(redis: aioredis.Redis, stream: str) -> int:
     return int((await redis.xpending(stream, GROUP_SENDERS))["pending"])
+
+
+async def test_a_send_cut_short_by_the_end_of_the_grace_is_marked_not_sent_again(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """SIGTERM's grace ends while a request is in flight: Telegram may deliver it whatever
+    the sender does next. The lane waits for the answer and writes the sent marker before
+    it stops, so the next run (or the partition's next owner) does not send it again."""
+    cfg = make_config(redis_url, emu.api_url, consumer={"shutdown_grace_seconds": 0.2})
+    e = entry(text="cut short")
+    await publish(redis, cfg, e)
+    emu.faults.delay("sendMessage", 1.0)
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(
+            lambda: emu.stats()["requests"].get("sendMessage", 0) >= 1,
+            message="the request in flight",
+        )
+    # Leaving the block stopped the sender 0.2 s into a 1 s request.
+    await emu.wait_messages(CHAT, 1, timeout=5)  # delivered all the same
+    emu.faults.delay("sendMessage", 0)
+    p = partition_for(CHAT, cfg.keys.partitions)
+    assert await redis.get(cfg.keys.sent(p, f"{e.reply_id}#0")) is not None
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(lambda: _count(redis, cfg, 1), message="its result")
+    assert [m["text"] for m in emu.messages(CHAT)] == ["cut short"]

@@ -9,6 +9,7 @@ Bot API client) into: wait (429), retry with backoff (5xx, HTML bodies, network)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,7 @@ METHODS: dict[str, type[TelegramMethod[Any]]] = {
 }
 COUNTED = frozenset({"sendMessage", "sendPhoto", "sendDocument"})  # count toward limits
 SENT_TTL = 7 * 86_400
+CUT_WAIT = 5.0  # seconds a cancelled lane waits for its request in flight (``Sender._call``)
 MIGRATION_TTL = 90 * 86_400
 PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
 BEST_EFFORT_ATTEMPTS = 3  # 5xx/network tries of a typing indicator or a button's answer
@@ -293,6 +295,27 @@ class Sender:
             raise LeaseLost
         return left, None
 
+    async def _call(self, call: Any, trust_left: float | None, marker: str) -> Any:
+        """The request to Telegram. A cancel that arrives while it is in flight (the end
+        of a shutdown's grace) waits for its answer, at most ``CUT_WAIT`` seconds, and a
+        success gets its sent marker before the cancel goes on: Telegram may already have
+        delivered it, and without the marker the partition's next owner (or this
+        process's next run) would send it again."""
+        request = asyncio.ensure_future(
+            self.bot(call, request_timeout=self._request_timeout(trust_left))
+        )
+        try:
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CUT_WAIT):
+                    result = await request
+                    mid = getattr(result, "message_id", None)
+                    value = str(mid) if isinstance(mid, int) else "1"
+                    await self.redis.set(marker, value, ex=SENT_TTL)
+            request.cancel()
+            raise
+
     def _request_timeout(self, trust_left: float | None) -> int | None:
         """The call's timeouts: the usual total, and at most ``trust_left`` to get a
         connection (from the pool or a new one), after which the request is written at
@@ -350,7 +373,7 @@ class Sender:
                 return part.outcome(already=already)
             part.attempts += 1
             try:
-                result = await self.bot(call, request_timeout=self._request_timeout(trust_left))
+                result = await self._call(call, trust_left, marker)
             except Exception as exc:
                 decision = answers.classify(exc)
                 if decision is None:

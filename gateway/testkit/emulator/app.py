@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,6 +32,16 @@ async def bot_call(emu: EmulatorCore, request: web.Request) -> web.Response:
     entry = lookup(name)
     canonical = entry[0] if entry else name
     emu.state.count_request(canonical)
+    params = await read_params(request) if entry is not None else {}
+    # Like Telegram, a call that arrived is carried out even if the client hangs up
+    # before the answer (a sender cancelled mid-request): shielded from the disconnect.
+    return await asyncio.shield(_answer(emu, canonical, entry, params))
+
+
+async def _answer(
+    emu: EmulatorCore, canonical: str, entry: Any, params: dict[str, Any]
+) -> web.Response:
+    faults = emu.faults
     delay = faults.delay_for(canonical)
     if delay > 0:
         await asyncio.sleep(delay)
@@ -43,7 +53,7 @@ async def bot_call(emu: EmulatorCore, request: web.Request) -> web.Response:
     if entry is None:
         return error_response(ApiError(404, "Not Found: method not found"))
     try:
-        result = await entry[1](emu, Params(await read_params(request)))
+        result = await entry[1](emu, Params(params))
     except ApiError as exc:
         return error_response(exc)
     if isinstance(result, Described):
