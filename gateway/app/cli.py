@@ -28,6 +28,7 @@ from gateway.app.running import (
     EXIT_UNAVAILABLE,
     run_async,
 )
+from gateway.core.contracts import Keys
 from gateway.core.errors import (
     ConfigError,
     GatewayError,
@@ -466,6 +467,50 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return layout_command(args)
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    """A tape from the streams (gateway/testkit/tapes/record.py); Ctrl-C ends --follow, 0."""
+    from gateway.runtime.streams import connect_with
+    from gateway.testkit.tapes import record as rec
+
+    rs, tg = load(RedisSettings), load(TelegramSettings, telegram_enabled=False)
+    since, until = _when(args.since, "--since"), _when(args.until, "--until")
+    sel = rec.Selection(since, until, chats=frozenset(args.chat), types=frozenset(args.type))
+    key, keys = load(rec.TapeSettings).tape_redact_key, Keys(rs.stream_prefix, rs.partitions)
+    req = rec.RecordRequest(args.out, sel, args.follow, not args.no_redact, args.redact_rules,
+                            args.limit)  # fmt: skip
+
+    async def go(stop: asyncio.Event | None = None) -> None:
+        redis = connect_with(rs)
+        try:
+            n, cut = await rec.record(redis, keys, req, bot_id=tg.bot_id, key=key, stop=stop,
+                                      bot_username=tg.telegram_bot_username)  # fmt: skip
+        finally:
+            await redis.aclose()
+        cut_note = f" (--limit {args.limit} reached: narrow the window)" if cut else ""
+        print(f"recorded {n} event(s) to {args.out}{cut_note}", file=sys.stderr)
+
+    if args.follow:
+        return run_async(go)
+    asyncio.run(bounded(go(), REDIS_BULK_TIMEOUT))
+    return 0
+
+
+def _when(text: str | None, flag: str) -> float | None:
+    from gateway.testkit.tapes.record import parse_when
+
+    try:
+        return None if text is None else parse_when(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare the answers of two tapes (gateway/testkit/tapes/diff.py): 0 / 1 / 2."""
+    from gateway.testkit.tapes.diff import run_diff
+
+    return run_diff(args.base, args.run, args.ignore, args.update)
+
+
 async def bounded(work: Awaitable[T], seconds: float = REDIS_COMMAND_TIMEOUT) -> T:
     """``work`` (a command's Redis session) within ``seconds``, else ``RedisUnavailable``."""
     try:
@@ -634,6 +679,37 @@ def build_parser() -> argparse.ArgumentParser:
     lay_reset = lay_sub.add_parser("reset", help="record this environment's layout instead")
     lay_reset.add_argument("--force", action="store_true", help="skip the stopped/drained checks")
     lay.set_defaults(func=cmd_layout)
+
+    rc = sub.add_parser(
+        "record",
+        help="write a tape of the streams: updates, sends, results (redacted by default)",
+        description="Reads REDIS_URL's streams (STREAM_PREFIX, PARTITIONS) into a JSON Lines "
+        "tape (gzip if it ends in .gz). Names, phones, e-mails and ids are redacted unless "
+        "--no-redact; TAPE_REDACT_KEY keeps pseudonyms stable across tapes.",
+    )
+    rc.add_argument("--out", required=True, metavar="TAPE")
+    rc.add_argument("--since", help="ISO time (UTC if no zone) or relative: 30s, 10m, 2h, 1d")
+    rc.add_argument("--until", help="ISO time or relative, as --since")
+    rc.add_argument("--chat", type=int, action="append", default=[], help="only this chat id")
+    rc.add_argument("--type", action="append", default=[], help="only this update type")
+    rc.add_argument("--follow", action="store_true", help="record live until Ctrl-C")
+    rc.add_argument("--no-redact", action="store_true", help="keep real names and ids")
+    rc.add_argument("--redact-rules", metavar="FILE", help="JSON redaction rules")
+    rc.add_argument("--limit", type=positive_int, default=100_000, help="most events")
+    rc.set_defaults(func=cmd_record)
+
+    df = sub.add_parser(
+        "diff",
+        help="compare the answers of two tapes: exit 0 same, 1 differ, 2 bad input",
+        description="Per chat and inbound message: missing, extra, changed replies and order; "
+        "latency p50/p95/p99 of each tape. Message ids, dates, file ids, reply ids ignored.",
+    )
+    df.add_argument("base", metavar="BASE")
+    df.add_argument("run", metavar="RUN")
+    df.add_argument("--ignore", action="append", default=[], metavar="FIELD",
+                    help="another payload field to ignore (repeatable)")  # fmt: skip
+    df.add_argument("--update", action="store_true", help="rewrite BASE with RUN")
+    df.set_defaults(func=cmd_diff)
 
     sb = sub.add_parser(
         "sandbox",

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.testkit.tapes.tape import Event, Tape, TapeError
+from gateway.testkit.tapes.tape import Event, Tape, TapeError, read_tape, write_tape
 
 DEFAULT_IGNORE = frozenset(
     {"message_id", "message_ids", "reply_to_message_id", "reply_parameters", "date",
@@ -249,3 +249,18 @@ def render(report: DiffReport, base_name: str, run_name: str) -> str:
         )
     lines.append(f"base: {base_name}  run: {run_name}")
     return "\n".join(lines)
+
+
+def run_diff(
+    base_path: str, run_path: str, ignore: Iterable[str] = (), update: bool = False
+) -> int:
+    """``tg-gateway diff``: print the report; 0 same (or BASE rewritten), 1 differ. A bad
+    tape raises ``TapeError`` (exit 2) before anything is printed or rewritten."""
+    base, run = read_tape(base_path), read_tape(run_path)
+    report = diff_tapes(base, run, ignore)
+    print(render(report, base_path, run_path))
+    if update and not report.same:
+        write_tape(base_path, run.header, run.events)
+        print(f"rewrote {base_path} with {run_path}'s events")
+        return 0
+    return 0 if report.same else 1
