@@ -504,6 +504,39 @@ def _when(text: str | None, flag: str) -> float | None:
         raise UsageError(f"{flag}: {exc}") from None
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Feed a tape into a gateway (gateway/testkit/tapes/replay.py); --dry-run sends nothing."""
+    from gateway.runtime.streams import connect_with
+    from gateway.testkit.tapes import replay as rp
+    from gateway.testkit.tapes.record import Selection
+    from gateway.testkit.tapes.tape import read_tape
+
+    rs, tg = load(RedisSettings), load(TelegramSettings, telegram_enabled=False)
+    tape = read_tape(args.tape, bot_id=tg.bot_id or None)
+    timing = rp.Timing(_speed(args.speed), args.max_gap, args.rate, args.fast, args.loop)
+    sel = Selection(_when(args.since, "--since"), _when(args.until, "--until"),
+                    frozenset(args.chat), frozenset(args.type))  # fmt: skip
+    if args.dry_run:
+        print(rp.render_plan(rp.plan(tape, timing, sel)))
+        return 0
+    rp.guard_bot_api(args.bot_api or tg.telegram_api_url, args.i_know_this_messages_real_people)
+    req = rp.ReplayRequest(tape, timing, sel, args.to, args.secret or tg.webhook_secret,
+                           args.capture, args.capture_timeout)  # fmt: skip
+    keys = Keys(rs.stream_prefix, rs.partitions)
+    work = rp.replay(req, bot_id=tape.header.bot_id, connect=lambda: connect_with(rs), keys=keys,
+                     dedupe_ttl=rs.dedupe_ttl_seconds)  # fmt: skip
+    return asyncio.run(work)
+
+
+def _speed(text: str) -> float:
+    from gateway.testkit.tapes.replay import parse_speed
+
+    try:
+        return parse_speed(text)
+    except ValueError as exc:
+        raise UsageError(f"--speed: {exc}") from None
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare the answers of two tapes (gateway/testkit/tapes/diff.py): 0 / 1 / 2."""
     from gateway.testkit.tapes.diff import run_diff
@@ -697,6 +730,34 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--redact-rules", metavar="FILE", help="JSON redaction rules")
     rc.add_argument("--limit", type=positive_int, default=100_000, help="most events")
     rc.set_defaults(func=cmd_record)
+
+    rp = sub.add_parser(
+        "replay",
+        help="feed a tape into a gateway: its webhook (--to) or its updates stream",
+        description="Replays a tape's updates with fresh update ids, one in flight per chat. "
+        "Refuses when the target's Bot API (--bot-api, else TELEGRAM_API_URL) is "
+        "api.telegram.org unless --i-know-this-messages-real-people.",
+    )
+    rp.add_argument("tape", metavar="TAPE")
+    target = rp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="URL", help="the gateway's webhook URL")
+    target.add_argument("--into-stream", action="store_true", help="XADD to REDIS_URL's streams")
+    target.add_argument("--dry-run", action="store_true", help="print the plan, send nothing")
+    rp.add_argument("--secret", help="webhook secret (default TELEGRAM_WEBHOOK_SECRET)")
+    rp.add_argument("--speed", default="1x", help="10x, 200%%, 0.5 (default 1x: original gaps)")
+    rp.add_argument("--max-gap", type=positive_float, metavar="SECONDS", help="cap on a gap")
+    rp.add_argument("--rate", type=positive_float, help="constant updates per second")
+    rp.add_argument("--fast", action="store_true", help="as fast as possible")
+    rp.add_argument("--loop", type=positive_int, default=1, metavar="N")
+    rp.add_argument("--since", help="only updates from then (ISO or relative)")
+    rp.add_argument("--until", help="only updates until then")
+    rp.add_argument("--chat", type=int, action="append", default=[], help="only this chat id")
+    rp.add_argument("--type", action="append", default=[], help="only this update type")
+    rp.add_argument("--capture", metavar="RUN", help="write the replies as a tape")
+    rp.add_argument("--capture-timeout", type=positive_float, default=30.0, metavar="SECONDS")
+    rp.add_argument("--bot-api", metavar="URL", help="the target sender's Bot API base URL")
+    rp.add_argument("--i-know-this-messages-real-people", action="store_true")
+    rp.set_defaults(func=cmd_replay)
 
     df = sub.add_parser(
         "diff",
