@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys
 from gateway.core.errors import GatewayError, UsageError
+from gateway.runtime.layout import check_layout
 from gateway.runtime.streams import UpdatePublisher
 from gateway.testkit.tapes.record import Selection, read_window
 from gateway.testkit.tapes.tape import Event, Header, Tape, write_tape
@@ -140,9 +141,12 @@ async def deliver(
                 await asyncio.sleep(delay)
             await send(s)
 
-    async with asyncio.TaskGroup() as group:
-        for queue in lanes.values():
-            group.create_task(lane(queue))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for queue in lanes.values():
+                group.create_task(lane(queue))
+    except BaseExceptionGroup as failed:  # the first lane's error, as the CLI maps it
+        raise failed.exceptions[0] from None
     return now() - start
 
 
@@ -259,6 +263,7 @@ async def replay(
                 took = await deliver(steps, webhook_sender(client, req.to, req.secret))
         else:
             assert redis is not None
+            await check_layout(redis, keys)  # this deployment's partitions, or refuse
             publisher = UpdatePublisher(redis, keys, dedupe_ttl, timeout=10.0)
             took = await deliver(steps, stream_sender(publisher, bot_id))
         print(f"replayed {len(steps)} update(s) in {took:.2f}s")
