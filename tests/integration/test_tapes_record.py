@@ -76,14 +76,15 @@ async def test_record_a_conversation(
 async def test_filters_and_no_redact(
     redis: aioredis.Redis, redis_url: str, emu: Emulator, tmp_path: Path
 ) -> None:
-    """--chat keeps one chat and its answers; --no-redact keeps the ids, says so."""
+    """--chat keeps one chat and its answers; --no-redact keeps the ids, says so; with no
+    TELEGRAM_BOT_TOKEN the header names the bot of the entries."""
     cfg = make_config(redis_url, emu.api_url)
     async with running(*all_roles(cfg)):
         await converse(emu, redis, cfg)
     path = tmp_path / "bob.jsonl"
     req = RecordRequest(str(path), Selection(chats=frozenset({BOB})), redact=False)
-    await record(redis, cfg.keys, req, bot_id=BOT_ID, bot_username=None, key=None)
-    tape = read_tape(path)
+    await record(redis, cfg.keys, req, bot_id=0, bot_username=None, key=None)
+    tape = read_tape(path, bot_id=BOT_ID)  # no token where it ran: the entries' bot
     assert {e["chat_id"] for e in tape.events} == {BOB} or {
         str(e["chat_id"]) for e in tape.events
     } == {str(BOB)}

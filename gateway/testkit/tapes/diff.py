@@ -46,9 +46,9 @@ def reply_view(send: Event, ignore: frozenset[str] = DEFAULT_IGNORE) -> dict[str
             keep = isinstance(value, str) and value.startswith(("http://", "https://"))
             attachments[name] = value if keep and "file_id" not in ignore else "<file>"
     return {
-        "method": send.get("method", ""),
-        "text": text if text is not None else caption,
-        "buttons": _strip(buttons, ignore),
+        "method": "" if "method" in ignore else send.get("method", ""),
+        "text": None if {"text", "caption"} & ignore else (text if text is not None else caption),
+        "buttons": None if "reply_markup" in ignore else _strip(buttons, ignore),
         "attachments": attachments,
         "other": _strip(payload, ignore),
     }

@@ -299,6 +299,9 @@ async def record(
 
     if not req.follow:
         events, cut = await read_window(redis, keys, sel, limit=req.limit)
+        if not bot_id:  # no TELEGRAM_BOT_TOKEN here: the bot the entries name
+            bot_id = next((e["bot_id"] for e in events if e.get("bot_id")), 0)
+            redactor = build_redactor(req, bot_id, key)
         if redactor:
             redactor.learn(events)
         span = (sel.since if sel.since is not None else (events[0]["at"] if events else None),
