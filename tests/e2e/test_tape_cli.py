@@ -78,3 +78,34 @@ async def _read_all(redis: aioredis.Redis) -> bool:
     info: Any = await redis.xinfo_groups(KEYS.results)
     ours = next(g for g in info if g["name"] in (RECORDER_GROUP, RECORDER_GROUP.encode()))
     return int(ours["pending"]) == 0 and ours["last-delivered-id"] not in (b"0-0", "0-0")
+
+
+async def test_record_a_window_then_diff_exits_0_then_1(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The batch path through the real CLI: two recordings (two generated keys, so other
+    pseudonyms) diff as the same; a tape with a changed reply makes diff exit 1."""
+    p = partition_for(CHAT, KEYS.partitions)
+    update = {"update_id": 9, "message": {"message_id": 1, "date": 1, "text": "hi",
+                                          "chat": {"id": CHAT, "type": "private"}}}  # fmt: skip
+    await redis.xadd(KEYS.updates(p), update_fields(bot_id=BOT_ID, update_id=9, chat_id=CHAT,
+                     source="webhook", raw_update=orjson.dumps(update)))  # fmt: skip
+    entry = OutboundEntry(bot_id=BOT_ID, chat_id=CHAT, payload={"text": "hello"}, update_id=9)
+    await redis.xadd(KEYS.outbound(p), entry.to_fields())  # type: ignore[arg-type]
+    env = {**env_without_gateway_vars(), "REDIS_URL": redis_url, "TELEGRAM_BOT_TOKEN": TOKEN}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], env=env, text=True,
+                              capture_output=True, timeout=60, check=False)  # fmt: skip
+
+    for name in ("a.jsonl", "b.jsonl"):
+        done = cli("record", "--out", str(tmp_path / name), "--since", "1h")
+        assert done.returncode == 0 and "recorded 2 event(s)" in done.stderr, done.stderr
+    same = cli("diff", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
+    assert same.returncode == 0, same.stdout
+    changed = (tmp_path / "b.jsonl").read_text().replace('"text":"hello"', '"text":"bye"')
+    (tmp_path / "c.jsonl").write_text(changed)
+    differ = cli("diff", str(tmp_path / "a.jsonl"), str(tmp_path / "c.jsonl"))
+    assert differ.returncode == 1 and "text 'hello' -> 'bye'" in differ.stdout
+    bad = cli("diff", str(tmp_path / "a.jsonl"), str(tmp_path / "absent.jsonl"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such tape" in bad.stderr
