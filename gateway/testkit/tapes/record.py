@@ -309,6 +309,7 @@ async def record(
         header = Header(bot_id, bot_username, source, span, redaction)
         return write_tape(req.out, header, [clean(e) for e in events]), cut
     start = "$" if sel.since is None else f"{int(sel.since * 1000)}-0"
+    await redis.ping()  # an unreachable Redis fails before the tape file exists
     header = Header(bot_id, bot_username, source, (sel.since or time.time(), None), redaction)
     with TapeWriter(req.out, header) as writer:
 
