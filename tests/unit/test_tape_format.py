@@ -102,3 +102,8 @@ def test_gzip_written_is_plain_gzip(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl.gz"
     write_tape(path, Header(bot_id=BOT), EVENTS)
     assert gzip.decompress(path.read_bytes()).count(b"\n") == 4
+
+
+def test_unwritable_path(tmp_path: Path) -> None:
+    with pytest.raises(TapeError, match="cannot write a tape here"):
+        write_tape(tmp_path / "no" / "such" / "dir.jsonl", Header(bot_id=BOT), EVENTS)

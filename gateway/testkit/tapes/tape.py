@@ -100,7 +100,10 @@ class TapeWriter:
 
     def __init__(self, path: str | os.PathLike[str], header: Header) -> None:
         self.path = Path(path)
-        self._out = _open_text(self.path, "w")
+        try:
+            self._out = _open_text(self.path, "w")
+        except OSError as exc:
+            raise TapeError(f"{self.path}: cannot write a tape here ({exc.strerror})") from None
         self._line(header.to_json())
         self.count = 0
 
