@@ -53,6 +53,7 @@ async def _until(stop: asyncio.Event, coro: Awaitable[None]) -> None:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from gateway.core.settings import ReferencePipelineSettings
     from gateway.testkit.reference import app as ref
+    from gateway.testkit.reference.policy import callback_allow_list
 
     rp = load(ReferencePipelineSettings)
     public_url = load(PipelineSettings).gateway_public_url
@@ -60,7 +61,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if args.callback_hosts is not None:
         hosts = [h.strip() for h in args.callback_hosts.split(",") if h.strip()]
     try:
-        ref.callback_allow_list(hosts, public_url)
+        callback_allow_list(hosts, public_url)
     except ValueError as exc:
         raise ConfigError(f"REFERENCE_CALLBACK_HOSTS: {exc}") from None
     options = {
