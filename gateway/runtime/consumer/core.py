@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.cluster import refresh_slots
 from gateway.runtime.consumer.base import (
     CLUSTER_BLOCK_MS,
     REDIS_RETRY_CAP,
@@ -52,7 +53,7 @@ from gateway.runtime.consumer.outcome import Handler, Item
 from gateway.runtime.consumer.reads import Reads
 from gateway.runtime.consumer.trim import Retention
 from gateway.runtime.leases import LeaseManager
-from gateway.runtime.redis_errors import is_transient, refresh_slots
+from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.relay import Relay
 from gateway.runtime.routing import partitions_of
 from gateway.runtime.streams import ensure_groups, is_cluster
