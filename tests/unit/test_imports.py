@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 from tests.helpers import FIXTURES
 
@@ -30,6 +31,14 @@ def test_ingress_never_loads_aiogram() -> None:
         "print('aiogram' in sys.modules)"
     )
     assert out == "False"
+
+
+@pytest.mark.parametrize("module", ["gateway.app.roles", "gateway.app.sandbox"])
+def test_the_roles_import_aiogram_lazily(module: str) -> None:
+    """What `tg-gateway worker|sender|run|sandbox` import first must still take the lazy
+    path: an aiogram import ahead of ``workers`` builds every model (2 s, 90 MB a process)."""
+    out = run(f"import {module}\nfrom workers.lazy_aiogram import lazy\nprint(lazy())")
+    assert out == "True"
 
 
 def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
