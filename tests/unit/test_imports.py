@@ -41,6 +41,12 @@ def test_the_roles_import_aiogram_lazily(module: str) -> None:
     assert out == "True"
 
 
+def test_worker_and_sender_do_not_load_the_web_server() -> None:
+    """uvicorn and the ingress app are for the ingress (and `run`), not every consumer."""
+    out = run("import sys, gateway.app.cli, gateway.app.roles\nprint('uvicorn' in sys.modules)")
+    assert out == "False"
+
+
 def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
     """The lazy import must give the same working models as aiogram's eager one."""
     out = run(
