@@ -196,6 +196,23 @@ class IngressApp:
         else:
             await _json(send, 404, {"ok": False, "error": "not found"})
 
+    async def _read_json_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The body of a request that must be JSON, or None once the client has its answer:
+        415 (not ``application/json``), 413 (too large), 408 (not in time); none to a
+        client that went away."""
+        if not _is_json(dict(scope["headers"])):
+            await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
+            return None
+        try:
+            return await self._read_body(scope, receive)
+        except BodyTooLarge:
+            await _json(send, 413, {"ok": False, "error": "body too large"})
+        except BodyTimeout:
+            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
+        except ConnectionResetError:
+            pass
+        return None
+
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body within ``body_timeout`` (``BodyTimeout``) and ``max_body_bytes``
         (``BodyTooLarge``): a client sending a byte now and then holds nothing for long."""
@@ -237,18 +254,8 @@ class IngressApp:
         if not hmac.compare_digest(given, expected.encode()):
             await _json(send, 401, {"ok": False, "error": "bad or missing secret token"})
             return
-        if not _is_json(headers):
-            await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
-            return
-        try:
-            body = await self._read_body(scope, receive)
-        except BodyTooLarge:
-            await _json(send, 413, {"ok": False, "error": "body too large"})
-            return
-        except BodyTimeout:
-            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
-            return
-        except ConnectionResetError:
+        body = await self._read_json_body(scope, receive, send)
+        if body is None:
             return
         try:
             update_id, chat_id = parse_update(body)
@@ -280,19 +287,8 @@ class IngressApp:
         except DeliveryTokenError as exc:
             await _json(send, 403, {"ok": False, "error": f"invalid delivery token: {exc}"})
             return
-        headers = dict(scope["headers"])
-        if not _is_json(headers):
-            await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
-            return
-        try:
-            body = await self._read_body(scope, receive)
-        except BodyTooLarge:
-            await _json(send, 413, {"ok": False, "error": "body too large"})
-            return
-        except BodyTimeout:
-            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
-            return
-        except ConnectionResetError:
+        body = await self._read_json_body(scope, receive, send)
+        if body is None:
             return
         try:
             data = orjson.loads(body)

@@ -16,7 +16,7 @@
 - Fencing: a process trusts its lease only until ``renewed_at + 0.8 * ttl`` on its own
   monotonic clock, which ends before Redis expires it. A process frozen (GC pause,
   SIGSTOP) past that stops starting entries of the partition, and its acknowledgements
-  and their effects are refused by Redis (``consumer.FINISH_LUA``) once someone else
+  and their effects are refused by Redis (``scripts.FINISH``) once someone else
   holds the lease.
 """
 

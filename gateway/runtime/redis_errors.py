@@ -20,14 +20,10 @@ instead of being retried forever:
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from types import TracebackType
-from typing import Any
 
 import redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
     ClusterError,
@@ -108,36 +104,3 @@ def as_connection_error(exc: BaseException) -> BaseException:
         error.__cause__ = exc
         return error
     return exc
-
-
-REFRESH_EVERY = 0.5
-"""Seconds between two slot-map reloads of one cluster client after node failures: each
-reload marks every connection of every node for reconnection (redis-py 8.1)."""
-
-
-async def refresh_slots(redis: Any) -> None:
-    """On a cluster client: reload the slot map now (CLUSTER SLOTS), so the next command
-    sent to an explicit node (``target_nodes``, which redis-py never retries or re-routes
-    on a node failure) goes to the slot's current primary; and put the primaries that do
-    not answer last, because redis-py's ``RedisCluster.initialize`` (run after any node
-    failure) asks its first primary for COMMAND and fails as a whole while that one is
-    down. Failing here is not an error: the next call tries again."""
-    if not isinstance(redis, RedisCluster):
-        return
-    if time.monotonic() - getattr(redis, "_refreshed_at", 0.0) < REFRESH_EVERY:
-        return  # the client reloaded it a moment ago (``streams.GatewayCluster``)
-    redis._refreshed_at = time.monotonic()  # type: ignore[attr-defined]
-    manager = redis.nodes_manager
-    try:
-        await manager.initialize()
-        primaries = redis.get_primaries()
-        answers = await asyncio.gather(
-            *(node.execute_command("PING") for node in primaries), return_exceptions=True
-        )
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        return
-    for node, answer in zip(primaries, answers, strict=True):
-        if isinstance(answer, BaseException):
-            manager.move_node_to_end_of_cached_nodes(node.name)

@@ -1,7 +1,7 @@
 """The relay: a finish's entries for a stream on another Redis Cluster node, kept in the
 partition's own slot while that node does not answer, moved there once it does.
 
-A finish script (``consumer.FINISH_LUA``) can only write keys of its partition's slot;
+A finish script (``scripts.FINISH``) can only write keys of its partition's slot;
 ``results`` and ``dead`` are elsewhere. Those entries are XADDed first, directly, bounded
 by ``DIRECT_TIMEOUT``. When that fails transiently (or the stream is known to be away,
 see ``direct_ok``), they go into the partition's relay stream (``Keys.relay``) instead,

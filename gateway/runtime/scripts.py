@@ -4,8 +4,7 @@ One way to register: a ``Script`` is its own registration (its sha1 is of its so
 It is called either coalesced, ``sha = calls.script(S.source)`` and then
 ``("EVALSHA", sha, ...)`` in ``Coalescer.run`` (which reloads the cache after a
 NOSCRIPT), or alone, ``await S.run(redis, keys, args)`` (EVALSHA, and on NOSCRIPT one
-SCRIPT LOAD and a retry: what redis-py's ``register_script`` did). Not here yet:
-``FINISH_LUA`` (``gateway/runtime/consumer.py``, moving with the consumer's split).
+SCRIPT LOAD and a retry: what redis-py's ``register_script`` did).
 
 Every key of one call shares a hash tag, so a script runs on one cluster node.
 """
@@ -167,6 +166,56 @@ return 0
 """,
 )
 
+# --- the consumer's fenced finish --------------------------------------------------------
+
+FINISH = Script(
+    name="finish",
+    keys=(
+        "the entry's stream",
+        "its partition's lease",
+        "a marker key",
+        "the partition's relay",
+        "... one stream per entry to publish",
+    ),
+    argv=(
+        "group",
+        "lease owner ('' when not fenced)",
+        "entry id",
+        "marker ttl ('0': no marker)",
+        "how many of the entries go to the relay",
+        "the relay's cap",
+        "... for each entry to publish: its field count, then its fields and values",
+    ),
+    returns="1: the entry's effects and its XACK written, or (lease lost: -1; relay "
+    "full: -2) nothing at all. An entry no longer pending (a retry whose earlier try ran "
+    "but lost its reply) is 0 and writes nothing again: a finish's effects in its "
+    "partition's slot land once. All keys share the partition's hash tag; on a cluster, "
+    "effects elsewhere are written first, or put in the partition's relay when their node "
+    "does not answer (``gateway/runtime/relay.py``, ``gateway.runtime.consumer.finish``)",
+    source="""
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
+  return 0
+end
+local relayed = tonumber(ARGV[5])
+if relayed > 0 and redis.call('XLEN', KEYS[4]) + relayed > tonumber(ARGV[6]) then
+  return -2
+end
+local at = 7
+for k = 5, #KEYS do
+  local n = tonumber(ARGV[at])
+  redis.call('XADD', KEYS[k], '*', unpack(ARGV, at + 1, at + n))
+  at = at + n + 1
+end
+if ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+end
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+""",
+)
+
 # --- the sender's rate limits -------------------------------------------------------------
 
 GCRA = Script(
@@ -252,6 +301,7 @@ SCRIPTS = (
     HEARTBEAT,
     RENEW_LEASE,
     RELEASE_LEASE,
+    FINISH,
     GCRA,
     FENCE,
 )

@@ -2,7 +2,7 @@
 
 redis-py's cluster client re-initializes itself on the next command after any node's
 connection error, and that fails for every command (closing every node's connections)
-while the node it picks first is the one that is down. ``gateway.runtime.redis_errors.
+while the node it picks first is the one that is down. ``gateway.runtime.cluster.
 refresh_slots`` puts the primaries that do not answer last. The degraded paths (the
 limiter's probes, the relay, the cache keys) call it through a ``SlotRefresher`` each:
 one refresh at a time, at most every ``EVERY`` seconds, bounded by ``TIMEOUT``.
@@ -15,7 +15,8 @@ import logging
 import time
 from typing import Any
 
-from gateway.runtime.redis_errors import is_transient, refresh_slots
+from gateway.runtime.cluster import refresh_slots
+from gateway.runtime.redis_errors import is_transient
 
 log = logging.getLogger(__name__)
 

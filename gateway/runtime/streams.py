@@ -1,12 +1,13 @@
-"""Redis adapters: connect, create groups, publish updates (coalesced), outbound, dead letters."""
+"""Redis adapters: connect, create groups, publish updates (coalesced) and outbound entries.
+
+The cluster client is ``gateway.runtime.cluster``; dead letters ``gateway.runtime.dlq``;
+retention ``gateway.runtime.retention``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -24,20 +25,15 @@ from gateway.core.contracts import (
     PARK_CAP,
     Keys,
     OutboundEntry,
-    Reason,
-    Stage,
-    dead_fields,
     partition_for,
     update_fields,
 )
 from gateway.core.errors import RedisUnavailable
 from gateway.core.settings import RedisSettings
 from gateway.runtime.batching import Coalescer
-from gateway.runtime.redis_errors import REFRESH_EVERY
+from gateway.runtime.cluster import GatewayCluster
 from gateway.runtime.routing import outbound_stream
 from gateway.runtime.scripts import PARK_UPDATES, PUBLISH_UPDATE, PUBLISH_UPDATES
-
-log = logging.getLogger(__name__)
 
 Fields = Mapping[Any, Any]
 """An updates entry's fields (``update_fields``; bytes keys when read back from Redis)."""
@@ -46,94 +42,6 @@ Fields = Mapping[Any, Any]
 def fields_arg(fields: Mapping[str, str | bytes]) -> dict[Any, Any]:
     """Entry fields in the shape redis-py's (invariant) ``xadd`` annotation accepts."""
     return dict(fields)
-
-
-_in_command: contextvars.ContextVar[bool] = contextvars.ContextVar("_in_command", default=False)
-
-
-class GatewayCluster(RedisCluster):
-    """redis-py's cluster client, except that one node in trouble stays its own problem.
-
-    redis-py 8.1 does three things that turn one node's outage into every node's:
-
-    - A CLUSTERDOWN (or an uncovered slot) from one node calls ``aclose()``, which cuts
-      the commands in flight on the healthy nodes (a node rejoining after a restart
-      answers CLUSTERDOWN for a while). Here that only asks for a fresh slot map before
-      the next command; ``aclose()`` from outside still closes the client.
-    - After any connection error it reloads the slot map and then the command table
-      (``COMMAND``) from its default node, the first primary it knows, which may be the
-      node that is down. That fails the reload as a whole, closes every node's
-      connections (again cutting the healthy nodes' commands in flight) and fails the
-      command that asked, on whichever node it was meant for; the next command tries
-      the same. The command table does not change with the topology: here it is loaded
-      once, and a reload that fails closes nothing. The keys of XREAD and XREADGROUP
-      (movable keys, which redis-py asks that same node for with ``COMMAND GETKEYS``,
-      once per call) are read off the arguments here.
-    - Every failed command asks for a reload, and each reload marks every connection of
-      every node for reconnection. While a node is down, its partitions' retries would
-      keep the whole client reconnecting. Here a reload runs at most every
-      ``REFRESH_EVERY`` seconds; a failover is still seen within that.
-    """
-
-    _refreshed_at = 0.0
-
-    async def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _in_command.set(True)
-        try:
-            return await super()._execute_command(target_node, *args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError):
-            if time.monotonic() - self._refreshed_at < REFRESH_EVERY:
-                self._initialize = False  # reloaded a moment ago: the map is fresh enough
-            raise
-        finally:
-            _in_command.reset(token)
-
-    async def _determine_slot(self, command: str, *args: Any) -> int:
-        if command.upper() in ("XREAD", "XREADGROUP"):
-            keys = _stream_keys(args[3:] if command.upper() == "XREADGROUP" else args)
-            slots = {self.keyslot(key) for key in keys}
-            if len(slots) == 1:
-                return slots.pop()
-        return await super()._determine_slot(command, *args)
-
-    async def initialize(
-        self,
-        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
-        last_failed_node_name: str | None = None,
-    ) -> GatewayCluster:
-        if not self.commands_parser.commands:  # the first start: redis-py's own
-            await super().initialize(additional_startup_nodes_info, last_failed_node_name)
-            self._refreshed_at = time.monotonic()
-            return self
-        if self._initialize:
-            if not self._lock:
-                self._lock = asyncio.Lock()
-            async with self._lock:
-                if self._initialize:
-                    self._refreshed_at = time.monotonic()
-                    await self.nodes_manager.initialize(
-                        additional_startup_nodes_info=additional_startup_nodes_info,
-                        last_failed_node_name=last_failed_node_name,
-                    )
-                    self._initialize = False
-        return self
-
-    async def aclose(self) -> None:
-        if _in_command.get():
-            self._initialize = True
-            return
-        await super().aclose()
-
-
-def _stream_keys(args: Sequence[Any]) -> list[Any]:
-    """The stream names in an XREAD's arguments (after the command name; an XREADGROUP's
-    after ``GROUP group consumer``): the first half of what follows ``STREAMS``."""
-    for i, arg in enumerate(args):
-        word = arg.decode() if isinstance(arg, bytes) else str(arg)
-        if word.upper() == "STREAMS":
-            rest = list(args[i + 1 :])
-            return rest[: len(rest) // 2]
-    return []
 
 
 def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:
@@ -462,107 +370,3 @@ async def publish_outbound(
     except (RedisError, OSError) as exc:
         raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
     return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-
-async def dead_letter_and_ack(
-    redis: aioredis.Redis,
-    keys: Keys,
-    *,
-    group: str,
-    stage: Stage,
-    reason: Reason,
-    stream: str,
-    entry_id: str,
-    entry: dict[str, str],
-    attempts: int,
-    error: str,
-) -> None:
-    """Move an entry to the dead-letter stream and acknowledge it, in one MULTI.
-
-    On a Redis Cluster the dead stream and the entry's partition are different slots: the
-    XADD goes first, then the XACK, so a crash in between leaves the entry pending and it
-    is dead-lettered again (a duplicate dead letter, never a lost one)."""
-    dead = fields_arg(
-        dead_fields(
-            stage=stage,
-            reason=reason,
-            stream=stream,
-            entry_id=entry_id,
-            entry=entry,
-            attempts=attempts,
-            error=error,
-        )
-    )
-    if is_cluster(redis):
-        await redis.xadd(keys.dead, dead)
-        await redis.xack(stream, group, entry_id)
-    else:
-        pipe = redis.pipeline(transaction=True)
-        pipe.xadd(keys.dead, dead)
-        pipe.xack(stream, group, entry_id)
-        await pipe.execute()
-    log.warning(
-        "dead-lettered %s %s from %s: %s (%s)",
-        stage.value,
-        entry_id,
-        stream,
-        reason.value,
-        error[:200],
-    )
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-async def safe_trim_id(redis: aioredis.Redis, stream: str, retention_s: float) -> str | None:
-    """The MINID below which every entry is older than ``retention_s`` **and** delivered to
-    and acknowledged by every consumer group of ``stream``; None if nothing may go.
-
-    Unread entries (after a group's last-delivered id) and pending ones (in a group's PEL)
-    are never below it, so trimming to it never loses work (MAXLEN ~ can).
-    """
-    now_ms = int(time.time() * 1000)
-    bound = (now_ms - int(retention_s * 1000), 0)
-    try:
-        groups: Any = await redis.xinfo_groups(stream)
-    except ResponseError:  # no such stream
-        return None
-    for group in groups:
-        name = group["name"]
-        last = _id_tuple(group["last-delivered-id"])
-        bound = min(bound, (last[0], last[1] + 1))  # everything after it is unread
-        if int(group["pending"]):
-            summary: Any = await redis.xpending(stream, name)
-            oldest = summary.get("min")
-            if oldest:
-                bound = min(bound, _id_tuple(oldest))
-    if bound <= (0, 0):
-        return None
-    return f"{bound[0]}-{bound[1]}"
-
-
-async def trim_stream(
-    redis: aioredis.Redis,
-    stream: str,
-    retention_s: float,
-    *,
-    groups: bool = True,
-    approximate: bool = True,
-) -> int:
-    """Trim what retention allows (approximate MINID: whole nodes only, never past the id).
-
-    With ``groups`` the bound also respects every consumer group (see ``safe_trim_id``);
-    without (results stream) it is by age alone. Returns entries removed.
-    """
-    if retention_s <= 0:
-        return 0
-    if groups:
-        minid = await safe_trim_id(redis, stream, retention_s)
-    else:
-        minid = f"{int((time.time() - retention_s) * 1000)}-0"
-    if minid is None:
-        return 0
-    return int(await redis.xtrim(stream, minid=minid, approximate=approximate))

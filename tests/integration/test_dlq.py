@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.core.contracts import GROUP_WORKERS, Keys, Reason, Stage
-from gateway.runtime.streams import dead_letter_and_ack, ensure_groups
+from gateway.runtime.dlq import dead_letter_and_ack
+from gateway.runtime.streams import ensure_groups
 from tests.helpers import env_without_gateway_vars
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys
-from gateway.runtime.streams import safe_trim_id, trim_stream
+from gateway.runtime.retention import safe_trim_id, trim_stream
 
 pytestmark = pytest.mark.integration
 

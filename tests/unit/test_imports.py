@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 from tests.helpers import FIXTURES
 
@@ -29,6 +30,20 @@ def test_ingress_never_loads_aiogram() -> None:
         "import gateway.ingress.poller\n"
         "print('aiogram' in sys.modules)"
     )
+    assert out == "False"
+
+
+@pytest.mark.parametrize("module", ["gateway.app.roles", "gateway.app.sandbox"])
+def test_the_roles_import_aiogram_lazily(module: str) -> None:
+    """What `tg-gateway worker|sender|run|sandbox` import first must still take the lazy
+    path: an aiogram import ahead of ``workers`` builds every model (2 s, 90 MB a process)."""
+    out = run(f"import {module}\nfrom workers.lazy_aiogram import lazy\nprint(lazy())")
+    assert out == "True"
+
+
+def test_worker_and_sender_do_not_load_the_web_server() -> None:
+    """uvicorn and the ingress app are for the ingress (and `run`), not every consumer."""
+    out = run("import sys, gateway.app.cli, gateway.app.roles\nprint('uvicorn' in sys.modules)")
     assert out == "False"
 
 

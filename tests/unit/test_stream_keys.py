@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from gateway.runtime.streams import GatewayCluster, _stream_keys
+from gateway.runtime.cluster import GatewayCluster, _stream_keys
 
 
 def test_xread_streams_are_the_first_half_after_streams() -> None:

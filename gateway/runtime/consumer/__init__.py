@@ -8,7 +8,8 @@ in one sitting (``StreamConsumer`` in ``core`` composes them):
 - ``base``: ``ConsumerConfig``, the state the parts share, the lease predicates;
 - ``reads``: reads, claims, recovery of the entries a lost read delivered;
 - ``lanes``: per-chat lanes, dispatch, capacity, take-over and hand-back;
-- ``finish``: ``FINISH_LUA``, the fenced finish (with the relay on a cluster), dead letters;
+- ``finish``: the fenced finish, ``scripts.FINISH`` (with the relay on a cluster), dead
+  letters; ``FINISH_LUA``, the script's source;
 - ``trim``: retention;
 - ``core``: ``StreamConsumer`` (run, the read loop, group bootstrap), ``run_until_stopped``.
 """

@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.cluster import refresh_slots
 from gateway.runtime.consumer.base import (
     CLUSTER_BLOCK_MS,
     REDIS_RETRY_CAP,
@@ -46,15 +47,15 @@ from gateway.runtime.consumer.base import (
     consumer_name,
     is_nogroup,
 )
-from gateway.runtime.consumer.finish import FINISH_LUA
 from gateway.runtime.consumer.lanes import Lanes
 from gateway.runtime.consumer.outcome import Handler, Item
 from gateway.runtime.consumer.reads import Reads
 from gateway.runtime.consumer.trim import Retention
 from gateway.runtime.leases import LeaseManager
-from gateway.runtime.redis_errors import is_transient, refresh_slots
+from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.relay import Relay
 from gateway.runtime.routing import partitions_of
+from gateway.runtime.scripts import FINISH
 from gateway.runtime.streams import ensure_groups, is_cluster
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class StreamConsumer(Lanes, Reads, Retention):
         self._partition_of = partitions_of(config.streams)
         self._cluster = is_cluster(redis)
         self._calls = calls or Coalescer(redis)  # shared with the handler: fewer pipelines
-        self._finish_sha = self._calls.script(FINISH_LUA)
+        self._finish_sha = self._calls.script(FINISH.source)
         self._leases_stop = asyncio.Event()
         self._relay_stop = asyncio.Event()
         self.leases: LeaseManager | None = None

@@ -1,4 +1,4 @@
-"""The fenced finish: ``FINISH_LUA`` writes an entry's effects and acks it, all or none
+"""The fenced finish: ``scripts.FINISH`` writes an entry's effects and acks it, all or none
 (on a cluster, effects elsewhere first or through the partition's relay); dead letters."""
 
 from __future__ import annotations
@@ -15,41 +15,13 @@ from gateway.runtime.consumer.base import REDIS_RETRY_CAP, ConsumerState
 from gateway.runtime.consumer.outcome import Ack, Dead, Publish, RelayFullError, Status
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.relay import relay_fields
+from gateway.runtime.scripts import FINISH
 
 log = logging.getLogger(__name__)
 
-FINISH_LUA = """
--- KEYS[1] the entry's stream, KEYS[2] its partition's lease, KEYS[3] a marker key,
--- KEYS[4] the partition's relay, KEYS[5..] one stream per entry to publish. ARGV[1] group,
--- ARGV[2] lease owner ('' when not fenced), ARGV[3] entry id, ARGV[4] marker ttl ('0': no
--- marker), ARGV[5] how many of the entries go to the relay, ARGV[6] the relay's cap,
--- ARGV[7..] for each entry to publish: its field count, then its fields and values.
-if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
-  return -1
-end
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
-  return 0
-end
-local relayed = tonumber(ARGV[5])
-if relayed > 0 and redis.call('XLEN', KEYS[4]) + relayed > tonumber(ARGV[6]) then
-  return -2
-end
-local at = 7
-for k = 5, #KEYS do
-  local n = tonumber(ARGV[at])
-  redis.call('XADD', KEYS[k], '*', unpack(ARGV, at + 1, at + n))
-  at = at + n + 1
-end
-if ARGV[4] ~= '0' then
-  redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
-end
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-"""
-"""Finish an entry: its effects and its XACK, or (lease lost: -1; relay full: -2) nothing at
-all. An entry no longer pending (a retry whose earlier try ran but lost its reply) is 0
-and writes nothing again: a finish's effects in its partition's slot land once. All keys
-share the partition's hash tag; on a cluster, effects elsewhere are written first, or put
-in the partition's relay when their node does not answer (``gateway/runtime/relay.py``)."""
+FINISH_LUA = FINISH.source
+"""``gateway.runtime.scripts.FINISH``'s source (its KEYS, ARGV and replies are documented
+there), by the name the consumer's tests load it with."""
 
 LEASE_LOST = -1
 RELAY_FULL = -2
@@ -115,7 +87,7 @@ class Finishing(ConsumerState):
     async def _finish_once(
         self, stream: str, entry_id: str, outcome: Ack, written: set[int]
     ) -> int:
-        """One FINISH_LUA call (coalesced with other lanes'); -1 if the lease was lost.
+        """One ``FINISH`` call (coalesced with other lanes'); -1 if the lease was lost.
         ``written``: indexes of ``outcome.publishes`` already written elsewhere (by an
         earlier try of this finish, whose script then failed), updated here."""
         cfg = self.config

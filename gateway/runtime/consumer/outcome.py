@@ -34,7 +34,7 @@ class Marker:
 
 
 Effect = Publish | Marker
-"""What a handler asks the runtime to write for it; ``FINISH_LUA`` writes an outcome's
+"""What a handler asks the runtime to write for it; ``scripts.FINISH`` writes an outcome's
 effects with the entry's XACK, fenced by the partition's lease: all of them or none."""
 
 

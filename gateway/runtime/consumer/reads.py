@@ -8,9 +8,10 @@ import logging
 from typing import Any
 
 from gateway.runtime.batching import pooled_connection
+from gateway.runtime.cluster import refresh_slots
 from gateway.runtime.consumer.base import CLUSTER_BLOCK_MS, RECOVER_PAGE, ConsumerState
 from gateway.runtime.consumer.outcome import Item
-from gateway.runtime.redis_errors import is_transient, refresh_slots
+from gateway.runtime.redis_errors import is_transient
 
 log = logging.getLogger(__name__)
 

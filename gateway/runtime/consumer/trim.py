@@ -7,7 +7,7 @@ import logging
 
 from gateway.runtime.consumer.base import TRIM_TIMEOUT, ConsumerState, is_nogroup
 from gateway.runtime.redis_errors import is_transient
-from gateway.runtime.streams import trim_stream
+from gateway.runtime.retention import trim_stream
 
 log = logging.getLogger(__name__)
 
