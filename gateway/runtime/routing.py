@@ -1,6 +1,7 @@
 """Where an entry goes: the one mapping from a chat to its partition's stream, and from a
 role's streams to their partitions. Every publisher of outbound entries (the finish of a
-worker, a worker's ``now=True`` send, ``publish_outbound``) and every consumer asks here."""
+worker, a worker's ``now=True`` send, ``publish_outbound``) and every consumer asks here;
+the sender also for the sent markers of an entry's parts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from gateway.core.contracts import Keys, OutboundEntry, partition_for
 def outbound_stream(keys: Keys, entry: OutboundEntry) -> str:
     """The outbound stream of ``entry``'s chat (its partition: crc32 of the chat id)."""
     return keys.outbound(partition_for(entry.chat_id, keys.partitions))
+
+
+def sent_marker(keys: Keys, entry: OutboundEntry, part: int) -> str:
+    """The sent marker of ``entry``'s part ``part``: in its outbound stream's slot, so the
+    sender's last check (``FENCE``) reads it with the partition's lease in one script."""
+    return keys.sent(partition_for(entry.chat_id, keys.partitions), f"{entry.reply_id}#{part}")
 
 
 def partitions_of(streams: Sequence[str]) -> dict[str, int]:

@@ -4,8 +4,7 @@ One way to register: a ``Script`` is its own registration (its sha1 is of its so
 It is called either coalesced, ``sha = calls.script(S.source)`` and then
 ``("EVALSHA", sha, ...)`` in ``Coalescer.run`` (which reloads the cache after a
 NOSCRIPT), or alone, ``await S.run(redis, keys, args)`` (EVALSHA, and on NOSCRIPT one
-SCRIPT LOAD and a retry: what redis-py's ``register_script`` did). Not here yet:
-``FENCE_LUA`` (``workers/sender/handler.py``, with the sender's effects).
+SCRIPT LOAD and a retry: what redis-py's ``register_script`` did).
 
 Every key of one call shares a hash tag, so a script runs on one cluster node.
 """
@@ -277,6 +276,23 @@ return {0, 0}
 """,
 )
 
+# --- the sender's last check before a request leaves for Telegram ----------------------
+
+FENCE = Script(
+    name="sender_fence",
+    keys=("the partition's lease", "the part's sent marker (both carry the partition's tag)"),
+    argv=("lease owner ('' without leases: the lease is not read)",),
+    returns="{-1}: the lease is not ours; {0, the marker's value}: the part was sent "
+    "(another owner, an earlier try); {1}: go. Run by ``workers.sender.sending`` right "
+    "before the Bot API call, which no script can contain",
+    source="""
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local done = redis.call('GET', KEYS[2])
+if done then return {0, done} end
+return {1}
+""",
+)
+
 SCRIPTS = (
     PUBLISH_UPDATE,
     PUBLISH_UPDATES,
@@ -287,4 +303,5 @@ SCRIPTS = (
     RELEASE_LEASE,
     FINISH,
     GCRA,
+    FENCE,
 )

@@ -17,6 +17,8 @@ from gateway.runtime.consumer import (
     Ack,
     ConsumerConfig,
     Dead,
+    Fence,
+    Item,
     Marker,
     Outcome,
     Publish,
@@ -75,9 +77,9 @@ async def test_per_chat_order_with_chats_in_parallel(redis: aioredis.Redis) -> N
     active = 0
     peak = 0
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         nonlocal active, peak
-        chat, seq = seq_of(fields)
+        chat, seq = seq_of(item.fields)
         active += 1
         peak = max(peak, active)
         await asyncio.sleep(random.uniform(0, 0.01))
@@ -102,9 +104,9 @@ async def test_effects_are_written_with_the_ack(redis: aioredis.Redis) -> None:
     script (SCRIPT FLUSH: a restart, a failover)."""
     handled = 0
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         nonlocal handled
-        chat, seq = seq_of(fields)
+        chat, seq = seq_of(item.fields)
         await asyncio.sleep(random.uniform(0, 0.005))
         handled += 1
         if handled == 60:
@@ -145,8 +147,8 @@ async def consume_through_cut(redis_url: str, marker: bytes, count: int) -> tupl
     the sequence numbers in the order they were handled, and how many replies were cut."""
     seen: list[int] = []
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        seen.append(seq_of(fields)[1])
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        seen.append(seq_of(item.fields)[1])
         return Ack()
 
     proxy = RedisProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
@@ -197,8 +199,8 @@ async def test_a_slow_chat_does_not_hold_up_the_others(redis: aioredis.Redis) ->
     release = asyncio.Event()
     done: list[int] = []
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        chat, _ = seq_of(fields)
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        chat, _ = seq_of(item.fields)
         if chat == 0:
             await release.wait()
         done.append(chat)
@@ -221,12 +223,12 @@ async def test_a_slow_chat_does_not_hold_up_the_others(redis: aioredis.Redis) ->
 async def test_failed_entry_is_retried_then_dead_lettered(redis: aioredis.Redis) -> None:
     attempts: dict[str, list[int]] = defaultdict(list)  # ids repeat across streams
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        attempts[f"{stream}/{eid}"].append(n)
-        chat, _ = seq_of(fields)
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        attempts[f"{item.stream}/{item.entry_id}"].append(item.deliveries)
+        chat, _ = seq_of(item.fields)
         if chat == 7:
             raise RuntimeError("poison")
-        if len(attempts[f"{stream}/{eid}"]) == 1 and chat == 3:
+        if len(attempts[f"{item.stream}/{item.entry_id}"]) == 1 and chat == 3:
             raise RuntimeError("transient")
         return Ack()
 
@@ -258,10 +260,10 @@ async def test_retry_outcome_waits_in_place_without_using_a_delivery(
     calls: list[tuple[int, int]] = []  # (seq, delivery count) per call, chat 1
     retries = 5  # more than max_deliveries (3): a retry must not count
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         nonlocal retries
-        _, seq = seq_of(fields)
-        calls.append((seq, n))
+        _, seq = seq_of(item.fields)
+        calls.append((seq, item.deliveries))
         if seq == 0 and retries:
             retries -= 1
             return Retry(0.02, "not yet")
@@ -277,7 +279,7 @@ async def test_retry_outcome_waits_in_place_without_using_a_delivery(
 
 
 async def test_dead_outcome_is_dead_lettered_and_acked(redis: aioredis.Redis) -> None:
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         return Dead(Reason.PIPELINE_REJECTED, "422 nope")
 
     await add(redis, 1, 0)
@@ -293,8 +295,8 @@ async def test_entries_of_a_dead_consumer_are_claimed(redis: aioredis.Redis) -> 
     await redis.xreadgroup(GROUP, "dead-consumer", {KEYS.updates(1): ">"}, count=10)
     got: list[tuple[int, int]] = []
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        got.append((seq_of(fields)[1], n))
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        got.append((seq_of(item.fields)[1], item.deliveries))
         return Ack()
 
     c = consumer(redis, handler, claim_idle_ms=200)
@@ -307,13 +309,13 @@ async def test_waiting_entries_are_not_stolen_by_another_consumer(redis: aioredi
     release = asyncio.Event()
     runs: list[str] = []
 
-    async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        runs.append(f"a{seq_of(fields)[1]}")
+    async def slow(item: Item, fence: Fence) -> Outcome:
+        runs.append(f"a{seq_of(item.fields)[1]}")
         await release.wait()
         return Ack()
 
-    async def other(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        runs.append(f"b{seq_of(fields)[1]}")
+    async def other(item: Item, fence: Fence) -> Outcome:
+        runs.append(f"b{seq_of(item.fields)[1]}")
         return Ack()
 
     await add(redis, 1, 0)
@@ -336,8 +338,8 @@ async def test_stop_hands_back_unstarted_entries(redis: aioredis.Redis) -> None:
     release = asyncio.Event()
     started: list[int] = []
 
-    async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        started.append(seq_of(fields)[1])
+    async def slow(item: Item, fence: Fence) -> Outcome:
+        started.append(seq_of(item.fields)[1])
         await release.wait()
         return Ack()
 
@@ -352,8 +354,8 @@ async def test_stop_hands_back_unstarted_entries(redis: aioredis.Redis) -> None:
     assert started == [0]  # stopped after the entry in progress
     got: list[int] = []
 
-    async def fast(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        got.append(seq_of(fields)[1])
+    async def fast(item: Item, fence: Fence) -> Outcome:
+        got.append(seq_of(item.fields)[1])
         return Ack()
 
     # handed back with idle = claim_idle_ms: another consumer takes them at once
@@ -365,8 +367,8 @@ async def test_survives_a_redis_restart_and_recreates_groups(own_redis: RedisPro
     redis = connect(own_redis.url)
     got: list[int] = []
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        got.append(seq_of(fields)[1])
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        got.append(seq_of(item.fields)[1])
         return Ack()
 
     c = consumer(redis, handler)
@@ -404,9 +406,9 @@ async def test_a_finish_whose_reply_is_lost_publishes_its_entries_once(
     out = "t:out:{0}"
     handled: list[int] = []
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        handled.append(seq_of(fields)[1])
-        return Ack((Publish(out, {"seq": fields[b"seq"]}),))
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        handled.append(seq_of(item.fields)[1])
+        return Ack((Publish(out, {"seq": item.fields[b"seq"]}),))
 
     proxy = RedisProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     await proxy.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,12 +13,14 @@ from gateway.core.contracts import Keys, Stage
 from gateway.runtime.consumer import (
     Ack,
     ConsumerConfig,
+    Fence,
+    Handler,
+    Item,
     LeaseLost,
     Marker,
     Outcome,
     Publish,
     StreamConsumer,
-    lease_valid,
 )
 from gateway.runtime.leases import assign
 from gateway.runtime.streams import ensure_groups
@@ -30,8 +31,6 @@ pytestmark = pytest.mark.integration
 P = 8
 KEYS = Keys("lz", P)
 TTL_MS = 1500
-
-Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
 
 
 def test_assign_is_even_and_the_same_everywhere() -> None:
@@ -62,7 +61,7 @@ def owned(consumers: list[StreamConsumer]) -> dict[str, int]:
     return {c.name: len(c.leases.reading()) for c in consumers if c.leases is not None}
 
 
-async def ack(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+async def ack(item: Item, fence: Fence) -> Outcome:
     return Ack()
 
 
@@ -91,13 +90,13 @@ async def test_order_per_chat_while_processes_join_and_leave(redis: aioredis.Red
     active: dict[int, int] = defaultdict(int)
     overlaps = 0
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         nonlocal overlaps
-        chat = int(fields[b"chat_id"])
+        chat = int(item.fields[b"chat_id"])
         active[chat] += 1
         overlaps += active[chat] > 1
         await asyncio.sleep(random.uniform(0, 0.004))
-        seen[chat].append(int(fields[b"seq"]))
+        seen[chat].append(int(item.fields[b"seq"]))
         active[chat] -= 1
         return Ack()
 
@@ -151,14 +150,14 @@ async def test_a_frozen_owner_is_fenced_off(
             )
         )
 
-    async def slow(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        log.append(("a", int(fields[b"seq"])))
+    async def slow(item: Item, fence: Fence) -> Outcome:
+        log.append(("a", int(item.fields[b"seq"])))
         await release.wait()
-        return effects("a", fields)
+        return effects("a", item.fields)
 
-    async def fast(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        log.append(("b", int(fields[b"seq"])))
-        return effects("b", fields)
+    async def fast(item: Item, fence: Fence) -> Outcome:
+        log.append(("b", int(item.fields[b"seq"])))
+        return effects("b", item.fields)
 
     for seq in range(3):
         await redis.xadd(KEYS.updates(0), {"chat_id": "0", "seq": str(seq)})
@@ -203,13 +202,13 @@ async def test_a_backlog_does_not_hold_a_partition_that_moves(redis: aioredis.Re
     overlaps = 0
 
     def handler(name: str) -> Handler:
-        async def handle(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+        async def handle(item: Item, fence: Fence) -> Outcome:
             nonlocal overlaps
-            chat = int(fields[b"chat_id"])
+            chat = int(item.fields[b"chat_id"])
             active[chat] += 1
             overlaps += active[chat] > 1
             await asyncio.sleep(0.05)  # 60 entries per chat: a 3 s backlog per lane
-            seen[chat].append(int(fields[b"seq"]))
+            seen[chat].append(int(item.fields[b"seq"]))
             by[name] += 1
             active[chat] -= 1
             return Ack()
@@ -253,13 +252,13 @@ async def test_a_lapsed_lease_that_comes_back_keeps_the_chat_in_order(
     lapsed: set[int] = set()
     stream = KEYS.updates(0)
 
-    async def handler(s: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        seq = int(fields[b"seq"])
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        seq = int(item.fields[b"seq"])
         assert a.leases is not None
         if seq in (1, 4) and seq not in lapsed:
             lapsed.add(seq)
             a.leases.valid_until[0] = 0.0  # the next tick renews it (still our lease)
-            if seq == 4 and not lease_valid.get()():
+            if seq == 4 and not fence.valid():
                 raise LeaseLost  # what the worker does before its pipeline POST
         seen.append(seq)
         if seq == 2:

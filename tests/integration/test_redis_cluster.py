@@ -20,7 +20,15 @@ from redis.exceptions import RedisError
 
 from gateway.core.contracts import Keys, Reason, Stage, partition_for
 from gateway.runtime import dlq
-from gateway.runtime.consumer import Ack, ConsumerConfig, Dead, Outcome, StreamConsumer
+from gateway.runtime.consumer import (
+    Ack,
+    ConsumerConfig,
+    Dead,
+    Fence,
+    Item,
+    Outcome,
+    StreamConsumer,
+)
 from gateway.runtime.streams import UpdatePublisher, connect, ensure_groups, is_cluster
 from tests.helpers import (
     BOT_ID,
@@ -115,9 +123,9 @@ async def test_consumers_keep_order_and_dead_letter_on_a_cluster(
     seen: dict[int, list[int]] = defaultdict(list)
     poison_seen = 0
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         nonlocal poison_seen
-        chat, seq = int(fields[b"chat_id"]), int(fields[b"seq"])
+        chat, seq = int(item.fields[b"chat_id"]), int(item.fields[b"seq"])
         if chat == 7 and seq == 3 and poison_seen == 0:
             poison_seen += 1
             return Dead(Reason.PIPELINE_REJECTED, "422 from the pipeline")
@@ -228,9 +236,9 @@ async def test_a_worker_outlives_a_node_restart(
     handled: list[tuple[str, str]] = []
     seqs: set[int] = set()
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        handled.append((stream, eid))
-        seqs.add(int(fields[b"seq"]))
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        handled.append((item.stream, item.entry_id))
+        seqs.add(int(item.fields[b"seq"]))
         return Ack()
 
     cfg = ConsumerConfig(
@@ -339,8 +347,8 @@ async def test_one_node_down_leaves_the_other_partitions_reading(
 
     handled: set[int] = set()
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        handled.add(int(fields[b"seq"]))
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        handled.add(int(item.fields[b"seq"]))
         return Ack()
 
     cfg = ConsumerConfig(

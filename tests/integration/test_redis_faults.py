@@ -20,7 +20,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.core.contracts import Keys, Stage
-from gateway.runtime.consumer import Ack, ConsumerConfig, Outcome, StreamConsumer
+from gateway.runtime.consumer import Ack, ConsumerConfig, Fence, Item, Outcome, StreamConsumer
 from gateway.runtime.streams import connect, ensure_groups
 from tests.helpers import RedisProxy, wait_for
 
@@ -94,8 +94,8 @@ async def test_transient_replies_are_retried(
     await fill(redis)
     handled: list[tuple[str, str]] = []
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
-        handled.append((stream, eid))
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        handled.append((item.stream, item.entry_id))
         return Ack()
 
     async with proxied(redis_url) as (proxy, client):
@@ -128,7 +128,7 @@ async def test_permanent_replies_surface(
     """A refusal that no retry can cure is not retried forever: it stops the consumer."""
     await fill(redis)
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         return Ack()
 
     async with proxied(redis_url) as (proxy, client):
@@ -178,9 +178,9 @@ async def test_a_connection_closed_under_a_command_is_retried(
     handled: list[tuple[str, str]] = []
     release = asyncio.Event()
 
-    async def handler(stream: str, eid: str, fields: dict[bytes, bytes], n: int) -> Outcome:
+    async def handler(item: Item, fence: Fence) -> Outcome:
         await release.wait()  # entries wait in their lanes: _keep_held_fresh XCLAIMs them
-        handled.append((stream, eid))
+        handled.append((item.stream, item.entry_id))
         return Ack()
 
     client = connect(redis_url)

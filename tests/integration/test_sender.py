@@ -10,9 +10,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.app.roles import make_bot, serve_sender
-from gateway.core.contracts import GROUP_SENDERS, OutboundEntry, Stage, partition_for
+from gateway.core.contracts import GROUP_SENDERS, OutboundEntry, Reason, Stage, partition_for
 from gateway.core.errors import TelegramFatal
-from gateway.runtime.consumer import ConsumerConfig, StreamConsumer
+from gateway.runtime.consumer import (
+    Ack,
+    ConsumerConfig,
+    Dead,
+    Fence,
+    Item,
+    LeaseLost,
+    Marker,
+    Publish,
+    StreamConsumer,
+)
 from gateway.runtime.streams import ensure_groups, publish_outbound
 from gateway.testkit.emulator import Emulator
 from gateway.testkit.emulator.limits import EmulatorLimits
@@ -27,6 +37,7 @@ from tests.helpers import (
     wait_for,
 )
 from workers.sender.handler import Sender
+from workers.sender.marks import BLOCKED_TTL
 from workers.sender.ratelimit import Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
@@ -527,3 +538,55 @@ async def test_a_send_cut_short_by_the_end_of_the_grace_is_marked_not_sent_again
     async with running(lambda stop: serve_sender(cfg, stop)):
         await wait_for(lambda: _count(redis, cfg, 1), message="its result")
     assert [m["text"] for m in emu.messages(CHAT)] == ["cut short"]
+
+
+# --- the handler as a plain function: an entry and a hand-built Fence in, an outcome out --
+
+
+def outbound_item(cfg: Any, e: OutboundEntry) -> Item:
+    stream = cfg.keys.outbound(partition_for(e.chat_id, cfg.keys.partitions))
+    return Item(stream, "1-0", {k.encode(): v.encode() for k, v in e.to_fields().items()}, 1)
+
+
+async def test_the_sender_handler_is_a_plain_function_of_an_entry_and_its_fence(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """No consumer: a send comes back as its result for the finish to write; a 403 as
+    the dead letter's result and the chat's blocked mark, left unwritten by the handler;
+    a fence whose owner does not hold the lease lets nothing out."""
+    emu.faults.forbid_chat(OTHER)
+    cfg = make_config(redis_url, emu.api_url)
+    keys = cfg.keys
+    sender = Sender(
+        redis,
+        keys,
+        make_bot(cfg.telegram),
+        RateLimiter(redis, keys, BOT_ID, Limits(chat_per_second=100.0)),
+        backoff_max=0.5,
+        token=cfg.telegram.token,
+        name="by-hand",
+    )
+    try:
+        hi = outbound_item(cfg, entry(text="hi"))
+        sent = await sender(hi, Fence.unfenced(hi.stream))
+        assert isinstance(sent, Ack) and sent.marker is None
+        [result] = sent.publishes
+        assert result.stream == keys.results and result.fields["ok"] == "1"
+
+        no = outbound_item(cfg, entry(chat=OTHER, text="no"))
+        refused = await sender(no, Fence.unfenced(no.stream))
+        assert isinstance(refused, Dead) and refused.reason is Reason.BOT_BLOCKED
+        [failed] = [e for e in refused.effects if isinstance(e, Publish)]
+        assert failed.stream == keys.results and failed.fields["ok"] == "0"
+        mark = Marker(keys.blocked_chat(BOT_ID, OTHER), BLOCKED_TTL, cache=True)
+        assert [e for e in refused.effects if isinstance(e, Marker)] == [mark]
+        assert await redis.exists(mark.key) == 0  # the finish writes it, with the ack
+
+        stale = outbound_item(cfg, entry(text="stale"))
+        lease = keys.lease("sender", partition_for(CHAT, keys.partitions))
+        theirs = Fence(lease, "sender-b", lambda: 10.0, lambda: True, lambda: True)
+        with pytest.raises(LeaseLost):
+            await sender(stale, theirs)
+        assert [m["text"] for m in emu.messages(CHAT)] == ["hi"]
+    finally:
+        await sender.bot.session.close()

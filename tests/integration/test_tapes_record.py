@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-import gateway.app.roles
+import gateway.testkit.reference.rules
 from gateway.app.cli import main
 from gateway.testkit.emulator import Emulator
 from gateway.testkit.reference.rules import reply_body
@@ -115,7 +115,8 @@ async def test_a_changed_reply_is_named_by_diff(
                     body["content"] = "Please call support."
                 return body
 
-            monkeypatch.setattr(gateway.app.roles, "reply_body", changed)
+            # gateway.app.roles.make_pipeline imports it when it builds the embedded pipeline
+            monkeypatch.setattr(gateway.testkit.reference.rules, "reply_body", changed)
         async with running(*all_roles(cfg)):
             await converse(emu, redis, cfg)
         await record_to(tmp_path / f"{run}.jsonl", redis, cfg)

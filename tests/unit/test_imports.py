@@ -53,7 +53,7 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
         "import glob, json, workers\n"
         "from workers.lazy_aiogram import lazy\n"
         "from aiogram.types import Update, Message\n"
-        "from workers.sender.handler import METHODS\n"
+        "from workers.sender.parts import METHODS\n"
         f"files = sorted(glob.glob('{FIXTURES}/updates/*.json'))\n"
         "kinds = []\n"
         "for f in files:\n"

@@ -205,7 +205,7 @@ def test_catalog_labels_are_low_cardinality() -> None:
 def test_dead_letter_reasons_and_methods_are_the_codes_the_gateway_uses() -> None:
     """The catalog's reason/stage/method values are the contract's enums, not a copy that drifts."""
     from gateway.core import contracts
-    from workers.sender.handler import METHODS
+    from workers.sender.parts import METHODS
 
     metrics = catalog()
     dead = metrics["tg_gateway_dead_letters_total"]["labels"]

@@ -17,6 +17,7 @@ from gateway.core.contracts import (
     UpdateEntry,
 )
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.consumer import Fence
 from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.pipeline import Pipeline
@@ -78,6 +79,7 @@ class WorkerContext:
     services: WorkerServices
     entry: UpdateEntry
     chat_id: int
+    fence: Fence  # the partition's lease check: ``forward`` asks it before each POST
     already_handed: bool = False  # the pipeline took this update before (a redelivery, a copy)
     handed: bool = False  # the pipeline took it now: the marker is set with the ack
     outbox: list[OutboundEntry] = field(default_factory=list)

@@ -28,7 +28,16 @@ from gateway.core.errors import (
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.core.tokens import Route, sign_route
 from gateway.runtime.batching import Command
-from gateway.runtime.consumer import Ack, Dead, LeaseLost, Marker, Outcome, Publish, lease_valid
+from gateway.runtime.consumer import (
+    Ack,
+    Dead,
+    Fence,
+    Item,
+    LeaseLost,
+    Marker,
+    Outcome,
+    Publish,
+)
 from gateway.runtime.routing import partitions_of
 from workers.worker.adapter import PipelineMessage, adapt
 from workers.worker.commands import commands_router
@@ -135,7 +144,7 @@ async def forward(gw: WorkerContext) -> Outcome:
     try:
         while True:
             await s.breaker.ready()
-            if not lease_valid.get()():
+            if not gw.fence.valid():
                 raise LeaseLost  # another worker owns this chat's partition now
             try:
                 body = await s.pipeline.submit(message, callback_url, key)
@@ -304,11 +313,9 @@ class UpdateHandler:
         keys = services.keys
         self._partition = partitions_of(keys.all_updates())
 
-    async def __call__(
-        self, stream: str, entry_id: str, fields: dict[bytes, bytes], deliveries: int
-    ) -> Outcome:
+    async def __call__(self, item: Item, fence: Fence) -> Outcome:
         try:
-            entry = UpdateEntry.from_fields(fields)
+            entry = UpdateEntry.from_fields(item.fields)
         except EnvelopeError as exc:
             return Dead(Reason.INVALID_ENTRY, str(exc))
         update: Update | None = None
@@ -321,7 +328,7 @@ class UpdateHandler:
         s = self.services
         chat_id = entry.chat_id if entry.chat_id is not None else 0
         handed = s.keys.handed(
-            self._partition.get(stream, 0), idempotency_key(s.options.bot_id, entry.update_id)
+            self._partition.get(item.stream, 0), idempotency_key(s.options.bot_id, entry.update_id)
         )
         commands: list[Command] = [("EXISTS", handed)]
         blocking = blocking_command(s.keys, s.options.bot_id, entry.update, chat_id)
@@ -334,6 +341,7 @@ class UpdateHandler:
             services=s,
             entry=entry,
             chat_id=chat_id,
+            fence=fence,
             already_handed=bool(replies[0]),
         )
         if update is None:

@@ -38,8 +38,6 @@ from gateway.runtime.consumer.outcome import (
     Publish,
     RelayFullError,
     Retry,
-    fence,
-    lease_valid,
 )
 
 __all__ = [
@@ -66,7 +64,5 @@ __all__ = [
     "Retry",
     "StreamConsumer",
     "consumer_name",
-    "fence",
-    "lease_valid",
     "run_until_stopped",
 ]

@@ -135,14 +135,16 @@ class ConsumerState:
         return self.leases is None or self.leases.valid(self._partition_of[stream])
 
     def _fence(self, stream: str) -> Fence:
+        """The lease check the handler of one of ``stream``'s entries is given."""
         if self.leases is None:
-            return Fence(stream, "", lambda: float("inf"), lambda: True)
+            return Fence.unfenced(stream)
         p, leases = self._partition_of[stream], self.leases
         return Fence(
             self.keys.lease(self.config.role, p),
             self.name,
             lambda: leases.trust_left(p),
             lambda: leases.startable(p),
+            lambda: leases.valid(p),
         )
 
     async def _sleep(self, seconds: float) -> None:

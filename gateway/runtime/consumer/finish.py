@@ -44,6 +44,10 @@ class Finishing(ConsumerState):
             except Exception as exc:
                 if not (is_transient(exc) or isinstance(exc, RelayFullError)):
                     raise  # refused for good: counted as a failed delivery (_handle_one)
+                if outcome.marker is not None and outcome.marker.cache:
+                    # A cache never holds the entry: the next try goes without it.
+                    kept = tuple(e for e in outcome.effects if e is not outcome.marker)
+                    outcome = Ack(kept)
                 if self.stopping:
                     return Status.RETRY  # handed back; the next run redoes the entry
                 if self.leases is not None and not self._holds(stream):

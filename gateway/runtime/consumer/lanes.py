@@ -22,8 +22,6 @@ from gateway.runtime.consumer.outcome import (
     LeaseLost,
     Retry,
     Status,
-    fence,
-    lease_valid,
 )
 from gateway.runtime.redis_errors import is_transient
 
@@ -160,10 +158,8 @@ class Lanes(Finishing):
                     f"delivered {deliveries} times without success",
                 ),
             )
-        lease_valid.set(lambda: self._lease_valid(stream))
-        fence.set(self._fence(stream))
         try:
-            outcome = await self.handler(stream, entry_id, fields, deliveries)
+            outcome = await self.handler(item, self._fence(stream))
         except LeaseLost:
             log.warning(
                 "%s: partition of %s moved mid-entry; left to its owner", cfg.role, entry_id

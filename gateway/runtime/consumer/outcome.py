@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,10 +23,14 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Marker:
-    """Effect: set ``key`` to ``1`` for ``ttl`` seconds, in the finish that acks the entry."""
+    """Effect: set ``key`` to ``1`` for ``ttl`` seconds, in the finish that acks the entry.
+
+    ``cache``: the marker only saves work later (the sender's blocked-chat mark), so it
+    never holds the entry: a finish that fails with it is tried again without it."""
 
     key: str
     ttl: int
+    cache: bool = False
 
 
 Effect = Publish | Marker
@@ -84,12 +87,6 @@ class Retry:
 
 Outcome = Ack | Dead | Retry
 
-lease_valid: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
-    "lease_valid", default=lambda: True
-)
-"""Set for each handler call: may it still act on its partition? Handlers check it right
-before an unfenced side effect (a pipeline POST) and raise ``LeaseLost`` if not."""
-
 
 class LeaseLost(GatewayError):
     """The partition moved while its entry was being handled: stop, do not acknowledge."""
@@ -101,9 +98,10 @@ class RelayFullError(GatewayError):
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """What a handler needs to fence an effect that no finish script can cover (the
-    sender's Bot API call): the partition's lease key and owner, checked in Redis right
-    before the effect, and this process's local trust in that lease."""
+    """The lease check, given to the handler with each entry: what it needs to fence an
+    effect that no finish script can cover (the worker's pipeline POST, the sender's Bot
+    API call). ``valid()`` is the local check; the sender also checks in Redis, right
+    before its request, that ``lease_key`` still holds ``owner``."""
 
     lease_key: str
     owner: str  # '' when the role runs without partition leases: nothing to check
@@ -111,10 +109,15 @@ class Fence:
     """Seconds this process still trusts its lease (monotonic; ``inf`` without leases)."""
     startable: Callable[[], bool]
     """May new work of the partition start (trusted and not being released)?"""
+    valid: Callable[[], bool]
+    """Is this process still the partition's trusted owner? Checked right before an
+    unfenced side effect; a handler raises ``LeaseLost`` if not."""
 
-
-fence: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("fence", default=None)
-"""Set for each handler call, beside ``lease_valid``."""
+    @classmethod
+    def unfenced(cls, stream: str) -> Fence:
+        """The fence of a role without partition leases (and of a handler called by hand):
+        always valid; ``stream`` stands in for the lease key (same hash tag)."""
+        return cls(stream, "", lambda: float("inf"), lambda: True, lambda: True)
 
 
 class Status(Enum):
@@ -135,5 +138,6 @@ class Item:
     """Deliveries so far, this one included (XPENDING's count, or 1 for a new read)."""
 
 
-Handler = Callable[[str, str, dict[bytes, bytes], int], Awaitable[Outcome]]
-"""(stream, entry id, fields, delivery count) → outcome; raising leaves the entry pending."""
+Handler = Callable[[Item, Fence], Awaitable[Outcome]]
+"""(the entry, its partition's lease check) → outcome; raising leaves the entry pending
+(``LeaseLost``: left to the partition's next owner)."""

@@ -1,0 +1,98 @@
+"""What one outbound entry becomes: its Bot API calls in order (pure), and the state of
+one such call across its tries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiogram.methods import (
+    AnswerCallbackQuery,
+    SendChatAction,
+    SendDocument,
+    SendMessage,
+    SendPhoto,
+    TelegramMethod,
+)
+
+from gateway.core.contracts import OutboundEntry
+from gateway.telegram import answers
+from workers.sender.split import CAPTION_LIMIT, TEXT_LIMIT, split_text
+
+METHODS: dict[str, type[TelegramMethod[Any]]] = {
+    "sendMessage": SendMessage,
+    "sendPhoto": SendPhoto,
+    "sendDocument": SendDocument,
+    "sendChatAction": SendChatAction,
+    "answerCallbackQuery": AnswerCallbackQuery,
+}
+COUNTED = frozenset({"sendMessage", "sendPhoto", "sendDocument"})  # count toward limits
+PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
+
+
+def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
+    """The Bot API calls for one entry, in order: long texts and captions split (pure)."""
+    payload = dict(entry.payload)
+    parse_mode = payload.get("parse_mode")
+    if entry.method == "sendMessage":
+        text = payload.get("text")
+        if not isinstance(text, str):
+            return [(entry.method, payload)]
+        chunks = split_text(text, TEXT_LIMIT, parse_mode) or [text]
+        parts = []
+        for i, chunk in enumerate(chunks):
+            part = {**payload, "text": chunk}
+            if i > 0:
+                part.pop("reply_parameters", None)
+                part.pop("reply_markup", None)
+            if i < len(chunks) - 1:
+                part.pop("reply_markup", None)  # buttons go on the last part
+            parts.append(("sendMessage", part))
+        return parts
+    if entry.method in ("sendPhoto", "sendDocument"):
+        caption = payload.get("caption")
+        if isinstance(caption, str):
+            chunks = split_text(caption, CAPTION_LIMIT, parse_mode)
+            if len(chunks) > 1:
+                first = {**payload, "caption": chunks[0]}
+                rest = split_text(caption[len(chunks[0]) :].strip(), TEXT_LIMIT, parse_mode)
+                extra = {"parse_mode": parse_mode} if parse_mode else {}
+                return [(entry.method, first)] + [
+                    ("sendMessage", {"text": c, **extra}) for c in rest
+                ]
+    return [(entry.method, payload)]
+
+
+class Part:
+    """One part's sending state across its tries (``PartSender.send``)."""
+
+    __slots__ = ("attempts", "chat_id", "counts", "failures", "migrated", "payload", "plain")
+
+    def __init__(self, chat_id: int | str, payload: dict[str, Any], *, counts: bool) -> None:
+        self.chat_id = chat_id  # the new id once the group migrated
+        self.payload = payload  # without parse_mode once Telegram could not parse it
+        self.counts = counts  # counts toward the limits (not best effort)
+        self.attempts = 0  # calls made
+        self.failures = 0  # 5xx/network only: 429 waits and resends use no budget
+        self.migrated = False
+        self.plain = False
+
+    def outcome(
+        self,
+        *,
+        message_id: int | None = None,
+        dead: answers.Dead | None = None,
+        already: bytes | None = None,
+    ) -> PartOutcome:
+        return PartOutcome(self.attempts, self.chat_id, message_id, dead, already)
+
+
+@dataclass(frozen=True, slots=True)
+class PartOutcome:
+    """How one part ended: sent (its message id), found sent already, or failed."""
+
+    attempts: int
+    chat_id: int | str  # where it went (the new id of a migrated group)
+    message_id: int | None = None
+    dead: answers.Dead | None = None  # why it cannot be sent (reason, code, description)
+    already: bytes | None = None  # the part's sent marker, found at the last check

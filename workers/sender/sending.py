@@ -1,0 +1,245 @@
+"""Sending one part to Telegram: the budget, the last check before the request (the
+lease and the part's marker, ``FENCE``), the Bot API call, and what each failed answer
+means (decided by ``gateway.telegram.answers``, one table for every Bot API client)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, cast
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiogram import Bot
+from pydantic import ValidationError
+
+from gateway.core.backoff import backoff
+from gateway.core.contracts import Keys, OutboundEntry, Reason
+from gateway.core.logs import redact
+from gateway.runtime.consumer import Fence, LeaseLost
+from gateway.runtime.scripts import FENCE
+from gateway.telegram import answers
+from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
+from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
+from workers.sender.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+CUT_WAIT = 5.0  # seconds a cancelled lane waits for its request in flight (``_call``)
+BEST_EFFORT_ATTEMPTS = 3  # 5xx/network tries of a typing indicator or a button's answer
+
+
+class PartSender:
+    """Sends one part: the one loop that waits, resends and retries it.
+
+    Nothing leaves for Telegram unless, right before the request, this process still
+    trusts its lease on the entry's partition and Redis confirms in one script call that
+    the lease is ours and the part has no sent marker (``FENCE``); the request must then
+    reach the socket before that trust ends (``_request_timeout``).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        bot: Bot,
+        limiter: RateLimiter,
+        marks: Marks,
+        *,
+        max_attempts: int,
+        backoff_max: float,
+        default_ttl: float,
+        token: str,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.bot = bot
+        self.limiter = limiter
+        self.marks = marks
+        self.max_attempts = max_attempts  # 0: retry 5xx/network errors until the deadline
+        self.backoff_max = backoff_max
+        self.default_ttl = default_ttl  # the retry deadline of an entry that has none
+        self._token = token
+        self.flood_waits = 0
+        self.fenced = 0  # sends not made because the lease was gone at the last moment
+
+    async def send(
+        self,
+        entry: OutboundEntry,
+        method: str,
+        payload: dict[str, Any],
+        chat_id: int | str,
+        marker: str,
+        fence: Fence,
+    ) -> PartOutcome:
+        """Send one part; each failed call is decided by the answers table and applied by
+        ``_answered``. Raises ``LeaseLost`` (not sent: left to the partition's owner)."""
+        part = Part(chat_id, payload, counts=method in COUNTED)
+        while True:
+            remaining = None if entry.deadline is None else entry.deadline - time.time()
+            if part.counts and remaining is not None and remaining <= 0:
+                return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, "deadline passed"))
+            try:
+                async with asyncio.timeout(remaining if part.counts else None):
+                    await self.limiter.acquire(part.chat_id, counts=part.counts)
+            except TimeoutError:
+                why = "deadline passed waiting for budget"
+                return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
+            try:
+                call = (
+                    METHODS[method](chat_id=part.chat_id, **part.payload)
+                    if method != ("answerCallbackQuery")
+                    else METHODS[method](**part.payload)
+                )
+            except (ValidationError, TypeError) as exc:
+                part.attempts += 1
+                why = redact(str(exc)[:300])
+                return part.outcome(dead=answers.Dead(Reason.UNSUPPORTED, None, why))
+            try:
+                trust_left, already = await self._gate(marker, fence)
+            except LeaseLost:
+                self.fenced += 1
+                log.warning(
+                    "lease of %s lost before sending to chat %s: not sent, left to its owner",
+                    marker.split(":", 3)[2],
+                    part.chat_id,
+                )
+                raise
+            if already is not None:
+                return part.outcome(already=already)
+            part.attempts += 1
+            try:
+                result = await self._call(call, trust_left, marker)
+            except Exception as exc:
+                decision = answers.classify(exc)
+                if decision is None:
+                    raise  # not a Bot API answer (a bug, Redis): the consumer's business
+                dead = await self._answered(entry, part, decision, exc, fence)
+                if dead is not None:
+                    return part.outcome(dead=dead)
+                continue
+            mid = getattr(result, "message_id", None)
+            return part.outcome(message_id=mid if isinstance(mid, int) else None)
+
+    async def _gate(self, marker: str, fence: Fence) -> tuple[float | None, bytes | None]:
+        """The last check before a request: (seconds the request has to reach the socket,
+        None) to go, (…, the marker's value) if the part was sent meanwhile; raises
+        ``LeaseLost`` if the lease is gone or no longer trusted.
+
+        Local trust first (a process paused past its lease must not even ask), then one
+        script on the partition's keys (they share its hash tag, so it runs on a Redis
+        Cluster too): "the lease is mine and the part has no sent marker"."""
+        if fence.trust_left() <= 0:
+            raise LeaseLost
+        verdict, *value = await FENCE.run(self.redis, [fence.lease_key, marker], [fence.owner])
+        if int(verdict) < 0:
+            raise LeaseLost
+        if int(verdict) == 0:
+            return None, bytes(value[0]) if value else b"1"
+        if not fence.owner:
+            return None, None
+        left = fence.trust_left()  # the script's round trip came out of it
+        if left <= 0:
+            raise LeaseLost
+        return left, None
+
+    async def _call(self, call: Any, trust_left: float | None, marker: str) -> Any:
+        """The request to Telegram. A cancel that arrives while it is in flight (the end
+        of a shutdown's grace) waits for its answer, at most ``CUT_WAIT`` seconds, and a
+        success gets its sent marker before the cancel goes on: Telegram may already have
+        delivered it, and without the marker the partition's next owner (or this
+        process's next run) would send it again."""
+        request = asyncio.ensure_future(
+            self.bot(call, request_timeout=self._request_timeout(trust_left))
+        )
+        try:
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CUT_WAIT):
+                    result = await request
+                    mid = getattr(result, "message_id", None)
+                    value = str(mid) if isinstance(mid, int) else "1"
+                    await self.redis.set(marker, value, ex=SENT_TTL)
+            request.cancel()
+            raise
+
+    def _request_timeout(self, trust_left: float | None) -> int | None:
+        """The call's timeouts: the usual total, and at most ``trust_left`` to get a
+        connection (from the pool or a new one), after which the request is written at
+        once; a request that could only start after the trust ended is never written.
+
+        (aiohttp takes a ``ClientTimeout`` where aiogram's annotation says ``int``.)"""
+        if trust_left is None:
+            return None
+        total = float(self.bot.session.timeout)
+        bounded = aiohttp.ClientTimeout(total=total, connect=min(total, trust_left))
+        return cast(int, bounded)
+
+    async def _answered(
+        self,
+        entry: OutboundEntry,
+        part: Part,
+        decision: answers.Decision,
+        exc: Exception,
+        fence: Fence,
+    ) -> answers.Dead | None:
+        """Apply the table's decision on a failed call: the part's dead letter, or None
+        once it may be sent again (after a wait, a resend's change, a backoff); raises
+        ``TelegramFatal`` (401) or ``LeaseLost``. A 403's blocked-chat mark is not written
+        here: it is a ``Marker`` of the entry's outcome (``Sender``)."""
+        if isinstance(decision, answers.Fatal):
+            raise answers.fatal(decision, exc) from None
+        if isinstance(decision, answers.Dead):
+            return decision
+        if isinstance(decision, answers.Wait):  # spends no attempt of the budget
+            self.flood_waits += 1
+            is_global = await self.limiter.flood(part.chat_id, decision.seconds)
+            log.warning(
+                "429 for chat %s: %s waits %ss",
+                part.chat_id,
+                "the whole bot" if is_global else "this chat",
+                decision.seconds,
+            )
+            return None
+        if isinstance(decision, answers.Resend):
+            if decision.chat_id is not None and not part.migrated:
+                part.migrated = True
+                log.info("chat %s migrated to %s", part.chat_id, decision.chat_id)
+                # Unfenced on purpose (docs/reliability.md): a fact Telegram stated,
+                # true whoever holds the lease, and best effort like the blocked mark.
+                migrated_key = self.keys.migrated(entry.bot_id, part.chat_id)
+                new_id = str(decision.chat_id)
+                await self.marks.cached(
+                    "migration", self.redis.set, migrated_key, new_id, ex=MIGRATION_TTL
+                )
+                part.chat_id = decision.chat_id
+                return None
+            if decision.plain and "parse_mode" in part.payload and not part.plain:
+                part.plain = True
+                part.payload = {k: v for k, v in part.payload.items() if k != "parse_mode"}
+                return None
+            return decision.otherwise
+        # Retry: 5xx/network errors are retried until the entry's deadline (its lane
+        # waits, so the chat's later replies stay behind it); best-effort calls give up
+        # sooner.
+        detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
+        part.failures += 1
+        if self.max_attempts and part.failures >= self.max_attempts:
+            return answers.Dead(Reason.RETRIES_EXHAUSTED, None, detail)
+        if not part.counts and part.failures >= BEST_EFFORT_ATTEMPTS:
+            return answers.Dead(Reason.RETRIES_EXHAUSTED, None, detail)
+        delay = backoff(part.failures, base=0.5, cap=self.backoff_max)
+        retry_until = (
+            entry.deadline if entry.deadline is not None else entry.enqueued_at + self.default_ttl
+        )
+        if time.time() + delay > retry_until:
+            why = f"deadline passed while retrying: {detail}"
+            return answers.Dead(Reason.EXPIRED, None, why)
+        if not fence.startable():
+            raise LeaseLost from None  # the partition moves, or its trust lapsed
+        log.warning("send to %s failed (%s); retry in %.1fs", part.chat_id, detail, delay)
+        await asyncio.sleep(delay)
+        return None
