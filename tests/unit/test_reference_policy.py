@@ -1,11 +1,11 @@
 """The reference pipeline's callback policy: what a log line may show of a callback URL,
-and which hosts a callback may go to (pure functions of gateway.testkit.reference.app)."""
+and which hosts a callback may go to (pure functions of gateway.testkit.reference.policy)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.testkit.reference.app import callback_allow_list, redact_url
+from gateway.testkit.reference.policy import callback_allow_list, redact_url
 
 TOKEN = "v1.eyJjIjoxMjN9.c2lnbmF0dXJl"
 

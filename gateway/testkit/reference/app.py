@@ -17,12 +17,18 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from gateway.core.errors import GatewayError
+from gateway.testkit.reference.faults import Faults
+from gateway.testkit.reference.policy import (
+    BadRequest,
+    callback_allow_list,
+    check_webhook,
+    parse_body,
+    redact_url,
+)
 from gateway.testkit.reference.rules import respond
 
 log = logging.getLogger(__name__)
@@ -31,129 +37,12 @@ MODES = ("async", "sync")
 _RETRYABLE_4XX = (408, 429)
 DEFAULT_MAX_RECORDS = 10_000
 DEFAULT_MAX_BODY_BYTES = 1_048_576
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def redact_url(url: str) -> str:
-    """What a log line may show of a callback URL: scheme, host and port, and at most two
-    leading path segments, never the last one (the signed token), the userinfo, the query
-    or the fragment: ``http://ingress:8080/api/delivery/…``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    shown = f"[{host}]" if ":" in host else host
-    if port is not None:
-        shown += f":{port}"
-    segments = [s for s in parts.path.split("/") if s][:-1][:2]
-    prefix = "/".join(segments)
-    return f"{parts.scheme}://{shown}/{prefix + '/' if prefix else ''}…"
-
-
-def _host_port(entry: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]:port`` or a URL -> (lower-case host, port or None)."""
-    entry = entry.strip()
-    parts = urlsplit(entry if "://" in entry else f"//{entry}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError(f"not a host: {entry!r}")
-    return host, parts.port
-
-
-def callback_allow_list(
-    hosts: Iterable[str], public_url: str | None = None
-) -> frozenset[tuple[str, int | None]]:
-    """The hosts callbacks may go to: ``hosts`` if any, else ``public_url``'s host (the
-    gateway's GATEWAY_PUBLIC_URL), else loopback; a loopback host allows every loopback
-    name. An entry without a port allows any port of that host."""
-    entries = [_host_port(h) for h in hosts if h.strip()]
-    if not entries and public_url:
-        entries = [(_host_port(public_url)[0], None)]
-    if not entries or any(host in LOOPBACK_HOSTS for host, _ in entries):
-        entries += [(host, None) for host in LOOPBACK_HOSTS]
-    return frozenset(entries)
-
-
-class Faults:
-    """Runtime fault injection: fail the next N message requests, or delay every answer."""
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.count = 0
-        self.delay = 0.0
-
-    def fail_next(self, status: int, count: int = 1) -> None:
-        self.status, self.count = status, count
-
-    def set_delay(self, seconds: float) -> None:
-        self.delay = seconds
-
-    def clear(self) -> None:
-        self.status, self.count, self.delay = None, 0, 0.0
-
-    def take(self) -> int | None:
-        """The status to inject for this request, if any (uses one of the N)."""
-        if self.status is None or self.count <= 0:
-            return None
-        self.count -= 1
-        status = self.status
-        if self.count == 0:
-            self.status = None
-        return status
-
-    def state(self) -> dict[str, Any]:
-        return {"status": self.status, "count": self.count, "delay": self.delay}
 
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
     body: dict[str, Any]
-
-
-class _BadRequest(GatewayError):
-    """A request the reference pipeline answers 4xx to (``status``)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _BadRequest(400, "body must be valid JSON") from None
-    if not isinstance(body, dict):
-        raise _BadRequest(422, "body must be a JSON object")
-    for name in ("client_id", "content"):
-        if not isinstance(body.get(name), str):
-            raise _BadRequest(422, f"'{name}' must be a string")
-    if not body["client_id"]:
-        raise _BadRequest(422, "'client_id' must not be empty")
-    return body
-
-
-def _check_webhook(url: str | None, allowed: frozenset[tuple[str, int | None]]) -> str:
-    if not url:
-        raise _BadRequest(400, "X-Webhook-URL header is required")
-    parts = urlsplit(url)
-    try:
-        host, port = (parts.hostname or "").lower(), parts.port
-    except ValueError:
-        raise _BadRequest(400, "X-Webhook-URL has an invalid port") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise _BadRequest(400, "X-Webhook-URL must be an absolute http(s) URL")
-    port = port or (443 if parts.scheme == "https" else 80)
-    if (host, None) not in allowed and (host, port) not in allowed:
-        raise _BadRequest(
-            422,
-            f"X-Webhook-URL host {host}:{port} is not an allowed callback host "
-            "(REFERENCE_CALLBACK_HOSTS)",
-        )
-    return url
 
 
 class ReferencePipelineServer:
@@ -320,9 +209,9 @@ class ReferencePipelineServer:
             self._answers.move_to_end(key)
             return self._answers[key]
         try:
-            url = _check_webhook(webhook, self.allowed_hosts)
-            body = _parse_body(raw)
-        except _BadRequest as exc:
+            url = check_webhook(webhook, self.allowed_hosts)
+            body = parse_body(raw)
+        except BadRequest as exc:
             if exc.status == 422 and webhook:
                 log.warning("refused callback URL %s: %s", redact_url(webhook), exc.detail)
             return _Answer(exc.status, {"detail": exc.detail})

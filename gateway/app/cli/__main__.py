@@ -1,0 +1,7 @@
+"""python -m gateway.app.cli (as ``python -m gateway``)."""
+
+import sys
+
+from gateway.app.cli import main
+
+sys.exit(main())

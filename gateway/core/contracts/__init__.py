@@ -1,0 +1,49 @@
+"""The one place that spells stream, group and key names, and the stream envelopes.
+
+Every Redis key the gateway touches is built here; `gateway/` and `workers/` import
+this package (``from gateway.core.contracts import Keys, OutboundEntry``) and never format
+a key themselves. Entries are flat string fields (readable with XRANGE by testers and a
+CRM) and carry a ``schema`` version.
+
+- ``keys``: ``Keys`` (every stream and key name), the group names, ``partition_for``, the
+  parking streams' hash tags
+- ``encoding``: ``SCHEMA``, ``decode_fields``, ``EnvelopeError``
+- ``updates``: the inbound envelope (``update_fields``, ``UpdateEntry``,
+  ``extract_update_ids``)
+- ``outbound``: the outbound envelope (``OutboundEntry``) and its ``result_fields``
+- ``dead``: dead letters (``Stage``, ``Reason``, ``dead_fields``)
+"""
+
+from gateway.core.contracts.dead import Reason, Stage, dead_fields
+from gateway.core.contracts.encoding import SCHEMA, EnvelopeError, decode_fields
+from gateway.core.contracts.keys import (
+    GROUP_SENDERS,
+    GROUP_WORKERS,
+    PARK_CAP,
+    PARK_TAGS,
+    Keys,
+    partition_for,
+)
+from gateway.core.contracts.outbound import OutboundEntry, OutboundMethod, result_fields
+from gateway.core.contracts.updates import UpdateEntry, extract_update_ids, update_fields
+
+__all__ = [
+    "GROUP_SENDERS",
+    "GROUP_WORKERS",
+    "PARK_CAP",
+    "PARK_TAGS",
+    "SCHEMA",
+    "EnvelopeError",
+    "Keys",
+    "OutboundEntry",
+    "OutboundMethod",
+    "Reason",
+    "Stage",
+    "UpdateEntry",
+    "dead_fields",
+    "decode_fields",
+    "extract_update_ids",
+    "partition_for",
+    "result_fields",
+    "update_fields",
+]

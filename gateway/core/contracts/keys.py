@@ -1,0 +1,154 @@
+"""Every stream, group and key name, built by ``Keys`` for one prefix.
+
+Keys put the partition in a Redis Cluster hash tag (``{3}``) so one partition's stream,
+dedupe and sent-marker keys live in one slot and partitions spread over a cluster.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+GROUP_WORKERS = "workers"
+GROUP_SENDERS = "senders"
+
+
+def partition_for(chat_id: int | str | None, partitions: int) -> int:
+    """Stable partition of a chat: crc32 of its id modulo the partition count."""
+    if chat_id is None or partitions <= 1:
+        return 0
+    return zlib.crc32(str(chat_id).encode()) % partitions
+
+
+PARK_TAGS: tuple[str, ...] = (
+    "park-21", "park-3", "park-43", "park-61", "park-20", "park-2", "park-42", "park-60",
+    "park-23", "park-1", "park-41", "park-63", "park-22", "park-0", "park-40", "park-62",
+)  # fmt: skip
+"""Hash tags of the parking streams: tag ``i`` hashes into slots ``[1024 i, 1024 (i+1))``
+(stable: a poller finds what an earlier one parked)."""
+PARK_CAP = 50_000
+"""Most entries one parking stream holds; past it the poller holds its offset instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every stream and key name for one ``prefix``."""
+
+    prefix: str
+    partitions: int
+
+    def updates(self, p: int) -> str:
+        return f"{self.prefix}:updates:{{{p}}}"
+
+    def outbound(self, p: int) -> str:
+        return f"{self.prefix}:outbound:{{{p}}}"
+
+    def all_updates(self) -> list[str]:
+        return [self.updates(p) for p in range(self.partitions)]
+
+    def all_outbound(self) -> list[str]:
+        return [self.outbound(p) for p in range(self.partitions)]
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}:results"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def dedupe(self, p: int, bot_id: int, update_id: int) -> str:
+        """Set (NX, 24 h) atomically with the XADD of that update."""
+        return f"{self.prefix}:dedupe:{{{p}}}:{bot_id}:{update_id}"
+
+    def sent(self, p: int, reply_id: str) -> str:
+        """Sent marker of one outbound part; makes a redelivered entry a no-op."""
+        return f"{self.prefix}:sent:{{{p}}}:{reply_id}"
+
+    def chat_tag(self, chat_id: int | str) -> str:
+        """The hash tag of a chat's partition: a chat's own keys live on the node of its
+        partition's streams, so a node that is down stalls only its own partitions' chats
+        (issue 10; before, a worker's every message cleared a blocked mark that could
+        live on any node)."""
+        return f"{{{partition_for(chat_id, self.partitions)}}}"
+
+    def blocked_chat(self, bot_id: int, chat_id: int | str) -> str:
+        """Present while a chat has blocked or kicked the bot (403)."""
+        return f"{self.prefix}:blocked:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
+
+    # The limiter's keys of one bot share the hash tag ``{bot_id}``: its script reads the
+    # global and the chat's budget atomically, so on a Redis Cluster they live in one slot.
+
+    def rate_global(self, bot_id: int) -> str:
+        return f"{self.prefix}:rate:{{{bot_id}}}:global"
+
+    def rate_chat(self, bot_id: int, chat_id: int | str) -> str:
+        return f"{self.prefix}:rate:{{{bot_id}}}:chat:{chat_id}"
+
+    def flood_wait(self, bot_id: int, chat_id: int | str | None) -> str:
+        """Telegram's 429 ``retry_after`` for a chat (or the whole bot when chat is None)."""
+        scope = "global" if chat_id is None else f"chat:{chat_id}"
+        return f"{self.prefix}:flood:{{{bot_id}}}:{scope}"
+
+    def handed(self, p: int, idempotency_key: str) -> str:
+        """Set once the pipeline accepted an update: a redelivery does not POST it again."""
+        return f"{self.prefix}:handed:{{{p}}}:{idempotency_key}"
+
+    def delay_notice(self, bot_id: int, chat_id: int | str) -> str:
+        """Present while a chat has been told its messages are delayed (pipeline outage)."""
+        return f"{self.prefix}:delayed:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
+
+    def members(self, role: str) -> str:
+        """Live processes of a role (ZSET, score = heartbeat expiry on Redis's clock)."""
+        return f"{self.prefix}:members:{role}"
+
+    def lease(self, role: str, p: int) -> str:
+        """Who handles partition ``p`` of a role (value: consumer name; PX lease)."""
+        return f"{self.prefix}:lease:{role}:{{{p}}}"
+
+    def migrated(self, bot_id: int, chat_id: int | str) -> str:
+        """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
+        return f"{self.prefix}:migrated:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
+
+    @property
+    def layout(self) -> str:
+        """The stream layout every role must agree on (JSON; ``gateway/runtime/layout.py``). One
+        key outside any partition's hash tag: a single fixed slot on a cluster."""
+        return f"{self.prefix}:layout"
+
+    @property
+    def fsm_prefix(self) -> str:
+        """Prefix of aiogram's FSM keys (``{prefix}:fsm:<bot>:<chat>:<user>:state|data``)."""
+        return f"{self.prefix}:fsm"
+
+    def counter(self, name: str) -> str:
+        """Cluster-wide counters (e.g. ``flood_waits``): cheap totals for ops."""
+        return f"{self.prefix}:counter:{name}"
+
+    # --- parking streams (polling ingress; gateway/ingress/poller.py) --------------------------
+    # While a partition's node cannot take its updates, the poller parks them on another
+    # node, in one of these streams (same fields as an updates entry), and moves them to
+    # the partition in order once it can. Their hash tags put them in the 16 sixteenths
+    # of the slot space (PARK_TAGS), so on a cluster most nodes hold some.
+
+    def parked(self, i: int) -> str:
+        """Parking stream ``i`` (``0 <= i < len(PARK_TAGS)``), capped at ``PARK_CAP``."""
+        return f"{self.prefix}:parked:{{{PARK_TAGS[i]}}}"
+
+    def all_parked(self) -> list[str]:
+        return [self.parked(i) for i in range(len(PARK_TAGS))]
+
+    # --- relay and degraded-limiter keys (issue 10: a node's outage stays its own) ---
+
+    def relay(self, role: str, p: int) -> str:
+        """Entries a finish of partition ``p`` could not write to their stream on another
+        Redis Cluster node (``results``, ``dead``): written here, in the partition's slot
+        and atomically with the ack, and moved to their stream once its node answers
+        (``gateway/runtime/relay.py``). Each entry is the original fields plus ``_relay_to``."""
+        return f"{self.prefix}:relay:{role}:{{{p}}}"
+
+    def rate_recovering(self, bot_id: int) -> str:
+        """Present for a few seconds after a sender left the limiter's degraded mode: the
+        shared limiter then grants at most one sender's share of the global limit (the
+        value, an emission interval in µs), since others may still count in process."""
+        return f"{self.prefix}:rate:{{{bot_id}}}:recovering"
