@@ -24,6 +24,7 @@ PUBLIC_API_URL = "https://api.telegram.org"
 DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
 _TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_METRICS_TOKEN_RE = re.compile(r"^[\x21-\x7e]{16,256}$")
 
 CommaList = Annotated[list[str], NoDecode]
 CommaInts = Annotated[list[int], NoDecode]
@@ -297,6 +298,35 @@ class ReferencePipelineSettings(_Base):
         return _split(value)
 
 
+class MetricsSettings(_Base):
+    """Prometheus ``/metrics`` (deploy/metrics.yaml). Closed by default: without a
+    ``METRICS_TOKEN`` no role serves it (404 on the ingress, no listener on
+    ``METRICS_PORT``); with one, every scrape needs ``Authorization: Bearer <token>``."""
+
+    metrics_token: SecretStr | None = None
+    # The worker's and the sender's listener (0 = none); the ingress uses its own port.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not _METRICS_TOKEN_RE.match(value.get_secret_value()):
+            raise ValueError(
+                "must be 16-256 visible ASCII characters without spaces "
+                "(e.g. `openssl rand -hex 16`); empty turns /metrics off"
+            )
+        return value
+
+    @property
+    def token(self) -> bytes | None:
+        """The bearer token every scrape must carry; None: metrics are off."""
+        t = self.metrics_token
+        return None if t is None else t.get_secret_value().encode()
+
+
 class LogSettings(_Base):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -318,6 +348,7 @@ class Config:
     worker: WorkerSettings
     sender: SenderSettings
     consumer: ConsumerSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
     fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 
