@@ -20,6 +20,7 @@ from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
 from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
+from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import Pipeline
 
 
@@ -56,6 +57,7 @@ class WorkerServices:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     started_at: float = field(default_factory=time.time)
     counters: dict[str, int] = field(default_factory=dict)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics.off)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -83,6 +85,7 @@ class WorkerContext:
     already_handed: bool = False  # the pipeline took this update before (a redelivery, a copy)
     handed: bool = False  # the pipeline took it now: the marker is set with the ack
     outbox: list[OutboundEntry] = field(default_factory=list)
+    command: str | None = None  # the gateway's own command that answered (metrics)
 
     def is_admin(self, user_id: int) -> bool:
         return user_id in self.services.options.admin_ids

@@ -42,6 +42,7 @@ from gateway.runtime.routing import partitions_of
 from workers.worker.adapter import PipelineMessage, adapt
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
+from workers.worker.observe import pipeline_status
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ async def forward(gw: WorkerContext) -> Outcome:
             if not gw.fence.valid():
                 raise LeaseLost  # another worker owns this chat's partition now
             try:
-                body = await s.pipeline.submit(message, callback_url, key)
+                body = await _submit(s, message, callback_url, key)
                 s.breaker.success()
                 break
             except PipelineRejected as exc:
@@ -191,6 +192,20 @@ async def forward(gw: WorkerContext) -> Outcome:
         except ReplyShapeError as exc:
             return await _bad_reply(gw, message, exc)
     return Ack()
+
+
+async def _submit(
+    s: WorkerServices, message: PipelineMessage, callback_url: str | None, key: str
+) -> dict[str, Any] | None:
+    """One pipeline call, counted and timed by how it ended."""
+    called = time.perf_counter()
+    try:
+        body = await s.pipeline.submit(message, callback_url, key)
+    except Exception as exc:
+        s.metrics.pipeline_call(pipeline_status(exc), time.perf_counter() - called)
+        raise
+    s.metrics.pipeline_call("2xx", time.perf_counter() - called)
+    return body
 
 
 async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShapeError) -> Dead:
@@ -352,7 +367,9 @@ class UpdateHandler:
         if isinstance(result, Dead):
             # e.g. the apology: it goes out in the finish that dead-letters the update
             return dataclasses.replace(result, effects=(*result.effects, *outbox))
+        counts = s.metrics
         if result is UNHANDLED:
+            counts.updates["no_reply"].inc()
             s.count("unhandled")
             log.info(
                 "update %s (%s) not handled; acknowledged",
@@ -361,6 +378,10 @@ class UpdateHandler:
                 extra={"update_id": entry.update_id},
             )
         elif not isinstance(result, Ack):
+            counts.updates["command"].inc()
+            counts.commands[gw.command or "other"].inc()
             s.count("handled")
+        else:
+            counts.updates["replied" if outbox else "no_reply"].inc()
         marker = (Marker(handed, s.options.handed_ttl),) if gw.handed else ()
         return Ack((*outbox, *marker))
