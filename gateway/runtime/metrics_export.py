@@ -184,9 +184,18 @@ class MetricsServer:
     everything else 404/405, a bad token 401. Bounded: one request per connection,
     ``REQUEST_TIMEOUT`` for all of it, ``HEAD_LIMIT`` of headers, ``MAX_CONNECTIONS``."""
 
-    def __init__(self, scrape: Scrape, host: str, port: int) -> None:
+    def __init__(
+        self,
+        scrape: Scrape,
+        host: str,
+        port: int,
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.scrape = scrape
         self.host, self.port = host, port
+        self.timeout, self.max_connections = timeout, max_connections
         self._server: asyncio.Server | None = None
         self._open = 0
 
@@ -206,12 +215,12 @@ class MetricsServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
         try:
-            if self._open > MAX_CONNECTIONS:
+            if self._open > self.max_connections:
                 writer.write(_answer(503, b"too many connections"))
                 return
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(self.timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
-                writer.write(await self._respond(head))
+                writer.write(await respond(self.scrape, head))
                 await writer.drain()
         except asyncio.LimitOverrunError:
             writer.write(_answer(431, b"request headers too large"))
@@ -223,9 +232,6 @@ class MetricsServer:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
-
-    async def _respond(self, head: bytes) -> bytes:
-        return await respond(self.scrape, head)
 
 
 async def respond(scrape: Scrape, head: bytes) -> bytes:

@@ -243,3 +243,40 @@ async def test_a_hung_redis_does_not_hang_the_scrape(
         assert "tg_gateway_stream_length{" not in hung.text
         assert value(hung.text, "tg_gateway_stream_gauge_errors_total") == 1
         await wait_for(gauges, timeout=10, interval=0.2, message="gauges after SIGCONT")
+
+
+async def test_the_metrics_listener_bounds_hostile_clients() -> None:
+    """The worker's/sender's listener on a real socket: headers past 16 KiB get 431, a
+    client that sends nothing is cut at the deadline, connections past the bound get 503,
+    and a scrape still works after all of it."""
+    from gateway.core.metrics import Metrics
+    from gateway.runtime.metrics_export import MetricsServer, Scrape
+
+    port = free_port()
+    server = MetricsServer(
+        Scrape(Metrics({"sender"}, "sender"), TOKEN.encode()),
+        "127.0.0.1",
+        port,
+        timeout=0.5,
+        max_connections=2,
+    )
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 431 ")
+        writer.close()
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 503 ")
+        writer.close()
+        started = time.monotonic()
+        for r, w in silent:
+            assert await asyncio.wait_for(r.read(), 5) == b""  # closed, nothing answered
+            w.close()
+        assert time.monotonic() - started < 2.0
+        ok = await scrape(f"http://127.0.0.1:{port}/metrics")
+        assert ok.status_code == 200 and "tg_gateway_sender_sends_total" in ok.text
+    finally:
+        await server.aclose()
