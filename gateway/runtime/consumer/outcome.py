@@ -136,6 +136,11 @@ class Item:
     fields: dict[bytes, bytes]
     deliveries: int
     """Deliveries so far, this one included (XPENDING's count, or 1 for a new read)."""
+    retries: int = 0
+    """``Retry`` outcomes of this entry so far, in this lane (a handler's backoff)."""
+    since: float = 0.0
+    """When this lane first handed it to the handler (``time.monotonic()``; 0: not yet).
+    With ``retries`` it is what a handler needs to bound its retries by time."""
 
 
 Handler = Callable[[Item, Fence], Awaitable[Outcome]]
