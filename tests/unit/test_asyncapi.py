@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args
 
+import jsonschema
 import pytest
 import yaml
 from faststream.specification.asyncapi.v3_0_0.schema import ApplicationSchema
@@ -211,6 +212,19 @@ def test_each_channel_carries_its_envelope(address: str, model: type[BaseModel])
             payload = schemas[message["payload"]["$ref"].rsplit("/", 1)[1]]
             assert set(payload["properties"]) == names(model)
             assert set(payload.get("required", ())) == required(model)
+
+
+def test_the_document_validates_against_the_asyncapi_3_schema() -> None:
+    """The official JSON Schema of AsyncAPI 3.0.0 (vendored: tests/fixtures/asyncapi/)."""
+    schema = json.loads((ROOT / "tests/fixtures/asyncapi/asyncapi-3.0.0.json").read_text())
+    doc = yaml.safe_load(DOC.read_text(encoding="utf-8"))
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc)
+    ]
+    assert errors == []
+    doc["operations"]["updates"]["action"] = "publish"  # the validator does bite
+    assert not jsonschema.Draft7Validator(schema).is_valid(doc)
 
 
 def test_faststream_docs_serve_reads_the_checked_in_document() -> None:
