@@ -5,7 +5,9 @@ uvicorn and the handler (figures: README, bench/ingress.py). Routes:
 
     POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored);
                                   webhook mode only (always with a secret), else 404
-    POST /api/delivery/{token}    pipeline replies  → outbound stream
+    POST /api/delivery/{token}    pipeline replies  → outbound stream (with
+                                  CALLBACK_SIGNING_KEYS also a Standard Webhooks
+                                  signature, else 401 with the reason)
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
 """
@@ -16,8 +18,9 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,8 +33,10 @@ from gateway.core.errors import (
     GatewayError,
     RedisUnavailable,
     ReplyShapeError,
+    SignatureError,
 )
 from gateway.core.replies import parse_reply, reply_entries
+from gateway.core.signing import SigningKeys, check_headers
 from gateway.core.tokens import verify_route
 from gateway.runtime.streams import UpdatePublisher, groups_present, publish_outbound
 
@@ -59,6 +64,7 @@ class IngressConfig:
     outbound_ttl: float
     body_timeout: float = 10.0  # seconds to receive a body once the headers are in
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
+    callback_keys: SigningKeys = field(default_factory=SigningKeys)  # none: not checked
 
 
 class BodyTimeout(GatewayError):
@@ -287,8 +293,14 @@ class IngressApp:
         except DeliveryTokenError as exc:
             await _json(send, 403, {"ok": False, "error": f"invalid delivery token: {exc}"})
             return
+        keys = self.config.callback_keys
+        signed = _text_headers(scope) if keys else {}
+        if keys and not await _signature_ok(send, route.update_id, signed, None, keys):
+            return  # refused before reading the body: missing, malformed or stale
         body = await self._read_json_body(scope, receive, send)
         if body is None:
+            return
+        if keys and not await _signature_ok(send, route.update_id, signed, body, keys):
             return
         try:
             data = orjson.loads(body)
@@ -334,6 +346,32 @@ class IngressApp:
             await _json(send, 503, {"ready": False, "error": "groups missing", "streams": missing})
             return
         await _json(send, 200, {"ready": True})
+
+
+async def _signature_ok(
+    send: Send,
+    update_id: int,
+    headers: dict[str, str],
+    body: bytes | None,
+    keys: SigningKeys,
+) -> bool:
+    """Check a callback's Standard Webhooks headers (``body`` None: all but the HMAC);
+    on failure answer 401 with the reason and return False."""
+    try:
+        if body is None:
+            check_headers(headers, time.time())
+        else:
+            keys.verify(headers, body, time.time())
+    except SignatureError as exc:
+        log.info("callback for update %s refused: %s (%s)", update_id, exc.reason, exc)
+        error = f"signature refused: {exc}"
+        await _json(send, 401, {"ok": False, "error": error, "reason": exc.reason})
+        return False
+    return True
+
+
+def _text_headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
 def _is_json(headers: dict[bytes, bytes]) -> bool:
