@@ -95,7 +95,7 @@ class Lanes(Finishing):
                     self.stop()
                     return
                 if isinstance(status, Retry):  # the handler's own delay, not a failure
-                    lane[0] = dataclasses.replace(item, retries=item.retries + 1)
+                    lane[0] = dataclasses.replace(item, retries=item.retries + 1, memo=status.memo)
                     await self._sleep(status.delay)
                     continue
                 if status is Status.LOST and not self._holds(stream):
