@@ -125,7 +125,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def make_pipeline(ps: PipelineSettings) -> Pipeline:
     if ps.pipeline_url:
         ps.require_secret()
-        return HttpPipeline(ps.pipeline_url, ps.pipeline_timeout)
+        return HttpPipeline(ps.pipeline_url, ps.pipeline_timeout, ps.pipeline_keys)
     # Imported here, as the ingress below: a worker with a real pipeline never loads them.
     from gateway.testkit.reference.rules import reply_body
 

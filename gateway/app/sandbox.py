@@ -368,17 +368,18 @@ async def _main(args: argparse.Namespace, lines: list[str] | None, stop: asyncio
                 await interactive(emu, args.timeout, stop)
             else:
                 missing = await play(emu, lines, args.timeout, stop)
-        if lines is None:
-            print("sandbox: stopped everything it started", file=sys.stderr)
-            return 0
-        if stop.is_set():
-            print("sandbox: interrupted; stopped everything it started", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if missing:
-            print(f"sandbox: {missing} message(s) got no reply", file=sys.stderr)
-            return 1
-        print("sandbox: every message got a reply; stopped everything it started", file=sys.stderr)
+    # Said once the private Redis (the exit stack's last resource) is stopped too.
+    if lines is None:
+        print("sandbox: stopped everything it started", file=sys.stderr)
         return 0
+    if stop.is_set():
+        print("sandbox: interrupted; stopped everything it started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if missing:
+        print(f"sandbox: {missing} message(s) got no reply", file=sys.stderr)
+        return 1
+    print("sandbox: every message got a reply; stopped everything it started", file=sys.stderr)
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:

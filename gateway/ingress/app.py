@@ -5,7 +5,9 @@ uvicorn and the handler (figures: README, bench/ingress.py). Routes:
 
     POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored);
                                   webhook mode only (always with a secret), else 404
-    POST /api/delivery/{token}    pipeline replies  → outbound stream
+    POST /api/delivery/{token}    pipeline replies  → outbound stream (with
+                                  CALLBACK_SIGNING_KEYS also a Standard Webhooks
+                                  signature, else 401 with the reason)
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
     GET  /metrics                 Prometheus, with the METRICS_TOKEN bearer; else 404
@@ -17,24 +19,28 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.core.contracts import Keys, extract_update_ids
+from gateway.core.contracts import Keys
 from gateway.core.errors import (
     DeliveryTokenError,
     GatewayError,
     RedisUnavailable,
     ReplyShapeError,
+    SignatureError,
 )
 from gateway.core.replies import parse_reply, reply_entries
+from gateway.core.signing import SigningKeys, check_headers
 from gateway.core.tokens import verify_route
 from gateway.ingress.observe import IngressMetrics, endpoint_of
+from gateway.ingress.updates import InvalidUpdate, parse_update
 from gateway.runtime.streams import UpdatePublisher, groups_present, publish_outbound
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,7 @@ class IngressConfig:
     outbound_ttl: float
     body_timeout: float = 10.0  # seconds to receive a body once the headers are in
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
+    callback_keys: SigningKeys = field(default_factory=SigningKeys)  # none: not checked
 
 
 class BodyTimeout(GatewayError):
@@ -70,49 +77,6 @@ class BodyTimeout(GatewayError):
 
 class BodyTooLarge(GatewayError):
     """The body is over ``max_body_bytes`` (HTTP 413)."""
-
-
-class InvalidUpdate(GatewayError, ValueError):
-    """The body is no Telegram update (HTTP 400)."""
-
-
-def parse_update(body: bytes) -> tuple[int, int | None]:
-    """(update_id, chat_id) of a webhook body, or ``InvalidUpdate`` with the reason."""
-    try:
-        update = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidUpdate(f"body is not valid JSON: {exc}") from None
-    if not isinstance(update, dict):
-        raise InvalidUpdate("body is not a JSON object")
-    update_id = update.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
-        raise InvalidUpdate("update_id missing or not a non-negative integer")
-    if not any(isinstance(v, dict) for k, v in update.items() if k != "update_id"):
-        raise InvalidUpdate("no update payload (expected e.g. 'message')")
-    _check_ids(update)
-    chat_id, _ = extract_update_ids(update)
-    return update_id, chat_id
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no id
-
-
-def _check_ids(update: dict[str, Any]) -> None:
-    """The payload's chat and user ids, where present, are integers (``InvalidUpdate``
-    otherwise): a forged ``"chat": {"id": true}`` is refused, not stored."""
-    for key, value in update.items():
-        if key == "update_id" or not isinstance(value, dict):
-            continue
-        holders = [("chat", value.get("chat")), ("from", value.get("from"))]
-        holders.append(("user", value.get("user")))
-        inner = value.get("message")
-        if isinstance(inner, dict):  # callback_query
-            holders.append(("message.chat", inner.get("chat")))
-        for name, holder in holders:
-            if isinstance(holder, dict) and "id" in holder and not _is_int(holder["id"]):
-                raise InvalidUpdate(f"{key}.{name}.id is not an integer")
-        return
 
 
 class IngressApp:
@@ -323,8 +287,14 @@ class IngressApp:
             error = f"invalid delivery token: {exc}"
             await self._refuse(send, "delivery", "bad_token", 403, error)
             return
+        keys = self.config.callback_keys
+        signed = _text_headers(scope) if keys else {}
+        if keys and not await self._signed(send, route.update_id, signed, None, keys):
+            return  # refused before reading the body: missing, malformed or stale
         body = await self._read_json_body(scope, receive, send, "delivery")
         if body is None:
+            return
+        if keys and not await self._signed(send, route.update_id, signed, body, keys):
             return
         try:
             data = orjson.loads(body)
@@ -357,6 +327,29 @@ class IngressApp:
         self._stored.inc()
         await _json(send, 200, {"ok": True, "reply_ids": [e.reply_id for e in entries]})
 
+    async def _signed(
+        self,
+        send: Send,
+        update_id: int,
+        headers: dict[str, str],
+        body: bytes | None,
+        keys: SigningKeys,
+    ) -> bool:
+        """Check a callback's Standard Webhooks headers (``body`` None: all but the HMAC);
+        on failure answer 401 with the reason (counted: ``bad_signature``), return False."""
+        try:
+            if body is None:
+                check_headers(headers, time.time())
+            else:
+                keys.verify(headers, body, time.time())
+        except SignatureError as exc:
+            log.info("callback for update %s refused: %s (%s)", update_id, exc.reason, exc)
+            self.observe.rejected("delivery", "bad_signature")
+            error = f"signature refused: {exc}"
+            await _json(send, 401, {"ok": False, "error": error, "reason": exc.reason})
+            return False
+        return True
+
     async def _readyz(self, send: Send) -> None:
         if self.redis is None:
             await _json(send, 503, {"ready": False, "error": "starting"})
@@ -372,6 +365,10 @@ class IngressApp:
             await _json(send, 503, {"ready": False, "error": "groups missing", "streams": missing})
             return
         await _json(send, 200, {"ready": True})
+
+
+def _text_headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
 def _is_json(headers: dict[bytes, bytes]) -> bool:

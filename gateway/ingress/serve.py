@@ -66,6 +66,7 @@ def ingress_config(
         outbound_ttl=outbound_ttl,
         body_timeout=ing.ingress_body_timeout,
         store_timeout=ing.ingress_store_timeout,
+        callback_keys=ps.callback_keys,
     )
 
 

@@ -1,7 +1,9 @@
 """The sender: outbound stream → Telegram Bot API (aiogram ``Bot``), rate-limited.
 
 One entry is one or more parts (``parts.plan_parts``), each sent once, in order
-(``sending.PartSender``), then one outcome for the consumer's fenced finish: the result
+(``sending.PartSender``; a part to retry after a backoff ends the try with ``Retry``,
+and the lane runs the entry again, resuming at that part: ``parts.Resume``), then one
+outcome for the consumer's fenced finish: the result
 entry, and for a chat that blocked the bot its mark. Telegram errors are translated by
 ``gateway.telegram.answers`` (one table for every Bot API client) into: wait (429),
 retry with backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id, no
@@ -21,12 +23,22 @@ from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Keys, OutboundEntry, Reason, result_fields
 from gateway.core.logs import redact
-from gateway.runtime.consumer import Ack, Dead, Effect, Fence, Item, Marker, Outcome, Publish
+from gateway.runtime.consumer import (
+    Ack,
+    Dead,
+    Effect,
+    Fence,
+    Item,
+    Marker,
+    Outcome,
+    Publish,
+    Retry,
+)
 from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
 from workers.sender.marks import BLOCKED_TTL, Marks
 from workers.sender.observe import SenderMetrics
-from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, plan_parts
+from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
 from workers.sender.ratelimit import RateLimiter
 from workers.sender.sending import PartSender
 
@@ -103,7 +115,10 @@ class Sender:
             entry = OutboundEntry.from_fields(item.fields)
         except (EnvelopeError, ValidationError) as exc:
             return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
-        tally = Tally(entry, time.time())
+        resume = item.memo if isinstance(item.memo, Resume) else None  # after a Retry
+        tally = Tally(entry, resume.started if resume else time.time())
+        if resume is not None:
+            tally.attempts = resume.attempts
         best_effort = entry.method not in COUNTED
         blocked_key = self.keys.blocked_chat(entry.bot_id, entry.chat_id)
         blocked: int | None = 0
@@ -130,7 +145,15 @@ class Sender:
             marker = sent_marker(self.keys, entry, index)
             done = await self.marks.sent_value(marker)
             if done is None:
-                outcome = await self.parts.send(entry, method, payload, chat_id, marker, fence)
+                state = resume.part if resume is not None and resume.index == index else None
+                outcome = await self.parts.send(
+                    entry, method, payload, chat_id, marker, fence, state
+                )
+                if outcome.retry is not None and outcome.state is not None:
+                    # A 5xx or network error: the lane tries the entry again after the
+                    # backoff (the chat waits); the parts sent have their markers.
+                    memo = Resume(index, outcome.state, tally.started, tally.attempts)
+                    return Retry(outcome.retry, f"part {index} to be sent again", memo)
                 tally.attempts += outcome.attempts
                 if outcome.dead is not None:
                     mark = self._blocked_mark(entry, outcome.chat_id, outcome.dead)

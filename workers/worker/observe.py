@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gateway.core.errors import PipelineRejected, PipelineUnavailable, ReplyShapeError
@@ -30,6 +31,22 @@ class WorkerMetrics:
     @classmethod
     def off(cls) -> WorkerMetrics:
         return cls(Metrics.off())
+
+    async def submit(self, pipeline: Any, *args: Any) -> Any:
+        """One pipeline call (``pipeline.submit(*args)``), counted and timed by its end."""
+        called = time.perf_counter()
+        try:
+            body = await pipeline.submit(*args)
+        except Exception as exc:
+            self.pipeline_call(pipeline_status(exc), time.perf_counter() - called)
+            raise
+        self.pipeline_call("2xx", time.perf_counter() - called)
+        return body
+
+    def command(self, name: str | None) -> None:
+        """An update answered by a command (ours by name; None: a WORKER_ROUTERS router)."""
+        self.updates["command"].inc()
+        self.commands[name or "other"].inc()
 
     def pipeline_call(self, status: str, seconds: float) -> None:
         count, duration = self._calls[status]
