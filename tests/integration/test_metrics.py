@@ -168,7 +168,8 @@ async def test_metrics_need_the_token_and_are_absent_without_one(
     ingress = f"http://127.0.0.1:{base.ingress.ingress_port}/metrics"
     worker = f"http://127.0.0.1:{on.metrics.metrics_port}/metrics"
     async with running(lambda stop: serve_ingress_role(on, stop), lambda s: serve_worker(on, s)):
-        await wait_for(lambda: _answers(worker), timeout=15, message="worker listener")
+        for url in (ingress, worker):
+            await wait_for(lambda url=url: _answers(url), timeout=15, message=url)
         for url in (ingress, worker):
             assert (await scrape(url, {})).status_code == 401
             assert (await scrape(url, {"Authorization": "Bearer wrong-token"})).status_code == 401
