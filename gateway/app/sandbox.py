@@ -25,15 +25,17 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from gateway.app.roles import serve_sender, serve_worker
+from gateway.app.roles import process_metrics, serve_sender, serve_worker
 from gateway.app.running import EXIT_INTERRUPTED, run_async
 from gateway.core.errors import ConfigError, UsageError
 from gateway.core.logs import setup_logging
+from gateway.core.metrics import ROLES
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
     ConsumerSettings,
     IngressSettings,
+    MetricsSettings,
     PipelineSettings,
     RedisSettings,
     SenderSettings,
@@ -158,6 +160,8 @@ def sandbox_config(redis_url: str, api_url: str, ingress_port: int) -> Config:
         worker=load(WorkerSettings, worker_block_ms=200),
         sender=load(SenderSettings, sender_block_ms=200),
         consumer=load(ConsumerSettings),
+        # From the environment: METRICS_TOKEN serves the roles' union on the ingress port.
+        metrics=load(MetricsSettings),
         fsm_storage="memory",  # short-lived: aiogram's in-process FSM store is fine here
     )
 
@@ -169,10 +173,11 @@ async def sandbox(redis_url: str) -> AsyncIterator[Emulator]:
     api_url = await emu.start(host="127.0.0.1", port=0)
     cfg = sandbox_config(redis_url, api_url, free_port())
     stop = asyncio.Event()
+    metrics = process_metrics(cfg, ROLES, "run")
     tasks = [
-        asyncio.create_task(serve_ingress_role(cfg, stop)),
-        asyncio.create_task(serve_worker(cfg, stop)),
-        asyncio.create_task(serve_sender(cfg, stop)),
+        asyncio.create_task(serve_ingress_role(cfg, stop, metrics)),
+        asyncio.create_task(serve_worker(cfg, stop, metrics)),
+        asyncio.create_task(serve_sender(cfg, stop, metrics)),
     ]
     try:
         yield emu

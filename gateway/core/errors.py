@@ -23,7 +23,7 @@
     ├── RelayFullError          runtime.consumer: the partition's relay is full; retried
     ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
     ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
-    ├── InvalidUpdate           ingress.app: the body is no update (HTTP 400; ValueError)
+    ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
                                 the tapes' ReplayError (and TapeError, a UsageError: a

@@ -37,6 +37,7 @@ from gateway.runtime.consumer import (
 from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
 from workers.sender.marks import BLOCKED_TTL, Marks
+from workers.sender.observe import SenderMetrics
 from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
 from workers.sender.ratelimit import RateLimiter
 from workers.sender.sending import PartSender
@@ -71,7 +72,9 @@ class Sender:
         paid_broadcast: bool = False,
         name: str = "",
         default_ttl: float = 3600.0,
+        observe: SenderMetrics | None = None,
     ) -> None:
+        self.observe = counts = observe or SenderMetrics.off()
         self.name = name  # the consumer name, written into each result
         self.redis = redis
         self.keys = keys
@@ -89,6 +92,7 @@ class Sender:
             backoff_max=backoff_max,
             default_ttl=default_ttl,
             token=token,
+            observe=counts,
         )
         self.sent = 0
 
@@ -121,10 +125,12 @@ class Sender:
         if not best_effort:  # unknown (its node away) counts as not blocked
             blocked = await self.marks.cached("blocked-chat mark", self.redis.exists, blocked_key)
         if blocked:
+            self.observe.send(entry.method, "dead_lettered")  # given up before any call
             return self._dead(tally, answers.Dead(Reason.BOT_BLOCKED, 403, "chat blocked the bot"))
         if entry.deadline is not None and time.time() > entry.deadline:
             if best_effort:  # a stale typing/callback answer is harmless
                 return self._ack(tally, True, description="skipped: expired")
+            self.observe.send(entry.method, "dead_lettered")
             return self._dead(tally, answers.Dead(Reason.EXPIRED, None, "deadline passed"))
         chat_id = entry.chat_id
         if isinstance(chat_id, int) and chat_id < 0:  # only groups migrate
@@ -132,7 +138,8 @@ class Sender:
             moved = await self.marks.cached("migration", self.redis.get, migrated_key)
             if moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
                 chat_id = int(moved)
-        for index, (method, payload) in enumerate(plan_parts(entry)):
+        parts = plan_parts(entry)
+        for index, (method, payload) in enumerate(parts):
             if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
             marker = sent_marker(self.keys, entry, index)
@@ -150,21 +157,29 @@ class Sender:
                 tally.attempts += outcome.attempts
                 if outcome.dead is not None:
                     mark = self._blocked_mark(entry, outcome.chat_id, outcome.dead)
+                    self.observe.send(method, "dead_lettered")
                     if best_effort and outcome.dead.reason is not Reason.UNSUPPORTED:
                         # Nothing for an operator to act on: drop it, say so, no dead letter.
                         return self._drop(tally, chat_id, outcome.dead, mark)
                     return self._dead(tally, outcome.dead, mark)
                 done = outcome.already
             if done is not None:  # sent before (a crash, a redelivery, another owner)
+                self.observe.send(method, "already_sent")
                 if done.isdigit():
                     tally.message_ids.append(int(done))
                 continue
             chat_id = outcome.chat_id
             mid = outcome.message_id
+            self.observe.send(method, "sent")
+            if len(parts) > 1:
+                self.observe.split_parts.inc()
             await self.marks.mark_sent(marker, str(mid) if mid is not None else "1")
             if mid is not None:
                 tally.message_ids.append(mid)
         self.sent += 1
+        latency = self.observe.queue_latency.get(entry.method)
+        if latency is not None:
+            latency.observe(max(0.0, time.time() - entry.enqueued_at))
         tally.attempts = max(tally.attempts, 1)
         return self._ack(tally, True)
 

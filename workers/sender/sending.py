@@ -22,6 +22,7 @@ from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
+from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
 from workers.sender.ratelimit import RateLimiter
 
@@ -53,8 +54,10 @@ class PartSender:
         backoff_max: float,
         default_ttl: float,
         token: str,
+        observe: SenderMetrics | None = None,
     ) -> None:
         self.redis = redis
+        self.observe = observe or SenderMetrics.off()
         self.keys = keys
         self.bot = bot
         self.limiter = limiter
@@ -88,8 +91,10 @@ class PartSender:
             if part.counts and remaining is not None and remaining <= 0:
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, "deadline passed"))
             try:
+                waited = time.perf_counter()
                 async with asyncio.timeout(remaining if part.counts else None):
-                    await self.limiter.acquire(part.chat_id, counts=part.counts)
+                    scope = await self.limiter.acquire(part.chat_id, counts=part.counts)
+                self.observe.limiter_wait[scope].observe(time.perf_counter() - waited)
             except TimeoutError:
                 why = "deadline passed waiting for budget"
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
@@ -122,9 +127,11 @@ class PartSender:
                 decision = answers.classify(exc)
                 if decision is None:
                     raise  # not a Bot API answer (a bug, Redis): the consumer's business
+                self.observe.error(method, exc)
                 after = await self._answered(entry, part, decision, exc, fence)
                 if isinstance(after, answers.Dead):
                     return part.outcome(dead=after)
+                self.observe.send(method, "retried")
                 if after is not None:
                     return part.outcome(retry=after)
                 continue
@@ -206,6 +213,8 @@ class PartSender:
         if isinstance(decision, answers.Wait):  # spends no attempt of the budget
             self.flood_waits += 1
             is_global = await self.limiter.flood(part.chat_id, decision.seconds)
+            scope = "global" if is_global else chat_scope(part.chat_id)
+            self.observe.flood_seconds[scope].inc(decision.seconds)
             log.warning(
                 "429 for chat %s: %s waits %ss",
                 part.chat_id,

@@ -21,6 +21,7 @@ from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
 from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
+from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import Pipeline
 
 
@@ -60,6 +61,7 @@ class WorkerServices:
     typing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Typing indicators of the updates waiting for the pipeline, by idempotency key: one
     runs across an update's retries (``Retry`` outcomes) and ends with its outcome."""
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics.off)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -89,6 +91,7 @@ class WorkerContext:
     already_handed: bool = False  # the pipeline took this update before (a redelivery, a copy)
     handed: bool = False  # the pipeline took it now: the marker is set with the ack
     outbox: list[OutboundEntry] = field(default_factory=list)
+    command: str | None = None  # the gateway's own command that answered (metrics)
 
     def is_admin(self, user_id: int) -> bool:
         return user_id in self.services.options.admin_ids

@@ -162,6 +162,8 @@ class Lanes(Finishing):
                     f"delivered {deliveries} times without success",
                 ),
             )
+        if deliveries > 1:
+            self._redelivered.inc()
         try:
             outcome = await self.handler(item, self._fence(stream))
         except LeaseLost:
