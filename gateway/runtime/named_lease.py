@@ -32,6 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
+from gateway.core.errors import GatewayError
 from gateway.runtime.scripts import RELEASE_LEASE, TAKE_LEASE
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def lease_owner(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class StandBy(Exception):  # flow control, like faststream's AckMessage
+class StandBy(GatewayError):  # flow control, like faststream's AckMessage
     """Raised by a lease's work: give the lease up and stand by for a ttl (the work found
     another process doing it, e.g. a second poller). Not an error of the gateway."""
 
