@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.core.errors import TelegramFatal
 from gateway.ingress.serve import serve_ingress
 from gateway.runtime.named_lease import NamedLease
 from gateway.telegram.client import BotApi, derive_webhook_secret
@@ -299,3 +300,34 @@ async def test_a_lease_value_without_expiry_expires_and_is_taken(
         )
         emu.user_send(user_id=ALICE, text="after garbage")
         await wait_for(lambda: _count_is(redis, cfg, 1), message="stored")
+
+
+# --- a poller outside the lease ------------------------------------------------------------
+
+
+async def test_a_poller_outside_the_lease_is_tolerated_briefly_then_fatal_as_before(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One stray getUpdates (a holder that has not heard it lost the lease) costs the
+    holder a 409 and a new poll, not the role; one that keeps polling stops the role with
+    the 409 it always did (another deployment on this token)."""
+    cfg = polling_cfg(redis_url, emu)
+
+    async def stray_then_foreign() -> None:
+        async with replica(cfg) as (task, _):
+            await wait_for(lambda: requests(emu, "getUpdates") >= 1, message="polling")
+            await asyncio.sleep(0.2)
+            await bot_call(emu, "getUpdates", timeout=0)
+            await wait_for(lambda: "polling again" in caplog.text, message="tolerated")
+            assert not task.done()
+            emu.user_send(user_id=ALICE, text="still polled")
+            await wait_for(lambda: _count_is(redis, cfg, 1), message="stored after the 409")
+            deadline = time.monotonic() + 15
+            while not task.done() and time.monotonic() < deadline:  # a foreign poller
+                with contextlib.suppress(Exception):
+                    await bot_call(emu, "getUpdates", timeout=1)
+            assert task.done()
+
+    with pytest.raises(TelegramFatal, match="terminated by other getUpdates") as info:
+        await stray_then_foreign()
+    assert info.value.error_code == 409
