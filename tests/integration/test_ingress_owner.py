@@ -331,3 +331,15 @@ async def test_a_poller_outside_the_lease_is_tolerated_briefly_then_fatal_as_bef
     with pytest.raises(TelegramFatal, match="terminated by other getUpdates") as info:
         await stray_then_foreign()
     assert info.value.error_code == 409
+
+
+async def test_the_lease_on_a_redis_cluster(cluster_redis: aioredis.Redis) -> None:
+    """The same script on a cluster client: one holder, released to the next."""
+    from gateway.runtime.named_lease import Take
+
+    a = NamedLease(cluster_redis, LEASE, "a", TTL_MS)
+    b = NamedLease(cluster_redis, LEASE, "b", TTL_MS)
+    assert await a.take() is Take.OURS and await a.take() is Take.OURS
+    assert await b.take() is Take.HELD and not b.held
+    await a.release()
+    assert await b.take() is Take.OURS and b.held
