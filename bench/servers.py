@@ -191,13 +191,14 @@ def serve_gateway(port: int, redis_url: str, prefix: str, partitions: int, secre
     from gateway.core.logs import setup_logging
     from gateway.core.settings import (
         IngressSettings,
+        MetricsSettings,
         PipelineSettings,
         RedisSettings,
         SenderSettings,
         TelegramSettings,
         load,
     )
-    from gateway.ingress.serve import serve_ingress
+    from gateway.ingress.serve import ingress_metrics, serve_ingress
 
     tg = load(
         TelegramSettings,
@@ -213,8 +214,11 @@ def serve_gateway(port: int, redis_url: str, prefix: str, partitions: int, secre
     ps = load(PipelineSettings, delivery_secret=None)
     ing = load(IngressSettings, ingress_host=HOST, ingress_port=port)
     sender = load(SenderSettings)
+    # METRICS_TOKEN in the environment turns the metrics on, as for `tg-gateway ingress`.
+    observe = ingress_metrics(load(MetricsSettings), rs)
     setup_logging("INFO", "text", (FAKE_TOKEN, secret))
-    run_async(lambda stop: serve_ingress(tg, rs, ps, ing, sender.outbound_ttl_seconds, stop))
+    ttl = sender.outbound_ttl_seconds
+    run_async(lambda stop: serve_ingress(tg, rs, ps, ing, ttl, stop, observe=observe))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 import workers  # noqa: F401 - first aiogram import of the session: the lazy path, as in production
 from gateway.testkit.emulator import Emulator
@@ -66,6 +69,10 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     try:
         yield client
     finally:
+        # Flushed after the test too: the tests that take only ``redis_url`` (CLI and
+        # role processes) must not find, say, a 2-partition layout a test recorded.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.flushall(), 5)
         await client.aclose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 # First: workers/__init__ imports aiogram with its models built on first use
 # (workers/lazy_aiogram.py); an aiogram import ahead of it builds all ~450 at once
@@ -19,20 +20,25 @@ from aiogram.types import User
 
 from gateway.app.configs import consumer_config, worker_options
 from gateway.core.backoff import backoff
+from gateway.core.errors import ConfigError
+from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
 from gateway.runtime.layout import ensure_layout_until
+from gateway.runtime.metrics_export import Scrape, serve_metrics
 from gateway.runtime.streams import connect_with
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
 from workers.sender.handler import Sender
+from workers.sender.observe import SenderMetrics
 from workers.sender.ratelimit import Limits, RateLimiter
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
 from workers.worker.context import WorkerServices
 from workers.worker.handler import UpdateHandler, build_dispatcher, fsm_storage
+from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
 
 log = logging.getLogger(__name__)
@@ -119,21 +125,65 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def make_pipeline(ps: PipelineSettings) -> Pipeline:
     if ps.pipeline_url:
         ps.require_secret()
-        return HttpPipeline(ps.pipeline_url, ps.pipeline_timeout)
+        return HttpPipeline(ps.pipeline_url, ps.pipeline_timeout, ps.pipeline_keys)
     # Imported here, as the ingress below: a worker with a real pipeline never loads them.
     from gateway.testkit.reference.rules import reply_body
 
     return EmbeddedPipeline(reply_body)
 
 
-async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
-    """Consume updates until ``stop``; in-flight work finishes within the grace period."""
+def process_metrics(cfg: Config, roles: frozenset[str], role: str) -> Metrics:
+    """The metrics of a process hosting ``roles`` (off without a ``METRICS_TOKEN``), with
+    the settings gauges that matter."""
+    if cfg.metrics.token is None:
+        return Metrics.off()
+    m = Metrics(roles, role)
+    m.child("tg_gateway_settings_partitions").set(cfg.keys.partitions)
+    m.child("tg_gateway_settings_shutdown_grace_seconds").set(cfg.consumer.shutdown_grace_seconds)
+    m.child("tg_gateway_settings_max_deliveries").set(cfg.consumer.max_deliveries)
+    ss = cfg.sender
+    for scope, limit in (
+        ("global", ss.sender_global_per_second),
+        ("chat", ss.sender_chat_per_second),
+        ("group", ss.sender_group_per_minute / 60),
+    ):
+        m.child("tg_gateway_settings_rate_limit_per_second", scope).set(limit)
+    return m
+
+
+async def _listen(
+    stack: contextlib.AsyncExitStack, cfg: Config, metrics: Metrics, redis: Any
+) -> None:
+    """The worker's or sender's own ``/metrics`` on ``METRICS_HOST:METRICS_PORT``."""
+    ms = cfg.metrics
+    if ms.token is None or not metrics.enabled:
+        return
+    scrape = Scrape(metrics, ms.token)
+    scrape.watch(redis, cfg.keys)
+    try:
+        close = await serve_metrics(scrape, ms.metrics_host, ms.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"METRICS_PORT: cannot listen on {ms.metrics_host}:{ms.metrics_port} ({exc.strerror})"
+        ) from None
+    if close is not None:
+        stack.push_async_callback(close)
+
+
+async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
+    """Consume updates until ``stop``; in-flight work finishes within the grace period.
+    ``metrics``: the process's, served by another role (``run``); else its own listener."""
     ps, ws = cfg.pipeline, cfg.worker
+    own = metrics is None
+    m = process_metrics(cfg, WORKER, "worker") if metrics is None else metrics
+    counts = WorkerMetrics(m)
     async with contextlib.AsyncExitStack() as stack:
         pipeline = make_pipeline(ps)
         stack.push_async_callback(pipeline.aclose)
         redis = connect_with(cfg.redis)
         stack.push_async_callback(redis.aclose)
+        if own:
+            await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "worker", stop) is None:
             return  # stopped while Redis was away
         bot = make_bot(cfg.telegram)
@@ -151,8 +201,14 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             calls=calls,
             pipeline=pipeline,
             options=worker_options(cfg),
-            breaker=CircuitBreaker(ps.pipeline_breaker_threshold, ps.pipeline_breaker_cooldown),
+            breaker=CircuitBreaker(
+                ps.pipeline_breaker_threshold,
+                ps.pipeline_breaker_cooldown,
+                on_open=counts.breaker_opened.inc,
+            ),
+            metrics=counts,
         )
+        counts.watch_breaker(services.breaker)
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
         storage = fsm_storage(
             redis, cfg.keys, ws.fsm_ttl_seconds, memory=cfg.fsm_storage == "memory"
@@ -165,6 +221,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
             consumer_config(cfg, "worker"),
             handler,
             calls=calls,
+            metrics=m,
         )
         log.info(
             "worker %s consuming %d partition(s); pipeline: %s",
@@ -183,21 +240,28 @@ async def serve_worker(cfg: Config, stop: asyncio.Event) -> None:
         )
 
 
-async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
-    """Drain the outbound streams until ``stop``."""
+async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
+    """Drain the outbound streams until ``stop``. ``metrics``: as ``serve_worker``'s."""
     tg, ss = cfg.telegram, cfg.sender
+    own = metrics is None
+    m = process_metrics(cfg, SENDER, "sender") if metrics is None else metrics
     if not tg.telegram_enabled:
-        redis = connect_with(cfg.redis)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            redis = connect_with(cfg.redis)
+            stack.push_async_callback(redis.aclose)
+            if own:
+                await _listen(stack, cfg, m, redis)
             await ensure_layout_until(redis, cfg.keys, "sender", stop)
-        finally:
-            await redis.aclose()
-        log.warning("TELEGRAM_ENABLED=false: sender idle, outbound entries wait in their streams")
-        await stop.wait()
+            log.warning(
+                "TELEGRAM_ENABLED=false: sender idle, outbound entries wait in their streams"
+            )
+            await stop.wait()
         return
     async with contextlib.AsyncExitStack() as stack:
         redis = connect_with(cfg.redis)
         stack.push_async_callback(redis.aclose)
+        if own:
+            await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
             return  # stopped while Redis was away
         bot = make_bot(tg)
@@ -223,6 +287,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             token=tg.token,
             paid_broadcast=ss.sender_paid_broadcast,
             name=name,
+            observe=SenderMetrics(m),
         )
         consumer = StreamConsumer(
             redis,
@@ -230,6 +295,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event) -> None:
             consumer_config(cfg, "sender"),
             sender,
             name=name,
+            metrics=m,
         )
         leases = consumer.leases
         if leases is not None:  # the degraded limiter's share: the live senders last seen
@@ -249,10 +315,12 @@ async def serve_all(cfg: Config, stop: asyncio.Event) -> None:
     """Ingress, worker and sender in one process (small deployments, development)."""
     from gateway.ingress.serve import serve_ingress_role  # uvicorn: only this role needs it
 
+    # One registry for the three: the union is served on the ingress's port.
+    m = process_metrics(cfg, ROLES, "run")
     tasks = [
-        asyncio.create_task(serve_ingress_role(cfg, stop), name="ingress"),
-        asyncio.create_task(serve_worker(cfg, stop), name="worker"),
-        asyncio.create_task(serve_sender(cfg, stop), name="sender"),
+        asyncio.create_task(serve_ingress_role(cfg, stop, m), name="ingress"),
+        asyncio.create_task(serve_worker(cfg, stop, m), name="worker"),
+        asyncio.create_task(serve_sender(cfg, stop, m), name="sender"),
     ]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     stop.set()

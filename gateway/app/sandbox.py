@@ -25,15 +25,17 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from gateway.app.roles import serve_sender, serve_worker
+from gateway.app.roles import process_metrics, serve_sender, serve_worker
 from gateway.app.running import EXIT_INTERRUPTED, run_async
 from gateway.core.errors import ConfigError, UsageError
 from gateway.core.logs import setup_logging
+from gateway.core.metrics import ROLES
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
     ConsumerSettings,
     IngressSettings,
+    MetricsSettings,
     PipelineSettings,
     RedisSettings,
     SenderSettings,
@@ -158,6 +160,8 @@ def sandbox_config(redis_url: str, api_url: str, ingress_port: int) -> Config:
         worker=load(WorkerSettings, worker_block_ms=200),
         sender=load(SenderSettings, sender_block_ms=200),
         consumer=load(ConsumerSettings),
+        # From the environment: METRICS_TOKEN serves the roles' union on the ingress port.
+        metrics=load(MetricsSettings),
         fsm_storage="memory",  # short-lived: aiogram's in-process FSM store is fine here
     )
 
@@ -169,10 +173,11 @@ async def sandbox(redis_url: str) -> AsyncIterator[Emulator]:
     api_url = await emu.start(host="127.0.0.1", port=0)
     cfg = sandbox_config(redis_url, api_url, free_port())
     stop = asyncio.Event()
+    metrics = process_metrics(cfg, ROLES, "run")
     tasks = [
-        asyncio.create_task(serve_ingress_role(cfg, stop)),
-        asyncio.create_task(serve_worker(cfg, stop)),
-        asyncio.create_task(serve_sender(cfg, stop)),
+        asyncio.create_task(serve_ingress_role(cfg, stop, metrics)),
+        asyncio.create_task(serve_worker(cfg, stop, metrics)),
+        asyncio.create_task(serve_sender(cfg, stop, metrics)),
     ]
     try:
         yield emu
@@ -363,17 +368,18 @@ async def _main(args: argparse.Namespace, lines: list[str] | None, stop: asyncio
                 await interactive(emu, args.timeout, stop)
             else:
                 missing = await play(emu, lines, args.timeout, stop)
-        if lines is None:
-            print("sandbox: stopped everything it started", file=sys.stderr)
-            return 0
-        if stop.is_set():
-            print("sandbox: interrupted; stopped everything it started", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if missing:
-            print(f"sandbox: {missing} message(s) got no reply", file=sys.stderr)
-            return 1
-        print("sandbox: every message got a reply; stopped everything it started", file=sys.stderr)
+    # Said once the private Redis (the exit stack's last resource) is stopped too.
+    if lines is None:
+        print("sandbox: stopped everything it started", file=sys.stderr)
         return 0
+    if stop.is_set():
+        print("sandbox: interrupted; stopped everything it started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if missing:
+        print(f"sandbox: {missing} message(s) got no reply", file=sys.stderr)
+        return 1
+    print("sandbox: every message got a reply; stopped everything it started", file=sys.stderr)
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:

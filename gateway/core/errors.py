@@ -6,6 +6,8 @@
     ├── UsageError              a command-line argument or input file is unusable (one line)
     ├── RedisUnavailable        Redis did not accept a write; callers answer 503 / retry
     ├── DeliveryTokenError      a callback token is forged, malformed or expired (HTTP 403)
+    ├── SignatureError          core.signing: a webhook-signature is missing, stale or forged
+    │                           (HTTP 401; carries reason)
     ├── ReplyShapeError         a pipeline reply body has no usable content (HTTP 422)
     │   └── NoReplyContent      core.replies: the reply has nothing to send
     ├── PipelineError           the pipeline call failed
@@ -22,7 +24,7 @@
     ├── StandBy                 runtime.named_lease: a lease's work gives the lease up
     ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
     ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
-    ├── InvalidUpdate           ingress.app: the body is no update (HTTP 400; ValueError)
+    ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
                                 the tapes' ReplayError (and TapeError, a UsageError: a
@@ -54,6 +56,15 @@ class RedisUnavailable(GatewayError):
 
 class DeliveryTokenError(GatewayError):
     """A callback token is forged, malformed or expired."""
+
+
+class SignatureError(GatewayError):
+    """A Standard Webhooks signature did not verify; ``reason`` is ``missing``,
+    ``malformed``, ``stale`` or ``bad_signature`` (the message says more)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ReplyShapeError(GatewayError):

@@ -18,15 +18,18 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
-from gateway.core.redact import redact_url
+from gateway.core.signing import SigningKeys
+from gateway.core.validation import format_validation_error
 
 PUBLIC_API_URL = "https://api.telegram.org"
 DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
 _TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_METRICS_TOKEN_RE = re.compile(r"^[\x21-\x7e]{16,256}$")
 
 CommaList = Annotated[list[str], NoDecode]
 CommaInts = Annotated[list[int], NoDecode]
+CommaSecrets = Annotated[list[SecretStr], NoDecode]
 
 
 def _split(value: Any) -> Any:
@@ -176,11 +179,37 @@ class PipelineSettings(_Base):
     gateway_public_url: str = "http://127.0.0.1:8080"
     delivery_secret: SecretStr | None = None
     delivery_token_ttl: int = Field(default=7 * 86_400, ge=60)
+    # Standard Webhooks keys, ``whsec_<base64>``, comma-separated. Every pipeline key signs
+    # each request (a rotation lists old and new); any callback key verifies a callback.
+    # Empty: requests unsigned, callbacks not checked (the signed URL token still is).
+    pipeline_signing_keys: CommaSecrets = Field(default_factory=list)
+    callback_signing_keys: CommaSecrets = Field(default_factory=list)
 
     @field_validator("pipeline_reply_fields", mode="before")
     @classmethod
     def _split_fields(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("pipeline_signing_keys", "callback_signing_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("pipeline_signing_keys", "callback_signing_keys")
+    @classmethod
+    def _keys_shape(cls, value: list[SecretStr]) -> list[SecretStr]:
+        SigningKeys.parse(v.get_secret_value() for v in value)  # ValueError names no key
+        return value
+
+    @property
+    def pipeline_keys(self) -> SigningKeys:
+        """The keys that sign every request to the pipeline (none: unsigned)."""
+        return SigningKeys.parse(v.get_secret_value() for v in self.pipeline_signing_keys)
+
+    @property
+    def callback_keys(self) -> SigningKeys:
+        """The keys a callback's signature is verified with (none: not checked)."""
+        return SigningKeys.parse(v.get_secret_value() for v in self.callback_signing_keys)
 
     @field_validator("pipeline_url", "gateway_public_url")
     @classmethod
@@ -299,6 +328,35 @@ class ReferencePipelineSettings(_Base):
         return _split(value)
 
 
+class MetricsSettings(_Base):
+    """Prometheus ``/metrics`` (deploy/metrics.yaml). Closed by default: without a
+    ``METRICS_TOKEN`` no role serves it (404 on the ingress, no listener on
+    ``METRICS_PORT``); with one, every scrape needs ``Authorization: Bearer <token>``."""
+
+    metrics_token: SecretStr | None = None
+    # The worker's and the sender's listener (0 = none); the ingress uses its own port.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not _METRICS_TOKEN_RE.match(value.get_secret_value()):
+            raise ValueError(
+                "must be 16-256 visible ASCII characters without spaces "
+                "(e.g. `openssl rand -hex 16`); empty turns /metrics off"
+            )
+        return value
+
+    @property
+    def token(self) -> bytes | None:
+        """The bearer token every scrape must carry; None: metrics are off."""
+        t = self.metrics_token
+        return None if t is None else t.get_secret_value().encode()
+
+
 class LogSettings(_Base):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -320,6 +378,7 @@ class Config:
     worker: WorkerSettings
     sender: SenderSettings
     consumer: ConsumerSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
     fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 
@@ -337,19 +396,3 @@ def load(cls: type[S], **overrides: Any) -> S:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
-    msg = str(err.get("msg", "invalid value"))
-    msg = msg.removeprefix("Value error, ")
-    if not loc:
-        return msg
-    value = err.get("input")
-    shown = (
-        ""
-        if isinstance(value, dict) or "secret" in loc[0] or "token" in loc[0]
-        else (f" (got {value!r})" if value is not None else "")
-    )
-    return redact_url(f"{loc[0].upper()}: {msg}{shown}")  # a URL's password is never echoed

@@ -5,9 +5,12 @@ uvicorn and the handler (figures: README, bench/ingress.py). Routes:
 
     POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored);
                                   webhook mode only (always with a secret), else 404
-    POST /api/delivery/{token}    pipeline replies  → outbound stream
+    POST /api/delivery/{token}    pipeline replies  → outbound stream (with
+                                  CALLBACK_SIGNING_KEYS also a Standard Webhooks
+                                  signature, else 401 with the reason)
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
+    GET  /metrics                 Prometheus, with the METRICS_TOKEN bearer; else 404
 """
 
 from __future__ import annotations
@@ -16,23 +19,28 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.core.contracts import Keys, extract_update_ids
+from gateway.core.contracts import Keys
 from gateway.core.errors import (
     DeliveryTokenError,
     GatewayError,
     RedisUnavailable,
     ReplyShapeError,
+    SignatureError,
 )
 from gateway.core.replies import parse_reply, reply_entries
+from gateway.core.signing import SigningKeys, check_headers
 from gateway.core.tokens import verify_route
+from gateway.ingress.observe import IngressMetrics, endpoint_of
+from gateway.ingress.updates import InvalidUpdate, parse_update
 from gateway.runtime.streams import UpdatePublisher, groups_present, publish_outbound
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ WEBHOOK_PATH = "/webhook/telegram"
 DELIVERY_PREFIX = "/api/delivery/"
 SECRET_HEADER = b"x-telegram-bot-api-secret-token"
 BODY_TIMEOUT_ERROR = "request body not received in time"
+STORAGE_ERROR = "storage unavailable, retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,7 @@ class IngressConfig:
     outbound_ttl: float
     body_timeout: float = 10.0  # seconds to receive a body once the headers are in
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
+    callback_keys: SigningKeys = field(default_factory=SigningKeys)  # none: not checked
 
 
 class BodyTimeout(GatewayError):
@@ -67,49 +77,6 @@ class BodyTimeout(GatewayError):
 
 class BodyTooLarge(GatewayError):
     """The body is over ``max_body_bytes`` (HTTP 413)."""
-
-
-class InvalidUpdate(GatewayError, ValueError):
-    """The body is no Telegram update (HTTP 400)."""
-
-
-def parse_update(body: bytes) -> tuple[int, int | None]:
-    """(update_id, chat_id) of a webhook body, or ``InvalidUpdate`` with the reason."""
-    try:
-        update = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidUpdate(f"body is not valid JSON: {exc}") from None
-    if not isinstance(update, dict):
-        raise InvalidUpdate("body is not a JSON object")
-    update_id = update.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
-        raise InvalidUpdate("update_id missing or not a non-negative integer")
-    if not any(isinstance(v, dict) for k, v in update.items() if k != "update_id"):
-        raise InvalidUpdate("no update payload (expected e.g. 'message')")
-    _check_ids(update)
-    chat_id, _ = extract_update_ids(update)
-    return update_id, chat_id
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no id
-
-
-def _check_ids(update: dict[str, Any]) -> None:
-    """The payload's chat and user ids, where present, are integers (``InvalidUpdate``
-    otherwise): a forged ``"chat": {"id": true}`` is refused, not stored."""
-    for key, value in update.items():
-        if key == "update_id" or not isinstance(value, dict):
-            continue
-        holders = [("chat", value.get("chat")), ("from", value.get("from"))]
-        holders.append(("user", value.get("user")))
-        inner = value.get("message")
-        if isinstance(inner, dict):  # callback_query
-            holders.append(("message.chat", inner.get("chat")))
-        for name, holder in holders:
-            if isinstance(holder, dict) and "id" in holder and not _is_int(holder["id"]):
-                raise InvalidUpdate(f"{key}.{name}.id is not an integer")
-        return
 
 
 class IngressApp:
@@ -122,6 +89,7 @@ class IngressApp:
         dedupe_ttl: int,
         on_startup: Callable[[IngressApp], Awaitable[None]] | None = None,
         on_shutdown: Callable[[IngressApp], Awaitable[None]] | None = None,
+        observe: IngressMetrics | None = None,
     ) -> None:
         self.config = config
         self._redis_factory = redis_factory
@@ -130,6 +98,13 @@ class IngressApp:
         self._on_shutdown = on_shutdown
         self.redis: aioredis.Redis | None = None
         self.publisher: UpdatePublisher | None = None
+        self.observe = observe or IngressMetrics.off()
+        m = self.observe
+        self._accepted, self._duplicate = (
+            m.updates["webhook", "accepted"],
+            m.updates["webhook", "duplicate"],
+        )
+        self._stored = m.callbacks["stored"]
 
     # --- lifespan ---------------------------------------------------------------------
 
@@ -138,6 +113,8 @@ class IngressApp:
         self.publisher = UpdatePublisher(
             self.redis, self.config.keys, self._dedupe_ttl, self.config.store_timeout
         )
+        if self.observe.scrape is not None:
+            self.observe.scrape.watch(self.redis, self.config.keys)
         if self._on_startup is not None:
             await self._on_startup(self)
 
@@ -177,6 +154,13 @@ class IngressApp:
             return
         if scope["type"] != "http":
             return
+        if self.observe.on:
+            endpoint = endpoint_of(scope["path"], WEBHOOK_PATH, DELIVERY_PREFIX)
+            await self.observe.timed(self._route, endpoint, scope, receive, send)
+        else:
+            await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         if path == WEBHOOK_PATH and self.config.webhook_secret is not None:
@@ -193,22 +177,35 @@ class IngressApp:
             await _json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             await self._readyz(send)
+        elif path == "/metrics" and self.observe.scrape is not None:
+            await self.observe.serve(scope, send)
         else:
             await _json(send, 404, {"ok": False, "error": "not found"})
 
-    async def _read_json_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    async def _refuse(
+        self, send: Send, endpoint: str, reason: str, status: int, error: str, close: bool = False
+    ) -> None:
+        """Answer a refused request (counted by endpoint and reason)."""
+        self.observe.rejected(endpoint, reason)
+        await _json(send, status, {"ok": False, "error": error}, close=close)
+
+    async def _read_json_body(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: str
+    ) -> bytes | None:
         """The body of a request that must be JSON, or None once the client has its answer:
         415 (not ``application/json``), 413 (too large), 408 (not in time); none to a
         client that went away."""
         if not _is_json(dict(scope["headers"])):
-            await _json(send, 415, {"ok": False, "error": "Content-Type must be application/json"})
+            await self._refuse(
+                send, endpoint, "content_type", 415, "Content-Type must be application/json"
+            )
             return None
         try:
             return await self._read_body(scope, receive)
         except BodyTooLarge:
-            await _json(send, 413, {"ok": False, "error": "body too large"})
+            await self._refuse(send, endpoint, "too_large", 413, "body too large")
         except BodyTimeout:
-            await _json(send, 408, {"ok": False, "error": BODY_TIMEOUT_ERROR}, close=True)
+            await self._refuse(send, endpoint, "body_timeout", 408, BODY_TIMEOUT_ERROR, close=True)
         except ConnectionResetError:
             pass
         return None
@@ -252,15 +249,15 @@ class IngressApp:
         assert expected is not None  # no route without a secret
         given = headers.get(SECRET_HEADER, b"")
         if not hmac.compare_digest(given, expected.encode()):
-            await _json(send, 401, {"ok": False, "error": "bad or missing secret token"})
+            await self._refuse(send, "webhook", "bad_secret", 401, "bad or missing secret token")
             return
-        body = await self._read_json_body(scope, receive, send)
+        body = await self._read_json_body(scope, receive, send, "webhook")
         if body is None:
             return
         try:
             update_id, chat_id = parse_update(body)
         except InvalidUpdate as exc:
-            await _json(send, 400, {"ok": False, "error": str(exc)})
+            await self._refuse(send, "webhook", "bad_json", 400, str(exc))
             return
         assert self.publisher is not None
         try:
@@ -273,32 +270,42 @@ class IngressApp:
             )
         except RedisUnavailable as exc:
             log.warning("update %s not stored, answering 503: %s", update_id, exc)
-            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            await self._refuse(send, "webhook", "storage_unavailable", 503, STORAGE_ERROR)
             return
+        (self._accepted if new else self._duplicate).inc()
         await _json(send, 200, {"ok": True, "duplicate": not new})
 
     async def _delivery(self, scope: Scope, receive: Receive, send: Send, token: str) -> None:
         secret = self.config.delivery_secret
         if secret is None:
-            await _json(send, 503, {"ok": False, "error": "delivery disabled: no DELIVERY_SECRET"})
+            error = "delivery disabled: no DELIVERY_SECRET"
+            await self._refuse(send, "delivery", "delivery_disabled", 503, error)
             return
         try:
             route = verify_route(secret, token, bot_id=self.config.bot_id)
         except DeliveryTokenError as exc:
-            await _json(send, 403, {"ok": False, "error": f"invalid delivery token: {exc}"})
+            error = f"invalid delivery token: {exc}"
+            await self._refuse(send, "delivery", "bad_token", 403, error)
             return
-        body = await self._read_json_body(scope, receive, send)
+        keys = self.config.callback_keys
+        signed = _text_headers(scope) if keys else {}
+        if keys and not await self._signed(send, route.update_id, signed, None, keys):
+            return  # refused before reading the body: missing, malformed or stale
+        body = await self._read_json_body(scope, receive, send, "delivery")
         if body is None:
+            return
+        if keys and not await self._signed(send, route.update_id, signed, body, keys):
             return
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            await _json(send, 400, {"ok": False, "error": f"body is not valid JSON: {exc}"})
+            error = f"body is not valid JSON: {exc}"
+            await self._refuse(send, "delivery", "bad_json", 400, error)
             return
         try:
             reply = parse_reply(data, self.config.reply_fields)
         except ReplyShapeError as exc:
-            await _json(send, 422, {"ok": False, "error": str(exc)})
+            await self._refuse(send, "delivery", "bad_reply", 422, str(exc))
             return
         entries = reply_entries(route, reply, origin="pipeline", ttl=self.config.outbound_ttl)
         assert self.redis is not None
@@ -311,13 +318,37 @@ class IngressApp:
                 route.update_id,
                 self.config.store_timeout,
             )
-            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            await self._refuse(send, "delivery", "storage_unavailable", 503, STORAGE_ERROR)
             return
         except RedisUnavailable as exc:
             log.warning("reply for update %s not stored: %s", route.update_id, exc)
-            await _json(send, 503, {"ok": False, "error": "storage unavailable, retry"})
+            await self._refuse(send, "delivery", "storage_unavailable", 503, STORAGE_ERROR)
             return
+        self._stored.inc()
         await _json(send, 200, {"ok": True, "reply_ids": [e.reply_id for e in entries]})
+
+    async def _signed(
+        self,
+        send: Send,
+        update_id: int,
+        headers: dict[str, str],
+        body: bytes | None,
+        keys: SigningKeys,
+    ) -> bool:
+        """Check a callback's Standard Webhooks headers (``body`` None: all but the HMAC);
+        on failure answer 401 with the reason (counted: ``bad_signature``), return False."""
+        try:
+            if body is None:
+                check_headers(headers, time.time())
+            else:
+                keys.verify(headers, body, time.time())
+        except SignatureError as exc:
+            log.info("callback for update %s refused: %s (%s)", update_id, exc.reason, exc)
+            self.observe.rejected("delivery", "bad_signature")
+            error = f"signature refused: {exc}"
+            await _json(send, 401, {"ok": False, "error": error, "reason": exc.reason})
+            return False
+        return True
 
     async def _readyz(self, send: Send) -> None:
         if self.redis is None:
@@ -334,6 +365,10 @@ class IngressApp:
             await _json(send, 503, {"ready": False, "error": "groups missing", "streams": missing})
             return
         await _json(send, 200, {"ready": True})
+
+
+def _text_headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
 def _is_json(headers: dict[bytes, bytes]) -> bool:

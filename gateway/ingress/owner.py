@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from gateway.core.contracts import Keys
 from gateway.core.errors import TelegramFatal
 from gateway.core.settings import TelegramSettings
+from gateway.ingress.observe import IngressMetrics
 from gateway.ingress.poller import Poller
 from gateway.ingress.webhook import WebhookWatch
 from gateway.runtime.named_lease import NamedLease, StandBy, Take, lease_owner, while_held
@@ -46,8 +47,10 @@ class UpdatesOwner:
         redis: aioredis.Redis,
         keys: Keys,
         ttl_ms: int,
+        observe: IngressMetrics | None = None,
     ) -> None:
         self.api = api
+        self.observe = observe
         self.tg = tg
         self.publisher = publisher
         self.lease = NamedLease(
@@ -104,6 +107,7 @@ class UpdatesOwner:
                 bot_id=self.tg.bot_id,
                 allowed_updates=self.tg.telegram_allowed_updates,
                 timeout=self.tg.telegram_poll_timeout,
+                observe=self.observe,
             )
             self.settled.set()
             try:

@@ -26,6 +26,7 @@ import orjson
 from gateway.core.backoff import backoff
 from gateway.core.contracts import extract_update_ids, update_fields
 from gateway.core.errors import RedisUnavailable
+from gateway.ingress.observe import IngressMetrics
 from gateway.runtime.streams import Fields, UpdatePublisher
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
@@ -69,6 +70,7 @@ class Poller:
         allowed_updates: list[str],
         timeout: int,
         limit: int = 100,
+        observe: IngressMetrics | None = None,
     ) -> None:
         self._api = api
         self._publisher = publisher
@@ -84,6 +86,12 @@ class Poller:
         self._found_parked = False  # looked for what an earlier poller left parked
         self._finding = asyncio.Lock()
         self._chores: set[asyncio.Task[None]] = set()
+        counts = (observe or IngressMetrics.off()).updates
+        self._accepted, self._duplicate = (
+            counts["polling", "accepted"],
+            counts["polling", "duplicate"],
+        )
+        self._rejected = counts["polling", "rejected"]
 
     def parking(self) -> dict[int, str]:
         """Partitions with parked updates, and the parking stream that takes new ones."""
@@ -160,6 +168,7 @@ class Poller:
         update_id = update.get("update_id")
         if not isinstance(update_id, int):
             log.error("skipping update without an integer update_id")
+            self._rejected.inc()
             return None
         chat_id, _ = extract_update_ids(update)
         return update_fields(
@@ -182,8 +191,12 @@ class Poller:
                 self._parked_some(len(entries))
                 return [], ""
             # One atomic call: all of them are stored, or none.
-            [reply, *_] = await self._publisher.publish_entries(entries)
+            replies = await self._publisher.publish_entries(entries)
+            reply = replies[0]
             if not isinstance(reply, Exception):
+                new = sum(r is True for r in replies)
+                self._accepted.inc(new)
+                self._duplicate.inc(len(replies) - new)
                 return [], ""
             return await self._start_parking(p, entries, str(reply))
 
@@ -210,6 +223,7 @@ class Poller:
 
     def _parked_some(self, n: int) -> None:
         if n:
+            self._accepted.inc(n)  # stored, parked: the mover dedupes them
             self.parked += n
             self._chore(self._publisher.count_parked(n))
 

@@ -15,17 +15,21 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
+from gateway.core.metrics import INGRESS, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
     IngressSettings,
+    MetricsSettings,
     PipelineSettings,
     RedisSettings,
     TelegramSettings,
 )
 from gateway.ingress.app import IngressApp, IngressConfig
+from gateway.ingress.observe import IngressMetrics
 from gateway.ingress.owner import UpdatesOwner
 from gateway.runtime.layout import ensure_layout
+from gateway.runtime.metrics_export import Scrape
 from gateway.runtime.streams import connect_with, ensure_groups
 from gateway.telegram.client import BotApi, webhook_secret_for
 
@@ -61,6 +65,7 @@ def ingress_config(
         outbound_ttl=outbound_ttl,
         body_timeout=ing.ingress_body_timeout,
         store_timeout=ing.ingress_store_timeout,
+        callback_keys=ps.callback_keys,
     )
 
 
@@ -70,12 +75,27 @@ def build_ingress(
     ps: PipelineSettings,
     ing: IngressSettings,
     outbound_ttl: float,
+    observe: IngressMetrics | None = None,
 ) -> IngressApp:
     return IngressApp(
         ingress_config(tg, rs, ps, ing, outbound_ttl),
         lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
+        observe=observe,
     )
+
+
+def ingress_metrics(
+    ms: MetricsSettings, rs: RedisSettings, metrics: Metrics | None = None
+) -> IngressMetrics:
+    """The ingress's metrics (``metrics``: the process's, shared with the other roles it
+    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``."""
+    token = ms.token
+    if token is None:
+        return IngressMetrics.off()
+    metrics = metrics or Metrics(INGRESS, "ingress")
+    metrics.child("tg_gateway_settings_partitions").set(rs.partitions)
+    return IngressMetrics(metrics, Scrape(metrics, token))
 
 
 async def _check_layout_first(rs: RedisSettings, keys: Keys) -> None:
@@ -120,9 +140,11 @@ async def serve_ingress(
     outbound_ttl: float,
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
+    observe: IngressMetrics | None = None,
 ) -> None:
     """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
-    app = build_ingress(tg, rs, ps, ing, outbound_ttl)
+    observe = observe or IngressMetrics.off()
+    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe)
     await _check_layout_first(rs, app.config.keys)
     server = _Server(
         uvicorn.Config(
@@ -133,7 +155,7 @@ async def serve_ingress(
             log_config=None,
             access_log=False,
             loop="none",
-            http=bounded_protocol(ing),
+            http=bounded_protocol(ing, observe),
             timeout_keep_alive=ing.ingress_keep_alive,
             # uvicorn answers 503 once this many requests are in flight (a request's task
             # may outlive its connection); +1: its check counts the asking connection too,
@@ -156,7 +178,9 @@ async def serve_ingress(
         api = BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout)
         assert app.redis is not None and app.publisher is not None
         # One replica of many polls or owns the webhook: the holder of the bot's lease.
-        owner = UpdatesOwner(api, tg, app.publisher, app.redis, app.config.keys, rs.lease_ttl_ms)
+        owner = UpdatesOwner(
+            api, tg, app.publisher, app.redis, app.config.keys, rs.lease_ttl_ms, observe
+        )
         owning = asyncio.create_task(owner.run(stop))
         background.append(owning)
         if tg.mode == "polling":
@@ -192,10 +216,19 @@ async def serve_ingress(
             await api.aclose()
 
 
-async def serve_ingress_role(cfg: Config, stop: asyncio.Event) -> None:
-    """The ingress role from the shared ``Config`` (no aiogram import: small and fast)."""
+async def serve_ingress_role(
+    cfg: Config, stop: asyncio.Event, metrics: Metrics | None = None
+) -> None:
+    """The ingress role from the shared ``Config`` (no aiogram import: small and fast).
+    ``metrics``: the process's, when it hosts other roles too (``tg-gateway run``)."""
     await serve_ingress(
-        cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, cfg.sender.outbound_ttl_seconds, stop
+        cfg.telegram,
+        cfg.redis,
+        cfg.pipeline,
+        cfg.ingress,
+        cfg.sender.outbound_ttl_seconds,
+        stop,
+        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
     )
 
 
@@ -234,6 +267,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     max_connections = 1000
     header_timeout = 10.0
     body_timeout = 10.0
+    observe = IngressMetrics.off()
     _refused_logged_at = -1e9  # a flood of refusals logs a line per 10 s, not per refusal
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -248,6 +282,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.transport = transport
             transport.write(_503)
             transport.close()
+            self.observe.rejected("connection", "overloaded")
             now = time.monotonic()
             if now - BoundedHttpTools._refused_logged_at > 10:
                 BoundedHttpTools._refused_logged_at = now
@@ -317,7 +352,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.transport.close()
 
 
-def bounded_protocol(ing: IngressSettings) -> type[BoundedHttpTools]:
+def bounded_protocol(
+    ing: IngressSettings, observe: IngressMetrics | None = None
+) -> type[BoundedHttpTools]:
     """The protocol class uvicorn builds per connection, with this ingress's bounds."""
     return type(
         "BoundedHttpTools",
@@ -326,5 +363,6 @@ def bounded_protocol(ing: IngressSettings) -> type[BoundedHttpTools]:
             "max_connections": ing.ingress_max_connections,
             "header_timeout": ing.ingress_header_timeout,
             "body_timeout": ing.ingress_body_timeout,
+            "observe": observe or IngressMetrics.off(),
         },
     )

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
+from gateway.core.metrics import NULL
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.scripts import HEARTBEAT, RELEASE_LEASE, RENEW_LEASE
@@ -90,6 +91,7 @@ class LeaseManager:
         self.valid_until: dict[int, float] = {}
         self._gains: dict[int, asyncio.Task[None]] = {}
         self.members: list[str] = []  # the last membership the heartbeat returned
+        self.takeovers: Any = NULL  # a counter of leases taken (the consumer's metrics)
         # The heartbeat and every renewal of a tick share the pipelines (with the
         # consumer's finishes): a process owning many partitions renews them all in one
         # round trip per node, so a slow Redis does not eat into the later leases' trust.
@@ -215,6 +217,7 @@ class LeaseManager:
             self.state[p] = State.TAKING  # not read from until the backlog is queued
             self.valid_until[p] = started + 0.8 * self.ttl_ms / 1000
             log.info("leases: took partition %d", p)
+            self.takeovers.inc()
             self._gains[p] = asyncio.create_task(self._gain(p))
 
     async def _call(self, *command: Any) -> Any:

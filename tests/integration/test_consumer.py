@@ -256,14 +256,18 @@ async def test_retry_outcome_waits_in_place_without_using_a_delivery(
 ) -> None:
     """A handler's ``Retry(delay)`` runs the entry again after the delay, ahead of its
     chat's later entries, with the same delivery count (it is not a failure), and it is
-    never dead-lettered for it, however many times it asks."""
+    never dead-lettered for it, however many times it asks. The handler sees how many
+    times it asked (``retries``) and since when (``since``, set at its first try)."""
     calls: list[tuple[int, int]] = []  # (seq, delivery count) per call, chat 1
+    tries: list[tuple[int, float]] = []  # (retries, since) of seq 0's calls
     retries = 5  # more than max_deliveries (3): a retry must not count
 
     async def handler(item: Item, fence: Fence) -> Outcome:
         nonlocal retries
         _, seq = seq_of(item.fields)
         calls.append((seq, item.deliveries))
+        if seq == 0:
+            tries.append((item.retries, item.since))
         if seq == 0 and retries:
             retries -= 1
             return Retry(0.02, "not yet")
@@ -274,6 +278,8 @@ async def test_retry_outcome_waits_in_place_without_using_a_delivery(
     c = consumer(redis, handler)
     await run_until(c, lambda: [s for s, _ in calls][-3:] == [0, 1, 2])
     assert calls == [(0, 1)] * 6 + [(1, 1), (2, 1)]
+    assert [r for r, _ in tries] == [0, 1, 2, 3, 4, 5]
+    assert len({since for _, since in tries}) == 1 and tries[0][1] > 0
     assert c.handled == 3 and c.dead == 0
     assert await redis.xlen(KEYS.dead) == 0
 

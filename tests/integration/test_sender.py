@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.runtime.consumer import (
     LeaseLost,
     Marker,
     Publish,
+    Retry,
     StreamConsumer,
 )
 from gateway.runtime.streams import ensure_groups, publish_outbound
@@ -38,6 +40,7 @@ from tests.helpers import (
 )
 from workers.sender.handler import Sender
 from workers.sender.marks import BLOCKED_TTL
+from workers.sender.parts import Resume
 from workers.sender.ratelimit import Limits, RateLimiter
 
 pytestmark = pytest.mark.integration
@@ -588,5 +591,43 @@ async def test_the_sender_handler_is_a_plain_function_of_an_entry_and_its_fence(
         with pytest.raises(LeaseLost):
             await sender(stale, theirs)
         assert [m["text"] for m in emu.messages(CHAT)] == ["hi"]
+    finally:
+        await sender.bot.session.close()
+
+
+async def test_a_5xx_ends_the_try_with_a_retry_that_resumes_at_the_failed_part(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """The backoff is the lane's, not a sleep in the handler: a 502 comes back as
+    ``Retry`` whose memo says where to go on; the next try, given that memo, sends the
+    parts once, in order, and the result counts every call (the failed one too)."""
+    cfg = make_config(redis_url, emu.api_url)
+    keys = cfg.keys
+    sender = Sender(
+        redis,
+        keys,
+        make_bot(cfg.telegram),
+        RateLimiter(redis, keys, BOT_ID, Limits(chat_per_second=100.0)),
+        backoff_max=0.5,
+        token=cfg.telegram.token,
+        name="by-hand",
+    )
+    text = "\n\n".join(f"Paragraph {i}: " + "word " * 300 for i in range(3))
+    try:
+        item = outbound_item(cfg, entry(text=text))
+        emu.faults.fail_next("sendMessage", 1, status=502)
+        first = await sender(item, Fence.unfenced(item.stream))
+        assert isinstance(first, Retry), first
+        assert 0 <= first.delay <= 0.5
+        assert isinstance(first.memo, Resume) and first.memo.index == 0
+        assert first.memo.part.failures == 1 and emu.messages(CHAT) == []
+
+        again = dataclasses.replace(item, retries=1, memo=first.memo)
+        done = await sender(again, Fence.unfenced(item.stream))
+        assert isinstance(done, Ack), done
+        [result] = done.publishes
+        sent = emu.messages(CHAT)
+        assert len(sent) == 2 and " ".join(m["text"] for m in sent).split() == text.split()
+        assert result.fields["ok"] == "1" and result.fields["attempts"] == "3"
     finally:
         await sender.bot.session.close()

@@ -47,6 +47,17 @@ def test_worker_and_sender_do_not_load_the_web_server() -> None:
     assert out == "False"
 
 
+def test_only_the_asyncapi_command_loads_faststream() -> None:
+    """FastStream builds the AsyncAPI document (``tg-gateway asyncapi``); no role, nor the
+    CLI's parser, nor the envelope models load it."""
+    out = run(
+        "import sys, gateway.app.cli, gateway.app.roles, gateway.app.sandbox\n"
+        "import gateway.app.asyncapi.envelopes, gateway.app.cli.asyncapi\n"
+        "print('faststream' in sys.modules)"
+    )
+    assert out == "False"
+
+
 def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
     """The lazy import must give the same working models as aiogram's eager one."""
     out = run(

@@ -39,7 +39,13 @@ BOUNDED_LABELS = {"partition", "version", "python"}
 # No label may name one chat, user or message: the cardinality would follow traffic.
 ID_LABEL = re.compile(r"chat|user|update|message|reply_id|entry|consumer|token|url|error_text")
 MAX_VALUES = 32  # per enumerated label
-SECRETS = {"TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", "DELIVERY_SECRET"}
+SECRETS = {
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "DELIVERY_SECRET",
+    "PIPELINE_SIGNING_KEYS",
+    "CALLBACK_SIGNING_KEYS",
+}
 # Series Prometheus makes itself, not exported by tg-gateway.
 PROMETHEUS_OWN = {"up"}
 

@@ -17,6 +17,7 @@ from gateway.core.settings import (
     ConsumerSettings,
     IngressSettings,
     LogSettings,
+    MetricsSettings,
     PipelineSettings,
     RedisSettings,
     ReferencePipelineSettings,
@@ -35,6 +36,7 @@ ALL = (
     WorkerSettings,
     SenderSettings,
     ConsumerSettings,
+    MetricsSettings,
     LogSettings,
     ReferencePipelineSettings,
 )

@@ -3,15 +3,19 @@ consumer, no Redis (its one batched read is a fake), the pipeline a fake."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from typing import Any
 
 import pytest
 from aiogram import Bot
 
+import workers.worker.handler
 from gateway.core.contracts import Keys, Reason, partition_for, update_fields
+from gateway.core.errors import PipelineUnavailable
 from gateway.runtime.batching import Command
-from gateway.runtime.consumer import Ack, Dead, Fence, Item, LeaseLost, Marker
+from gateway.runtime.consumer import Ack, Dead, Fence, Item, LeaseLost, Marker, Publish, Retry
 from tests.helpers import BOT_ID, FIXTURES, TOKEN
 from workers.worker.adapter import PipelineMessage
 from workers.worker.context import WorkerOptions, WorkerServices
@@ -110,3 +114,70 @@ async def test_an_entry_that_is_no_update_is_dead_without_a_fence_check() -> Non
         pipeline, Item(KEYS.updates(0), "1-0", {b"x": b"y"}, 1), fence(valid=False)
     )
     assert isinstance(outcome, Dead) and outcome.reason is Reason.INVALID_ENTRY
+
+
+class DownPipeline(Pipeline):
+    """Away: every POST is a 503."""
+
+    async def submit(
+        self, message: PipelineMessage, callback_url: str | None, idempotency_key: str
+    ) -> dict[str, Any] | None:
+        self.posts.append(idempotency_key)
+        raise PipelineUnavailable("503 from the pipeline")
+
+
+async def handle_down(pipeline: Pipeline, item: Item, retry_seconds: float) -> Any:
+    services = WorkerServices(
+        redis=None,  # type: ignore[arg-type]  # not reached: the fakes answer
+        keys=KEYS,
+        calls=Calls(),  # type: ignore[arg-type]
+        pipeline=pipeline,
+        options=WorkerOptions(bot_id=BOT_ID, retry_seconds=retry_seconds, delay_notice=""),
+    )
+    bot = Bot(TOKEN)
+    try:
+        handler = UpdateHandler(services, bot, build_dispatcher([]), direct=True)
+        return await handler(item, fence(valid=True))
+    finally:
+        await bot.session.close()
+
+
+async def test_a_pipeline_away_is_retried_by_the_lane_with_a_growing_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No sleep in the handler: each try is one POST and a ``Retry`` whose delay is the
+    backoff of the tries so far, which the lane counts in ``Item.retries``."""
+    asked: list[int] = []
+
+    def backoff(attempt: int, base: float, cap: float) -> float:
+        asked.append(attempt)
+        return base * 2**attempt
+
+    monkeypatch.setattr(workers.worker.handler, "backoff", backoff)
+    pipeline = DownPipeline()
+    item = update_item(UPDATE)
+    now = time.monotonic()
+    delays = []
+    for retries in range(4):
+        tried = dataclasses.replace(item, retries=retries, since=now)
+        outcome = await handle_down(pipeline, tried, retry_seconds=60)
+        assert isinstance(outcome, Retry), outcome
+        delays.append(outcome.delay)
+    assert len(pipeline.posts) == 4
+    assert asked == [0, 1, 2, 3]
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+
+
+async def test_a_pipeline_away_past_the_retry_time_dead_letters_with_the_apology() -> None:
+    """Once the first try is PIPELINE_RETRY_SECONDS ago, the update is dead-lettered and
+    the user's apology goes out with it (an effect of the ``Dead``)."""
+    pipeline = DownPipeline()
+    first_try = time.monotonic() - 11
+    item = dataclasses.replace(update_item(UPDATE), retries=5, since=first_try)
+    outcome = await handle_down(pipeline, item, retry_seconds=10)
+    assert isinstance(outcome, Dead) and outcome.reason is Reason.PIPELINE_UNAVAILABLE
+    assert "gave up after 6 attempts" in outcome.error
+    [apology] = [e for e in outcome.effects if isinstance(e, Publish)]
+    assert (
+        json.loads(apology.fields["payload"])["text"] == WorkerOptions(bot_id=BOT_ID).apology_text
+    )

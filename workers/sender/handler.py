@@ -1,7 +1,9 @@
 """The sender: outbound stream → Telegram Bot API (aiogram ``Bot``), rate-limited.
 
 One entry is one or more parts (``parts.plan_parts``), each sent once, in order
-(``sending.PartSender``), then one outcome for the consumer's fenced finish: the result
+(``sending.PartSender``; a part to retry after a backoff ends the try with ``Retry``,
+and the lane runs the entry again, resuming at that part: ``parts.Resume``), then one
+outcome for the consumer's fenced finish: the result
 entry, and for a chat that blocked the bot its mark. Telegram errors are translated by
 ``gateway.telegram.answers`` (one table for every Bot API client) into: wait (429),
 retry with backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id, no
@@ -21,11 +23,22 @@ from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Keys, OutboundEntry, Reason, result_fields
 from gateway.core.logs import redact
-from gateway.runtime.consumer import Ack, Dead, Effect, Fence, Item, Marker, Outcome, Publish
+from gateway.runtime.consumer import (
+    Ack,
+    Dead,
+    Effect,
+    Fence,
+    Item,
+    Marker,
+    Outcome,
+    Publish,
+    Retry,
+)
 from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
 from workers.sender.marks import BLOCKED_TTL, Marks
-from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, plan_parts
+from workers.sender.observe import SenderMetrics
+from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
 from workers.sender.ratelimit import RateLimiter
 from workers.sender.sending import PartSender
 
@@ -59,7 +72,9 @@ class Sender:
         paid_broadcast: bool = False,
         name: str = "",
         default_ttl: float = 3600.0,
+        observe: SenderMetrics | None = None,
     ) -> None:
+        self.observe = counts = observe or SenderMetrics.off()
         self.name = name  # the consumer name, written into each result
         self.redis = redis
         self.keys = keys
@@ -77,6 +92,7 @@ class Sender:
             backoff_max=backoff_max,
             default_ttl=default_ttl,
             token=token,
+            observe=counts,
         )
         self.sent = 0
 
@@ -99,17 +115,22 @@ class Sender:
             entry = OutboundEntry.from_fields(item.fields)
         except (EnvelopeError, ValidationError) as exc:
             return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
-        tally = Tally(entry, time.time())
+        resume = item.memo if isinstance(item.memo, Resume) else None  # after a Retry
+        tally = Tally(entry, resume.started if resume else time.time())
+        if resume is not None:
+            tally.attempts = resume.attempts
         best_effort = entry.method not in COUNTED
         blocked_key = self.keys.blocked_chat(entry.bot_id, entry.chat_id)
         blocked: int | None = 0
         if not best_effort:  # unknown (its node away) counts as not blocked
             blocked = await self.marks.cached("blocked-chat mark", self.redis.exists, blocked_key)
         if blocked:
+            self.observe.send(entry.method, "dead_lettered")  # given up before any call
             return self._dead(tally, answers.Dead(Reason.BOT_BLOCKED, 403, "chat blocked the bot"))
         if entry.deadline is not None and time.time() > entry.deadline:
             if best_effort:  # a stale typing/callback answer is harmless
                 return self._ack(tally, True, description="skipped: expired")
+            self.observe.send(entry.method, "dead_lettered")
             return self._dead(tally, answers.Dead(Reason.EXPIRED, None, "deadline passed"))
         chat_id = entry.chat_id
         if isinstance(chat_id, int) and chat_id < 0:  # only groups migrate
@@ -117,31 +138,48 @@ class Sender:
             moved = await self.marks.cached("migration", self.redis.get, migrated_key)
             if moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
                 chat_id = int(moved)
-        for index, (method, payload) in enumerate(plan_parts(entry)):
+        parts = plan_parts(entry)
+        for index, (method, payload) in enumerate(parts):
             if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
             marker = sent_marker(self.keys, entry, index)
             done = await self.marks.sent_value(marker)
             if done is None:
-                outcome = await self.parts.send(entry, method, payload, chat_id, marker, fence)
+                state = resume.part if resume is not None and resume.index == index else None
+                outcome = await self.parts.send(
+                    entry, method, payload, chat_id, marker, fence, state
+                )
+                if outcome.retry is not None and outcome.state is not None:
+                    # A 5xx or network error: the lane tries the entry again after the
+                    # backoff (the chat waits); the parts sent have their markers.
+                    memo = Resume(index, outcome.state, tally.started, tally.attempts)
+                    return Retry(outcome.retry, f"part {index} to be sent again", memo)
                 tally.attempts += outcome.attempts
                 if outcome.dead is not None:
                     mark = self._blocked_mark(entry, outcome.chat_id, outcome.dead)
+                    self.observe.send(method, "dead_lettered")
                     if best_effort and outcome.dead.reason is not Reason.UNSUPPORTED:
                         # Nothing for an operator to act on: drop it, say so, no dead letter.
                         return self._drop(tally, chat_id, outcome.dead, mark)
                     return self._dead(tally, outcome.dead, mark)
                 done = outcome.already
             if done is not None:  # sent before (a crash, a redelivery, another owner)
+                self.observe.send(method, "already_sent")
                 if done.isdigit():
                     tally.message_ids.append(int(done))
                 continue
             chat_id = outcome.chat_id
             mid = outcome.message_id
+            self.observe.send(method, "sent")
+            if len(parts) > 1:
+                self.observe.split_parts.inc()
             await self.marks.mark_sent(marker, str(mid) if mid is not None else "1")
             if mid is not None:
                 tally.message_ids.append(mid)
         self.sent += 1
+        latency = self.observe.queue_latency.get(entry.method)
+        if latency is not None:
+            latency.observe(max(0.0, time.time() - entry.enqueued_at))
         tally.attempts = max(tally.attempts, 1)
         return self._ack(tally, True)
 

@@ -83,8 +83,11 @@ class Part:
         message_id: int | None = None,
         dead: answers.Dead | None = None,
         already: bytes | None = None,
+        retry: float | None = None,
     ) -> PartOutcome:
-        return PartOutcome(self.attempts, self.chat_id, message_id, dead, already)
+        return PartOutcome(
+            self.attempts, self.chat_id, message_id, dead, already, retry, self if retry else None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +99,15 @@ class PartOutcome:
     message_id: int | None = None
     dead: answers.Dead | None = None  # why it cannot be sent (reason, code, description)
     already: bytes | None = None  # the part's sent marker, found at the last check
+    retry: float | None = None  # 5xx/network: try again after this many seconds
+    state: Part | None = None  # with ``retry``: the part as it stands, for that next try
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A ``Retry``'s memo: where the entry stopped, for its next try (``Item.memo``)."""
+
+    index: int  # the part that failed; the earlier ones have their sent markers
+    part: Part  # its state: tries, failures, a migrated chat id, plain text
+    started: float  # when the sender first took the entry (the result's latencies)
+    attempts: int  # calls made for the entry so far

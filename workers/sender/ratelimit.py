@@ -313,21 +313,27 @@ class RateLimiter:
             now = _now_us()
             self._tat_chat = {c: t for c, t in self._tat_chat.items() if t > now}
 
-    async def acquire(self, chat_id: int | str, *, counts: bool = True) -> None:
-        """Return once one send to ``chat_id`` may go (its budget is taken)."""
+    async def acquire(self, chat_id: int | str, *, counts: bool = True) -> str:
+        """Return once one send to ``chat_id`` may go (its budget is taken): the limit that
+        made it wait first (``none``, ``global``, ``chat`` or ``group``, for the metrics)."""
+        scope = "none"
         while True:
             wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
             if wait_g == 0 and wait_c == 0:
-                return
+                return scope
             if wait_c >= wait_g:
+                if scope == "none":
+                    scope = "group" if isinstance(chat_id, str) or chat_id < 0 else "chat"
                 await asyncio.sleep(wait_c)  # this chat's own wait: others go on
                 continue
+            if scope == "none":
+                scope = "global"
             async with self._global_queue:  # only the global budget is missing: queue up
                 while True:
                     await asyncio.sleep(wait_g)
                     wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
                     if wait_g == 0 and wait_c == 0:
-                        return
+                        return scope
                     if wait_c >= wait_g:
                         break
 

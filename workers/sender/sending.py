@@ -22,6 +22,7 @@ from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
+from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
 from workers.sender.ratelimit import RateLimiter
 
@@ -32,7 +33,8 @@ BEST_EFFORT_ATTEMPTS = 3  # 5xx/network tries of a typing indicator or a button'
 
 
 class PartSender:
-    """Sends one part: the one loop that waits, resends and retries it.
+    """Sends one part: the loop that waits for budget and resends it; its retries after
+    a backoff are the lane's (``Retry``).
 
     Nothing leaves for Telegram unless, right before the request, this process still
     trusts its lease on the entry's partition and Redis confirms in one script call that
@@ -52,8 +54,10 @@ class PartSender:
         backoff_max: float,
         default_ttl: float,
         token: str,
+        observe: SenderMetrics | None = None,
     ) -> None:
         self.redis = redis
+        self.observe = observe or SenderMetrics.off()
         self.keys = keys
         self.bot = bot
         self.limiter = limiter
@@ -73,17 +77,24 @@ class PartSender:
         chat_id: int | str,
         marker: str,
         fence: Fence,
+        part: Part | None = None,
     ) -> PartOutcome:
-        """Send one part; each failed call is decided by the answers table and applied by
-        ``_answered``. Raises ``LeaseLost`` (not sent: left to the partition's owner)."""
-        part = Part(chat_id, payload, counts=method in COUNTED)
+        """Send one part (``part``: its state from an earlier try of the entry); each failed
+        call is decided by the answers table and applied by ``_answered``: a 429 waits for
+        the budget and a resend goes at once, here; a 5xx or network error comes back as
+        ``retry`` (the delay), for the lane to try the entry again then. Raises
+        ``LeaseLost`` (not sent: left to the partition's owner)."""
+        if part is None:
+            part = Part(chat_id, payload, counts=method in COUNTED)
         while True:
             remaining = None if entry.deadline is None else entry.deadline - time.time()
             if part.counts and remaining is not None and remaining <= 0:
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, "deadline passed"))
             try:
+                waited = time.perf_counter()
                 async with asyncio.timeout(remaining if part.counts else None):
-                    await self.limiter.acquire(part.chat_id, counts=part.counts)
+                    scope = await self.limiter.acquire(part.chat_id, counts=part.counts)
+                self.observe.limiter_wait[scope].observe(time.perf_counter() - waited)
             except TimeoutError:
                 why = "deadline passed waiting for budget"
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
@@ -116,9 +127,13 @@ class PartSender:
                 decision = answers.classify(exc)
                 if decision is None:
                     raise  # not a Bot API answer (a bug, Redis): the consumer's business
-                dead = await self._answered(entry, part, decision, exc, fence)
-                if dead is not None:
-                    return part.outcome(dead=dead)
+                self.observe.error(method, exc)
+                after = await self._answered(entry, part, decision, exc, fence)
+                if isinstance(after, answers.Dead):
+                    return part.outcome(dead=after)
+                self.observe.send(method, "retried")
+                if after is not None:
+                    return part.outcome(retry=after)
                 continue
             mid = getattr(result, "message_id", None)
             return part.outcome(message_id=mid if isinstance(mid, int) else None)
@@ -185,9 +200,10 @@ class PartSender:
         decision: answers.Decision,
         exc: Exception,
         fence: Fence,
-    ) -> answers.Dead | None:
-        """Apply the table's decision on a failed call: the part's dead letter, or None
-        once it may be sent again (after a wait, a resend's change, a backoff); raises
+    ) -> answers.Dead | float | None:
+        """Apply the table's decision on a failed call: the part's dead letter, the delay
+        before the entry's next try (a backoff), or None once it may be sent again (after
+        a wait, a resend's change); raises
         ``TelegramFatal`` (401) or ``LeaseLost``. A 403's blocked-chat mark is not written
         here: it is a ``Marker`` of the entry's outcome (``Sender``)."""
         if isinstance(decision, answers.Fatal):
@@ -197,6 +213,8 @@ class PartSender:
         if isinstance(decision, answers.Wait):  # spends no attempt of the budget
             self.flood_waits += 1
             is_global = await self.limiter.flood(part.chat_id, decision.seconds)
+            scope = "global" if is_global else chat_scope(part.chat_id)
+            self.observe.flood_seconds[scope].inc(decision.seconds)
             log.warning(
                 "429 for chat %s: %s waits %ss",
                 part.chat_id,
@@ -241,5 +259,4 @@ class PartSender:
         if not fence.startable():
             raise LeaseLost from None  # the partition moves, or its trust lapsed
         log.warning("send to %s failed (%s); retry in %.1fs", part.chat_id, detail, delay)
-        await asyncio.sleep(delay)
-        return None
+        return delay

@@ -18,6 +18,7 @@ class CircuitBreaker:
         threshold: int = 5,
         cooldown: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[], None] = lambda: None,
     ) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
@@ -25,6 +26,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._on_open = on_open  # counts the openings (metrics)
 
     @property
     def state(self) -> str:
@@ -57,4 +59,5 @@ class CircuitBreaker:
         self._failures += 1
         if self._probing or (self._opened_at is None and self._failures >= self.threshold):
             self._opened_at = self._clock()
+            self._on_open()
         self._probing = False

@@ -29,6 +29,7 @@ def commands_router() -> Router:
 
     @router.message(CommandStart())
     async def start(message: Message, gw: WorkerContext) -> None:
+        gw.command = "start"
         name = message.from_user.first_name if message.from_user else "there"
         await gw.reply(
             f"Hello, {name}! I am the support bot. Write your question and our team will "
@@ -38,10 +39,12 @@ def commands_router() -> Router:
 
     @router.message(Command("help"))
     async def help_(message: Message, gw: WorkerContext) -> None:
+        gw.command = "help"
         await gw.reply(HELP_TEXT, reply_to=message.message_id)
 
     @router.message(Command("status"))
     async def status(message: Message, gw: WorkerContext) -> None:
+        gw.command = "status"
         user_id = message.from_user.id if message.from_user else 0
         await gw.reply(
             await gw.status_text(detailed=gw.is_admin(user_id)), reply_to=message.message_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
 from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
+from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import Pipeline
 
 
@@ -56,6 +58,10 @@ class WorkerServices:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     started_at: float = field(default_factory=time.time)
     counters: dict[str, int] = field(default_factory=dict)
+    typing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    """Typing indicators of the updates waiting for the pipeline, by idempotency key: one
+    runs across an update's retries (``Retry`` outcomes) and ends with its outcome."""
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics.off)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -80,9 +86,12 @@ class WorkerContext:
     entry: UpdateEntry
     chat_id: int
     fence: Fence  # the partition's lease check: ``forward`` asks it before each POST
+    retries: int = 0  # this update's earlier tries in its lane (``Retry`` outcomes)
+    since: float = 0.0  # monotonic time of its first try in its lane (0: now)
     already_handed: bool = False  # the pipeline took this update before (a redelivery, a copy)
     handed: bool = False  # the pipeline took it now: the marker is set with the ack
     outbox: list[OutboundEntry] = field(default_factory=list)
+    command: str | None = None  # the gateway's own command that answered (metrics)
 
     def is_admin(self, user_id: int) -> bool:
         return user_id in self.services.options.admin_ids

@@ -37,6 +37,7 @@ from gateway.runtime.consumer import (
     Marker,
     Outcome,
     Publish,
+    Retry,
 )
 from gateway.runtime.routing import partitions_of
 from workers.worker.adapter import PipelineMessage, adapt
@@ -46,6 +47,7 @@ from workers.worker.context import WorkerContext, WorkerServices
 log = logging.getLogger(__name__)
 
 TYPING_EVERY = 4.5  # a chat action shows for up to 5 s
+TYPING_SLACK = 60.0  # typing may outlast PIPELINE_RETRY_SECONDS by this much (the last call)
 BLOCKED_TTL = 30 * 86_400  # a block mark outlives any realistic backlog
 
 
@@ -109,7 +111,8 @@ def build_dispatcher(user_routers: list[Router], storage: BaseStorage | None = N
 
 
 async def forward(gw: WorkerContext) -> Outcome:
-    """Hand the update to the pipeline, retrying transient failures for a bounded time."""
+    """Hand the update to the pipeline; while it is away, ``Retry`` (the lane tries again
+    after the backoff) until ``PIPELINE_RETRY_SECONDS`` since the first try."""
     s = gw.services
     message = adapt(gw.entry.update, s.options.bot_id)
     if message is None:
@@ -138,51 +141,22 @@ async def forward(gw: WorkerContext) -> Outcome:
         s.count("already_handed")
         return Ack()
     key = idempotency_key(s.options.bot_id, gw.entry.update_id)
-    started = time.monotonic()
-    attempt = 0
-    typing_task = asyncio.create_task(_keep_typing(gw)) if s.pipeline.name != "embedded" else None
+    # One typing indicator across the retries: it ends with the update's outcome.
+    if s.pipeline.name != "embedded" and key not in s.typing:
+        # Bounded: a lane that stops retrying without an outcome (its partition moved,
+        # the process stops) does not leave it typing.
+        limit = s.options.retry_seconds + TYPING_SLACK
+        s.typing[key] = asyncio.create_task(_keep_typing(gw, limit))
     try:
-        while True:
-            await s.breaker.ready()
-            if not gw.fence.valid():
-                raise LeaseLost  # another worker owns this chat's partition now
-            try:
-                body = await s.pipeline.submit(message, callback_url, key)
-                s.breaker.success()
-                break
-            except PipelineRejected as exc:
-                s.breaker.success()  # it answered: up, even if it refused this one
-                s.count("pipeline_rejected")
-                await _apologise(gw, message)
-                return Dead(Reason.PIPELINE_REJECTED, str(exc))
-            except ReplyShapeError as exc:  # it answered, with a body that cannot be used
-                s.breaker.success()
-                return await _bad_reply(gw, message, exc)
-            except PipelineUnavailable as exc:
-                s.breaker.failure()
-                elapsed = time.monotonic() - started
-                delay = backoff(attempt, base=0.5, cap=15.0)
-                attempt += 1
-                if elapsed + delay > s.options.retry_seconds:
-                    s.count("pipeline_unavailable")
-                    await _apologise(gw, message)
-                    return Dead(
-                        Reason.PIPELINE_UNAVAILABLE,
-                        f"{exc} (gave up after {attempt} attempts, {elapsed:.0f}s)",
-                    )
-                log.warning(
-                    "pipeline unavailable for update %s: %s; retry in %.1fs",
-                    gw.entry.update_id,
-                    exc,
-                    delay,
-                    extra={"update_id": gw.entry.update_id},
-                )
-                if s.options.delay_notice and elapsed >= s.options.delay_notice_after:
-                    await _notify_delay(gw, message)
-                await asyncio.sleep(delay)
-    finally:
-        if typing_task is not None:
-            typing_task.cancel()
+        outcome, body = await _submit(gw, message, callback_url, key)
+    except BaseException:
+        _stop_typing(s, key)
+        raise
+    if isinstance(outcome, Retry):
+        return outcome
+    _stop_typing(s, key)
+    if outcome is not None:
+        return outcome
     s.count("forwarded")
     gw.handed = True
     if body:
@@ -191,6 +165,56 @@ async def forward(gw: WorkerContext) -> Outcome:
         except ReplyShapeError as exc:
             return await _bad_reply(gw, message, exc)
     return Ack()
+
+
+async def _submit(
+    gw: WorkerContext, message: PipelineMessage, callback_url: str | None, key: str
+) -> tuple[Outcome | None, dict[str, Any] | None]:
+    """One POST to the pipeline: (None, its answer) once it took the update, ``Retry``
+    while it is away and the retry time lasts, else the dead letter. The retries are the
+    lane's (``Retry``): the chat waits, other chats go on."""
+    s = gw.services
+    await s.breaker.ready()
+    if not gw.fence.valid():
+        raise LeaseLost  # another worker owns this chat's partition now
+    try:
+        body = await s.metrics.submit(s.pipeline, message, callback_url, key)
+    except PipelineRejected as exc:
+        s.breaker.success()  # it answered: up, even if it refused this one
+        s.count("pipeline_rejected")
+        await _apologise(gw, message)
+        return Dead(Reason.PIPELINE_REJECTED, str(exc)), None
+    except ReplyShapeError as exc:  # it answered, with a body that cannot be used
+        s.breaker.success()
+        return await _bad_reply(gw, message, exc), None
+    except PipelineUnavailable as exc:
+        s.breaker.failure()
+        elapsed = time.monotonic() - (gw.since or time.monotonic())
+        delay = backoff(gw.retries, base=0.5, cap=15.0)
+        attempts = gw.retries + 1
+        if elapsed + delay > s.options.retry_seconds:
+            s.count("pipeline_unavailable")
+            await _apologise(gw, message)
+            why = f"{exc} (gave up after {attempts} attempts, {elapsed:.0f}s)"
+            return Dead(Reason.PIPELINE_UNAVAILABLE, why), None
+        log.warning(
+            "pipeline unavailable for update %s: %s; retry in %.1fs",
+            gw.entry.update_id,
+            exc,
+            delay,
+            extra={"update_id": gw.entry.update_id},
+        )
+        if s.options.delay_notice and elapsed >= s.options.delay_notice_after:
+            await _notify_delay(gw, message)
+        return Retry(delay, f"pipeline unavailable: {exc}"), None
+    s.breaker.success()
+    return None, body
+
+
+def _stop_typing(s: WorkerServices, key: str) -> None:
+    task = s.typing.pop(key, None)
+    if task is not None:
+        task.cancel()
 
 
 async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShapeError) -> Dead:
@@ -229,10 +253,12 @@ async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
     )
 
 
-async def _keep_typing(gw: WorkerContext) -> None:
-    """Best effort: a typing indicator that cannot be queued (Redis away) is skipped."""
+async def _keep_typing(gw: WorkerContext, limit: float) -> None:
+    """Best effort: a typing indicator that cannot be queued (Redis away) is skipped.
+    Ends after ``limit`` seconds even if nobody cancels it."""
     n = 0
-    while True:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
         try:
             await gw.send(
                 "sendChatAction",
@@ -342,6 +368,8 @@ class UpdateHandler:
             entry=entry,
             chat_id=chat_id,
             fence=fence,
+            retries=item.retries,
+            since=item.since,
             already_handed=bool(replies[0]),
         )
         if update is None:
@@ -349,10 +377,13 @@ class UpdateHandler:
         else:
             result = await self.dp.feed_update(self.bot, update, gw=gw)
         outbox = tuple(Publish(s.outbound_stream(e), e.to_fields()) for e in gw.outbox)
+        if isinstance(result, Retry):
+            return result  # the pipeline is away: the lane tries the update again later
         if isinstance(result, Dead):
             # e.g. the apology: it goes out in the finish that dead-letters the update
             return dataclasses.replace(result, effects=(*result.effects, *outbox))
         if result is UNHANDLED:
+            s.metrics.updates["no_reply"].inc()
             s.count("unhandled")
             log.info(
                 "update %s (%s) not handled; acknowledged",
@@ -361,6 +392,9 @@ class UpdateHandler:
                 extra={"update_id": entry.update_id},
             )
         elif not isinstance(result, Ack):
+            s.metrics.command(gw.command)
             s.count("handled")
+        else:
+            s.metrics.updates["replied" if outbox else "no_reply"].inc()
         marker = (Marker(handed, s.options.handed_ttl),) if gw.handed else ()
         return Ack((*outbox, *marker))

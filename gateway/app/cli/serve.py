@@ -18,6 +18,7 @@ from gateway.core.settings import (
     ConsumerSettings,
     IngressSettings,
     LogSettings,
+    MetricsSettings,
     PipelineSettings,
     RedisSettings,
     SenderSettings,
@@ -41,6 +42,7 @@ def load_config(**telegram_overrides: Any) -> Config:
         worker=load(WorkerSettings),
         sender=load(SenderSettings),
         consumer=load(ConsumerSettings),
+        metrics=load(MetricsSettings),
     )
     load(LogSettings)
     return config
@@ -56,6 +58,10 @@ def _secrets(cfg: Config) -> tuple[str, ...]:
             out.append(webhook_secret_for(tg))  # the set or the derived one
     if cfg.pipeline.delivery_secret is not None:
         out.append(cfg.pipeline.delivery_secret.get_secret_value())
+    for key in (*cfg.pipeline.pipeline_signing_keys, *cfg.pipeline.callback_signing_keys):
+        out.append(key.get_secret_value().strip().removeprefix("whsec_"))  # and with it whsec_…
+    if cfg.metrics.metrics_token is not None:
+        out.append(cfg.metrics.metrics_token.get_secret_value())
     return tuple(out)
 
 

@@ -56,7 +56,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from gateway.testkit.reference.policy import callback_allow_list
 
     rp = load(ReferencePipelineSettings)
-    public_url = load(PipelineSettings).gateway_public_url
+    ps = load(PipelineSettings)
+    public_url = ps.gateway_public_url
     hosts = rp.reference_callback_hosts
     if args.callback_hosts is not None:
         hosts = [h.strip() for h in args.callback_hosts.split(",") if h.strip()]
@@ -71,6 +72,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         "max_records": rp.reference_max_records,
         "max_body_bytes": rp.reference_max_body_bytes,
         "callback_timeout": rp.reference_callback_timeout,
+        "callback_signing_keys": ps.callback_keys,  # what the gateway's ingress verifies
     }
     setup_logging(load(LogSettings).log_level)
     log.info("reference pipeline on http://%s:%s (%s mode)", args.host, args.port, args.mode)

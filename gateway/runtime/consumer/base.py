@@ -10,12 +10,14 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys, Stage
+from gateway.core.metrics import Metrics
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer.outcome import Fence, Handler, Item
 from gateway.runtime.leases import LeaseManager
@@ -84,6 +86,9 @@ class ConsumerState:
     name: str
     handled: int
     dead: int
+    metrics: Metrics
+    _claimed: Any  # the metrics' children this consumer counts on
+    _redelivered: Any
     leases: LeaseManager | None
     relay: Relay | None
     _stopping: asyncio.Event
@@ -119,6 +124,12 @@ class ConsumerState:
         if self.leases is None:
             return self.config.streams
         return [self.config.streams[p] for p in self.leases.reading()]
+
+    def _owned(self) -> float:
+        """Partitions this process holds (all of them without leases): a scraped gauge."""
+        if self.leases is None:
+            return float(len(self.config.streams))
+        return float(sum(self.leases.holds(p) for p in range(len(self.config.streams))))
 
     def _may_start(self, stream: str) -> bool:
         """May a lane start this stream's next entry? Not once its partition is being

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
+from gateway.core.metrics import Metrics
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.cluster import refresh_slots
 from gateway.runtime.consumer.base import (
@@ -73,6 +74,7 @@ class StreamConsumer(Lanes, Reads, Retention):
         order_key: Callable[[dict[bytes, bytes]], bytes] = lambda f: f.get(b"chat_id", b""),
         name: str | None = None,
         calls: Coalescer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -82,6 +84,10 @@ class StreamConsumer(Lanes, Reads, Retention):
         self.name = name or consumer_name(config.role)
         self.handled = 0
         self.dead = 0
+        self.metrics = m = metrics or Metrics.off()
+        kind = {"worker": "updates", "sender": "outbound"}.get(config.role, config.role)
+        self._claimed = m.child("tg_gateway_stream_claims_total", kind, config.group)
+        self._redelivered = m.child("tg_gateway_stream_redeliveries_total", kind, config.group)
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
         self._last_trim = 0.0
@@ -117,6 +123,8 @@ class StreamConsumer(Lanes, Reads, Retention):
                 settle=(CLUSTER_BLOCK_MS if self._cluster else config.block_ms) / 1000 + 0.5,
                 calls=self._calls,
             )
+            self.leases.takeovers = m.child("tg_gateway_lease_takeovers_total", config.role)
+        m.child("tg_gateway_partitions_owned", config.role).set_function(self._owned)
         # stream -> {entry id: delivery count}: fetched, not finished, to hand back on stop
         self._unfinished: dict[str, dict[str, int]] = defaultdict(dict)
         self._reading: frozenset[str] = frozenset()  # streams of the XREADGROUP in flight

@@ -10,7 +10,7 @@ from typing import Any
 from redis.crc import key_slot
 
 from gateway.core.backoff import backoff
-from gateway.core.contracts import dead_fields, decode_fields
+from gateway.core.contracts import Stage, dead_fields, decode_fields
 from gateway.runtime.consumer.base import REDIS_RETRY_CAP, ConsumerState
 from gateway.runtime.consumer.outcome import Ack, Dead, Publish, RelayFullError, Status
 from gateway.runtime.redis_errors import is_transient
@@ -72,6 +72,7 @@ class Finishing(ConsumerState):
                 )
             elif dead is not None:
                 self.dead += 1
+                self._count_dead(dead)
                 log.warning(
                     "dead-lettered %s %s from %s: %s (%s)",
                     self.config.stage.value,
@@ -83,6 +84,12 @@ class Finishing(ConsumerState):
             else:
                 self.handled += 1
             return Status.DONE
+
+    def _count_dead(self, dead: Dead) -> None:
+        stage = self.config.stage
+        self.metrics.child("tg_gateway_dead_letters_total", stage.value, dead.reason.value).inc()
+        if stage is Stage.WORKER:
+            self.metrics.child("tg_gateway_worker_updates_total", "dead_lettered").inc()
 
     async def _finish_once(
         self, stream: str, entry_id: str, outcome: Ack, written: set[int]

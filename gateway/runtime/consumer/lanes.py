@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import defaultdict, deque
 from typing import Any
 
@@ -85,6 +86,8 @@ class Lanes(Finishing):
                         await self._sleep(LAPSE_POLL)
                         continue
                     break  # lost or being released: the next owner takes the rest
+                if not item.since:
+                    item = lane[0] = dataclasses.replace(item, since=time.monotonic())
                 try:
                     status = await self._handle_one(item)
                 except GatewayFatal as exc:
@@ -92,6 +95,7 @@ class Lanes(Finishing):
                     self.stop()
                     return
                 if isinstance(status, Retry):  # the handler's own delay, not a failure
+                    lane[0] = dataclasses.replace(item, retries=item.retries + 1, memo=status.memo)
                     await self._sleep(status.delay)
                     continue
                 if status is Status.LOST and not self._holds(stream):
@@ -158,6 +162,8 @@ class Lanes(Finishing):
                     f"delivered {deliveries} times without success",
                 ),
             )
+        if deliveries > 1:
+            self._redelivered.inc()
         try:
             outcome = await self.handler(item, self._fence(stream))
         except LeaseLost:

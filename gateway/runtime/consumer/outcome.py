@@ -79,10 +79,13 @@ class Dead:
 class Retry:
     """Not done, and not the entry's fault: the runtime tries it again in place after
     ``delay`` seconds (its chat waits behind it), its delivery count unchanged. Nothing
-    is written; ``why`` goes to the log."""
+    is written; ``why`` goes to the log. ``memo`` is handed back to the handler with the
+    entry (``Item.memo``) at the next try: what it needs to go on where it stopped (the
+    sender: which part, and that part's tries so far)."""
 
     delay: float
     why: str = ""
+    memo: object = None
 
 
 Outcome = Ack | Dead | Retry
@@ -136,6 +139,13 @@ class Item:
     fields: dict[bytes, bytes]
     deliveries: int
     """Deliveries so far, this one included (XPENDING's count, or 1 for a new read)."""
+    retries: int = 0
+    """``Retry`` outcomes of this entry so far, in this lane (a handler's backoff)."""
+    since: float = 0.0
+    """When this lane first handed it to the handler (``time.monotonic()``; 0: not yet).
+    With ``retries`` it is what a handler needs to bound its retries by time."""
+    memo: object = None
+    """The last ``Retry``'s ``memo`` (None before any): kept in this process only."""
 
 
 Handler = Callable[[Item, Fence], Awaitable[Outcome]]

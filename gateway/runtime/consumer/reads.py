@@ -201,6 +201,7 @@ class Reads(ConsumerState):
             await self.redis.xack(stream, self.config.group, entry_id)
         if not claimed:
             return []
+        self._claimed.inc(len(claimed))
         counts = await self._delivery_counts(stream, [eid for eid, _ in claimed])
         return [
             Item(stream, entry_id.decode(), fields, counts.get(entry_id.decode(), 2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.core.signing import SigningKeys
 from gateway.testkit.reference.faults import Faults
 from gateway.testkit.reference.policy import (
     BadRequest,
@@ -57,6 +59,9 @@ class ReferencePipelineServer:
     422, not fetched. ``max_records`` bounds each of: the recorded requests (oldest
     dropped), the idempotency keys remembered (least recently used dropped) and the
     callbacks pending (beyond it: 503). ``max_body_bytes``: larger requests get 413.
+    ``callback_signing_keys``: sign each callback per Standard Webhooks (``webhook-id``:
+    the reply's ``message_id``, the same on every retry), as the gateway expects when its
+    ``CALLBACK_SIGNING_KEYS`` is set.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class ReferencePipelineServer:
         public_url: str | None = None,
         max_records: int = DEFAULT_MAX_RECORDS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        callback_signing_keys: SigningKeys | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -88,6 +94,7 @@ class ReferencePipelineServer:
         self.allowed_hosts = callback_allow_list(callback_hosts, public_url)
         self.max_records = max_records
         self.max_body_bytes = max_body_bytes
+        self.callback_keys = callback_signing_keys or SigningKeys()
         self.faults = Faults()
         self._requests: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.arrivals = 0
@@ -245,14 +252,20 @@ class ReferencePipelineServer:
         if session is None:
             return
         shown = redact_url(url)  # the URL carries a signed token: never logged whole
+        data = json.dumps(payload).encode()
         backoff = self.callback_backoff
         for attempt in range(self.callback_retries + 1):
             if attempt:
                 await asyncio.sleep(backoff)
                 backoff *= 2
+            headers = {"Content-Type": "application/json"}
+            headers.update(
+                self.callback_keys.headers(payload["message_id"], int(time.time()), data)
+            )
             try:
                 # No redirects: a 3xx must not carry the reply to a host not allowed.
-                async with session.post(url, json=payload, allow_redirects=False) as resp:
+                post = session.post(url, data=data, headers=headers, allow_redirects=False)
+                async with post as resp:
                     status = resp.status
                     await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -1,0 +1,112 @@
+"""The ingress's metrics: what its endpoints count, the request timer and ``/metrics``.
+
+``IngressMetrics.off()`` (no ``METRICS_TOKEN``) counts nothing, times nothing and serves
+no ``/metrics`` (404): the webhook's path is then what it was without metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.core.metrics import Metrics, status_class
+from gateway.runtime.metrics_export import Scrape
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Route = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ENDPOINTS = ("webhook", "delivery", "healthz", "readyz", "metrics", "other")
+STATUSES = ("2xx", "4xx", "5xx")
+
+
+class IngressMetrics:
+    """Pre-bound children of the ingress's metrics, and its ``/metrics`` scrape."""
+
+    def __init__(self, metrics: Metrics, scrape: Scrape | None) -> None:
+        self.metrics = metrics
+        self.scrape = scrape  # None: no /metrics route
+        self.on = scrape is not None and metrics.enabled
+        m = metrics
+        self.updates = {
+            (source, outcome): m.child("tg_gateway_ingress_updates_total", source, outcome)
+            for source in ("webhook", "polling")
+            for outcome in ("accepted", "duplicate", "rejected")
+        }
+        self.callbacks = {
+            o: m.child("tg_gateway_ingress_callbacks_total", o) for o in ("stored", "rejected")
+        }
+        self.durations = {
+            (e, s): m.child("tg_gateway_ingress_request_duration_seconds", e, s)
+            for e in ENDPOINTS
+            for s in STATUSES
+        }
+
+    @classmethod
+    def off(cls) -> IngressMetrics:
+        return cls(Metrics.off(), None)
+
+    def rejected(self, endpoint: str, reason: str) -> None:
+        """A refused request: by reason, and as the webhook's or the callbacks' outcome."""
+        self.metrics.child("tg_gateway_ingress_rejected_total", endpoint, reason).inc()
+        if endpoint == "webhook":
+            self.updates["webhook", "rejected"].inc()
+        elif endpoint == "delivery":
+            self.callbacks["rejected"].inc()
+
+    async def timed(
+        self, route: Route, endpoint: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run ``route``, observing its duration by endpoint and status class."""
+        started = time.perf_counter()
+        status = 500  # an answer never started: the client sees a dropped connection
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await route(scope, receive, sending)
+        finally:
+            key = (endpoint, status_class(status))
+            self.durations[key].observe(time.perf_counter() - started)
+
+    async def serve(self, scope: Scope, send: Send) -> None:
+        """``GET /metrics``: 401 without the bearer token, else the scrape."""
+        assert self.scrape is not None
+        headers = dict(scope["headers"])
+        if scope["method"] not in ("GET", "HEAD"):
+            await _plain(send, 405, b"use GET")
+            return
+        if not self.scrape.authorized(headers.get(b"authorization")):
+            await _plain(send, 401, b"unauthorized", ((b"www-authenticate", b"Bearer"),))
+            return
+        body = await self.scrape.render()
+        await _plain(send, 200, body, ctype=self.scrape.content_type.encode())
+
+
+def endpoint_of(path: str, webhook_path: str, delivery_prefix: str) -> str:
+    if path == webhook_path:
+        return "webhook"
+    if path.startswith(delivery_prefix):
+        return "delivery"
+    if path in ("/healthz", "/readyz", "/metrics"):
+        return path[1:]
+    return "other"
+
+
+async def _plain(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    ctype: bytes = b"text/plain; charset=utf-8",
+) -> None:
+    head = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,60 @@
+"""The sender's metrics (deploy/metrics.yaml, "sender"): children bound once per process."""
+
+from __future__ import annotations
+
+from gateway.core.metrics import Metrics
+from gateway.telegram import answers
+from workers.sender.parts import METHODS
+
+SEND_OUTCOMES = ("sent", "already_sent", "retried", "dead_lettered")
+SCOPES = ("none", "global", "chat", "group")
+CODES = frozenset({400, 401, 403, 404, 409, 413, 429})
+
+
+class SenderMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        m = self.metrics = metrics
+        self.sends = {
+            (method, o): m.child("tg_gateway_sender_sends_total", method, o)
+            for method in METHODS
+            for o in SEND_OUTCOMES
+        }
+        self.limiter_wait = {
+            s: m.child("tg_gateway_sender_limiter_wait_seconds", s) for s in SCOPES
+        }
+        self.flood_seconds = {
+            s: m.child("tg_gateway_sender_flood_wait_seconds_total", s) for s in SCOPES[1:]
+        }
+        self.queue_latency = {
+            method: m.child("tg_gateway_sender_queue_latency_seconds", method) for method in METHODS
+        }
+        self.split_parts = m.child("tg_gateway_sender_split_parts_total")
+
+    @classmethod
+    def off(cls) -> SenderMetrics:
+        return cls(Metrics.off())
+
+    def send(self, method: str, outcome: str) -> None:
+        child = self.sends.get((method, outcome))
+        if child is not None:  # a method the sender does not know: its entry is dead
+            child.inc()
+
+    def error(self, method: str, exc: BaseException) -> None:
+        """A failed Bot API call, by its error code (network: no usable answer)."""
+        answer = answers.answer_of(exc)
+        if answer is None or method not in METHODS:
+            return
+        code = answer.code
+        if code == answers.NO_ANSWER:
+            label = "network"
+        elif code >= 500:
+            label = "5xx"
+        else:
+            label = str(code) if code in CODES else "other"
+        self.metrics.child("tg_gateway_sender_telegram_errors_total", method, label).inc()
+
+
+def chat_scope(chat_id: int | str) -> str:
+    """The limit a chat's sends count against: ``group`` (negative ids, @channel names)
+    or ``chat`` (``Limits.intervals_us`` makes the same split)."""
+    return "group" if isinstance(chat_id, str) or chat_id < 0 else "chat"
