@@ -21,6 +21,7 @@
     ├── EnvelopeError           core.contracts: a stream entry is not its envelope (ValueError)
     ├── LeaseLost               runtime.consumer: the partition moved; stop, do not ack
     ├── RelayFullError          runtime.consumer: the partition's relay is full; retried
+    ├── StandBy                 runtime.named_lease: a lease's work gives the lease up
     ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
     ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
     ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
