@@ -26,7 +26,7 @@ from gateway.core.settings import (
     TelegramSettings,
 )
 from gateway.ingress.app import IngressApp, IngressConfig
-from gateway.ingress.observe import IngressMetrics
+from gateway.ingress.observe import IngressMetrics, WebhookCollector
 from gateway.ingress.owner import UpdatesOwner
 from gateway.runtime.layout import ensure_layout
 from gateway.runtime.metrics_export import Scrape
@@ -181,6 +181,9 @@ async def serve_ingress(
         owner = UpdatesOwner(
             api, tg, app.publisher, app.redis, app.config.keys, rs.lease_ttl_ms, observe
         )
+        if owner.watch is not None:  # webhook mode: Telegram's view, from the watchdog
+            watch = owner.watch
+            observe.metrics.register(WebhookCollector(lambda: watch.state))
         owning = asyncio.create_task(owner.run(stop))
         background.append(owning)
         if tg.mode == "polling":

@@ -15,7 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.core.errors import TelegramFatal
-from gateway.ingress.serve import serve_ingress
+from gateway.core.settings import MetricsSettings, load
+from gateway.ingress.observe import IngressMetrics
+from gateway.ingress.serve import ingress_metrics, serve_ingress
 from gateway.runtime.named_lease import NamedLease
 from gateway.telegram.client import BotApi, derive_webhook_secret
 from gateway.testkit.emulator import Emulator
@@ -30,11 +32,15 @@ LEASE = f"tg:lease:webhook:{BOT_ID}"
 
 
 @contextlib.asynccontextmanager
-async def replica(cfg: Any) -> AsyncIterator[tuple[asyncio.Task[None], asyncio.Event]]:
+async def replica(
+    cfg: Any, observe: IngressMetrics | None = None
+) -> AsyncIterator[tuple[asyncio.Task[None], asyncio.Event]]:
     """One ingress replica, ready; stopped gracefully (SIGTERM's path) on exit."""
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
-        serve_ingress(cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, 60.0, stop, ready)
+        serve_ingress(
+            cfg.telegram, cfg.redis, cfg.pipeline, cfg.ingress, 60.0, stop, ready, observe
+        )
     )
     try:
         await asyncio.wait({task, asyncio.create_task(ready.wait())}, timeout=15,
@@ -120,8 +126,10 @@ async def test_drift_is_reapplied_within_one_check_and_a_standby_takes_over(
     a = webhook_cfg(redis_url, emu, url)
     a.ingress = a.ingress.model_copy(update={"ingress_port": port})
     b = webhook_cfg(redis_url, emu, url)
+    metrics_token = "metrics-token-0123456789"
+    observe = ingress_metrics(load(MetricsSettings, metrics_token=metrics_token), a.redis)
     async with contextlib.AsyncExitStack() as first, contextlib.AsyncExitStack() as second:
-        await first.enter_async_context(replica(a))  # a holds: it started alone
+        await first.enter_async_context(replica(a, observe))  # a holds: it started alone
         await second.enter_async_context(replica(b))
         assert requests(emu, "setWebhook") == 1
         await bot_call(emu, "setWebhook", url="http://127.0.0.1:9/elsewhere")
@@ -133,6 +141,13 @@ async def test_drift_is_reapplied_within_one_check_and_a_standby_takes_over(
         )
         assert time.monotonic() - drifted_at < CHECK + 1.5
         assert requests(emu, "setWebhook") == 3  # a's, the drift, a's re-application
+        async with httpx.AsyncClient(timeout=5) as http:  # the holder's metrics say so
+            scraped = await http.get(
+                f"http://127.0.0.1:{port}/metrics",
+                headers={"Authorization": f"Bearer {metrics_token}"},
+            )
+        assert 'tg_gateway_telegram_webhook_reapplied_total{field="url"} 1.0' in scraped.text
+        assert "tg_gateway_telegram_webhook_pending_updates 0.0" in scraped.text
         await first.aclose()  # a stops (SIGTERM's path): b takes the lease, registers once
         await wait_for(
             lambda: requests(emu, "setWebhook") == 4,
