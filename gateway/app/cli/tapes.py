@@ -93,7 +93,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Compare the answers of two tapes (gateway/testkit/tapes/diff.py): 0 / 1 / 2."""
     from gateway.testkit.tapes.diff import run_diff
 
-    return run_diff(args.base, args.run, args.ignore, args.update)
+    return run_diff(args.base, args.run, args.ignore, args.update, args.report)
 
 
 def add_record(sub: Subcommands) -> None:
@@ -158,4 +158,7 @@ def add_diff(sub: Subcommands) -> None:
     df.add_argument("--ignore", action="append", default=[], metavar="FIELD",
                     help="another payload field to ignore (repeatable)")  # fmt: skip
     df.add_argument("--update", action="store_true", help="rewrite BASE with RUN")
+    df.add_argument("--report", metavar="FILE",
+                    help="also write the findings as Markdown (.md) or HTML (.html), with a "
+                    "latency plot FILE-stem-latency.png beside it")  # fmt: skip
     df.set_defaults(func=cmd_diff)

@@ -252,13 +252,28 @@ def render(report: DiffReport, base_name: str, run_name: str) -> str:
 
 
 def run_diff(
-    base_path: str, run_path: str, ignore: Iterable[str] = (), update: bool = False
+    base_path: str,
+    run_path: str,
+    ignore: Iterable[str] = (),
+    update: bool = False,
+    report_path: str | None = None,
 ) -> int:
-    """``tg-gateway diff``: print the report; 0 same (or BASE rewritten), 1 differ. A bad
-    tape raises ``TapeError`` (exit 2) before anything is printed or rewritten."""
+    """``tg-gateway diff``: print the report (and write ``report_path``, Markdown or HTML,
+    with its latency plot); 0 same (or BASE rewritten), 1 differ. A bad tape or report
+    name raises a ``UsageError`` (exit 2) before anything is printed or rewritten."""
+    if report_path is not None:
+        from gateway.testkit.tapes.report import report_format
+
+        report_format(report_path)  # a bad extension fails before the tapes are read
     base, run = read_tape(base_path), read_tape(run_path)
     report = diff_tapes(base, run, ignore)
     print(render(report, base_path, run_path))
+    if report_path is not None:
+        from gateway.testkit.tapes.report import write_report
+
+        lat = {"base": reply_latencies_ms(base), "run": reply_latencies_ms(run)}
+        plot = write_report(report_path, report, lat, base_path, run_path)
+        print(f"report: {report_path} (plot {plot})")
     if update and not report.same:
         write_tape(base_path, run.header, run.events)
         print(f"rewrote {base_path} with {run_path}'s events")
