@@ -44,7 +44,9 @@ def test_the_report_names_the_changed_message_and_has_a_real_plot(
 
 def test_html_escapes_reply_texts(tmp_path: Path) -> None:
     """A reply text is user data: no markup of its own reaches the HTML or Markdown."""
-    base, run = two_tapes(tmp_path, changed_text="<script>alert('x')</script> <img src=x onerror=y> |")
+    base, run = two_tapes(
+        tmp_path, changed_text="<script>alert('x')</script> <img src=x onerror=y> |"
+    )
     for name in ("r.html", "r.md"):
         assert main(["diff", base, run, "--report", str(tmp_path / name)]) == 1
         text = (tmp_path / name).read_text()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core.errors import UsageError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI hands diff's report here (diff does not import this module)
     from gateway.testkit.tapes.diff import DiffReport
 
 FORMATS = {".md": "markdown", ".html": "html", ".htm": "html"}
@@ -63,7 +63,9 @@ def render_markdown(report: DiffReport, base: str, run: str, plot: str) -> str:
     lines += ["", "## Latency (ms, update received -> reply's result)", "",
               "| | base | run |", "|---|---:|---:|"]  # fmt: skip
     for p in PERCENTILES:
-        lines.append(f"| {p} | {_ms(report.latency['base'][p])} | {_ms(report.latency['run'][p])} |")
+        lines.append(
+            f"| {p} | {_ms(report.latency['base'][p])} | {_ms(report.latency['run'][p])} |"
+        )
     lines += ["", f"![latency]({_md(plot)})", ""]
     return "\n".join(lines)
 
@@ -141,8 +143,8 @@ def write_plot(path: Path, report: DiffReport, latencies: dict[str, list[float]]
 
 def write_report(
     path: str, report: DiffReport, latencies: dict[str, list[float]], base: str, run: str
-) -> Path:
-    """Write the report and its plot; returns the plot's path."""
+) -> str:
+    """Write the report and its plot; returns the line saying so."""
     fmt = report_format(path)
     plot = plot_path(path)
     try:
@@ -151,4 +153,4 @@ def write_report(
         Path(path).write_text(render(report, base, run, plot.name), encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--report {path}: cannot write it ({exc.strerror})") from None
-    return plot
+    return f"report: {path} (plot {plot})"
