@@ -29,7 +29,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     sel = rec.Selection(since, until, chats=frozenset(args.chat), types=frozenset(args.type))
     key, keys = load(rec.TapeSettings).tape_redact_key, Keys(rs.stream_prefix, rs.partitions)
     req = rec.RecordRequest(args.out, sel, args.follow, not args.no_redact, args.redact_rules,
-                            args.limit)  # fmt: skip
+                            args.limit, show_progress=True)  # fmt: skip
 
     async def go(stop: asyncio.Event | None = None) -> None:
         redis = connect_with(rs)
