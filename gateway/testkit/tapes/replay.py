@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import orjson
 import redis.asyncio as aioredis
@@ -179,8 +180,19 @@ async def deliver(
     return now() - start
 
 
+WEBHOOK_CONNECTIONS = 64
+
+
+def replay_client(connections: int = WEBHOOK_CONNECTIONS) -> aiohttp.ClientSession:
+    """The webhook client: at most ``connections`` kept alive, 10 s per request. aiohttp,
+    not httpx: from one process it POSTs ~20x faster (bench/replay.py; httpcore's pool
+    rescans every waiting request on each release and probes for trio on each call)."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+
+
 def webhook_sender(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     url: str,
     secret: str | None,
     retries: int = 5,
@@ -196,13 +208,15 @@ def webhook_sender(
         last = ""
         for attempt in range(retries):
             try:
-                r = await client.post(url, content=step.body(), headers=headers)
-                if r.status_code < 300:
+                async with client.post(url, data=step.body(), headers=headers) as r:
+                    await r.read()
+                    status = r.status
+                if status < 300:
                     return
-                last = f"HTTP {r.status_code}"
-                if r.status_code < 500:
+                last = f"HTTP {status}"
+                if status < 500:
                     break
-            except httpx.TransportError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 last = type(exc).__name__
             if on_retry is not None:
                 on_retry()
@@ -328,7 +342,7 @@ async def replay(
         bar = progress("replay", len(steps), unit="updates") if req.show_progress else None
         try:
             if req.to is not None:
-                async with httpx.AsyncClient(timeout=10.0) as client:
+                async with replay_client() as client:
                     send = webhook_sender(client, req.to, req.secret,
                                           on_retry=bar.error if bar else None)  # fmt: skip
                     took = await deliver(steps, counted(send, bar) if bar else send)
