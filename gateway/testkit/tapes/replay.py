@@ -184,11 +184,13 @@ WEBHOOK_CONNECTIONS = 64
 
 
 def replay_client(connections: int = WEBHOOK_CONNECTIONS) -> aiohttp.ClientSession:
-    """The webhook client: at most ``connections`` kept alive, 10 s per request. aiohttp,
+    """The webhook client: at most ``connections`` kept alive; 10 s to connect and 10 s for
+    each read, not counting the wait for a free connection (lanes queue for one). aiohttp,
     not httpx: from one process it POSTs ~20x faster (bench/replay.py; httpcore's pool
     rescans every waiting request on each release and probes for trio on each call)."""
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=10)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)
 
 
 def webhook_sender(
@@ -196,10 +198,10 @@ def webhook_sender(
     url: str,
     secret: str | None,
     retries: int = 5,
-    on_retry: Callable[[], None] | None = None,
+    on_retry: Callable[[str], None] | None = None,
 ) -> Send:
     """POST like Telegram: the secret header, retried on 5xx or no answer, with backoff
-    (``on_retry`` hears of each failed try: the progress line's errors)."""
+    (``on_retry`` hears why each try failed: the progress line's errors)."""
     headers = {"Content-Type": "application/json"}
     if secret:
         headers[SECRET_HEADER] = secret
@@ -219,7 +221,7 @@ def webhook_sender(
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = type(exc).__name__
             if on_retry is not None:
-                on_retry()
+                on_retry(last)
             await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         raise ReplayError(f"update {step.event['update_id']}: the webhook answered {last}")
 
@@ -343,8 +345,8 @@ async def replay(
         try:
             if req.to is not None:
                 async with replay_client() as client:
-                    send = webhook_sender(client, req.to, req.secret,
-                                          on_retry=bar.error if bar else None)  # fmt: skip
+                    retried = (lambda _: bar.error()) if bar else None
+                    send = webhook_sender(client, req.to, req.secret, on_retry=retried)
                     took = await deliver(steps, counted(send, bar) if bar else send)
             else:
                 assert redis is not None
