@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 
 from gateway.app.cli import main
 from gateway.testkit.tapes.emulator_chats import chats_to_register
-from gateway.testkit.tapes.progress import PlainProgress, progress
 from gateway.testkit.tapes.remap import IdMap, id_kind, in_test_range
 from gateway.testkit.tapes.replay import Timing, plan
 from gateway.testkit.tapes.tape import Header, Tape, write_tape
@@ -86,32 +84,3 @@ def test_the_emulator_gets_each_chat_once_with_its_type_and_title() -> None:
     assert list(chats) == [9_900_000_001, -999_900_000_001, -1_008_000_000_001]
     assert chats[-999_900_000_001] == {"chat_id": -999_900_000_001, "type": "group",
                                        "title": "chat-x"}  # fmt: skip
-
-
-def test_plain_progress_lines_every_interval_and_at_the_end() -> None:
-    """Off a terminal: a line per interval (rate, ETA, errors), one when it closes."""
-    now = [0.0]
-    out = io.StringIO()
-    bar = PlainProgress("replay", 100, out, interval=5.0, clock=lambda: now[0], unit="updates")
-    for _ in range(20):
-        now[0] += 0.25
-        bar.advance()
-    bar.error()
-    for _ in range(30):
-        now[0] += 0.25
-        bar.advance()
-    bar.close()
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "replay: 20/100 updates (20%), 4.0/s, ETA 0m20s, 0 error(s)"
-    assert lines[1] == "replay: 40/100 updates (40%), 4.0/s, ETA 0m15s, 1 error(s)"
-    assert lines[-1] == "replay: 50/100 updates (50%), 4.0/s, ETA 0m13s, 1 error(s) in 0m13s"
-    assert len(lines) == 3
-
-
-def test_progress_without_a_total_and_off_a_terminal_is_plain() -> None:
-    out = io.StringIO()
-    bar = progress("record", None, out, unit="events")
-    assert isinstance(bar, PlainProgress)
-    bar.advance(7)
-    bar.close()
-    assert out.getvalue().startswith("record: 7 events, ") and "ETA" not in out.getvalue()
