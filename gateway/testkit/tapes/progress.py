@@ -1,13 +1,15 @@
 """Progress of a long replay or recording: a rich bar on a terminal, plain lines otherwise.
 
 ``progress(label, total)`` picks one: on a TTY, rich's bar with rate, ETA and the error
-count (rich imported only then); elsewhere (CI logs, a pipe) one line every ``interval``
-seconds and one at the end, on stderr: ``replay: 120/1000 (12%), 40.0/s, ETA 22s, 0
-errors``. ``total`` None (``record --follow``) drops the percentage and the ETA.
+count (rich imported only then, and only when installed: the dev extra has it); elsewhere
+(CI logs, a pipe) one line every ``interval`` seconds and one at the end, on stderr:
+``replay: 120/1000 updates (12%), 40.0/s, ETA 0m22s, 0 error(s)``. ``total`` None
+(``record --follow``) drops the percentage and the ETA.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -142,6 +144,6 @@ def progress(
     """A bar on a terminal, plain periodic lines otherwise (on stderr by default)."""
     stream = out if out is not None else sys.stderr
     isatty = getattr(stream, "isatty", None)
-    if callable(isatty) and isatty():
+    if callable(isatty) and isatty() and importlib.util.find_spec("rich") is not None:
         return RichProgress(label, total, stream)
     return PlainProgress(label, total, stream, unit=unit)
