@@ -27,8 +27,9 @@
     ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
-                                the tapes' ReplayError (and TapeError, a UsageError: a
-                                tape that cannot be read, exit 2)
+                                the tapes' ReplayError and EmulatorError (the emulator
+                                refused a replay's chat), and TapeError, a UsageError: a
+                                tape that cannot be read, exit 2
 
 Telegram's own errors (aiogram's ``TelegramAPIError`` family) and ``BotApiError`` are
 decided by one table, ``gateway.telegram.answers``: wait / retry / resend / dead-letter /
