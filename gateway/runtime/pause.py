@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -56,14 +57,15 @@ class PauseFlag:
     ``REFRESH`` s; a read that fails or hangs keeps the last known state (a Redis node
     that is away does not stop the chats of the other nodes)."""
 
-    def __init__(self, calls: Calls, key: str) -> None:
+    def __init__(self, calls: Calls, key: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._calls = calls
         self._key = key
+        self._clock = clock
         self._paused = False
         self._fresh_until = 0.0
 
     async def paused(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         if now < self._fresh_until:
             return self._paused
         self._fresh_until = now + REFRESH  # the others use the known state meanwhile
@@ -81,4 +83,4 @@ class PauseFlag:
     def known(self, paused: bool) -> None:
         """This process just set or cleared the flag: no need to wait for the next read."""
         self._paused = paused
-        self._fresh_until = time.monotonic() + REFRESH
+        self._fresh_until = self._clock() + REFRESH
