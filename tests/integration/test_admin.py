@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -219,3 +220,38 @@ async def test_the_cli_pauses_and_resumes_without_telegram(
     assert not await redis.exists(keys.pipeline_paused)
     out = capsys.readouterr().out
     assert "paused for" in out and out.strip().endswith("pipeline: running")
+
+
+async def test_stats_and_the_pause_work_on_a_cluster(cluster_redis: aioredis.Redis) -> None:
+    """The keys /stats reads live on several nodes: one pass reads them all, bounded."""
+    from gateway.core.contracts import Keys, dead_fields
+    from gateway.core.contracts.dead import Reason, Stage
+    from gateway.runtime.activity import hour_stats
+    from gateway.runtime.pause import pause_left, set_paused
+    from gateway.runtime.streams import ensure_groups, fields_arg
+
+    keys = Keys("tg", 4)
+    await ensure_groups(cluster_redis, keys)
+    for p in range(4):
+        await cluster_redis.xadd(keys.updates(p), {"schema": "1"})
+    dead = dead_fields(
+        stage=Stage.SENDER,
+        reason=Reason.BOT_BLOCKED,
+        stream=keys.outbound(0),
+        entry_id="1-0",
+        entry={},
+        attempts=1,
+        error="403",
+    )
+    await cluster_redis.xadd(keys.dead, fields_arg(dead))
+    minute = int(time.time()) // 60
+    await cluster_redis.set(keys.counter_minute("flood_waits", minute), 2)
+    st = await hour_stats(cluster_redis, keys)
+    assert st.updates_in.value == 4 and not st.updates_in.approx
+    assert st.lag["workers"] == (4, 0)
+    assert dict(st.dead) == {"bot_blocked": 1}
+    assert st.flood_waits == 2
+    await set_paused(cluster_redis, keys, True, 60)
+    assert 0 < (await pause_left(cluster_redis, keys) or 0) <= 60
+    await set_paused(cluster_redis, keys, False)
+    assert await pause_left(cluster_redis, keys) is None
