@@ -1,20 +1,25 @@
-"""The pure parts of /stats and the pipeline pause: the flag's cached reads, the retry
-budget after a pause, the window's extrapolation, the rendering."""
+"""The parts of /stats and the pipeline pause without Redis: the flag's cached reads, a
+paused update's outcome, the retry budget after a pause, the window's extrapolation,
+the rendering."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from typing import Any
 
+from aiogram import Bot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import gateway.runtime.pause
-from gateway.core.contracts import Keys
+from gateway.core.contracts import Keys, update_fields
 from gateway.runtime.activity import SAMPLE, WINDOW_S, Count, HourStats, _scaled, render_stats
-from gateway.runtime.consumer import Item
-from gateway.runtime.pause import PauseFlag
-from workers.worker.handler import PAUSED, budget_since
+from gateway.runtime.consumer import Fence, Item, Retry
+from gateway.runtime.pause import PAUSE_POLL, PauseFlag
+from tests.helpers import BOT_ID, FIXTURES, TOKEN
+from workers.worker.context import WorkerOptions, WorkerServices
+from workers.worker.handler import PAUSED, UpdateHandler, budget_since, build_dispatcher
 
 KEYS = Keys("tg", 2)
 
@@ -95,3 +100,68 @@ def test_render_says_what_is_estimated() -> None:
     assert "dead letters: 3: bot_blocked 2, expired 1" in text
     assert "429s: 3" in text
     assert f"newest {SAMPLE} entries" in text
+
+
+class Recording:
+    """The coalescer's ``run``: nothing handed, no mark; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.commands: list[Any] = []
+
+    async def run(self, *commands: Any) -> list[Any]:
+        self.commands.extend(commands)
+        return [0] * len(commands)
+
+
+class NoPipeline:
+    name = "embedded"
+
+    async def submit(self, *args: Any) -> Any:
+        raise AssertionError("a paused worker must not call the pipeline")
+
+
+async def paused_try(update: dict[str, Any], retries: int) -> tuple[Any, list[str]]:
+    """One try of ``update`` while the pipeline is paused: its outcome, the Redis verbs."""
+    calls = Recording()
+    services = WorkerServices(
+        redis=None,  # type: ignore[arg-type]  # not reached: the fakes answer
+        keys=KEYS,
+        calls=calls,  # type: ignore[arg-type]
+        pipeline=NoPipeline(),  # type: ignore[arg-type]
+        options=WorkerOptions(bot_id=BOT_ID),
+    )
+    services.pause.known(True)
+    chat = (update.get("message") or update["callback_query"]["message"])["chat"]["id"]
+    fields = update_fields(
+        bot_id=BOT_ID,
+        update_id=update["update_id"],
+        chat_id=chat,
+        source="webhook",
+        raw_update=json.dumps(update),
+    )
+    encoded = {k.encode(): v.encode() for k, v in fields.items()}
+    item = Item(KEYS.updates(0), "1-0", encoded, 1, retries=retries, since=1.0)
+    bot = Bot(TOKEN)
+    try:
+        outcome = await UpdateHandler(services, bot, build_dispatcher([]), direct=True)(
+            item, Fence("k", "me", lambda: 10.0, lambda: True, lambda: True)
+        )
+    finally:
+        await bot.session.close()
+    return outcome, [str(c[0]) for c in calls.commands]
+
+
+async def test_a_paused_update_is_retried_without_reaching_the_pipeline() -> None:
+    update = json.loads((FIXTURES / "updates" / "01_private_text_message.json").read_text())
+    outcome, _ = await paused_try(update, retries=0)
+    assert isinstance(outcome, Retry) and outcome.memo is PAUSED
+    assert outcome.delay == PAUSE_POLL
+
+
+async def test_a_paused_button_press_is_answered_once() -> None:
+    """The spinner stops at the first try; the retries while paused answer it no more."""
+    update = json.loads((FIXTURES / "updates" / "03_callback_query.json").read_text())
+    first, verbs = await paused_try(update, retries=0)
+    assert isinstance(first, Retry) and "XADD" in verbs  # the answer, published at once
+    later, verbs = await paused_try(update, retries=3)
+    assert isinstance(later, Retry) and "XADD" not in verbs

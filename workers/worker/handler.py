@@ -68,14 +68,16 @@ def pipeline_router() -> Router:
     @router.callback_query()
     async def on_callback(query: CallbackQuery, gw: WorkerContext) -> Outcome:
         # Stop the button's spinner first; it times out on the user's side otherwise.
-        await gw.send(
-            "answerCallbackQuery",
-            {"callback_query_id": query.id},
-            origin="gateway",
-            key="cbq",
-            ttl=60.0,
-            now=True,
-        )
+        # (Once: not again at each try while the pipeline is paused.)
+        if gw.retries == 0 or not await gw.services.pause.paused():
+            await gw.send(
+                "answerCallbackQuery",
+                {"callback_query_id": query.id},
+                origin="gateway",
+                key="cbq",
+                ttl=60.0,
+                now=True,
+            )
         return await forward(gw)
 
     return router
