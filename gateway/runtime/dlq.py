@@ -1,5 +1,5 @@
 """Dead letters: written (``dead_letter_and_ack``), listed, shown, requeued (back where they
-came from), purged."""
+came from), purged; ``newest`` is the bounded read of ``/admin``."""
 
 from __future__ import annotations
 
@@ -103,6 +103,15 @@ async def scan(redis: aioredis.Redis, keys: Keys, batch: int = 500) -> list[Dead
             return out
         last = rows[-1][0].decode()
         start = f"({last}"
+
+
+async def newest(
+    redis: aioredis.Redis, keys: Keys, count: int, *, up_to: str = "+"
+) -> list[DeadEntry]:
+    """The newest ``count`` dead letters with ids up to ``up_to``, newest first (a
+    bounded read, unlike ``scan``)."""
+    rows: Any = await redis.xrevrange(keys.dead, max=up_to, count=count)
+    return [DeadEntry.parse(entry_id, raw) for entry_id, raw in rows]
 
 
 async def select(redis: aioredis.Redis, keys: Keys, sel: Selection) -> list[DeadEntry]:

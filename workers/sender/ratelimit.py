@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway.core.contracts import Keys
+from gateway.core.contracts import COUNTER_MINUTE_TTL, Keys
 from gateway.runtime.redis_errors import as_connection_error, is_transient
 from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
@@ -337,6 +337,15 @@ class RateLimiter:
                     if wait_c >= wait_g:
                         break
 
+    async def _count_flood(self) -> None:
+        """The total and this minute's bucket (``/stats`` sums the last hour's)."""
+        bucket = self._keys.counter_minute("flood_waits", int(time.time()) // 60)
+        pipe = self._redis.pipeline(transaction=False)  # two slots on a cluster
+        pipe.incr(self._keys.counter("flood_waits"))
+        pipe.incr(bucket)
+        pipe.expire(bucket, COUNTER_MINUTE_TTL)
+        await pipe.execute()
+
     async def flood(self, chat_id: int | str, retry_after: float) -> bool:
         """Record Telegram's 429 so every replica waits; True if it looked global.
 
@@ -372,7 +381,7 @@ class RateLimiter:
             return scope is None
         try:  # a counter for ops, on whichever node holds it: never worth a failure
             async with asyncio.timeout(LIMITER_TIMEOUT):
-                await self._redis.incr(self._keys.counter("flood_waits"))
+                await self._count_flood()
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise

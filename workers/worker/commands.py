@@ -1,4 +1,5 @@
-"""Bot commands the gateway answers itself (aiogram Router): /start, /help, /status.
+"""Bot commands the gateway answers itself (aiogram Router): /start, /help, /status, and
+for ``ADMIN_USER_IDS`` /stats and /admin (``workers/worker/admin.py``).
 
 Handlers reply through ``WorkerContext.reply`` (the outbound stream, so the sender's
 rate limits apply) instead of calling the Bot API directly. Plug your own aiogram routers
@@ -13,6 +14,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 
+from workers.worker.admin import admin_router
 from workers.worker.context import WorkerContext
 
 HELP_TEXT = (
@@ -50,6 +52,7 @@ def commands_router() -> Router:
             await gw.status_text(detailed=gw.is_admin(user_id)), reply_to=message.message_id
         )
 
+    router.include_router(admin_router())
     return router
 
 

@@ -19,6 +19,7 @@ from gateway.core.contracts import (
 )
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
+from gateway.runtime.pause import PauseFlag
 from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.observe import WorkerMetrics
@@ -62,6 +63,11 @@ class WorkerServices:
     """Typing indicators of the updates waiting for the pipeline, by idempotency key: one
     runs across an update's retries (``Retry`` outcomes) and ends with its outcome."""
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics.off)
+    pause: PauseFlag = field(init=False)
+    """The operator's pipeline pause, as this process sees it (``gateway/runtime/pause.py``)."""
+
+    def __post_init__(self) -> None:
+        self.pause = PauseFlag(self.calls, self.keys.pipeline_paused)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

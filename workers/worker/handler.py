@@ -39,16 +39,18 @@ from gateway.runtime.consumer import (
     Publish,
     Retry,
 )
+from gateway.runtime.pause import PAUSE_POLL
 from gateway.runtime.routing import partitions_of
 from workers.worker.adapter import PipelineMessage, adapt
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
+from workers.worker.triage import blocking_command, plain_message
 
 log = logging.getLogger(__name__)
 
 TYPING_EVERY = 4.5  # a chat action shows for up to 5 s
+PAUSED = "paused"  # the memo of a paused update's Retry
 TYPING_SLACK = 60.0  # typing may outlast PIPELINE_RETRY_SECONDS by this much (the last call)
-BLOCKED_TTL = 30 * 86_400  # a block mark outlives any realistic backlog
 
 
 def pipeline_router() -> Router:
@@ -66,14 +68,16 @@ def pipeline_router() -> Router:
     @router.callback_query()
     async def on_callback(query: CallbackQuery, gw: WorkerContext) -> Outcome:
         # Stop the button's spinner first; it times out on the user's side otherwise.
-        await gw.send(
-            "answerCallbackQuery",
-            {"callback_query_id": query.id},
-            origin="gateway",
-            key="cbq",
-            ttl=60.0,
-            now=True,
-        )
+        # (Once: not again at each try while the pipeline is paused.)
+        if gw.retries == 0 or not await gw.services.pause.paused():
+            await gw.send(
+                "answerCallbackQuery",
+                {"callback_query_id": query.id},
+                origin="gateway",
+                key="cbq",
+                ttl=60.0,
+                now=True,
+            )
         return await forward(gw)
 
     return router
@@ -142,6 +146,11 @@ async def forward(gw: WorkerContext) -> Outcome:
         # Handled before (a redelivery, a copy of the entry): do not POST twice.
         s.count("already_handed")
         return Ack()
+    if await s.pause.paused():
+        # An operator holds the pipeline: wait in place (no delivery counted, the chat's
+        # order kept); the retry budget starts again once the pause ends.
+        s.count("paused")
+        return Retry(PAUSE_POLL, "pipeline paused by an operator", memo=PAUSED)
     key = idempotency_key(s.options.bot_id, gw.entry.update_id)
     # One typing indicator across the retries: it ends with the update's outcome.
     if s.pipeline.name != "embedded" and key not in s.typing:
@@ -208,7 +217,9 @@ async def _submit(
         )
         if s.options.delay_notice and elapsed >= s.options.delay_notice_after:
             await _notify_delay(gw, message)
-        return Retry(delay, f"pipeline unavailable: {exc}"), None
+        # memo: when the retry budget started (a pause before it does not count)
+        start = gw.since or time.monotonic()
+        return Retry(delay, f"pipeline unavailable: {exc}", memo=start), None
     s.breaker.success()
     return None, body
 
@@ -276,47 +287,17 @@ async def _keep_typing(gw: WorkerContext, limit: float) -> None:
         await asyncio.sleep(TYPING_EVERY)
 
 
+def budget_since(item: Item) -> float:
+    """When the update's pipeline retry budget started: its first try in the lane, or
+    the first try after the pipeline's pause (0: now)."""
+    if item.memo is PAUSED:
+        return 0.0
+    return item.memo if isinstance(item.memo, float) else item.since
+
+
 def idempotency_key(bot_id: int, update_id: int) -> str:
     """The ``Idempotency-Key`` of an update's pipeline call, and its handed marker's name."""
     return f"tg-{bot_id}-{update_id}"
-
-
-def blocking_command(
-    keys: Keys, bot_id: int, update: dict[str, Any], chat_id: int
-) -> Command | None:
-    """Mark a chat that blocked the bot (its replies dead-letter at once); clear the mark
-    when the user unblocks or writes again. None when the update says neither."""
-    key = keys.blocked_chat(bot_id, chat_id)
-    member = update.get("my_chat_member")
-    if isinstance(member, dict):
-        status = (member.get("new_chat_member") or {}).get("status")
-        if status in ("kicked", "left"):
-            return ("SET", key, "1", "EX", BLOCKED_TTL)
-        return ("DEL", key) if status is not None else None
-    if chat_id > 0 and ("message" in update or "callback_query" in update):
-        return ("DEL", key)
-    return None
-
-
-def plain_message(update: dict[str, Any]) -> bool:
-    """A message or edit that only the pipeline fallback would handle: not a command
-    (aiogram's ``Command`` filters read ``text or caption`` after leading whitespace),
-    with the fields aiogram's ``Message`` requires (anything odd takes aiogram's path and
-    its validation, so a malformed entry is still dead-lettered with the reason)."""
-    kind = "message" if "message" in update else "edited_message"
-    message = update.get(kind)
-    if not isinstance(message, dict) or len(update) != 2:
-        return False
-    chat = message.get("chat")
-    text = message.get("text") or message.get("caption")
-    return (
-        type(message.get("message_id")) is int
-        and type(message.get("date")) is int
-        and isinstance(chat, dict)
-        and type(chat.get("id")) is int
-        and isinstance(chat.get("type"), str)
-        and (text is None or (isinstance(text, str) and not text.lstrip().startswith("/")))
-    )
 
 
 class UpdateHandler:
@@ -371,7 +352,7 @@ class UpdateHandler:
             chat_id=chat_id,
             fence=fence,
             retries=item.retries,
-            since=item.since,
+            since=budget_since(item),
             already_handed=bool(replies[0]),
         )
         if update is None:

@@ -1,4 +1,5 @@
-"""The operator's commands on a running gateway: ``health``, ``dlq``, ``streams``, ``layout``."""
+"""The operator's commands on a running gateway: ``health``, ``dlq``, ``streams``, ``layout``,
+``pipeline-pause``."""
 
 from __future__ import annotations
 
@@ -156,6 +157,52 @@ def cmd_streams(args: argparse.Namespace) -> int:
     status = asyncio.run(bounded(go()))
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
+
+
+def cmd_pipeline_pause(args: argparse.Namespace) -> int:
+    """Pause (``on``), resume (``off``) or show (``status``) the pipeline; what /admin does."""
+    from gateway.runtime.pause import pause_left, set_paused
+    from gateway.runtime.streams import connect_with
+
+    rs = load(RedisSettings)
+
+    async def go() -> int | None:
+        redis = connect_with(rs)
+        try:
+            if args.state != "status":
+                await set_paused(redis, rs.keys, args.state == "on", args.seconds, by="cli")
+            return await pause_left(redis, rs.keys)
+        finally:
+            await redis.aclose()
+
+    left = asyncio.run(bounded(go()))
+    if left is None:
+        print("pipeline: running")
+    else:
+        print(f"pipeline: paused for {left} s more (workers hold its updates; `off` resumes)")
+    return 0
+
+
+def add_pipeline_pause(sub: Subcommands) -> None:
+    from gateway.runtime.pause import PAUSE_DEFAULT, PAUSE_MAX
+
+    pp = sub.add_parser(
+        "pipeline-pause",
+        help="hold the pipeline (on), release it (off), or show its state (status)",
+        description="While paused, workers hand the pipeline nothing: its updates wait in "
+        "their streams and go on in order after `off` (or when the pause expires). Bot "
+        "commands are still answered. The same switch as /admin's button.",
+    )
+    pp.add_argument("state", choices=["on", "off", "status"])
+    pp.add_argument(
+        "--for",
+        dest="seconds",
+        type=positive_int,
+        default=PAUSE_DEFAULT,
+        metavar="SECONDS",
+        help=f"how long a pause lasts (default {PAUSE_DEFAULT}, at most {PAUSE_MAX})",
+    )
+    pp.set_defaults(func=cmd_pipeline_pause)
 
 
 def cmd_layout(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     ops.add_dlq,
     ops.add_streams,
     ops.add_layout,
+    ops.add_pipeline_pause,
     asyncapi.add_asyncapi,
     tapes.add_record,
     tapes.add_replay,

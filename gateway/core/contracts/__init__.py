@@ -17,6 +17,7 @@ CRM) and carry a ``schema`` version.
 from gateway.core.contracts.dead import Reason, Stage, dead_fields
 from gateway.core.contracts.encoding import SCHEMA, EnvelopeError, decode_fields
 from gateway.core.contracts.keys import (
+    COUNTER_MINUTE_TTL,
     GROUP_SENDERS,
     GROUP_WORKERS,
     PARK_CAP,
@@ -28,6 +29,7 @@ from gateway.core.contracts.outbound import OutboundEntry, OutboundMethod, resul
 from gateway.core.contracts.updates import UpdateEntry, extract_update_ids, update_fields
 
 __all__ = [
+    "COUNTER_MINUTE_TTL",
     "GROUP_SENDERS",
     "GROUP_WORKERS",
     "PARK_CAP",

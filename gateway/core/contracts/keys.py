@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 GROUP_WORKERS = "workers"
 GROUP_SENDERS = "senders"
+COUNTER_MINUTE_TTL = 7200  # seconds a per-minute counter bucket lives (two hours)
 
 
 def partition_for(chat_id: int | str | None, partitions: int) -> int:
@@ -131,6 +132,17 @@ class Keys:
     def counter(self, name: str) -> str:
         """Cluster-wide counters (e.g. ``flood_waits``): cheap totals for ops."""
         return f"{self.prefix}:counter:{name}"
+
+    def counter_minute(self, name: str, minute: int) -> str:
+        """One minute's share of a counter (``minute``: Unix time // 60), expiring after
+        ``COUNTER_MINUTE_TTL``: ``/stats`` sums the last hour's sixty."""
+        return f"{self.prefix}:counter:{name}:m{minute}"
+
+    @property
+    def pipeline_paused(self) -> str:
+        """Present (with a TTL) while an operator holds the pipeline: workers hand it
+        nothing and retry the updates in place (``gateway/runtime/pause.py``)."""
+        return f"{self.prefix}:paused:pipeline"
 
     # --- parking streams (polling ingress; gateway/ingress/poller.py) --------------------------
     # While a partition's node cannot take its updates, the poller parks them on another
