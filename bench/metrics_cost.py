@@ -37,7 +37,7 @@ from gateway.app.sandbox import private_redis
 
 TOKEN = "bench-metrics-token-0123456789"
 GOAL = 0.05  # at most 5 % less throughput, 5 % more CPU per unit of work
-SCRAPE_EVERY = 1.0  # seconds, like a 1 s scrape_interval
+SCRAPE_EVERY = 1.0  # seconds, like a 1 s scrape_interval (--scrape-every)
 
 
 @dataclass
@@ -59,8 +59,9 @@ class Measured:
 class Scraper:
     """A thread GETting every URL's /metrics with the token every SCRAPE_EVERY seconds."""
 
-    def __init__(self, urls: Sequence[str]) -> None:
+    def __init__(self, urls: Sequence[str], every: float = SCRAPE_EVERY) -> None:
         self.urls = list(urls)
+        self.every = every
         self.ok = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -81,7 +82,7 @@ class Scraper:
                         self.ok += 1
                     else:
                         self.errors += 1
-                self._stop.wait(SCRAPE_EVERY)
+                self._stop.wait(self.every)
 
     def __enter__(self) -> Scraper:
         self._thread.start()
@@ -93,11 +94,12 @@ class Scraper:
 
 
 @contextmanager
-def scraping(urls: Sequence[str], on: bool) -> Iterator[Scraper | None]:
-    if not on:
+def scraping(urls: Sequence[str], on: bool, every: float) -> Iterator[Scraper | None]:
+    """A Scraper while metrics are ``on`` (``every`` 0: counting only, nobody scrapes)."""
+    if not on or every <= 0:
         yield None
         return
-    with Scraper(urls) as scraper:
+    with Scraper(urls, every) as scraper:
         yield scraper
 
 
@@ -125,7 +127,7 @@ def ingress_run(args: argparse.Namespace, url: str, work: Path, on: bool) -> Mea
         opts = {"connections": args.connections, "threads": 2}
         if args.warmup:
             ing.run_wrk(port, duration=args.warmup, id_base=ing.WARMUP_ID_BASE, **opts)
-        with scraping([f"http://{HOST}:{port}/metrics"], on) as scraper:
+        with scraping([f"http://{HOST}:{port}/metrics"], on, args.scrape_every) as scraper:
             cpu0 = cpu_seconds(proc.pid)
             run = ing.run_wrk(port, duration=args.duration, id_base=ing.MEASURED_ID_BASE, **opts)
             cpu = cpu_seconds(proc.pid) - cpu0
@@ -155,7 +157,7 @@ def workers_run(
     extra = {"METRICS_TOKEN": TOKEN} if on else {}
     per = [{"METRICS_PORT": str(p)} for p in ports] if on else []
     urls = [f"http://{HOST}:{p}/metrics" for p in ports]
-    with scraping(urls, on) as scraper:
+    with scraping(urls, on, args.scrape_every) as scraper:
         run = wrk.run_workers(url, n, extra, args.updates, args.chats, others, per)
     return Measured(
         f"workers x{n}",
@@ -207,6 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--updates", type=int, default=20_000, help="workers: updates per run")
     ap.add_argument("--chats", type=int, default=200, help="workers: chats")
     ap.add_argument("--workers", default="1,2", help="workers: processes, comma list")
+    ap.add_argument(
+        "--scrape-every", type=float, default=SCRAPE_EVERY, help="seconds; 0: no scraper"
+    )
     ap.add_argument("--parts", default="ingress,workers", help="ingress, workers or both")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 120:
