@@ -21,13 +21,15 @@
     ├── EnvelopeError           core.contracts: a stream entry is not its envelope (ValueError)
     ├── LeaseLost               runtime.consumer: the partition moved; stop, do not ack
     ├── RelayFullError          runtime.consumer: the partition's relay is full; retried
+    ├── StandBy                 runtime.named_lease: a lease's work gives the lease up
     ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
     ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
     ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
-                                the tapes' ReplayError (and TapeError, a UsageError: a
-                                tape that cannot be read, exit 2)
+                                the tapes' ReplayError and EmulatorError (the emulator
+                                refused a replay's chat), and TapeError, a UsageError: a
+                                tape that cannot be read, exit 2
 
 Telegram's own errors (aiogram's ``TelegramAPIError`` family) and ``BotApiError`` are
 decided by one table, ``gateway.telegram.answers``: wait / retry / resend / dead-letter /

@@ -169,4 +169,5 @@ def _entry(
         update_id=route.update_id,
         enqueued_at=now,
         deadline=now + ttl,
+        received_at=route.received_at or None,
     )

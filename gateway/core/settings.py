@@ -62,6 +62,8 @@ class TelegramSettings(_Base):
     telegram_poll_timeout: int = Field(default=25, ge=0, le=50)
     telegram_bot_username: str | None = None
     telegram_request_timeout: float = Field(default=30.0, gt=0)
+    # The webhook lease holder compares getWebhookInfo with these settings this often.
+    webhook_check_seconds: float = Field(default=60.0, ge=0.1, le=3600)
 
     @field_validator("telegram_allowed_updates", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ class Route:
     reply_to: int | None
     update_id: int
     expires_at: int
+    received_at: float = 0.0  # when the ingress received the update (0: not known)
 
 
 def _b64(data: bytes) -> str:
@@ -53,12 +54,16 @@ def sign_route(
     update_id: int,
     ttl: int,
     now: float | None = None,
+    received_at: float = 0.0,
 ) -> str:
-    """A URL-safe token ``<payload>.<hmac>`` that carries the route and its expiry."""
+    """A URL-safe token ``<payload>.<hmac>`` that carries the route and its expiry (and,
+    when given, when the update was received: the replies' end-to-end latency)."""
     expires = int((time.time() if now is None else now) + ttl)
-    payload = _b64(
-        orjson.dumps({"b": bot_id, "c": chat_id, "m": reply_to, "u": update_id, "e": expires})
-    )
+    route: dict[str, object] = {"b": bot_id, "c": chat_id, "m": reply_to, "u": update_id}
+    route["e"] = expires
+    if received_at:
+        route["r"] = round(received_at, 3)
+    payload = _b64(orjson.dumps(route))
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
     return f"{payload}.{_b64(mac)}"
 
@@ -85,6 +90,7 @@ def verify_route(secret: bytes, token: str, *, bot_id: int, now: float | None = 
             reply_to=None if data["m"] is None else int(data["m"]),
             update_id=int(data["u"]),
             expires_at=int(data["e"]),
+            received_at=float(data.get("r") or 0.0),  # tokens signed before it: absent
         )
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         raise DeliveryTokenError("malformed token") from None

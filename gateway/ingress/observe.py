@@ -7,10 +7,14 @@ no ``/metrics`` (404): the webhook's path is then what it was without metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from gateway.core.metrics import Metrics, status_class
+from gateway.ingress.webhook import WebhookState
 from gateway.runtime.metrics_export import Scrape
 
 Scope = MutableMapping[str, Any]
@@ -110,3 +114,44 @@ async def _plain(
     head = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
+
+
+DRIFT_FIELDS = ("missing", "url", "secret", "allowed_updates", "max_connections")
+
+
+class WebhookCollector(Collector):
+    """The ``tg_gateway_telegram_webhook_*`` metrics, read off the watchdog's last
+    observation when scraped (``WebhookWatch.state``; no I/O). The two gauges come only
+    from the replica holding the webhook lease, once it has seen a ``getWebhookInfo``;
+    the counters are this process's, 0 on a standby."""
+
+    def __init__(self, state: Callable[[], WebhookState | None]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._state()
+        pending = GaugeMetricFamily(
+            "tg_gateway_telegram_webhook_pending_updates",
+            "getWebhookInfo's pending_update_count (the lease holder's last check).",
+        )
+        last_error = GaugeMetricFamily(
+            "tg_gateway_telegram_webhook_last_error_timestamp_seconds",
+            "getWebhookInfo's last_error_date (Unix time), 0 when Telegram reports none.",
+        )
+        errors = CounterMetricFamily(
+            "tg_gateway_telegram_webhook_errors",
+            "Webhook delivery errors Telegram reported (each new last_error_date once).",
+        )
+        reapplied = CounterMetricFamily(
+            "tg_gateway_telegram_webhook_reapplied",
+            "setWebhook calls the watchdog made because getWebhookInfo drifted, by field.",
+            labels=["field"],
+        )
+        if state is not None:
+            if state.holder and state.pending is not None:
+                pending.add_metric([], state.pending)
+                last_error.add_metric([], state.last_error_ts or 0)
+            errors.add_metric([], state.errors_seen)
+            for name in DRIFT_FIELDS:
+                reapplied.add_metric([name], state.reapplied.get(name, 0))
+        yield from (pending, last_error, errors, reapplied)

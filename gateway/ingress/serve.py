@@ -26,13 +26,12 @@ from gateway.core.settings import (
     TelegramSettings,
 )
 from gateway.ingress.app import IngressApp, IngressConfig
-from gateway.ingress.observe import IngressMetrics
-from gateway.ingress.poller import Poller
+from gateway.ingress.observe import IngressMetrics, WebhookCollector
+from gateway.ingress.owner import UpdatesOwner
 from gateway.runtime.layout import ensure_layout
 from gateway.runtime.metrics_export import Scrape
 from gateway.runtime.streams import connect_with, ensure_groups
-from gateway.telegram.answers import Fatal, classify, fatal
-from gateway.telegram.client import BotApi, BotApiError, webhook_secret_for
+from gateway.telegram.client import BotApi, webhook_secret_for
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +132,6 @@ async def _bootstrap_groups(app: IngressApp) -> None:
             await asyncio.sleep(delay)
 
 
-async def ensure_webhook(api: BotApi, tg: TelegramSettings) -> None:
-    """Point Telegram at our webhook (same settings as `tg-gateway webhook set`)."""
-    assert tg.telegram_webhook_url is not None
-    params: dict[str, object] = {
-        "url": tg.telegram_webhook_url,
-        "allowed_updates": tg.telegram_allowed_updates,
-        "max_connections": tg.telegram_max_connections,
-    }
-    params["secret_token"] = webhook_secret_for(tg)
-    await api.call("setWebhook", params)
-
-
 async def serve_ingress(
     tg: TelegramSettings,
     rs: RedisSettings,
@@ -189,28 +176,26 @@ async def serve_ingress(
     api: BotApi | None = None
     if tg.telegram_enabled:
         api = BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout)
+        assert app.redis is not None and app.publisher is not None
+        # One replica of many polls or owns the webhook: the holder of the bot's lease.
+        owner = UpdatesOwner(
+            api, tg, app.publisher, app.redis, app.config.keys, rs.lease_ttl_ms, observe
+        )
+        if owner.watch is not None:  # webhook mode: Telegram's view, from the watchdog
+            watch = owner.watch
+            observe.metrics.register(WebhookCollector(lambda: watch.state))
+        owning = asyncio.create_task(owner.run(stop))
+        background.append(owning)
         if tg.mode == "polling":
-            assert app.publisher is not None
-            poller = Poller(
-                api,
-                app.publisher,
-                bot_id=tg.bot_id,
-                allowed_updates=tg.telegram_allowed_updates,
-                timeout=tg.telegram_poll_timeout,
-                observe=observe,
-            )
-            background.append(asyncio.create_task(poller.run()))
-            log.info("long polling %s", redact_url(tg.telegram_api_url))
-        else:
-            try:
-                await ensure_webhook(api, tg)
-                log.info("webhook set to %s", redact_url(tg.telegram_webhook_url or ""))
-            except BotApiError as exc:
-                if isinstance(decision := classify(exc), Fatal):
-                    raise fatal(decision, exc) from None
-                # Not retried here: updates wait at Telegram; `tg-gateway webhook set` fixes it.
-                log.error("setWebhook failed (%s); serving anyway", exc)
-    if ready is not None:
+            log.info("long polling %s by the lease holder", redact_url(tg.telegram_api_url))
+        # Ready once the first take is answered and, if it is ours, the webhook registered
+        # (bounded: the take's two intervals, getWebhookInfo and setWebhook).
+        settled = asyncio.create_task(owner.settled.wait())
+        bound = 2 * owner.lease.interval + 2 * tg.telegram_request_timeout + 1
+        await asyncio.wait({owning, settled}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+        settled.cancel()
+    # A fatal answer at the first step: not ready; the loop below raises it, cleaning up.
+    if ready is not None and not any(task.done() for task in background):
         ready.set()
     stop_task = asyncio.create_task(stop.wait())
     try:

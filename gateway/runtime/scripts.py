@@ -166,6 +166,33 @@ return 0
 """,
 )
 
+TAKE_LEASE = Script(
+    name="take_lease",
+    keys=("a named lease (one holder among many processes; ``gateway/runtime/named_lease.py``)",),
+    argv=("owner", "lease ttl ms"),
+    returns="1: the lease is the owner's now (taken, or renewed); 0: another holds it; -1: "
+    "the key holds a string without expiry, never written by a lease, which is given one "
+    "(so it expires and the lease can be taken within a ttl); -2: the key is not a string "
+    "(left untouched)",
+    source="""
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if kind ~= 'string' then return -2 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return -1
+end
+return 0
+""",
+)
+
 # --- the consumer's fenced finish --------------------------------------------------------
 
 FINISH = Script(
@@ -301,6 +328,7 @@ SCRIPTS = (
     HEARTBEAT,
     RENEW_LEASE,
     RELEASE_LEASE,
+    TAKE_LEASE,
     FINISH,
     GCRA,
     FENCE,

@@ -45,6 +45,19 @@ def webhook_secret_for(tg: TelegramSettings) -> str:
     return derive_webhook_secret(tg.telegram_bot_token.get_secret_value())
 
 
+def webhook_params(tg: TelegramSettings) -> dict[str, Any]:
+    """setWebhook's parameters from the settings: what the ingress registers and its
+    watchdog compares with getWebhookInfo, and what ``tg-gateway webhook set`` sends."""
+    if not tg.telegram_webhook_url:
+        raise ConfigError("TELEGRAM_WEBHOOK_URL: required to set the webhook")
+    return {
+        "url": tg.telegram_webhook_url,
+        "allowed_updates": tg.telegram_allowed_updates,
+        "max_connections": tg.telegram_max_connections,
+        "secret_token": webhook_secret_for(tg),
+    }
+
+
 class BotApiError(GatewayError):
     """A Bot API call failed; ``error_code`` 0 means no usable answer (network, timeout,
     not JSON). What to do about it: ``gateway.telegram.answers.classify``."""

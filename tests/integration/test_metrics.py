@@ -142,6 +142,9 @@ async def test_every_role_exports_its_catalog_metrics_and_counts_what_happened(
     assert len(emu.sent()) == 4
     assert value(s, "tg_gateway_sender_sends_total", outcome="sent") == 4
     assert value(s, "tg_gateway_sender_queue_latency_seconds_count", method="sendMessage") == 4
+    # Every reply answers an update (the command's, the pipeline's): each carries its
+    # update's received_at, through the signed callback route for the pipeline's.
+    assert value(s, "tg_gateway_sender_end_to_end_latency_seconds_count") == 4
     assert value(s, "tg_gateway_sender_limiter_wait_seconds_count") == 4
     assert value(i, "tg_gateway_ingress_updates_total", source="polling", outcome="accepted") == 4
     assert value(w, "tg_gateway_worker_updates_total", outcome="command") == 1

@@ -58,6 +58,18 @@ def test_only_the_asyncapi_command_loads_faststream() -> None:
     assert out == "False"
 
 
+def test_only_a_diff_report_loads_matplotlib() -> None:
+    """matplotlib (the report's PNG, ~0.5 s to import) is for ``diff --report`` alone:
+    neither the CLI, nor the tape tools, nor a role loads it."""
+    out = run(
+        "import sys, gateway.app.cli, gateway.app.cli.tapes, gateway.app.roles\n"
+        "import gateway.testkit.tapes.diff, gateway.testkit.tapes.report\n"
+        "import gateway.testkit.tapes.replay, gateway.testkit.tapes.progress\n"
+        "print('matplotlib' in sys.modules)"
+    )
+    assert out == "False"
+
+
 def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
     """The lazy import must give the same working models as aiogram's eager one."""
     out = run(

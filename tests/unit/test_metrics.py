@@ -149,3 +149,46 @@ async def test_the_listener_answers_only_a_scrape_with_the_token(head: bytes, st
         assert b"tg_gateway_build_info" in answer
     else:
         assert b"tg_gateway" not in answer
+
+
+def test_the_webhook_watchdog_exports_the_catalog_webhook_metrics() -> None:
+    """The four ``tg_gateway_telegram_webhook_*`` metrics, as the catalog names, types and
+    labels them, with the watchdog's last observation as values; a standby (not holding
+    the lease) exports no gauge values, only its zero counters."""
+    from collections import Counter
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.ingress.observe import WebhookCollector
+    from gateway.ingress.webhook import WebhookState
+
+    def scrape(state: WebhookState) -> dict[str, Any]:
+        registry = CollectorRegistry()
+        registry.register(WebhookCollector(lambda: state))
+        text = generate_latest(registry).decode()
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    cat = {n: m for n, m in catalog().items() if n.startswith(WATCHDOG)}
+    holder = WebhookState(holder=True, pending=3, last_error_ts=1_700_000_000, errors_seen=2)
+    holder.reapplied = Counter({"url": 1, "secret": 2})
+    families = scrape(holder)
+    for name, meta in cat.items():
+        family = families[name.removesuffix("_total")]
+        assert family.type == meta["type"], name
+        for sample in family.samples:
+            for label, value in sample.labels.items():
+                assert value in meta["labels"][label], (name, label, value)
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert values[("tg_gateway_telegram_webhook_pending_updates", ())] == 3
+    assert values[("tg_gateway_telegram_webhook_last_error_timestamp_seconds", ())] == 1.7e9
+    assert values[("tg_gateway_telegram_webhook_errors_total", ())] == 2
+    assert values[("tg_gateway_telegram_webhook_reapplied_total", (("field", "secret"),))] == 2
+    assert values[("tg_gateway_telegram_webhook_reapplied_total", (("field", "missing"),))] == 0
+    standby = scrape(WebhookState())
+    assert not standby["tg_gateway_telegram_webhook_pending_updates"].samples
+    assert standby["tg_gateway_telegram_webhook_errors"].samples[0].value == 0

@@ -34,6 +34,17 @@ def test_round_trip_keeps_the_route() -> None:
     assert route.expires_at == 1060
 
 
+def test_the_update_receive_time_rides_along_and_old_tokens_still_verify() -> None:
+    """``received_at`` (the replies' end-to-end latency) is signed with the route; a
+    token signed without it (before the field existed) verifies, with 0 for it."""
+    assert verify_route(SECRET, _token(received_at=995.123456), now=1001.0).received_at == 995.123
+    assert verify_route(SECRET, _token(), now=1001.0).received_at == 0.0
+    forged = _token(received_at=995.0).split(".")
+    other = _token(received_at=1.0).split(".")
+    with pytest.raises(DeliveryTokenError, match="bad signature"):
+        verify_route(SECRET, f"{other[0]}.{forged[1]}", now=1001.0)
+
+
 def test_token_is_url_safe() -> None:
     token = _token()
     assert all(c.isalnum() or c in "-_." for c in token)

@@ -178,8 +178,11 @@ class Sender:
                 tally.message_ids.append(mid)
         self.sent += 1
         latency = self.observe.queue_latency.get(entry.method)
+        now = time.time()
         if latency is not None:
-            latency.observe(max(0.0, time.time() - entry.enqueued_at))
+            latency.observe(max(0.0, now - entry.enqueued_at))
+        if entry.received_at is not None:  # a reply to an update (not a CRM's own message)
+            self.observe.end_to_end.observe(max(0.0, now - entry.received_at))
         tally.attempts = max(tally.attempts, 1)
         return self._ack(tally, True)
 

@@ -29,6 +29,7 @@ class SenderMetrics:
             method: m.child("tg_gateway_sender_queue_latency_seconds", method) for method in METHODS
         }
         self.split_parts = m.child("tg_gateway_sender_split_parts_total")
+        self.end_to_end = m.child("tg_gateway_sender_end_to_end_latency_seconds")
 
     @classmethod
     def off(cls) -> SenderMetrics:

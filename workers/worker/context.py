@@ -143,6 +143,7 @@ class WorkerContext:
             update_id=self.entry.update_id,
             enqueued_at=at,
             deadline=at + (self.services.options.outbound_ttl if ttl is None else ttl),
+            received_at=self.entry.received_at or None,
         )
         if not now:
             self.outbox.append(entry)

@@ -124,6 +124,7 @@ async def forward(gw: WorkerContext) -> Outcome:
         reply_to=message.reply_to,
         update_id=gw.entry.update_id,
         expires_at=0,
+        received_at=gw.entry.received_at,
     )
     callback_url = None
     if s.options.delivery_secret is not None:
@@ -134,6 +135,7 @@ async def forward(gw: WorkerContext) -> Outcome:
             reply_to=message.reply_to,
             update_id=gw.entry.update_id,
             ttl=s.options.token_ttl,
+            received_at=gw.entry.received_at,
         )
         callback_url = f"{s.options.gateway_public_url}/api/delivery/{token}"
     if gw.already_handed:

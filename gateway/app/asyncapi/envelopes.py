@@ -109,6 +109,12 @@ class OutboundFields(BaseModel):
         description="Epoch seconds after which the entry is dead-lettered as `expired` "
         "instead of sent late, or empty.",
     )
+    received_at: str = Field(
+        default="",
+        pattern=OPT_NUMBER,
+        description="When the ingress received the update this answers (epoch seconds), "
+        "or empty: the start of the sender's end-to-end latency.",
+    )
 
 
 class ResultFields(BaseModel):

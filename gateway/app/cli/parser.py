@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from gateway.app.cli import asyncapi, ops, send, serve, tapes, testkit
+from gateway.app.cli import asyncapi, load, ops, send, serve, tapes, testkit
 from gateway.app.running import EXIT_CONFIG
 
 # Each adds one subcommand (``serve.add_roles``: the four roles), its options and its
@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     tapes.add_record,
     tapes.add_replay,
     tapes.add_diff,
+    load.add_load,
     testkit.add_sandbox,
 )
 

@@ -106,7 +106,7 @@ def _role(role: Callable[[], RoleMain]) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
-    from gateway.telegram.client import BotApi, webhook_secret_for
+    from gateway.telegram.client import BotApi, webhook_params
 
     tg = load(TelegramSettings, telegram_enabled=True)
     logs = load(LogSettings)
@@ -117,14 +117,8 @@ def cmd_webhook(args: argparse.Namespace) -> int:
             if args.action == "set":
                 if not tg.telegram_webhook_url:
                     raise ConfigError("TELEGRAM_WEBHOOK_URL: required for `webhook set`")
-                params: dict[str, Any] = {
-                    "url": tg.telegram_webhook_url,
-                    "allowed_updates": tg.telegram_allowed_updates,
-                    "max_connections": tg.telegram_max_connections,
-                    "drop_pending_updates": args.drop_pending,
-                    # The secret the ingress checks (set, or derived from the token).
-                    "secret_token": webhook_secret_for(tg),
-                }
+                # What the ingress registers and its watchdog keeps (the secret it checks).
+                params = {**webhook_params(tg), "drop_pending_updates": args.drop_pending}
                 return await api.call("setWebhook", params)
             if args.action == "delete":
                 return await api.call("deleteWebhook", {"drop_pending_updates": args.drop_pending})

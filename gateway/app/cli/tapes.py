@@ -29,7 +29,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     sel = rec.Selection(since, until, chats=frozenset(args.chat), types=frozenset(args.type))
     key, keys = load(rec.TapeSettings).tape_redact_key, Keys(rs.stream_prefix, rs.partitions)
     req = rec.RecordRequest(args.out, sel, args.follow, not args.no_redact, args.redact_rules,
-                            args.limit)  # fmt: skip
+                            args.limit, show_progress=True)  # fmt: skip
 
     async def go(stop: asyncio.Event | None = None) -> None:
         redis = connect_with(rs)
@@ -61,6 +61,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from gateway.runtime.streams import connect_with
     from gateway.testkit.tapes import replay as rp
     from gateway.testkit.tapes.record import Selection
+    from gateway.testkit.tapes.remap import IdMap
     from gateway.testkit.tapes.tape import read_tape
 
     rs, tg = load(RedisSettings), load(TelegramSettings, telegram_enabled=False)
@@ -69,11 +70,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sel = Selection(_when(args.since, "--since"), _when(args.until, "--until"),
                     frozenset(args.chat), frozenset(args.type))  # fmt: skip
     if args.dry_run:
-        print(rp.render_plan(rp.plan(tape, timing, sel)))
+        ids = IdMap(keep=(tape.header.bot_id,)) if args.remap_ids else None
+        print(rp.render_plan(rp.plan(tape, timing, sel, ids=ids)))
         return 0
-    rp.guard_bot_api(args.bot_api or tg.telegram_api_url, args.i_know_this_messages_real_people)
+    bot_api = args.bot_api or tg.telegram_api_url
+    rp.guard_bot_api(bot_api, args.i_know_this_messages_real_people)
     req = rp.ReplayRequest(tape, timing, sel, args.to, args.secret or tg.webhook_secret,
-                           args.capture, args.capture_timeout)  # fmt: skip
+                           args.capture, args.capture_timeout, args.remap_ids, bot_api)  # fmt: skip
     keys = Keys(rs.stream_prefix, rs.partitions)
     work = rp.replay(req, bot_id=tape.header.bot_id, connect=lambda: connect_with(rs), keys=keys,
                      dedupe_ttl=rs.dedupe_ttl_seconds)  # fmt: skip
@@ -91,9 +94,17 @@ def _speed(text: str) -> float:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare the answers of two tapes (gateway/testkit/tapes/diff.py): 0 / 1 / 2."""
+    from functools import partial
+
     from gateway.testkit.tapes.diff import run_diff
 
-    return run_diff(args.base, args.run, args.ignore, args.update)
+    write = None
+    if args.report is not None:
+        from gateway.testkit.tapes import report
+
+        report.report_format(args.report)  # a bad extension fails before a tape is read
+        write = partial(report.write_report, args.report, base=args.base, run=args.run)
+    return run_diff(args.base, args.run, args.ignore, args.update, write)
 
 
 def add_record(sub: Subcommands) -> None:
@@ -121,6 +132,7 @@ def add_replay(sub: Subcommands) -> None:
         "replay",
         help="feed a tape into a gateway: its webhook (--to) or its updates stream",
         description="Replays a tape's updates with fresh update ids, one in flight per chat. "
+        "When the Bot API is the emulator, the tape's chats are registered with it first. "
         "Refuses when the target's Bot API (--bot-api, else TELEGRAM_API_URL) is "
         "api.telegram.org unless --i-know-this-messages-real-people.",
     )
@@ -139,6 +151,9 @@ def add_replay(sub: Subcommands) -> None:
     rp.add_argument("--until", help="only updates until then")
     rp.add_argument("--chat", type=int, action="append", default=[], help="only this chat id")
     rp.add_argument("--type", action="append", default=[], help="only this update type")
+    rp.add_argument("--remap-ids", action="store_true",
+                    help="send chat and user ids in a test range (9900000001…, "
+                    "-999900000001…, -1008000000001…); a capture is in the tape's ids")  # fmt: skip
     rp.add_argument("--capture", metavar="RUN", help="write the replies as a tape")
     rp.add_argument("--capture-timeout", type=positive_float, default=30.0, metavar="SECONDS")
     rp.add_argument("--bot-api", metavar="URL", help="the target sender's Bot API base URL")
@@ -158,4 +173,7 @@ def add_diff(sub: Subcommands) -> None:
     df.add_argument("--ignore", action="append", default=[], metavar="FIELD",
                     help="another payload field to ignore (repeatable)")  # fmt: skip
     df.add_argument("--update", action="store_true", help="rewrite BASE with RUN")
+    df.add_argument("--report", metavar="FILE",
+                    help="also write the findings as Markdown (.md) or HTML (.html), with a "
+                    "latency plot FILE-stem-latency.png beside it")  # fmt: skip
     df.set_defaults(func=cmd_diff)

@@ -106,6 +106,13 @@ class Keys:
         """Who handles partition ``p`` of a role (value: consumer name; PX lease)."""
         return f"{self.prefix}:lease:{role}:{{{p}}}"
 
+    def webhook_lease(self, bot_id: int) -> str:
+        """Which ingress replica talks to Telegram about a bot's updates (value: its name;
+        PX lease): in webhook mode it registers the webhook and runs the watchdog, in
+        polling mode it polls. One key for both modes, so a replica polling and one setting
+        a webhook never run at once (``gateway/ingress/owner.py``)."""
+        return f"{self.prefix}:lease:webhook:{bot_id}"
+
     def migrated(self, bot_id: int, chat_id: int | str) -> str:
         """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
         return f"{self.prefix}:migrated:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"

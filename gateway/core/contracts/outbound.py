@@ -43,6 +43,9 @@ class OutboundEntry(BaseModel):
     update_id: int | None = None
     enqueued_at: float = Field(default_factory=time.time)
     deadline: float | None = None
+    received_at: float | None = None
+    """When the ingress received the update this answers (epoch seconds), or None: the
+    start of the end-to-end latency (received -> sent) the sender measures."""
 
     @field_validator("reply_id")
     @classmethod
@@ -71,6 +74,7 @@ class OutboundEntry(BaseModel):
             "update_id": field_text(self.update_id),
             "enqueued_at": f"{self.enqueued_at:.6f}",
             "deadline": "" if self.deadline is None else f"{self.deadline:.6f}",
+            "received_at": "" if self.received_at is None else f"{self.received_at:.6f}",
         }
 
     @classmethod
@@ -89,6 +93,7 @@ class OutboundEntry(BaseModel):
                 update_id=opt_int(f.get("update_id", "")),
                 enqueued_at=float(f.get("enqueued_at") or time.time()),
                 deadline=opt_float(f.get("deadline", "")),
+                received_at=opt_float(f.get("received_at", "")),
             )
         except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
             raise EnvelopeError(f"bad outbound entry: {type(exc).__name__}: {exc}") from exc

@@ -212,7 +212,8 @@ async def answer_callback_query(emu: EmulatorCore, p: Params) -> Any:
     if text is not None and len(text) > 200:
         raise bad_request("MESSAGE_TOO_LONG")
     query["answered"] = True
-    answer: Obj = {"callback_query_id": query_id, "show_alert": p.flag("show_alert")}
+    answer: Obj = {"callback_query_id": query_id, "show_alert": p.flag("show_alert"),
+                   "ts": emu.state.epoch(emu.state.now())}  # fmt: skip
     if text:
         answer["text"] = text
     if p.has("url"):

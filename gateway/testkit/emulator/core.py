@@ -102,6 +102,11 @@ class EmulatorCore:
         """Queue a raw Update as-is (``update_id`` assigned only when missing)."""
         return users.push_update(self.state, raw_update)
 
+    def learn_update(self, raw_update: dict[str, Any]) -> None:
+        """Know the chats, messages and callback query ids of an Update without queueing
+        it: the bot may answer it when someone else posts it to the webhook."""
+        users.learn_update(self.state, raw_update)
+
     def add_chat(
         self,
         chat_id: int,
@@ -147,6 +152,7 @@ class EmulatorCore:
         return list(self.state.logs.chat_actions.get(chat_id, []))
 
     def callback_answers(self) -> list[Obj]:
+        """Every answerCallbackQuery: callback_query_id, show_alert, text, ts (epoch), ..."""
         return list(self.state.logs.callback_answers)
 
     def stats(self) -> Obj:

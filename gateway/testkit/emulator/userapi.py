@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from gateway.testkit.emulator.core import EmulatorCore
 
 Route = Callable[[web.Request], Awaitable[web.Response]]
+LEARN_MAX = 1000  # Updates one ``/_emu/learn`` call may name
 
 
 def json_response(
@@ -69,6 +70,18 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
     async def updates(request: web.Request) -> Any:
         return emu.push_update(await _body(request))
 
+    async def learn(request: web.Request) -> Any:
+        raw = (await _body(request)).get("updates")
+        if (
+            not isinstance(raw, list)
+            or len(raw) > LEARN_MAX
+            or not all(isinstance(u, dict) for u in raw)
+        ):
+            raise ValueError(f"'updates' must be a list of at most {LEARN_MAX} Update objects")
+        for update in raw:
+            emu.learn_update(update)
+        return {"learned": len(raw)}
+
     async def chats(request: web.Request) -> Any:
         return emu.add_chat(**await _body(request))
 
@@ -121,6 +134,7 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
         ("POST", "/_emu/press", press),
         ("POST", "/_emu/updates", updates),
         ("POST", "/_emu/chats", chats),
+        ("POST", "/_emu/learn", learn),
         ("POST", "/_emu/reset", reset),
         ("POST", "/_emu/faults", faults),
         ("DELETE", "/_emu/faults", clear_faults),

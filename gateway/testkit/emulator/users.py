@@ -120,6 +120,13 @@ def user_press(state: EmulatorState, user_id: int, chat_id: int, message_id: int
 
 def push_update(state: EmulatorState, raw: dict[str, Any]) -> Obj:
     """Queue a raw update as-is; chats, messages and query ids in it become known."""
+    learn_update(state, raw)
+    return state.enqueue(raw)
+
+
+def learn_update(state: EmulatorState, raw: dict[str, Any]) -> None:
+    """Make the chats, messages, users and callback query ids of ``raw`` known without
+    queueing it (a load tool posts the update to the webhook itself)."""
     body = raw.get(update_kind(raw))
     if isinstance(body, dict):
         carried = body.get("message") if update_kind(raw) == "callback_query" else body
@@ -139,4 +146,3 @@ def push_update(state: EmulatorState, raw: dict[str, Any]) -> Obj:
         user = body.get("from")
         if isinstance(user, dict) and isinstance(user.get("id"), int) and not user.get("is_bot"):
             state.users.setdefault(user["id"], user)
-    return state.enqueue(raw)

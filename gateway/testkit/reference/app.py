@@ -97,6 +97,7 @@ class ReferencePipelineServer:
         self.callback_keys = callback_signing_keys or SigningKeys()
         self.faults = Faults()
         self._requests: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self._timings: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.arrivals = 0
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,6 +109,13 @@ class ReferencePipelineServer:
     def requests(self) -> list[dict[str, Any]]:
         """The recorded requests, oldest first (the last ``max_records``)."""
         return list(self._requests)
+
+    @property
+    def timings(self) -> list[dict[str, Any]]:
+        """When each recorded request arrived and when its answer left (epoch seconds:
+        ``received_at``, ``answered_at``; async mode: the callback task started), by
+        ``idempotency_key``: the pipeline's share of a reply's latency (``tg-gateway load``)."""
+        return list(self._timings)
 
     @property
     def remembered_keys(self) -> int:
@@ -123,6 +131,7 @@ class ReferencePipelineServer:
             app.router.add_post("/_ref/faults", self._set_faults)
             app.router.add_delete("/_ref/faults", self._clear_faults)
             app.router.add_get("/_ref/requests", self._list_requests)
+            app.router.add_get("/_ref/timings", self._list_timings)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -178,6 +187,7 @@ class ReferencePipelineServer:
 
     async def _messages(self, request: web.Request) -> web.Response:
         self.arrivals += 1  # counted on arrival: a caller that times out still shows up
+        received_at = time.time()
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -189,6 +199,9 @@ class ReferencePipelineServer:
         key = request.headers.get("Idempotency-Key") or None
         webhook = request.headers.get("X-Webhook-URL")
         answer = self._answer(raw, key, webhook)
+        self._timings.append(
+            {"idempotency_key": key, "received_at": received_at, "answered_at": time.time()}
+        )
         try:
             peek = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -318,6 +331,9 @@ class ReferencePipelineServer:
 
     async def _list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
+
+    async def _list_timings(self, request: web.Request) -> web.Response:
+        return web.json_response(self.timings)
 
 
 async def run_reference_pipeline(host: str, port: int, mode: str, **options: Any) -> None:

@@ -11,7 +11,7 @@ plus ``--ignore``). Latency per tape: each reply's result time minus its update'
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,16 +251,27 @@ def render(report: DiffReport, base_name: str, run_name: str) -> str:
     return "\n".join(lines)
 
 
+ReportWriter = Callable[[DiffReport, dict[str, list[float]]], str]
+
+
 def run_diff(
-    base_path: str, run_path: str, ignore: Iterable[str] = (), update: bool = False
+    base_path: str,
+    run_path: str,
+    ignore: Iterable[str] = (),
+    update: bool = False,
+    report: ReportWriter | None = None,
 ) -> int:
-    """``tg-gateway diff``: print the report; 0 same (or BASE rewritten), 1 differ. A bad
-    tape raises ``TapeError`` (exit 2) before anything is printed or rewritten."""
+    """``tg-gateway diff``: print the report (and hand it with each tape's latencies to
+    ``report``, ``--report``'s writer, which says what it wrote); 0 same (or BASE
+    rewritten), 1 differ. A bad tape raises ``TapeError`` (exit 2) before anything is
+    printed or rewritten."""
     base, run = read_tape(base_path), read_tape(run_path)
-    report = diff_tapes(base, run, ignore)
-    print(render(report, base_path, run_path))
-    if update and not report.same:
+    found = diff_tapes(base, run, ignore)
+    print(render(found, base_path, run_path))
+    if report is not None:
+        print(report(found, {"base": reply_latencies_ms(base), "run": reply_latencies_ms(run)}))
+    if update and not found.same:
         write_tape(base_path, run.header, run.events)
         print(f"rewrote {base_path} with {run_path}'s events")
         return 0
-    return 0 if report.same else 1
+    return 0 if found.same else 1

@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 
 from gateway.core.contracts import Keys, decode_fields
 from gateway.core.errors import UsageError
+from gateway.testkit.tapes.progress import Progress, progress
 from gateway.testkit.tapes.redact import NO_REDACTION, RedactionRules, Redactor
 from gateway.testkit.tapes.tape import Event, Header, TapeWriter, write_tape
 
@@ -162,7 +163,13 @@ def _ordered(events: list[Event]) -> list[Event]:
 
 
 async def read_window(
-    redis: aioredis.Redis, keys: Keys, sel: Selection, *, limit: int, page: int = PAGE
+    redis: aioredis.Redis,
+    keys: Keys,
+    sel: Selection,
+    *,
+    limit: int,
+    page: int = PAGE,
+    on_read: Callable[[int], None] | None = None,
 ) -> tuple[list[Event], bool]:
     """Every selected event in the window, in time order, at most ``limit``; the flag says
     whether the limit cut the recording short. Entry ids bound the XRANGE (a send's or
@@ -177,6 +184,8 @@ async def read_window(
             batch: Any = await redis.xrange(stream, min=start, max=hi, count=page)
             for entry_id, fields in batch:
                 raw.append(stream_event(kind, entry_id, fields))
+            if on_read is not None:
+                on_read(len(batch))
             if len(batch) < page:
                 break
             last = batch[-1][0]
@@ -261,6 +270,7 @@ class RecordRequest:
     redact: bool = True
     rules_file: str | None = None
     limit: int = 100_000
+    show_progress: bool = False  # entries read (a window) or events written (--follow)
 
 
 def build_redactor(req: RecordRequest, bot_id: int, key: SecretStr | None) -> Redactor | None:
@@ -289,6 +299,29 @@ async def record(
     """Write the tape ``req.out``; (events written, whether ``--limit`` cut it short)."""
     redactor = build_redactor(req, bot_id, key)
     sel = replace(req.selection, bot_id=bot_id or None)
+    unit = "events" if req.follow else "entries read"
+    bar = progress("record", None, unit=unit) if req.show_progress else None
+    try:
+        return await _record(redis, keys, req, sel, redactor, bar, bot_id=bot_id,
+                             bot_username=bot_username, key=key, stop=stop)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+async def _record(
+    redis: aioredis.Redis,
+    keys: Keys,
+    req: RecordRequest,
+    sel: Selection,
+    redactor: Redactor | None,
+    bar: Progress | None,
+    *,
+    bot_id: int,
+    bot_username: str | None,
+    key: SecretStr | None,
+    stop: asyncio.Event | None,
+) -> tuple[int, bool]:
     source = {"kind": "streams", "prefix": keys.prefix, "partitions": keys.partitions,
               "follow": req.follow}  # fmt: skip
     redaction = redactor.rules.describe() if redactor else dict(NO_REDACTION)
@@ -298,7 +331,8 @@ async def record(
         return redactor.event(e) if redactor else e
 
     if not req.follow:
-        events, cut = await read_window(redis, keys, sel, limit=req.limit)
+        on_read = bar.advance if bar is not None else None
+        events, cut = await read_window(redis, keys, sel, limit=req.limit, on_read=on_read)
         if not bot_id:  # no TELEGRAM_BOT_TOKEN here: the bot the entries name
             bot_id = next((e["bot_id"] for e in events if e.get("bot_id")), 0)
             redactor = build_redactor(req, bot_id, key)
@@ -316,6 +350,8 @@ async def record(
         def emit(batch: list[Event]) -> None:
             writer.write_all(clean(e) for e in batch)
             writer.flush()
+            if bar is not None:
+                bar.advance(len(batch))
 
         await follow(redis, keys, sel, emit, stop or asyncio.Event(), start=start)
         return writer.count, False

@@ -4,6 +4,8 @@
 under a ``Timing``: the original gaps, a speed factor, a cap on gaps, a constant rate, as
 fast as possible, repeated ``loops`` times. Fresh ids keep the dedupe window from
 swallowing a replay; the map (new id -> tape id) turns a capture back into the tape's ids.
+With an ``IdMap`` (``--remap-ids``, ``remap.py``) chat and user ids go out in a test range
+and come back in the tape's ids too.
 ``deliver`` runs one lane per chat (one update in flight per chat, chats concurrently), as
 Telegram does. ``guard_bot_api`` refuses a target whose sender talks to the real Bot API.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import orjson
 import redis.asyncio as aioredis
@@ -26,10 +29,17 @@ from gateway.core.contracts import Keys
 from gateway.core.errors import GatewayError, UsageError
 from gateway.runtime.layout import check_layout
 from gateway.runtime.streams import UpdatePublisher
+from gateway.testkit.tapes.emulator_chats import (
+    REAL_BOT_API_HOSTS,
+    chats_to_register,
+    is_emulator,
+    register_chats,
+)
+from gateway.testkit.tapes.progress import Progress, progress
 from gateway.testkit.tapes.record import Selection, read_window
+from gateway.testkit.tapes.remap import IdMap
 from gateway.testkit.tapes.tape import Event, Header, Tape, write_tape
 
-REAL_BOT_API_HOSTS = frozenset({"api.telegram.org"})
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 
 
@@ -61,19 +71,37 @@ class Step:
     loop: int
     update_id: int  # the fresh id sent
     event: Event  # the tape's update event
+    sent: Event | None = None  # the update event in test ids (--remap-ids), else the tape's
 
     @property
     def chat_id(self) -> Any:
+        """The tape's chat (lanes, reports)."""
         return self.event.get("chat_id")
 
+    @property
+    def target_chat(self) -> Any:
+        """The chat id the gateway sees: the tape's, or its test id when remapped."""
+        return (self.sent or self.event).get("chat_id")
+
+    def body_update(self) -> dict[str, Any]:
+        """The Update as sent (in test ids if remapped), its ``update_id`` the fresh one."""
+        return {**(self.sent or self.event)["update"], "update_id": self.update_id}
+
     def body(self) -> bytes:
-        """The Update JSON as received, with its fresh ``update_id``."""
-        return orjson.dumps({**self.event["update"], "update_id": self.update_id})
+        """The Update JSON as received (in test ids if remapped), with its fresh ``update_id``."""
+        return orjson.dumps(self.body_update())
 
 
-def plan(tape: Tape, timing: Timing, sel: Selection | None = None, first_id: int = 0) -> list[Step]:
+def plan(
+    tape: Tape,
+    timing: Timing,
+    sel: Selection | None = None,
+    first_id: int = 0,
+    ids: IdMap | None = None,
+) -> list[Step]:
     """Every step of the replay, in offset order; ids from ``first_id`` (default: the
-    wall clock in ms, past any id a deployment has seen from an emulator or a replay)."""
+    wall clock in ms, past any id a deployment has seen from an emulator or a replay);
+    with ``ids``, chat and user ids in its test range (``sent``)."""
     updates = [e for e in tape.of_type("update") if sel is None or sel.keep(e)]
     updates.sort(key=lambda e: e["at"])
     next_id = first_id or int(time.time() * 1000)
@@ -94,7 +122,8 @@ def plan(tape: Tape, timing: Timing, sel: Selection | None = None, first_id: int
                 gap = 1 / timing.rate if timing.rate else 0.0
             offset += max(gap, 0.0)
             prev = e["at"]
-            steps.append(Step(offset, loop, next_id, e))
+            sent = None if ids is None else ids.apply(e)
+            steps.append(Step(offset, loop, next_id, e, sent))
             next_id += 1
     return steps
 
@@ -103,8 +132,9 @@ def render_plan(steps: list[Step]) -> str:
     lines = [f"{len(steps)} update(s) over {steps[-1].offset if steps else 0:.2f}s"]
     for s in steps:
         kind = next((k for k in s.event["update"] if k != "update_id"), "")
+        chat = f"{s.chat_id}" + (f" -> {s.target_chat}" if s.sent is not None else "")
         lines.append(
-            f"  +{s.offset:8.3f}s  chat {s.chat_id}  {kind:<15} update {s.event['update_id']}"
+            f"  +{s.offset:8.3f}s  chat {chat}  {kind:<15} update {s.event['update_id']}"
             f" -> {s.update_id}" + (f"  (loop {s.loop + 1})" if s.loop else "")
         )
     return "\n".join(lines)
@@ -150,10 +180,28 @@ async def deliver(
     return now() - start
 
 
+WEBHOOK_CONNECTIONS = 64
+
+
+def replay_client(connections: int = WEBHOOK_CONNECTIONS) -> aiohttp.ClientSession:
+    """The webhook client: at most ``connections`` kept alive; 10 s to connect and 10 s for
+    each read, not counting the wait for a free connection (lanes queue for one). aiohttp,
+    not httpx: from one process it POSTs ~20x faster (bench/replay.py; httpcore's pool
+    rescans every waiting request on each release and probes for trio on each call)."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=10)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+
 def webhook_sender(
-    client: httpx.AsyncClient, url: str, secret: str | None, retries: int = 5
+    client: aiohttp.ClientSession,
+    url: str,
+    secret: str | None,
+    retries: int = 5,
+    on_retry: Callable[[str], None] | None = None,
 ) -> Send:
-    """POST like Telegram: the secret header, retried on 5xx or no answer, with backoff."""
+    """POST like Telegram: the secret header, retried on 5xx or no answer, with backoff
+    (``on_retry`` hears why each try failed: the progress line's errors)."""
     headers = {"Content-Type": "application/json"}
     if secret:
         headers[SECRET_HEADER] = secret
@@ -162,14 +210,18 @@ def webhook_sender(
         last = ""
         for attempt in range(retries):
             try:
-                r = await client.post(url, content=step.body(), headers=headers)
-                if r.status_code < 300:
+                async with client.post(url, data=step.body(), headers=headers) as r:
+                    await r.read()
+                    status = r.status
+                if status < 300:
                     return
-                last = f"HTTP {r.status_code}"
-                if r.status_code < 500:
+                last = f"HTTP {status}"
+                if status < 500:
                     break
-            except httpx.TransportError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 last = type(exc).__name__
+            if on_retry is not None:
+                on_retry(last)
             await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         raise ReplayError(f"update {step.event['update_id']}: the webhook answered {last}")
 
@@ -179,7 +231,7 @@ def webhook_sender(
 def stream_sender(publisher: UpdatePublisher, bot_id: int) -> Send:
     async def send(step: Step) -> None:
         fresh = await publisher.publish(
-            bot_id=bot_id, update_id=step.update_id, chat_id=step.chat_id,
+            bot_id=bot_id, update_id=step.update_id, chat_id=step.target_chat,
             source="replay", raw_update=step.body(),
         )  # fmt: skip
         if not fresh:
@@ -189,9 +241,15 @@ def stream_sender(publisher: UpdatePublisher, bot_id: int) -> Send:
 
 
 async def capture(
-    redis: aioredis.Redis, keys: Keys, steps: list[Step], since: float, timeout: float
+    redis: aioredis.Redis,
+    keys: Keys,
+    steps: list[Step],
+    since: float,
+    timeout: float,
+    ids: IdMap | None = None,
 ) -> tuple[list[Event], list[int]]:
-    """The replayed updates, their sends and results, in the tape's update ids; waits
+    """The replayed updates, their sends and results, in the tape's update (and, with
+    ``ids``, chat and user) ids; waits
     (at most ``timeout``) until every update has a result and every send its result.
     Returns the events and the tape ids still unanswered when the wait ended."""
     back = {s.update_id: s for s in steps}
@@ -209,7 +267,7 @@ async def capture(
     out = []
     for e in mine:
         step = back[e["update_id"]]
-        e = {**e, "update_id": step.event["update_id"]}
+        e = {**(e if ids is None else ids.back(e)), "update_id": step.event["update_id"]}
         e.pop("bot_id", None)
         if e["type"] == "update":
             e["update"] = {**e["update"], "update_id": step.event["update_id"]}
@@ -242,6 +300,29 @@ class ReplayRequest:
     secret: str | None = None
     capture: str | None = None
     capture_timeout: float = 30.0
+    remap_ids: bool = False
+    bot_api: str | None = None  # the target sender's Bot API: chats registered if an emulator
+    show_progress: bool = True
+
+
+def counted(send: Send, bar: Progress) -> Send:
+    async def step(s: Step) -> None:
+        await send(s)
+        bar.advance()
+
+    return step
+
+
+async def prepare_emulator(steps: list[Step], bot_api: str | None) -> None:
+    """When the target's sender talks to an emulator, make every chat sent known to it."""
+    if not bot_api:
+        return
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        if not await is_emulator(client, bot_api):
+            return
+        chats = chats_to_register((s.target_chat, s.body_update()) for s in steps)
+        n = await register_chats(client, bot_api, chats)
+    print(f"registered {n} chat(s) with the emulator at {bot_api}")
 
 
 async def replay(
@@ -254,23 +335,36 @@ async def replay(
 ) -> int:
     """Replay, then (``capture``) write the replies as a tape; 0 done, 1 some unanswered.
     The guard and the bot check have run before: this sends."""
-    steps = plan(req.tape, req.timing, req.selection)
+    ids = IdMap(keep=(bot_id,)) if req.remap_ids else None
+    steps = plan(req.tape, req.timing, req.selection, ids=ids)
     started = time.time()
     redis = connect() if req.to is None or req.capture else None
     try:
-        if req.to is not None:
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                took = await deliver(steps, webhook_sender(client, req.to, req.secret))
-        else:
-            assert redis is not None
-            await check_layout(redis, keys)  # this deployment's partitions, or refuse
-            publisher = UpdatePublisher(redis, keys, dedupe_ttl, timeout=10.0)
-            took = await deliver(steps, stream_sender(publisher, bot_id))
+        await prepare_emulator(steps, req.bot_api)
+        bar = progress("replay", len(steps), unit="updates") if req.show_progress else None
+        try:
+            if req.to is not None:
+                async with replay_client() as client:
+                    retried = (lambda _: bar.error()) if bar else None
+                    send = webhook_sender(client, req.to, req.secret, on_retry=retried)
+                    took = await deliver(steps, counted(send, bar) if bar else send)
+            else:
+                assert redis is not None
+                await check_layout(redis, keys)  # this deployment's partitions, or refuse
+                publisher = UpdatePublisher(redis, keys, dedupe_ttl, timeout=10.0)
+                send = stream_sender(publisher, bot_id)
+                took = await deliver(steps, counted(send, bar) if bar else send)
+        finally:
+            if bar is not None:
+                bar.close()
         print(f"replayed {len(steps)} update(s) in {took:.2f}s")
+        if ids is not None:
+            print(f"chat and user ids remapped: {len(ids.forward)} id(s) into the test range")
         if not req.capture:
             return 0
         assert redis is not None
-        events, waiting = await capture(redis, keys, steps, started - 1, req.capture_timeout)
+        events, waiting = await capture(redis, keys, steps, started - 1, req.capture_timeout,
+                                        ids)  # fmt: skip
         write_capture(req.capture, req.tape, events, started)
         print(f"captured {len(events)} event(s) to {req.capture}")
         if waiting:
