@@ -1,5 +1,5 @@
 # Developer tasks. `make help` lists them.
-.PHONY: help sandbox test test-fast format lint type bench bench-workers check compose-check lock
+.PHONY: help sandbox test test-fast format lint type bench bench-workers bench-metrics check compose-check lock
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -35,6 +35,10 @@ bench: ## ingress benchmark vs aiogram and a bare ASGI app (needs wrk)
 bench-workers: ## worker throughput and per-update overhead vs raw XREADGROUP+XACK
 	bash scripts/venv.sh dev
 	.venv/bin/python -m bench.workers
+
+bench-metrics: ## the metrics' cost: ingress and workers with METRICS_TOKEN unset vs set
+	bash scripts/venv.sh dev
+	.venv/bin/python -m bench.metrics_cost
 
 compose-check: ## validate docker-compose.yml
 	docker-compose config -q

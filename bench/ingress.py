@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,15 +210,21 @@ def start_redis(port: int, workdir: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def start_server(
-    kind: str, port: int, redis_url: str, log: Path, aiogram_loop: str
+    kind: str,
+    port: int,
+    redis_url: str,
+    log: Path,
+    aiogram_loop: str,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``env``: the server's environment (default: this process's)."""
     cmd = [sys.executable, "-m", "bench.servers", kind, "--port", str(port), "--secret", SECRET]
     cmd += ["--partitions", str(PARTITIONS), "--loop", aiogram_loop]
     if kind in PREFIXES:
         cmd += ["--redis-url", redis_url, "--prefix", PREFIXES[kind]]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT)
 
 
 def probe(port: int) -> tuple[int, bytes]:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +123,16 @@ class Run:
 
 
 def run_workers(
-    url: str, n: int, env_extra: dict[str, str], updates: int, chats: int, others: list[int]
+    url: str,
+    n: int,
+    env_extra: dict[str, str],
+    updates: int,
+    chats: int,
+    others: list[int],
+    per_process: Sequence[Mapping[str, str]] = (),
 ) -> Run:
-    """Drain ``updates`` through ``n`` workers; ``others`` are pids whose CPU counts too."""
+    """Drain ``updates`` through ``n`` workers; ``others`` are pids whose CPU counts too.
+    ``per_process[i]``: more environment for worker i (its own METRICS_PORT, say)."""
     asyncio.run(flush(url))
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -140,11 +148,11 @@ def run_workers(
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "gateway", "worker"],
-            env=env,
+            env={**env, **(per_process[i] if i < len(per_process) else {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(n)
+        for i in range(n)
     ]
     try:
         deadline = time.monotonic() + 60

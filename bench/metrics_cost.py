@@ -1,0 +1,272 @@
+"""What the metrics cost: bench.ingress's tg-gateway run and bench.workers' embedded run,
+with METRICS_TOKEN unset (metrics off: nothing counted, no /metrics) and set (every
+metric counted, and a scraper GETting each process's /metrics every second, as
+Prometheus would), interleaved on/off/on/off in one run.
+
+  .venv/bin/python -m bench.metrics_cost [--rounds 2] [--duration 10] [--updates 20000]
+
+Reports throughput (req/s, updates/s) and CPU per request / update of the measured
+processes, and the cost of "on" against "off" (means over the rounds). Goal (issue 13):
+at most 5 % on each. Needs wrk and redis-server on PATH; everything on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import redis
+
+from bench import ingress as ing
+from bench import workers as wrk
+from bench.common import HOST, BenchBroken, cpu_seconds, free_port, wait_port
+from gateway.app.sandbox import private_redis
+
+TOKEN = "bench-metrics-token-0123456789"
+GOAL = 0.05  # at most 5 % less throughput, 5 % more CPU per unit of work
+SCRAPE_EVERY = 1.0  # seconds, like a 1 s scrape_interval (--scrape-every)
+
+
+@dataclass
+class Measured:
+    """One run of one part."""
+
+    part: str  # "ingress" or "workers xN"
+    metrics: bool
+    rate: float  # requests or updates per second
+    cpu_us: float  # CPU µs of the measured processes per request / update
+    scrapes: int  # /metrics answered 200 during the run
+    scrape_errors: int  # /metrics not answered (a worker not listening yet) or not 200
+
+    def line(self) -> str:
+        state = "on " if self.metrics else "off"
+        return f"  {self.part:<10} {state} {self.rate:9,.0f}/s {self.cpu_us:7.1f} µs/unit"
+
+
+class Scraper:
+    """A thread GETting every URL's /metrics with the token every SCRAPE_EVERY seconds."""
+
+    def __init__(self, urls: Sequence[str], every: float = SCRAPE_EVERY) -> None:
+        self.urls = list(urls)
+        self.every = every
+        self.ok = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(timeout=5, headers=headers) as client:
+            while not self._stop.is_set():
+                for url in self.urls:
+                    try:
+                        answer = client.get(url)
+                        answer.read()
+                    except httpx.HTTPError:
+                        self.errors += 1
+                        continue
+                    if answer.status_code == 200 and b"tg_gateway_build_info" in answer.content:
+                        self.ok += 1
+                    else:
+                        self.errors += 1
+                self._stop.wait(self.every)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@contextmanager
+def scraping(urls: Sequence[str], on: bool, every: float) -> Iterator[Scraper | None]:
+    """A Scraper while metrics are ``on`` (``every`` 0: counting only, nobody scrapes)."""
+    if not on or every <= 0:
+        yield None
+        return
+    with Scraper(urls, every) as scraper:
+        yield scraper
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without any METRICS_ setting (off unless we set it)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
+
+
+# --- ingress: wrk against the tg-gateway server of bench.ingress ----------------------------
+
+
+def ingress_run(args: argparse.Namespace, url: str, work: Path, on: bool) -> Measured:
+    client = redis.Redis.from_url(url)
+    client.flushall()  # the same empty Redis for every run
+    client.close()
+    port = free_port()
+    env = {**base_env(), **({"METRICS_TOKEN": TOKEN} if on else {})}
+    log = work / f"ingress-{'on' if on else 'off'}.log"
+    proc = ing.start_server("tg-gateway", port, url, log, "uvloop", env=env)
+    try:
+        wait_port(port, proc)
+        status, body = ing.probe(port)
+        if status != 200:
+            raise BenchBroken(f"probe answered {status} {body[:200]!r} (log: {log})")
+        opts = {"connections": args.connections, "threads": 2}
+        if args.warmup:
+            ing.run_wrk(port, duration=args.warmup, id_base=ing.WARMUP_ID_BASE, **opts)
+        with scraping([f"http://{HOST}:{port}/metrics"], on, args.scrape_every) as scraper:
+            cpu0 = cpu_seconds(proc.pid)
+            run = ing.run_wrk(port, duration=args.duration, id_base=ing.MEASURED_ID_BASE, **opts)
+            cpu = cpu_seconds(proc.pid) - cpu0
+        if run.non_2xx:
+            raise BenchBroken(f"{run.non_2xx} non-2xx answers (log: {log})")
+        if proc.poll() is not None:
+            raise BenchBroken(f"the ingress exited {proc.returncode} (log: {log})")
+    finally:
+        ing.stop(proc)
+    return Measured(
+        "ingress",
+        on,
+        run.rps,
+        cpu / run.requests * 1e6,
+        scraper.ok if scraper else 0,
+        scraper.errors if scraper else 0,
+    )
+
+
+# --- workers: bench.workers' embedded pipeline ----------------------------------------------
+
+
+def workers_run(
+    args: argparse.Namespace, url: str, n: int, others: list[int], on: bool
+) -> Measured:
+    ports = [free_port() for _ in range(n)]  # one METRICS_PORT per worker on this host
+    extra = {"METRICS_TOKEN": TOKEN} if on else {}
+    per = [{"METRICS_PORT": str(p)} for p in ports] if on else []
+    urls = [f"http://{HOST}:{p}/metrics" for p in ports]
+    with scraping(urls, on, args.scrape_every) as scraper:
+        run = wrk.run_workers(url, n, extra, args.updates, args.chats, others, per)
+    return Measured(
+        f"workers x{n}",
+        on,
+        run.rate,
+        run.cpu * 1e6,
+        scraper.ok if scraper else 0,
+        scraper.errors if scraper else 0,
+    )
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def cost(rows: list[Measured], part: str) -> tuple[float, float]:
+    """(throughput lost, CPU per unit added) of metrics on vs off, as fractions."""
+    on = [r for r in rows if r.part == part and r.metrics]
+    off = [r for r in rows if r.part == part and not r.metrics]
+    rate_on, rate_off = (statistics.mean(r.rate for r in x) for x in (on, off))
+    cpu_on, cpu_off = (statistics.mean(r.cpu_us for r in x) for x in (on, off))
+    return 1 - rate_on / rate_off, cpu_on / cpu_off - 1
+
+
+def report(rows: list[Measured]) -> list[str]:
+    lines = ["| part | metrics | rate /s | CPU µs per unit | scrapes (errors) |"]
+    lines.append("|---|---|---:|---:|---:|")
+    for r in rows:
+        scrapes = f"{r.scrapes} ({r.scrape_errors})" if r.metrics else "-"
+        state = "on" if r.metrics else "off"
+        lines.append(f"| {r.part} | {state} | {r.rate:,.0f} | {r.cpu_us:.1f} | {scrapes} |")
+    lines += ["", "| part | throughput cost | CPU cost | goal <= 5 % each |", "|---|---:|---:|---|"]
+    for part in dict.fromkeys(r.part for r in rows):
+        lost, added = cost(rows, part)
+        verdict = "met" if lost <= GOAL and added <= GOAL else "NOT met"
+        lines.append(f"| {part} | {lost * 100:+.1f} % | {added * 100:+.1f} % | {verdict} |")
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.metrics_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="on/off pairs per part (1-10)")
+    ap.add_argument("--duration", type=int, default=10, help="ingress: wrk seconds (1-120)")
+    ap.add_argument("--warmup", type=int, default=2, help="ingress: warm-up seconds (0-30)")
+    ap.add_argument("--connections", type=int, default=64, help="ingress: wrk -c (2-1000)")
+    ap.add_argument("--updates", type=int, default=20_000, help="workers: updates per run")
+    ap.add_argument("--chats", type=int, default=200, help="workers: chats")
+    ap.add_argument("--workers", default="1,2", help="workers: processes, comma list")
+    ap.add_argument(
+        "--scrape-every", type=float, default=SCRAPE_EVERY, help="seconds; 0: no scraper"
+    )
+    ap.add_argument("--parts", default="ingress,workers", help="ingress, workers or both")
+    args = ap.parse_args(argv)
+    if not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 120:
+        ap.error("--rounds must be 1-10 and --duration 1-120")
+    if not 0 <= args.warmup <= 30 or not 2 <= args.connections <= 1000:
+        ap.error("--warmup must be 0-30 and --connections 2-1000")
+    args.counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    args.part_list = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not args.part_list or set(args.part_list) - {"ingress", "workers"}:
+        ap.error("--parts: ingress, workers or both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if "ingress" in args.part_list and shutil.which("wrk") is None:
+        print("wrk not found on PATH (apt-get install wrk)", file=sys.stderr)
+        return 2
+    order = [on for _ in range(args.rounds) for on in (True, False)]  # on/off/on/off
+    rows: list[Measured] = []
+    print(f"metrics on/off x{args.rounds}, {os.cpu_count()} CPUs", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
+            if "ingress" in args.part_list:
+                port = free_port()
+                redis_proc = ing.start_redis(port, Path(tmp), Path(tmp) / "redis.log")
+                try:
+                    for on in order:
+                        rows.append(ingress_run(args, f"redis://{HOST}:{port}/0", Path(tmp), on))
+                        print(rows[-1].line(), flush=True)
+                finally:
+                    ing.stop(redis_proc)
+            if "workers" in args.part_list:
+                with private_redis() as url:
+                    others = [wrk.redis_pid(url)]
+                    for n in args.counts:
+                        for on in order:
+                            rows.append(workers_run(args, url, n, others, on))
+                            print(rows[-1].line(), flush=True)
+                    asyncio.run(wrk.flush(url))
+    except (BenchBroken, RuntimeError, OSError, redis.RedisError) as exc:
+        print(f"BENCH BROKEN: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + "\n".join(report(rows)))
+    out = ing.BENCH_DIR / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"metrics-cost-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    path.write_text(
+        json.dumps({"command": f"python -m bench.metrics_cost {argv_text}".strip(),
+                    "rows": [asdict(r) for r in rows]}, indent=2)
+    )  # fmt: skip
+    print(f"\nraw results: {path.relative_to(ing.REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
