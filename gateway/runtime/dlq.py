@@ -1,4 +1,4 @@
-"""Dead letters: written (``dead_letter_and_ack``), listed, shown, requeued (back where they
+"""Dead letters (written by the consumer's fenced finish): listed, shown, requeued (back where they
 came from), purged; ``newest`` is the bounded read of ``/admin``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.core.contracts import Keys, Reason, Stage, dead_fields, decode_fields
+from gateway.core.contracts import Keys, decode_fields
 from gateway.core.errors import UsageError
 from gateway.runtime.streams import fields_arg, is_cluster
 
@@ -157,50 +157,3 @@ async def purge(redis: aioredis.Redis, keys: Keys, entries: Iterable[DeadEntry])
     if not ids:
         return 0
     return int(await redis.xdel(keys.dead, *ids))
-
-
-async def dead_letter_and_ack(
-    redis: aioredis.Redis,
-    keys: Keys,
-    *,
-    group: str,
-    stage: Stage,
-    reason: Reason,
-    stream: str,
-    entry_id: str,
-    entry: dict[str, str],
-    attempts: int,
-    error: str,
-) -> None:
-    """Move an entry to the dead-letter stream and acknowledge it, in one MULTI.
-
-    On a Redis Cluster the dead stream and the entry's partition are different slots: the
-    XADD goes first, then the XACK, so a crash in between leaves the entry pending and it
-    is dead-lettered again (a duplicate dead letter, never a lost one)."""
-    dead = fields_arg(
-        dead_fields(
-            stage=stage,
-            reason=reason,
-            stream=stream,
-            entry_id=entry_id,
-            entry=entry,
-            attempts=attempts,
-            error=error,
-        )
-    )
-    if is_cluster(redis):
-        await redis.xadd(keys.dead, dead)
-        await redis.xack(stream, group, entry_id)
-    else:
-        pipe = redis.pipeline(transaction=True)
-        pipe.xadd(keys.dead, dead)
-        pipe.xack(stream, group, entry_id)
-        await pipe.execute()
-    log.warning(
-        "dead-lettered %s %s from %s: %s (%s)",
-        stage.value,
-        entry_id,
-        stream,
-        reason.value,
-        error[:200],
-    )

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.core.contracts import GROUP_WORKERS, Keys, Reason, Stage
-from gateway.runtime.dlq import dead_letter_and_ack
+from gateway.core.contracts import GROUP_WORKERS, Keys, Reason, Stage, dead_fields
 from gateway.runtime.streams import ensure_groups
 from tests.helpers import env_without_gateway_vars
 
@@ -30,10 +29,7 @@ async def seed(redis: aioredis.Redis) -> None:
         fields = {"schema": "1", "update_id": str(100 + i), "chat_id": "5", "update": "{}"}
         entry_id = (await redis.xadd(stream, fields)).decode()
         await redis.xreadgroup(GROUP_WORKERS, "w1", {stream: ">"}, count=1)
-        await dead_letter_and_ack(
-            redis,
-            KEYS,
-            group=GROUP_WORKERS,
+        dead = dead_fields(  # what the consumer's finish writes, with the XACK
             stage=Stage.WORKER,
             reason=reason,
             stream=stream,
@@ -42,6 +38,8 @@ async def seed(redis: aioredis.Redis) -> None:
             attempts=3,
             error=f"err {i}",
         )
+        await redis.xadd(KEYS.dead, dead)  # type: ignore[arg-type]
+        await redis.xack(stream, GROUP_WORKERS, entry_id)
 
 
 def cli(redis_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -551,6 +551,19 @@ def outbound_item(cfg: Any, e: OutboundEntry) -> Item:
     return Item(stream, "1-0", {k.encode(): v.encode() for k, v in e.to_fields().items()}, 1)
 
 
+def by_hand_sender(redis: aioredis.Redis, cfg: Any) -> Sender:
+    """A ``Sender`` called as a plain function, no consumer around it."""
+    return Sender(
+        redis,
+        cfg.keys,
+        make_bot(cfg.telegram),
+        RateLimiter(redis, cfg.keys, BOT_ID, Limits(chat_per_second=100.0)),
+        backoff_max=0.5,
+        token=cfg.telegram.token,
+        name="by-hand",
+    )
+
+
 async def test_the_sender_handler_is_a_plain_function_of_an_entry_and_its_fence(
     redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:
@@ -560,15 +573,7 @@ async def test_the_sender_handler_is_a_plain_function_of_an_entry_and_its_fence(
     emu.faults.forbid_chat(OTHER)
     cfg = make_config(redis_url, emu.api_url)
     keys = cfg.keys
-    sender = Sender(
-        redis,
-        keys,
-        make_bot(cfg.telegram),
-        RateLimiter(redis, keys, BOT_ID, Limits(chat_per_second=100.0)),
-        backoff_max=0.5,
-        token=cfg.telegram.token,
-        name="by-hand",
-    )
+    sender = by_hand_sender(redis, cfg)
     try:
         hi = outbound_item(cfg, entry(text="hi"))
         sent = await sender(hi, Fence.unfenced(hi.stream))
@@ -602,16 +607,7 @@ async def test_a_5xx_ends_the_try_with_a_retry_that_resumes_at_the_failed_part(
     ``Retry`` whose memo says where to go on; the next try, given that memo, sends the
     parts once, in order, and the result counts every call (the failed one too)."""
     cfg = make_config(redis_url, emu.api_url)
-    keys = cfg.keys
-    sender = Sender(
-        redis,
-        keys,
-        make_bot(cfg.telegram),
-        RateLimiter(redis, keys, BOT_ID, Limits(chat_per_second=100.0)),
-        backoff_max=0.5,
-        token=cfg.telegram.token,
-        name="by-hand",
-    )
+    sender = by_hand_sender(redis, cfg)
     text = "\n\n".join(f"Paragraph {i}: " + "word " * 300 for i in range(3))
     try:
         item = outbound_item(cfg, entry(text=text))

@@ -57,13 +57,15 @@ def fence(*, valid: bool) -> Fence:
     return Fence(KEYS.lease("worker", 0), "me", lambda: 10.0, lambda: valid, lambda: valid)
 
 
-async def handle(pipeline: Pipeline, item: Item, f: Fence) -> Any:
+async def handle(
+    pipeline: Pipeline, item: Item, f: Fence, options: WorkerOptions | None = None
+) -> Any:
     services = WorkerServices(
         redis=None,  # type: ignore[arg-type]  # not reached: the fakes answer
         keys=KEYS,
         calls=Calls(),  # type: ignore[arg-type]
         pipeline=pipeline,
-        options=WorkerOptions(bot_id=BOT_ID),
+        options=options or WorkerOptions(bot_id=BOT_ID),
     )
     bot = Bot(TOKEN)
     try:
@@ -127,19 +129,8 @@ class DownPipeline(Pipeline):
 
 
 async def handle_down(pipeline: Pipeline, item: Item, retry_seconds: float) -> Any:
-    services = WorkerServices(
-        redis=None,  # type: ignore[arg-type]  # not reached: the fakes answer
-        keys=KEYS,
-        calls=Calls(),  # type: ignore[arg-type]
-        pipeline=pipeline,
-        options=WorkerOptions(bot_id=BOT_ID, retry_seconds=retry_seconds, delay_notice=""),
-    )
-    bot = Bot(TOKEN)
-    try:
-        handler = UpdateHandler(services, bot, build_dispatcher([]), direct=True)
-        return await handler(item, fence(valid=True))
-    finally:
-        await bot.session.close()
+    options = WorkerOptions(bot_id=BOT_ID, retry_seconds=retry_seconds, delay_notice="")
+    return await handle(pipeline, item, fence(valid=True), options)
 
 
 async def test_a_pipeline_away_is_retried_by_the_lane_with_a_growing_delay(
