@@ -10,15 +10,14 @@ from typing import Any
 
 from aiogram import Bot, Dispatcher, Router
 from aiogram.dispatcher.event.bases import UNHANDLED
-from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder
+from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
-from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.types import CallbackQuery, Message, Update
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
-from gateway.core.contracts import EnvelopeError, Keys, Reason, UpdateEntry
+from gateway.core.contracts import EnvelopeError, Reason, UpdateEntry
 from gateway.core.errors import (
     PipelineRejected,
     PipelineUnavailable,
@@ -81,24 +80,6 @@ def pipeline_router() -> Router:
         return await forward(gw)
 
     return router
-
-
-def fsm_storage(redis: Any, keys: Keys, ttl: int, *, memory: bool = False) -> BaseStorage:
-    """Where aiogram keeps the FSM state and data of the user's routers.
-
-    Redis (the gateway's own client, cluster or not: aiogram's ``RedisStorage`` runs one
-    single-key GET/SET/DEL per call), under ``Keys.fsm_prefix``, each key expiring
-    ``ttl`` seconds after its last write: nothing grows per user in the process, and a
-    conversation survives a restart or moves with its chat to another worker. ``memory``
-    (the sandbox only): a per-process dict that keeps every user's record until exit."""
-    if memory:
-        return MemoryStorage()
-    return RedisStorage(
-        redis,
-        key_builder=DefaultKeyBuilder(prefix=keys.fsm_prefix, with_bot_id=True),
-        state_ttl=ttl,
-        data_ttl=ttl,
-    )
 
 
 def build_dispatcher(user_routers: list[Router], storage: BaseStorage | None = None) -> Dispatcher:
