@@ -43,6 +43,7 @@ from gateway.runtime.routing import partitions_of
 from workers.worker.adapter import PipelineMessage, adapt
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
+from workers.worker.files import with_files
 from workers.worker.triage import blocking_command, plain_message
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ async def forward(gw: WorkerContext) -> Outcome:
     if message is None:
         s.count("unhandled")
         return Ack()
+    message = with_files(message, gw.entry.update, s.options.files, s.options.bot_id, time.time())
     route = Route(
         bot_id=s.options.bot_id,
         chat_id=message.chat_id,
