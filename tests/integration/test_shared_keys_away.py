@@ -103,6 +103,27 @@ async def test_the_limiter_counts_in_process_at_its_share_while_redis_refuses(
         await client.aclose()
 
 
+async def test_a_blip_one_sender_saw_slows_nobody(redis: aioredis.Redis, proxy: RedisProxy) -> None:
+    """One limiter call refused, the next answered: the sender waited ``CONFIRM_AFTER``
+    and is back, and the shared limiter is not put at one share (no recovery window):
+    it never counted anywhere else. A recovery window here slowed every sender for 5 s
+    after each blip (seen as other nodes' partitions at 0.3-0.7 of their rate while one
+    node restarted)."""
+    keys = Keys("tg", 4)
+    client = connect(proxy.url)
+    limiter = RateLimiter(client, keys, BOT_ID, Limits(global_per_second=20), assumed_senders=2)
+    proxy.arm(b"flood:{", LOADING, 3)  # one call (redis-py tries LOADING three times)
+    try:
+        await limiter.acquire(1)
+        assert not (limiter.degraded or limiter.standby) and limiter.degraded_grants == 0
+        assert proxy.injected == 3
+        assert await redis.exists(keys.rate_recovering(BOT_ID)) == 0
+        wait_g, _ = await limiter.try_acquire(2)
+        assert wait_g < 0.06  # one interval of the full 20/s (one share: 0.1 s)
+    finally:
+        await client.aclose()
+
+
 async def _acquired_shared(limiter: RateLimiter, chat: int) -> bool:
     await limiter.acquire(chat)
     return not limiter.degraded

@@ -220,7 +220,10 @@ class RateLimiter:
             if set_:
                 share = global_us if self._standby_fresh else 0
             else:
-                share = self._share_us() if (self._away() or self._owe_recover) else 0
+                # (A suspect sender, confirming a first failure, never counted anywhere
+                # else: its probe slows nobody.)
+                back = self.degraded or self.standby > 0 or self._owe_recover
+                share = self._share_us() if back else 0
             args = [global_us, chat_us, LATE_CREDIT_US, share, RECOVER_GRACE_MS]
         wait_g, wait_c = await GCRA.run(self._redis, keys, args)
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
