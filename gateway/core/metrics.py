@@ -3,7 +3,9 @@
 ``SPECS`` declares each metric once: name, type, help, label names, the roles that export
 it, buckets (``tests/unit/test_metrics.py`` holds it equal to the catalog). A process
 builds one ``Metrics`` for the roles it hosts and passes it down; hot paths keep the
-children they touch (``Metrics.child``), so counting is one increment. Without a
+children they touch (``Metrics.child``), so counting is one increment: the children are
+``gateway.core.accumulators``' lock-free ones (one event-loop thread counts and scrapes),
+exported under the same names, types, labels and buckets as prometheus_client's. Without a
 ``METRICS_TOKEN`` nothing is exported and ``Metrics.off()`` hands out no-op children:
 metrics on or off is one setting.
 
@@ -23,16 +25,10 @@ from importlib import metadata
 from typing import Any, Literal
 
 import prometheus_client
-from prometheus_client import (
-    GC_COLLECTOR,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import GC_COLLECTOR, CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.registry import Collector
+
+from gateway.core.accumulators import FamiliesCollector, Family
 
 # The catalog lists no *_created series; one flag for the process (prometheus_client's).
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -199,7 +195,7 @@ class Metrics:
         self.roles = frozenset(roles)
         self.enabled = enabled
         self.registry = CollectorRegistry(auto_describe=True)
-        self._families: dict[str, Any] = {}
+        self._families: dict[str, Family] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.scraped: list[Spec] = []
         if not enabled:
@@ -213,7 +209,10 @@ class Metrics:
             if spec.scraped:
                 self.scraped.append(spec)
                 continue
-            self._families[spec.name] = _family(spec, self.registry)
+            self._families[spec.name] = Family(
+                spec.name, spec.kind, spec.help, spec.labels, spec.buckets
+            )
+        self.registry.register(FamiliesCollector(self._families.values()))
         self.child("tg_gateway_build_info", version(), platform.python_version(), role).set(1)
 
     @classmethod
@@ -231,22 +230,14 @@ class Metrics:
         key = (name, labels)
         child = self._children.get(key)
         if child is None:
-            family = self._families.get(name, NULL)
-            child = family.labels(*labels) if labels else family
+            family = self._families.get(name)
+            child = NULL if family is None else family.labels(*labels)
             self._children[key] = child
         return child
 
     def register(self, collector: Collector) -> None:
         if self.enabled:
             self.registry.register(collector)
-
-
-def _family(spec: Spec, registry: CollectorRegistry) -> Any:
-    if spec.kind == "counter":
-        return Counter(spec.name, spec.help, spec.labels, registry=registry)
-    if spec.kind == "gauge":
-        return Gauge(spec.name, spec.help, spec.labels, registry=registry)
-    return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
 
 
 def status_class(status: int) -> str:
