@@ -26,10 +26,12 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -153,6 +155,62 @@ def ingress_run(args: argparse.Namespace, url: str, work: Path, on: bool, round_
     )
 
 
+def ingress_side_by_side(
+    args: argparse.Namespace, url: str, work: Path, round_: int
+) -> list[Measured]:
+    """One on and one off server at the same time, each under its own wrk (one thread,
+    disjoint update_ids): whatever else the machine runs meanwhile slows both alike, so
+    their ratio holds where runs one after the other on a shared machine do not."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    procs: dict[bool, Any] = {}
+    ports = {True: free_port(), False: free_port()}
+    bases = {True: ing.MEASURED_ID_BASE, False: 2 * ing.MEASURED_ID_BASE}
+    try:
+        for on in (True, False) if round_ % 2 == 0 else (False, True):
+            env = {**base_env(), **({"METRICS_TOKEN": TOKEN} if on else {})}
+            log = work / f"ingress-{'on' if on else 'off'}.log"
+            procs[on] = ing.start_server("tg-gateway", ports[on], url, log, "uvloop", env=env)
+        for on, proc in procs.items():
+            wait_port(ports[on], proc)
+            if ing.probe(ports[on])[0] != 200:
+                raise BenchBroken(f"probe of the {'on' if on else 'off'} server failed")
+        opts = {"connections": args.connections, "threads": 1}
+
+        def load(on: bool, seconds: int, base: int) -> Any:
+            return ing.run_wrk(ports[on], duration=seconds, id_base=base, **opts)
+
+        with ThreadPoolExecutor(2) as pool:
+            if args.warmup:
+                warm = [pool.submit(load, on, args.warmup, ing.WARMUP_ID_BASE * (2 - on))
+                        for on in procs]  # fmt: skip
+                [w.result() for w in warm]
+            with scraping([f"http://{HOST}:{ports[True]}/metrics"], True, args.scrape_every) as sc:
+                cpu0 = {on: cpu_seconds(p.pid) for on, p in procs.items()}
+                runs = {on: pool.submit(load, on, args.duration, bases[on]) for on in procs}
+                done = {on: r.result() for on, r in runs.items()}
+                cpu = {on: cpu_seconds(p.pid) - cpu0[on] for on, p in procs.items()}
+        for on, run in done.items():
+            if run.non_2xx or procs[on].poll() is not None:
+                raise BenchBroken(f"the {'on' if on else 'off'} server failed (log in {work})")
+    finally:
+        for proc in procs.values():
+            ing.stop(proc)
+    return [
+        Measured(
+            "ingress",
+            on,
+            round_,
+            done[on].rps,
+            cpu[on] / done[on].requests * 1e6,
+            sc.ok if (sc and on) else 0,
+            sc.errors if (sc and on) else 0,
+        )
+        for on in (True, False)
+    ]
+
+
 # --- workers: bench.workers' embedded pipeline ----------------------------------------------
 
 
@@ -250,6 +308,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scrape-every", type=float, default=SCRAPE_EVERY, help="seconds; 0: no scraper"
     )
     ap.add_argument("--parts", default="ingress,workers", help="ingress, workers or both")
+    ap.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="ingress: run each round's on and off servers at the same time (wrk -t1 each)",
+    )
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 120:
         ap.error("--rounds must be 1-20 and --duration 1-120")
@@ -277,8 +340,13 @@ def main(argv: list[str] | None = None) -> int:
                 port = free_port()
                 redis_proc = ing.start_redis(port, Path(tmp), Path(tmp) / "redis.log")
                 try:
+                    url = f"redis://{HOST}:{port}/0"
                     for n, on in order:
-                        url = f"redis://{HOST}:{port}/0"
+                        if args.side_by_side:
+                            if on:  # once per round: the pair at the same time
+                                rows += ingress_side_by_side(args, url, Path(tmp), n)
+                                print(rows[-2].line() + "\n" + rows[-1].line(), flush=True)
+                            continue
                         rows.append(ingress_run(args, url, Path(tmp), on, n))
                         print(rows[-1].line(), flush=True)
                 finally:
