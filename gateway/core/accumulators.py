@@ -19,6 +19,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
+from prometheus_client import generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -115,6 +116,8 @@ class Family:
                 self.bounds.append(INF)
         self._le = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
         self.children: dict[tuple[str, ...], Child] = {}
+        self._header = ""  # HELP and TYPE lines, as generate_latest writes them (render)
+        self._prefixes: dict[tuple[str, ...], list[str]] = {}  # each series' line starts
         if not self.labelnames:
             self.labels()  # an unlabelled metric has its one series from the start
 
@@ -159,8 +162,70 @@ class Family:
                 for le, count in zip(self._le, child.counts, strict=True):
                     total += count
                     cumulative.append((le, total))
-                family.add_metric(key, cumulative, child.sum)
+                # prometheus_client's Histogram: _count always, _sum only with no bound
+                # below 0 (its HistogramMetricFamily would drop both).
+                labels = dict(zip(self.labelnames, key, strict=True))
+                family.add_metric(key, cumulative, None)
+                family.add_sample(self.name + "_count", labels, total)
+                if self.bounds[0] >= 0:
+                    family.add_sample(self.name + "_sum", labels, child.sum)
         return family
+
+    def render(self, out: list[str]) -> None:
+        """Append this family's text exposition to ``out``: what ``generate_latest`` writes
+        for ``collect()``, without building a sample object per line. Each series' line
+        starts (name and labels) are written once, by generate_latest itself."""
+        if not self._header:
+            self._header = _text(self.empty())
+        out.append(self._header)
+        for key, child in self.children.items():
+            prefixes = self._prefixes.get(key)
+            if prefixes is None:
+                prefixes = self._prefixes[key] = self._line_starts(key)
+            if isinstance(child, CounterChild):
+                out.append(f"{prefixes[0]} {_go(child.value)}\n")
+            elif isinstance(child, GaugeChild):
+                out.append(f"{prefixes[0]} {_go(child.get())}\n")
+            else:
+                total = 0.0
+                for start, count in zip(prefixes, child.counts, strict=False):
+                    total += count
+                    out.append(f"{start} {_go(total)}\n")
+                out.append(f"{prefixes[len(child.counts)]} {_go(total)}\n")  # _count
+                if len(prefixes) > len(child.counts) + 1:  # _sum: no bound below 0
+                    out.append(f"{prefixes[-1]} {_go(child.sum)}\n")
+
+    def _line_starts(self, key: tuple[str, ...]) -> list[str]:
+        labels = dict(zip(self.labelnames, key, strict=True))
+        probe = GaugeMetricFamily(self.name, "")
+        if self.kind == "counter":
+            probe.add_sample(self.name.removesuffix("_total") + "_total", labels, 0.0)
+        elif self.kind == "gauge":
+            probe.add_sample(self.name, labels, 0.0)
+        else:
+            for le in self._le:
+                probe.add_sample(self.name + "_bucket", {**labels, "le": le}, 0.0)
+            probe.add_sample(self.name + "_count", labels, 0.0)
+            if self.bounds[0] >= 0:
+                probe.add_sample(self.name + "_sum", labels, 0.0)
+        lines = _text(probe).splitlines()[2:]  # past HELP and TYPE
+        return [line.removesuffix(" 0.0") for line in lines]
+
+
+def _go(value: float) -> str:
+    return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
+
+
+class _One:
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return [self.metric]
+
+
+def _text(metric: Metric) -> str:
+    return generate_latest(_One(metric)).decode()
 
 
 class FamiliesCollector(Collector):
@@ -174,3 +239,8 @@ class FamiliesCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return [f.empty() for f in self.families]
+
+    def render(self, out: list[str]) -> None:
+        """Append the families' text exposition (``generate_latest``'s, faster)."""
+        for family in self.families:
+            family.render(out)

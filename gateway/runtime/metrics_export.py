@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.exceptions import ResponseError
 
@@ -157,18 +157,6 @@ def _group_of(groups: Any, group: str) -> dict[str, Any] | None:
     return next((g for g in groups if _s(g["name"]) == group), None)
 
 
-class _Union:
-    """The process's registry plus this scrape's Redis-read families (``generate_latest``
-    only asks for ``collect``)."""
-
-    def __init__(self, metrics: Metrics, extra: list[Metric]) -> None:
-        self.metrics, self.extra = metrics, extra
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.metrics.registry.collect()
-        yield from self.extra
-
-
 class Scrape:
     """One process's ``/metrics`` answer: its registry and, when it has Redis, the gauges."""
 
@@ -188,7 +176,7 @@ class Scrape:
 
     async def render(self) -> bytes:
         extra = await self.gauges.read() if self.gauges is not None else []
-        return generate_latest(_Union(self.metrics, extra))
+        return self.metrics.exposition(extra)
 
 
 HEAD_LIMIT = 16 * 1024  # bytes of request line and headers

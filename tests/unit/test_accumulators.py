@@ -14,7 +14,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.core.accumulators import CounterChild, Family, GaugeChild, HistogramChild
+from gateway.core.accumulators import (
+    CounterChild,
+    FamiliesCollector,
+    Family,
+    GaugeChild,
+    HistogramChild,
+)
 from gateway.core.metrics import INGRESS, ROLES, SPECS, Metrics, Spec, version
 from gateway.ingress.observe import IngressMetrics
 from gateway.runtime.metrics_export import Scrape
@@ -84,6 +90,30 @@ def test_the_exposition_is_prometheus_clients_for_the_same_calls() -> None:
     text = _text(ours.registry)
     assert text == _text(ref_registry)
     assert "tg_gateway_ingress_request_duration_seconds_bucket" in text  # not vacuous
+    # The scrape's own writer (Metrics.exposition: FamiliesCollector.render) says the same.
+    fast = ours.exposition().decode()
+    assert "".join(line + "\n" for line in fast.splitlines() if "tg_gateway_" in line) == text
+    assert "process_cpu_seconds_total" in fast and "python_gc_" in fast
+
+
+def test_the_fast_writer_handles_what_the_catalog_does_not_use_yet() -> None:
+    """Negative buckets (no _count/_sum), odd label values, huge and non-finite values."""
+    ref_registry = CollectorRegistry()
+    ref = Histogram("h_seconds", "h \\ help\nline", ["a"], registry=ref_registry,
+                    buckets=(-1, 0, 1e10))  # fmt: skip
+    gauge = Gauge("g", "g", ["a"], registry=ref_registry)
+    ours = [Family("h_seconds", "histogram", "h \\ help\nline", ("a",), (-1, 0, 1e10)),
+            Family("g", "gauge", "g", ("a",))]  # fmt: skip
+    for value in (-5.0, 0.0, 3e12, math.inf):
+        for h in (ref.labels('q"u\\o\nte'), ours[0].labels('q"u\\o\nte')):
+            h.observe(value)
+    for g in (gauge.labels("é"), ours[1].labels("é")):
+        g.set(-math.inf)
+    text: list[str] = []
+    for family in ours:
+        family.render(text)
+    assert "".join(text) == generate_latest(ref_registry).decode()
+    assert generate_latest(FamiliesCollector(ours)) == generate_latest(ref_registry)
 
 
 def test_a_nan_goes_into_the_sum_and_no_bucket_as_with_prometheus_client() -> None:
