@@ -330,6 +330,9 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._fresh = self._in_headers = False
         self._arm(self.body_timeout + 1.0)
+        limit = self.limit_concurrency  # uvicorn's own check, made just after this one
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            self.observe.rejected("connection", "overloaded")  # uvicorn answers the 503
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.exceptions import ResponseError
 
@@ -26,7 +26,6 @@ from gateway.core.metrics import BY_NAME, Metrics, bearer_ok
 log = logging.getLogger(__name__)
 
 GAUGE_TIMEOUT = 2.0  # seconds the Redis reads of one scrape may take
-READ_CONCURRENCY = 16  # partitions read at once
 LAG_FALLBACK_CAP = 10_000  # entries counted when XINFO GROUPS cannot tell the lag
 ROLE_STREAMS = (("worker", "updates", GROUP_WORKERS), ("sender", "outbound", GROUP_SENDERS))
 
@@ -70,86 +69,92 @@ class StreamGauges:
             return []
 
     async def _read(self) -> list[Metric]:
+        """Two pipelined round trips (not a dozen awaited commands per partition): XLEN and
+        XINFO GROUPS of every partition, then what those answers call for."""
         sec, usec = await self.redis.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
+        plan = [
+            (role, kind, group, stream)
+            for role, kind, group in ROLE_STREAMS
+            for stream in (
+                self.keys.all_updates() if kind == "updates" else self.keys.all_outbound()
+            )
+        ]
+        first = self.redis.pipeline(transaction=False)
+        for _, _, _, stream in plan:
+            first.xlen(stream)
+            first.xinfo_groups(stream)
+        first.xlen(self.keys.results)
+        first.xlen(self.keys.dead)
+        answers = await first.execute(raise_on_error=False)
+        for answer in answers[1::2][: len(plan)]:  # a missing stream: no group yet, fine
+            if isinstance(answer, Exception) and not isinstance(answer, ResponseError):
+                raise answer
+        for answer in (*answers[0 : 2 * len(plan) : 2], *answers[2 * len(plan) :]):
+            if isinstance(answer, Exception):
+                raise answer
+        ours = [_group_of(answers[2 * n + 1], group) for n, (_, _, group, _) in enumerate(plan)]
+        second = self.redis.pipeline(transaction=False)
+        for (_, _, group, stream), row in zip(plan, ours, strict=True):
+            if row is not None:
+                after = f"({_s(row['last-delivered-id'])}"
+                second.xrange(stream, min=after, count=1)
+                if row.get("lag") is None:  # Redis cannot tell (entries deleted): count
+                    second.xrange(stream, min=after, count=LAG_FALLBACK_CAP)
+                if int(row["pending"]):
+                    second.xpending(stream, group)
+        for role, _, _ in ROLE_STREAMS:
+            second.zcount(self.keys.members(role), now_ms, "+inf")
+        follow = iter(await second.execute())
         length = _gauge("tg_gateway_stream_length", ("stream", "partition"))
         per = ("stream", "group", "partition")
         lag = _gauge("tg_gateway_stream_lag", per)
         pending = _gauge("tg_gateway_stream_pending", per)
         oldest = _gauge("tg_gateway_stream_oldest_pending_age_seconds", per)
+        totals: dict[str, tuple[int, float]] = {role: (0, 0.0) for role, _, _ in ROLE_STREAMS}
+        partition: dict[str, int] = {}
+        for n, ((role, kind, group, _), row) in enumerate(zip(plan, ours, strict=True)):
+            p = partition[kind] = partition.get(kind, -1) + 1
+            length.add_metric([kind, str(p)], int(answers[2 * n]))
+            if row is None:
+                continue  # no group yet: nothing read, nothing pending
+            unread: Any = next(follow)
+            entries = row.get("lag")
+            if entries is None:
+                entries = len(next(follow))
+            pending_age = 0.0
+            if int(row["pending"]):
+                summary: Any = next(follow)
+                if summary.get("min") is not None:
+                    pending_age = max(0.0, (now_ms - _id_ms(summary["min"])) / 1000)
+            unread_age = max(0.0, (now_ms - _id_ms(unread[0][0])) / 1000) if unread else 0.0
+            labels = [kind, group, str(p)]
+            lag.add_metric(labels, int(entries))
+            pending.add_metric(labels, int(row["pending"]))
+            oldest.add_metric(labels, pending_age)
+            total, age = totals[role]
+            totals[role] = (
+                total + int(entries) + int(row["pending"]),
+                max(age, pending_age, unread_age),
+            )
         role_lag = _gauge("tg_gateway_role_lag", ("role",))
         role_age = _gauge("tg_gateway_role_oldest_unacked_age_seconds", ("role",))
         members = _gauge("tg_gateway_role_members", ("role",))
-        gate = asyncio.Semaphore(READ_CONCURRENCY)
-
-        async def one(stream: str, group: str) -> tuple[int, dict[str, Any] | None]:
-            async with gate:
-                return await self._partition(stream, group, now_ms)
-
-        for role, kind, group in ROLE_STREAMS:
-            streams = self.keys.all_updates() if kind == "updates" else self.keys.all_outbound()
-            rows = await asyncio.gather(*(one(s, group) for s in streams))
-            total, age = 0, 0.0
-            for p, (xlen, row) in enumerate(rows):
-                length.add_metric([kind, str(p)], xlen)
-                if row is None:
-                    continue  # no group yet: nothing read, nothing pending
-                labels = [kind, group, str(p)]
-                lag.add_metric(labels, row["lag"])
-                pending.add_metric(labels, row["pending"])
-                oldest.add_metric(labels, row["pending_age"])
-                total += row["lag"] + row["pending"]
-                age = max(age, row["pending_age"], row["unread_age"])
+        for role, (total, age) in totals.items():
             role_lag.add_metric([role], total)
             role_age.add_metric([role], age)
-            live = await self.redis.zcount(self.keys.members(role), now_ms, "+inf")
-            members.add_metric([role], int(live))
-        for kind, key in (("results", self.keys.results), ("dead", self.keys.dead)):
-            length.add_metric([kind, "0"], int(await self.redis.xlen(key)))
+            members.add_metric([role], int(next(follow)))
+        for kind, answer in zip(("results", "dead"), answers[2 * len(plan) :], strict=True):
+            length.add_metric([kind, "0"], int(answer))
         families = [length, lag, pending, oldest, role_lag, role_age, members]
         return [f for f in families if f.name in self.wanted]
 
-    async def _partition(
-        self, stream: str, group: str, now_ms: int
-    ) -> tuple[int, dict[str, Any] | None]:
-        xlen = int(await self.redis.xlen(stream))
-        try:
-            groups: Any = await self.redis.xinfo_groups(stream)
-        except ResponseError:  # no such stream yet
-            return xlen, None
-        ours = next((g for g in groups if _s(g["name"]) == group), None)
-        if ours is None:
-            return xlen, None
-        last = _s(ours["last-delivered-id"])
-        unread: Any = await self.redis.xrange(stream, min=f"({last}", count=1)
-        lag = ours.get("lag")
-        if lag is None:  # Redis cannot tell (entries deleted): count, within a bound
-            after: Any = await self.redis.xrange(stream, min=f"({last}", count=LAG_FALLBACK_CAP)
-            lag = len(after)
-        pending_age = 0.0
-        if int(ours["pending"]):
-            summary: Any = await self.redis.xpending(stream, group)
-            if summary.get("min") is not None:
-                pending_age = max(0.0, (now_ms - _id_ms(summary["min"])) / 1000)
-        unread_age = max(0.0, (now_ms - _id_ms(unread[0][0])) / 1000) if unread else 0.0
-        return xlen, {
-            "lag": int(lag),
-            "pending": int(ours["pending"]),
-            "pending_age": pending_age,
-            "unread_age": unread_age,
-        }
 
-
-class _Union:
-    """The process's registry plus this scrape's Redis-read families (``generate_latest``
-    only asks for ``collect``)."""
-
-    def __init__(self, metrics: Metrics, extra: list[Metric]) -> None:
-        self.metrics, self.extra = metrics, extra
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.metrics.registry.collect()
-        yield from self.extra
+def _group_of(groups: Any, group: str) -> dict[str, Any] | None:
+    """``group``'s row of an XINFO GROUPS answer (None: no stream, or no such group)."""
+    if isinstance(groups, Exception):
+        return None
+    return next((g for g in groups if _s(g["name"]) == group), None)
 
 
 class Scrape:
@@ -171,7 +176,7 @@ class Scrape:
 
     async def render(self) -> bytes:
         extra = await self.gauges.read() if self.gauges is not None else []
-        return generate_latest(_Union(self.metrics, extra))
+        return self.metrics.exposition(extra)
 
 
 HEAD_LIMIT = 16 * 1024  # bytes of request line and headers
