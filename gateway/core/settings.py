@@ -176,6 +176,8 @@ class PipelineSettings(_Base):
     pipeline_reply_fields: CommaList = Field(
         default_factory=lambda: ["content", "response", "text", "message"]
     )
+    # A private chat's block / unblock goes to the pipeline as a contact_status event.
+    pipeline_contact_status: bool = False
     gateway_public_url: str = "http://127.0.0.1:8080"
     delivery_secret: SecretStr | None = None
     delivery_token_ttl: int = Field(default=7 * 86_400, ge=60)
