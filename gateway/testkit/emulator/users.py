@@ -37,7 +37,7 @@ def _user_chat(
     return state.add_chat(chat_id, kind, title or (known or {}).get("title"))
 
 
-def _set_text(message: Obj, text: str, field: str) -> None:
+def set_text(message: Obj, text: str, field: str) -> None:
     message[field] = text
     entities = detect_entities(text)
     key = "entities" if field == "text" else "caption_entities"
@@ -78,9 +78,9 @@ def user_send(
     if photo_file_id is not None:
         message["photo"] = photo_sizes(f"{photo_file_id}:{message['message_id']}", photo_file_id)
         if caption or text:
-            _set_text(message, caption or text or "", "caption")
+            set_text(message, caption or text or "", "caption")
     elif text is not None:
-        _set_text(message, text, "text")
+        set_text(message, text, "text")
     state.store_message(message)
     return state.enqueue({"message": copy.deepcopy(message)})
 
@@ -93,9 +93,9 @@ def user_edit(state: EmulatorState, user_id: int, chat_id: int, message_id: int,
     edited = {k: v for k, v in old.items() if k not in ("text", "entities", "edit_date")}
     edited["edit_date"] = state.date()
     if "caption" in old or "photo" in old:
-        _set_text(edited, text, "caption")
+        set_text(edited, text, "caption")
     else:
-        _set_text(edited, text, "text")
+        set_text(edited, text, "text")
     state.store_message(edited)
     return state.enqueue({"edited_message": copy.deepcopy(edited)})
 
