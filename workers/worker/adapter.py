@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.core.errors import GatewayError
+
 BUSINESS_TYPES = ("business_message", "edited_business_message")
 HANDLED_TYPES = ("message", "edited_message", "callback_query", *BUSINESS_TYPES)
 EDITS = ("edited_message", "edited_business_message")
@@ -47,7 +49,7 @@ class PipelineMessage:
         }
 
 
-class UnusableUpdate(ValueError):
+class UnusableUpdate(GatewayError, ValueError):
     """A valid Update the pipeline cannot be given (a malformed business connection id):
     the worker dead-letters it with this reason."""
 
