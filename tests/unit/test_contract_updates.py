@@ -275,6 +275,17 @@ def test_the_callback_token_carries_the_business_connection() -> None:
         business_connection_id=CONNECTION,
     )
     assert verify_route(SECRET, token, bot_id=BOT_ID).business_connection_id == CONNECTION
+    longest = sign_route(  # the longest id the worker forwards still fits a token (512)
+        SECRET,
+        bot_id=BOT_ID,
+        chat_id=-1002143658709,
+        reply_to=2**31 - 1,
+        update_id=2**31 - 1,
+        ttl=7 * 86_400,
+        received_at=1_735_993_207.123,
+        business_connection_id="x" * 128,
+    )
+    assert verify_route(SECRET, longest, bot_id=BOT_ID).business_connection_id == "x" * 128
     plain = sign_route(SECRET, bot_id=BOT_ID, chat_id=ALICE, reply_to=None, update_id=1, ttl=60)
     assert verify_route(SECRET, plain, bot_id=BOT_ID).business_connection_id is None
 
