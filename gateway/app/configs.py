@@ -13,6 +13,7 @@ from gateway.core.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.core.settings import Config
 from gateway.runtime.consumer import ConsumerConfig
 from workers.worker.context import WorkerOptions
+from workers.worker.files import FileLinks
 
 
 def claim_period(claim_idle_ms: int) -> float:
@@ -73,4 +74,15 @@ def worker_options(cfg: Config) -> WorkerOptions:
         delay_notice_after=ps.pipeline_delay_notice_after,
         reply_fields=tuple(ps.pipeline_reply_fields),
         contact_status=ps.pipeline_contact_status,
+        files=file_links(cfg),
     )
+
+
+def file_links(cfg: Config) -> FileLinks | None:
+    """How the worker signs ``metadata.files`` links; None without ``FILES_SECRET`` or
+    with Telegram disabled (the ingress then serves no ``/api/files/``)."""
+    fs = cfg.files
+    if fs.secret is None or not cfg.telegram.telegram_enabled:
+        return None
+    base = fs.files_base_url or cfg.pipeline.gateway_public_url
+    return FileLinks(fs.secret, base, fs.files_url_ttl_seconds, fs.files_max_bytes)

@@ -37,10 +37,10 @@ from workers.sender.ratelimit import Limits, RateLimiter
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
 from workers.worker.context import WorkerServices
+from workers.worker.fsm import fsm_storage
 from workers.worker.handler import UpdateHandler, build_dispatcher
 from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
-from workers.worker.storage import fsm_storage
 
 log = logging.getLogger(__name__)
 

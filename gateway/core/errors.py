@@ -6,6 +6,8 @@
     ├── UsageError              a command-line argument or input file is unusable (one line)
     ├── RedisUnavailable        Redis did not accept a write; callers answer 503 / retry
     ├── DeliveryTokenError      a callback token is forged, malformed or expired (HTTP 403)
+    ├── FileTokenError          core.files: a file link's token is forged, malformed, for
+    │                           another bot (HTTP 403) or expired (410); carries reason
     ├── SignatureError          core.signing: a webhook-signature is missing, stale or forged
     │                           (HTTP 401; carries reason)
     ├── ReplyShapeError         a pipeline reply body has no usable content (HTTP 422)
@@ -59,6 +61,15 @@ class RedisUnavailable(GatewayError):
 
 class DeliveryTokenError(GatewayError):
     """A callback token is forged, malformed or expired."""
+
+
+class FileTokenError(GatewayError):
+    """A file link's token did not verify; ``reason`` is ``malformed``, ``bad_signature``,
+    ``other_bot`` or ``expired`` (the message says more)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SignatureError(GatewayError):

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
+from gateway.core.files import FilesSettings
 from gateway.core.signing import SigningKeys
 from gateway.core.validation import format_validation_error
 
@@ -187,14 +188,11 @@ class PipelineSettings(_Base):
     pipeline_signing_keys: CommaSecrets = Field(default_factory=list)
     callback_signing_keys: CommaSecrets = Field(default_factory=list)
 
-    @field_validator("pipeline_reply_fields", mode="before")
+    @field_validator(
+        "pipeline_reply_fields", "pipeline_signing_keys", "callback_signing_keys", mode="before"
+    )
     @classmethod
-    def _split_fields(cls, value: Any) -> Any:
-        return _split(value)
-
-    @field_validator("pipeline_signing_keys", "callback_signing_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         return _split(value)
 
     @field_validator("pipeline_signing_keys", "callback_signing_keys")
@@ -381,6 +379,7 @@ class Config:
     sender: SenderSettings
     consumer: ConsumerSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    files: FilesSettings = field(default_factory=FilesSettings)  # gateway/core/files.py
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
     fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 

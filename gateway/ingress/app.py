@@ -8,6 +8,8 @@ uvicorn and the handler (figures: README, bench/ingress.py). Routes:
     POST /api/delivery/{token}    pipeline replies  → outbound stream (``delivery``; with
                                   CALLBACK_SIGNING_KEYS also a Standard Webhooks
                                   signature, else 401 with the reason)
+    GET  /api/files/{token}       a file of an inbound message, streamed from Telegram
+                                  (``files``); only with FILES_SECRET, else 404
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
     GET  /metrics                 Prometheus, with the METRICS_TOKEN bearer; else 404
@@ -27,6 +29,7 @@ from redis.exceptions import RedisError
 from gateway.core.errors import RedisUnavailable
 from gateway.ingress.config import IngressConfig
 from gateway.ingress.delivery import Delivery
+from gateway.ingress.files import FILES_PREFIX, Files
 from gateway.ingress.http import (
     BODY_TIMEOUT_ERROR,
     STORAGE_ERROR,
@@ -85,6 +88,9 @@ class IngressApp:
         )
         self.door = Door(m, max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
         self._delivery = Delivery(config, self.door, lambda: self.redis)
+        self._files = (
+            None if config.files is None else Files(config.files, self.door, config.bot_id)
+        )
 
     # --- lifespan ---------------------------------------------------------------------
 
@@ -104,6 +110,8 @@ class IngressApp:
                 await self._on_shutdown(self)
             except Exception:
                 log.exception("ingress shutdown hook failed")
+        if self._files is not None:
+            await self._files.aclose()
         if self.publisher is not None:
             await self.publisher.aclose()
         if self.redis is not None:
@@ -135,7 +143,7 @@ class IngressApp:
         if scope["type"] != "http":
             return
         if self.observe.on:
-            endpoint = endpoint_of(scope["path"], WEBHOOK_PATH, DELIVERY_PREFIX)
+            endpoint = endpoint_of(scope["path"], WEBHOOK_PATH, DELIVERY_PREFIX, FILES_PREFIX)
             await self.observe.timed(self._route, endpoint, scope, receive, send)
         else:
             await self._route(scope, receive, send)
@@ -153,6 +161,8 @@ class IngressApp:
                 await _json(send, 405, {"ok": False, "error": "use POST"})
                 return
             await self._delivery(scope, receive, send, path[len(DELIVERY_PREFIX) :])
+        elif path.startswith(FILES_PREFIX) and self._files is not None:
+            await self._files(scope, receive, send, path[len(FILES_PREFIX) :])
         elif path == "/healthz":
             await _json(send, 200, {"status": "ok"})
         elif path == "/readyz":

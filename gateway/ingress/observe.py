@@ -23,7 +23,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Route = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ENDPOINTS = ("webhook", "delivery", "healthz", "readyz", "metrics", "other")
+ENDPOINTS = ("webhook", "delivery", "files", "healthz", "readyz", "metrics", "other")
 STATUSES = ("2xx", "4xx", "5xx")
 
 
@@ -94,11 +94,13 @@ class IngressMetrics:
         await _plain(send, 200, body, ctype=self.scrape.content_type.encode())
 
 
-def endpoint_of(path: str, webhook_path: str, delivery_prefix: str) -> str:
+def endpoint_of(path: str, webhook_path: str, delivery_prefix: str, files_prefix: str) -> str:
     if path == webhook_path:
         return "webhook"
     if path.startswith(delivery_prefix):
         return "delivery"
+    if path.startswith(files_prefix):
+        return "files"
     if path in ("/healthz", "/readyz", "/metrics"):
         return path[1:]
     return "other"

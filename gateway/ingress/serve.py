@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
+from gateway.core.files import FilesSettings
 from gateway.core.metrics import INGRESS, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
@@ -26,6 +27,7 @@ from gateway.core.settings import (
     TelegramSettings,
 )
 from gateway.ingress.app import IngressApp, IngressConfig
+from gateway.ingress.config import files_config
 from gateway.ingress.observe import IngressMetrics, WebhookCollector
 from gateway.ingress.owner import UpdatesOwner
 from gateway.runtime.layout import ensure_layout
@@ -50,6 +52,7 @@ def ingress_config(
     ps: PipelineSettings,
     ing: IngressSettings,
     outbound_ttl: float,
+    files: FilesSettings | None = None,
 ) -> IngressConfig:
     """What the ingress app reads from the settings."""
     return IngressConfig(
@@ -66,6 +69,7 @@ def ingress_config(
         body_timeout=ing.ingress_body_timeout,
         store_timeout=ing.ingress_store_timeout,
         callback_keys=ps.callback_keys,
+        files=files_config(tg, files),
     )
 
 
@@ -76,9 +80,10 @@ def build_ingress(
     ing: IngressSettings,
     outbound_ttl: float,
     observe: IngressMetrics | None = None,
+    files: FilesSettings | None = None,
 ) -> IngressApp:
     return IngressApp(
-        ingress_config(tg, rs, ps, ing, outbound_ttl),
+        ingress_config(tg, rs, ps, ing, outbound_ttl, files),
         lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
         observe=observe,
@@ -141,10 +146,11 @@ async def serve_ingress(
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
     observe: IngressMetrics | None = None,
+    files: FilesSettings | None = None,
 ) -> None:
     """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
     observe = observe or IngressMetrics.off()
-    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe)
+    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files)
     await _check_layout_first(rs, app.config.keys)
     server = _Server(
         uvicorn.Config(
@@ -232,6 +238,7 @@ async def serve_ingress_role(
         cfg.sender.outbound_ttl_seconds,
         stop,
         observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
+        files=cfg.files,
     )
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 from typing import Any
 
 import httpx
 import orjson
 
 from gateway.core.errors import ConfigError, GatewayError
-from gateway.core.logs import redact
+from gateway.core.logs import RedactingFilter, redact
 from gateway.core.settings import TelegramSettings
 
 NO_ANSWER = 0
@@ -101,10 +102,20 @@ def result_of(method: str, status: int, content: bytes, token: str = "") -> Any:
     )
 
 
+def redact_httpx_logs() -> None:
+    """httpx logs every request URL at INFO, and a Bot API URL holds the token: redact its
+    records where they are made (a logger filter), whatever handlers the process has
+    (``setup_logging`` also quiets httpx; a test's caplog or an embedding app may not)."""
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactingFilter) for f in httpx_log.filters):
+        httpx_log.addFilter(RedactingFilter())
+
+
 class BotApi:
     """Calls ``{api_url}/bot{token}/{method}`` with JSON bodies; one pooled httpx client."""
 
     def __init__(self, api_url: str, token: str, timeout: float = 30.0) -> None:
+        redact_httpx_logs()
         self._base = f"{api_url.rstrip('/')}/bot{token}"
         self._token = token
         self._client = httpx.AsyncClient(

@@ -22,6 +22,7 @@ import pytest
 
 from tests.faults.harness import (
     CI_WORKLOAD,
+    GOAL_MISSED,
     NODE_SEEDS,
     SCENARIOS,
     SETTLE,
@@ -46,17 +47,14 @@ def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path, report_path: Pat
     assert report.updates == CI_WORKLOAD.total
 
 
-# Out of the default run (pyproject: -m 'not node_faults') until issue 10's reply-rate goal
-# holds: with one node down, the other nodes' partitions keep 0.3-0.8 of their reply rate,
-# not yet the 0.8 goal (docs/reliability.md, "Node outages on a Redis Cluster"). Run them with
-# `bash scripts/test.sh -m node_faults tests/faults/test_cluster.py`.
-@pytest.mark.node_faults
-@pytest.mark.parametrize(
-    ("name", "seed"), [(name, seed) for name, seeds in NODE_SEEDS.items() for seed in seeds]
-)
-def test_node_fault_on_a_redis_cluster(
-    name: str, seed: int, tmp_path: Path, report_path: Path
-) -> None:
+# One seed per kind in the default run: every guarantee (nothing lost or reordered, no role
+# exit, duplicates only in the window) must hold; the rate and resume bars are printed.
+# `bash scripts/test.sh -m node_faults tests/faults/test_cluster.py` runs every seed and
+# fails on the bars too (docs/reliability.md, "Node outages on a Redis Cluster").
+DEFAULT_NODE_SEEDS = [("node_restart", 1), ("node_kill", 3), ("node_failover", 5)]
+
+
+def _node_run(name: str, seed: int, tmp_path: Path, report_path: Path) -> list[str]:
     workload = node_workload(seed)
     report, problems = run_scenario(
         SCENARIOS[name],
@@ -72,4 +70,27 @@ def test_node_fault_on_a_redis_cluster(
         print(f"    {outage}")
     assert report.updates == workload.total
     assert report.node_outages, "the scenario failed no node"
-    assert not problems, "\n".join(problems) + "\n" + str(report.details.get("logs", ""))
+    return [*problems, str(report.details.get("logs", ""))] if problems else []
+
+
+@pytest.mark.parametrize(("name", "seed"), DEFAULT_NODE_SEEDS)
+def test_node_fault_keeps_every_guarantee(
+    name: str, seed: int, tmp_path: Path, report_path: Path
+) -> None:
+    problems = _node_run(name, seed, tmp_path, report_path)
+    broken = [p for p in problems[:-1] if not p.startswith(GOAL_MISSED)]
+    for p in problems[:-1]:
+        if p.startswith(GOAL_MISSED):
+            print(p)  # a timing bar on a shared machine: -m node_faults fails on it
+    assert not broken, "\n".join(problems)
+
+
+@pytest.mark.node_faults
+@pytest.mark.parametrize(
+    ("name", "seed"), [(name, seed) for name, seeds in NODE_SEEDS.items() for seed in seeds]
+)
+def test_node_fault_on_a_redis_cluster(
+    name: str, seed: int, tmp_path: Path, report_path: Path
+) -> None:
+    problems = _node_run(name, seed, tmp_path, report_path)
+    assert not problems, "\n".join(problems)

@@ -17,6 +17,7 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.types import Message
+from redis.crc import key_slot
 
 from gateway.app import roles
 from gateway.app.roles import serve_sender, serve_worker
@@ -25,7 +26,7 @@ from gateway.runtime.streams import ensure_groups
 from gateway.testkit.emulator import Emulator
 from tests.helpers import BOT_ID, FIXTURES, make_config, running
 from workers.worker.context import WorkerContext
-from workers.worker.handler import fsm_storage
+from workers.worker.fsm import fsm_storage
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ async def publish(redis: aioredis.Redis, cfg: Any, user: int, update_id: int, te
 
 
 def state_key(keys: Keys, user: int, part: str = "state") -> str:
-    return f"{keys.fsm_prefix}:{BOT_ID}:{user}:{user}:{part}"
+    return f"{keys.fsm_prefix}:{keys.chat_tag(user)}:{BOT_ID}:{user}:{user}:{part}"
 
 
 async def test_fsm_state_is_in_redis_with_a_ttl_and_survives_a_worker_restart(
@@ -134,6 +135,10 @@ async def test_fsm_storage_works_on_a_redis_cluster(cluster_redis: aioredis.Redi
         assert await storage.get_state(key) == "Form:name"
         assert await storage.get_data(key) == {"n": user}
         assert 0 < await cluster_redis.ttl(state_key(keys, user)) <= 120
+        # on the node of the chat's partition: one node's outage stalls only its chats
+        assert key_slot(state_key(keys, user).encode()) == key_slot(
+            keys.updates(partition_for(user, keys.partitions)).encode()
+        )
         await storage.set_state(key, None)
         assert await storage.get_state(key) is None
 

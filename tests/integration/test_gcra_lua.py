@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.runtime.scripts import GCRA
-from workers.sender.ratelimit import gcra
+from workers.sender.limits import gcra
 
 CLOCK = "local t = redis.call('TIME')"
 # The script's only clock is Redis TIME; here the caller gives it (ARGV 6 and 7: seconds

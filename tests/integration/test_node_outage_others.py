@@ -207,10 +207,10 @@ async def test_replies_go_out_within_the_limits_while_the_limiters_node_is_down(
     cluster: RedisClusterProcesses, client: aioredis.Redis, limited: Emulator
 ) -> None:
     """The node holding the limiter's keys stops (the results, dead letters and sender
-    membership live elsewhere). Two senders keep sending the other nodes' replies, each at
-    its share of the global limit in process, and go back to the shared limiter once the
-    node is back: every reply once and in order, no 429 from Telegram, no window over a
-    limit, across both switches."""
+    membership live elsewhere). Two senders keep sending the other nodes' replies, with
+    the budget of the standby set on another node (shared and exact, none counted in
+    process), and go back to the own set once the node is back: every reply once and in
+    order, no 429 from Telegram, no window over a limit, across both switches."""
     keys = prefix_where(
         "lim",
         lambda k: (
@@ -236,7 +236,10 @@ async def test_replies_go_out_within_the_limits_while_the_limiters_node_is_down(
         await wait_for(
             lambda: len(limited.sent()) >= 50, timeout=20, message="50 sends while it is down"
         )
-        assert all(limiter.degraded for limiter in group.limiters)
+        assert all(limiter.standby for limiter in group.limiters)
+        standby = group.limiters[0].standby
+        assert node_of(cluster, keys.rate_global(BOT_ID, standby)) is not down
+        assert {lim.standby for lim in group.limiters} == {standby}  # the same set
         await restart(cluster, down)
         await wait_for(lambda: len(limited.sent()) >= len(plan), timeout=40, message="every reply")
     for chat, want in texts(plan).items():
@@ -244,12 +247,14 @@ async def test_replies_go_out_within_the_limits_while_the_limiters_node_is_down(
     stats = limited.stats()
     seen = (
         {k: v for k, v in stats.items() if k != "max_chat_1s"},
-        [(lim.degraded, lim.degraded_grants) for lim in group.limiters],
+        [(lim.standby_grants, lim.degraded_grants) for lim in group.limiters],
     )
     assert stats["rejected_429"] == 0, seen
     assert stats["max_global_1s"] <= GLOBAL, seen
     assert all(n <= 1 for n in stats["max_chat_1s"].values()), stats["max_chat_1s"]
-    assert all(limiter.degraded_grants > 0 for limiter in group.limiters)
+    assert all(limiter.standby_grants > 0 for limiter in group.limiters), seen
+    assert all(limiter.degraded_grants == 0 for limiter in group.limiters), seen
+    assert all(not (limiter.standby or limiter.degraded) for limiter in group.limiters)
 
 
 async def relayed(client: aioredis.Redis, keys: Keys, down: RedisProcess, cluster: Any) -> int:

@@ -38,6 +38,7 @@ from tests.helpers import (
     wait_for,
 )
 from workers.sender.ratelimit import Limits, RateLimiter
+from workers.sender.standby import standby_index
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +179,22 @@ async def test_limiter_on_a_cluster(cluster_redis: aioredis.Redis) -> None:
     assert await limiter.flood(44, 2.0) is False  # one chat: that chat waits, not the bot
     wait_global, wait_chat = await limiter.try_acquire(44)
     assert wait_chat > 1.0  # Telegram's retry_after holds that chat
+
+
+async def test_the_limiters_standby_set_lives_on_another_node(
+    cluster_redis: aioredis.Redis, redis: aioredis.Redis
+) -> None:
+    """While the node of the limiter's keys is away, senders use a standby set: it must
+    hash to a slot another node serves (else it would be away too), every sender must
+    pick the same one, and a single Redis has none (the senders count in process)."""
+    k = standby_index(cluster_redis, KEYS, BOT_ID)
+    assert k > 0
+    node = cluster_redis.get_node_from_key  # type: ignore[attr-defined]
+    assert node(KEYS.rate_global(BOT_ID, k)).name != node(KEYS.rate_global(BOT_ID)).name
+    for name in (KEYS.rate_chat(BOT_ID, 7, k), KEYS.flood_wait(BOT_ID, None, k)):
+        assert node(name).name == node(KEYS.rate_global(BOT_ID, k)).name  # one slot
+    assert standby_index(cluster_redis, KEYS, BOT_ID) == k
+    assert standby_index(redis, KEYS, BOT_ID) == 0
 
 
 # --- node faults (issue 10): a node restarted or killed under a running consumer ---------

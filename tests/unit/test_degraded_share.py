@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.testkit.emulator.limits import max_in_window
-from workers.sender.ratelimit import LATE_CREDIT_US, gcra, share_interval_us
+from workers.sender.limits import LATE_CREDIT_US, gcra, share_interval_us
 
 
 def schedule(interval_us: int, start_us: int, until_us: int) -> list[float]:

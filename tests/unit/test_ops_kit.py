@@ -45,6 +45,7 @@ SECRETS = {
     "DELIVERY_SECRET",
     "PIPELINE_SIGNING_KEYS",
     "CALLBACK_SIGNING_KEYS",
+    "FILES_SECRET",
 }
 # Series Prometheus makes itself, not exported by tg-gateway.
 PROMETHEUS_OWN = {"up"}

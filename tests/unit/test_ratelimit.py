@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.sender.ratelimit import Limits, gcra
+from workers.sender.limits import Limits, gcra
 
 
 def simulate(interval_us: int, attempts_at_us: list[int]) -> list[int]:

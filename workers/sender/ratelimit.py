@@ -1,32 +1,43 @@
 """Rate limits shared by every sender process: GCRA in one Lua call (state in Redis).
 
-Pure arithmetic (``gcra``) mirrors the script (``gateway.runtime.scripts.GCRA``) and is
-unit-tested, and held to it on real Redis; the Redis clock (``TIME``) is the only clock,
-so replicas with skewed clocks still agree.
+Pure arithmetic (``workers.sender.limits.gcra``) mirrors the script
+(``gateway.runtime.scripts.GCRA``) and is unit-tested, and held to it on real Redis; the
+Redis clock (``TIME``) is the only clock, so replicas with skewed clocks still agree.
 Emission interval ``T = period / limit``; burst 1 (no bursts): a sliding window of one
 period never holds more than ``limit`` sends when ``margin`` ≥ one interval's slack.
 
-Degraded mode: the limiter's keys share one hash tag, so on a Redis Cluster they live on
-one node. While that node does not answer (a transient error, or no answer within
-``LIMITER_TIMEOUT``) a sender goes on with the same arithmetic in process: each chat at
-its full limit (a chat's partition is leased by one sender, so that is exact; its last
-shared grant is mirrored locally, so the switch sends nothing early), and the bot at this
-sender's share of the global limit (``share_interval_us``: ``floor(global / N)`` per
-second for N live senders, so N shares never sum past the limit in any window). Redis is
-probed again every ``PROBE_EVERY`` seconds, never once per send. The first grant back
-in Redis leaves the rate at one share for ``RECOVER_GRACE_MS`` (``Keys.rate_recovering``),
-the time every other degraded sender needs to notice Redis is back.
+The limiter's keys share one hash tag, so on a Redis Cluster they live on one node. While
+that node does not answer (a transient error, or no answer within ``LIMITER_TIMEOUT``,
+twice ``CONFIRM_AFTER`` apart):
+
+- **Standby** (a cluster): the senders take the budget from a standby set of the same
+  keys (``Keys.rate_global(bot, k)``, tag ``{bot.sk}``) whose slot another node serves
+  (``standby_index``: the first k whose slot is not served by the node of the bot's own
+  set; a failover moves a node's slots together, so every sender picks the same k). The
+  limits stay exact and shared: one node's outage costs the other partitions no rate.
+  The first standby call pushes its schedule one global interval ahead (the grants the
+  own set made before it stopped were at most one interval ago).
+- **Degraded mode** (a single Redis, or the standby does not answer either): the same
+  arithmetic in process (``LocalBudget``): each chat at its full limit (a chat's partition
+  is leased by one sender, so that is exact; every grant is mirrored locally, so a switch
+  sends nothing early), and the bot at this sender's share of the global limit
+  (``share_interval_us``: ``floor(global / N)`` per second for N live senders, so N shares
+  never sum past the limit in any window).
+
+The own set is probed every ``PROBE_EVERY`` seconds, never once per send. The first grant
+back there leaves the own set at one share for ``RECOVER_GRACE_MS``
+(``Keys.rate_recovering``), the time every other sender needs to notice it is back; a
+sender back from the standby also sets the standby's set to one share for as long, so
+the senders still on it and the ones back never sum past the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -34,83 +45,31 @@ from gateway.core.contracts import COUNTER_MINUTE_TTL, Keys
 from gateway.runtime.redis_errors import as_connection_error, is_transient
 from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
+from workers.sender.limits import LATE_CREDIT_US, Limits, LocalBudget, now_us, share_interval_us
+from workers.sender.standby import slow_standby, standby_index
+
+__all__ = ["Limits", "RateLimiter"]
 
 log = logging.getLogger(__name__)
 
-LATE_CREDIT_US = 2_000  # lateness a send may make up (bench: sends land ~0.6 ms late)
 LIMITER_TIMEOUT = 1.0
-"""Seconds a limiter call may take; past it (or on a transient error) the sender counts
-in process (degraded mode) instead of waiting for the limiter's node. Only the call that
+"""Seconds a limiter call may take; past it (or on a transient error) the sender turns to
+the standby set or counts in process instead of waiting for the limiter's node. Only the call that
 finds the node away (one per probe) waits this long; the others count in process."""
 PROBE_EVERY = 0.75
-"""Seconds between tries of the shared limiter while degraded."""
+"""Seconds between tries of the own set while on the standby or degraded."""
 CONFIRM_AFTER = 0.25
 """Seconds after a first failure before Redis is asked again; only if that fails too does
-the sender count in process (until then its sends wait): a blip seen by this sender
-alone, while the others still take the full rate from Redis, adds nothing."""
+the sender turn to the standby or count in process (until then its sends wait): a blip
+seen by this sender alone, while the others still take the full rate from Redis, adds
+nothing."""
+STANDBY_RETRY = 3.0
+"""Seconds in process before a standby that failed twice is tried again."""
 RECOVER_GRACE_MS = 5000
 """How long the shared limiter stays at one share after a sender came back: longer than
 any other degraded sender needs to probe Redis and come back too (``PROBE_EVERY`` plus a
 ``LIMITER_TIMEOUT``), and than the cluster clients' reconnects after a node's restart,
 during which a sender may fail once more and count in process again."""
-DEGRADED_SLACK = 0.1
-"""Extra share of every interval while counting in process: a sender whose limiter node
-is away spends its loop on reconnects, so its sends leave with more jitter than the
-limits' own ``margin`` absorbs (a real run: two sends to one chat granted 1.02 s apart
-reached Telegram under 1 s apart, and got a 429). Degraded mode is rare; it gives up a
-tenth of its rate rather than risk Telegram's 429."""
-LOCAL_CHATS_MAX = 4096  # local per-chat schedules kept before the expired ones are dropped
-
-
-def gcra(now_us: int, tat_us: int, interval_us: int, credit_us: int = 0) -> tuple[bool, int, int]:
-    """(allowed, new TAT, wait µs) for one limit (pure mirror of the script).
-
-    A send that comes up to ``credit_us`` late keeps the schedule (the next is due one
-    interval after the *scheduled* time, not after now), so the small lateness of every
-    real send does not add up; ``credit_us`` ≪ interval, so no burst ever forms.
-    """
-    tat = max(tat_us, now_us - credit_us)
-    if tat > now_us:
-        return False, tat_us, tat - now_us
-    return True, tat + interval_us, 0
-
-
-def share_interval_us(global_per_second: float, senders: int, margin: float) -> int:
-    """Emission interval of one sender's share of the global limit among ``senders``
-    (pure). A share is ``floor(global / senders)`` sends per second, so ``senders``
-    independent schedules never put more than the limit into any window, whatever their
-    phases (a schedule of interval ``(1 + margin) / b`` puts at most ``b`` sends into a
-    window of one second). With more senders than sends per second, each gets
-    ``senders / global`` seconds between sends."""
-    n = max(1, senders)
-    per_second = math.floor(global_per_second / n)
-    if per_second >= 1:
-        return int(1_000_000 * (1.0 + margin) / per_second)
-    return int(1_000_000 * (1.0 + margin) * n / global_per_second)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    global_per_second: float = 30.0
-    chat_per_second: float = 1.0
-    group_per_minute: float = 20.0
-    margin: float = 0.02  # fraction of headroom under each limit
-
-    def intervals_us(self, chat_id: int | str) -> tuple[int, int]:
-        """(global, chat) emission intervals in µs; groups use the per-minute limit."""
-        scale = 1.0 + self.margin
-        global_us = int(1_000_000 * scale / self.global_per_second)
-        is_group = (isinstance(chat_id, int) and chat_id < 0) or isinstance(chat_id, str)
-        chat_us = (
-            int(60_000_000 * scale / self.group_per_minute)
-            if is_group
-            else int(1_000_000 * scale / self.chat_per_second)
-        )
-        return global_us, chat_us
-
-
-def _now_us() -> int:
-    return time.monotonic_ns() // 1000
 
 
 class RateLimiter:
@@ -118,10 +77,10 @@ class RateLimiter:
 
     A lane whose chat has no budget sleeps on its own. Lanes waiting only for the global
     budget queue on one in-process lock (FIFO), so one of them polls Redis at a time
-    instead of all of them at every tick. While Redis does not answer, the budget is
-    counted in process (see the module docstring); ``senders`` says how many sender
-    processes share the global limit (the live membership last seen; None when unknown,
-    then ``assumed_senders``).
+    instead of all of them at every tick. While the limiter's node does not answer, the
+    budget comes from the standby set or is counted in process (see the module
+    docstring); ``senders`` says how many sender processes share the global limit (the
+    live membership last seen; None when unknown, then ``assumed_senders``).
     """
 
     def __init__(
@@ -143,75 +102,125 @@ class RateLimiter:
         self.senders = senders
         self.assumed_senders = assumed_senders
         self.degraded = False  # counting in process
-        self.degraded_grants = 0  # sends granted in process (for tests and the stop log)
+        self.standby = 0  # > 0: taking the budget from that standby set
+        self.standby_grants = 0  # sends granted by a standby set (tests, the stop log)
+        self._standby_fresh = False  # on the standby, its schedule not pushed ahead yet
+        self._standby_suspect: float | None = None  # monotonic: its first failure
+        self._standby_retry_at = 0.0  # monotonic: no standby before (it failed twice)
         self._suspect_at: float | None = None  # monotonic: a first failure, not confirmed
-        self._next_probe = 0.0  # monotonic: the next try of Redis while degraded or suspect
+        self._next_probe = 0.0  # monotonic: the next try of the own set while away
         self._slots = SlotRefresher(redis)
         self._answered_at = 0.0  # monotonic: when a call last started that Redis answered
         self._owe_recover = False  # back from degraded mode, no shared grant taken yet
-        self._tat_global = 0  # in-process schedules (µs, monotonic clock)
-        self._tat_chat: dict[int | str, int] = {}
-        self._flood_global_until = 0.0  # in-process 429 waits (monotonic seconds)
-        self._flood_chat_until: dict[int | str, float] = {}
+        self.local = LocalBudget(limits)
+
+    @property
+    def degraded_grants(self) -> int:
+        """Sends granted in process (for tests and the stop log)."""
+        return self.local.grants
 
     def live_senders(self) -> int:
         """Senders sharing the global limit: the membership last seen, else the assumed."""
         seen = self.senders()
         return max(1, seen if seen else self.assumed_senders)
 
+    def _away(self) -> bool:
+        return self.degraded or self.standby > 0 or self._suspect_at is not None
+
     async def try_acquire(self, chat_id: int | str, *, counts: bool = True) -> tuple[float, float]:
         """(global wait, chat wait) in seconds; (0, 0) means the budget was taken."""
-        flood = self._local_flood(chat_id)
+        flood = self.local.flood_wait(chat_id)
         if flood != (0.0, 0.0):
             return flood  # a 429 recorded here: no need to ask Redis
         if counts:
             # This sender's own schedule for the chat (every grant, shared or not, is kept
             # here): after a switch either way the chat's next send still waits its turn.
-            _, chat_us = self._limits.intervals_us(chat_id)
-            tat = self._tat_chat.get(chat_id, 0)
-            ok, _, own_wait = gcra(_now_us(), tat, chat_us, LATE_CREDIT_US)
-            if not ok:
+            own_wait = self.local.own_wait_us(chat_id)
+            if own_wait:
                 return 0.0, own_wait / 1_000_000
         started = time.monotonic()
-        started_us = _now_us()
-        if self.degraded or self._suspect_at is not None:
+        started_us = now_us()
+        if self._away():
             if started < self._next_probe:
+                if self.standby:
+                    return await self._from_standby(chat_id, counts, started_us)
                 if self.degraded:
                     return self._local_take(chat_id, counts)
                 return (self._next_probe - started if counts else 0.0), 0.0
             self._next_probe = started + PROBE_EVERY  # this call probes; the others wait
         try:
             async with asyncio.timeout(LIMITER_TIMEOUT):
-                wait_g, wait_c = await self._shared(chat_id, counts)
+                wait_g, wait_c = await self._shared(chat_id, counts, 0)
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise
             self._failed(as_connection_error(exc), started)
             await self._slots.after_failure()
+            if self.standby:
+                return await self._from_standby(chat_id, counts, started_us)
             if self.degraded:
                 return self._local_take(chat_id, counts)
             return (max(0.0, self._next_probe - time.monotonic()) if counts else 0.0), 0.0
-        self._answered(started)
+        await self._answered(started)
         if counts:
             self._owe_recover = False
             if wait_g == 0 and wait_c == 0:
-                self._mirror_chat(chat_id, started_us)
+                self.local.mirror(chat_id, started_us)
         return wait_g, wait_c
 
-    async def _shared(self, chat_id: int | str, counts: bool) -> tuple[float, float]:
-        k = self._keys
-        keys = [k.flood_wait(self._bot_id, None), k.flood_wait(self._bot_id, chat_id)]
+    async def _from_standby(
+        self, chat_id: int | str, counts: bool, started_us: int
+    ) -> tuple[float, float]:
+        """The budget from the standby set. A failure is asked again ``CONFIRM_AFTER``
+        later (sends wait meanwhile: the first call after a node's failure often meets a
+        connection the cluster client just closed); a second one counts in process."""
+        now = time.monotonic()
+        if self._standby_suspect is not None and now < self._standby_suspect + CONFIRM_AFTER:
+            return (self._standby_suspect + CONFIRM_AFTER - now if counts else 0.0), 0.0
+        try:
+            async with asyncio.timeout(LIMITER_TIMEOUT):
+                wait_g, wait_c = await self._shared(chat_id, counts, self.standby)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_transient(exc)):
+                raise
+            await self._slots.after_failure()
+            if self._standby_suspect is None:
+                self._standby_suspect = time.monotonic()
+                return (CONFIRM_AFTER if counts else 0.0), 0.0
+            log.warning(
+                "rate limiter: the standby set does not answer either (%s)",
+                type(as_connection_error(exc)).__name__,
+            )
+            self.standby, self._standby_suspect = 0, None
+            self._standby_retry_at = time.monotonic() + STANDBY_RETRY
+            self._degrade(exc)
+            return self._local_take(chat_id, counts)
+        self._standby_suspect = None
+        if counts:
+            self._standby_fresh = False
+            if wait_g == 0 and wait_c == 0:
+                self.standby_grants += 1
+                self.local.mirror(chat_id, started_us)
+        return wait_g, wait_c
+
+    async def _shared(self, chat_id: int | str, counts: bool, set_: int) -> tuple[float, float]:
+        k, bot = self._keys, self._bot_id
+        keys = [k.flood_wait(bot, None, set_), k.flood_wait(bot, chat_id, set_)]
         args: list[int] = []
         if counts:
             global_us, chat_us = self._limits.intervals_us(chat_id)
             keys += [
-                k.rate_global(self._bot_id),
-                k.rate_chat(self._bot_id, chat_id),
-                k.rate_recovering(self._bot_id),
+                k.rate_global(bot, set_),
+                k.rate_chat(bot, chat_id, set_),
+                k.rate_recovering(bot, set_),
             ]
-            # A probe, or the first counted call after one that was not counted: if Redis
-            # answers, this sender is back and the others may still count in process.
-            share = self._share_us() if (self.degraded or self._owe_recover) else 0
+            # On the own set, a probe or the first counted call after one that was not
+            # counted: if Redis answers, this sender is back and the others may still count
+            # in process or on the standby. On a fresh standby: one interval ahead.
+            if set_:
+                share = global_us if self._standby_fresh else 0
+            else:
+                share = self._share_us() if (self._away() or self._owe_recover) else 0
             args = [global_us, chat_us, LATE_CREDIT_US, share, RECOVER_GRACE_MS]
         wait_g, wait_c = await GCRA.run(self._redis, keys, args)
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
@@ -221,13 +230,16 @@ class RateLimiter:
         return share_interval_us(lim.global_per_second, self.live_senders(), lim.margin)
 
     def _failed(self, exc: BaseException, started: float) -> None:
-        """A call that started at ``started`` failed: suspect Redis, or (a second failure,
-        of a call sent after the first) count in process."""
+        """A call to the own set that started at ``started`` failed: suspect Redis, or (a
+        second failure, of a call sent after the first) turn to the standby or count in
+        process."""
         if started < self._answered_at:
             return  # sent before Redis answered a later call: not a new outage
         now = time.monotonic()
-        if self.degraded:
+        if self.degraded or self.standby:
             self._next_probe = now + PROBE_EVERY
+            if self.degraded and now >= self._standby_retry_at:
+                self._to_standby(exc)  # counting in process: the standby may answer now
             return
         if self._suspect_at is None or started < self._suspect_at:
             if self._suspect_at is None:
@@ -239,79 +251,76 @@ class RateLimiter:
             return
         self._suspect_at = None
         self._next_probe = now + PROBE_EVERY
+        if not self._to_standby(exc):
+            self._degrade(exc)
+
+    def _to_standby(self, exc: BaseException) -> bool:
+        """Take the budget from the standby set, if there is one (a cluster)."""
+        standby = standby_index(self._redis, self._keys, self._bot_id)
+        if not standby:
+            return False
+        self.standby, self._standby_fresh, self.degraded = standby, True, False
+        log.warning(
+            "rate limiter: its node does not answer (%s); taking the budget from the "
+            "standby set %d on another node; probing every %.2fs",
+            type(exc).__name__,
+            standby,
+            PROBE_EVERY,
+        )
+        return True
+
+    def _degrade(self, exc: BaseException) -> None:
         self.degraded = True
+        self._next_probe = time.monotonic() + PROBE_EVERY
         share = self._share_us()
         # A fresh in-process schedule one share ahead: the grants Redis made before it
         # stopped answering were at most one global interval ago.
-        self._tat_global = _now_us() + share
-        n = self.live_senders()
+        self.local.tat_global = now_us() + share
         log.warning(
             "rate limiter: Redis does not answer (%s); counting in process at %.1f/s, "
             "this sender's share of %g/s among %d sender(s); probing every %.2fs",
             type(exc).__name__,
             1_000_000 / share,
             self._limits.global_per_second,
-            n,
+            self.live_senders(),
             PROBE_EVERY,
         )
 
-    def _answered(self, started: float) -> None:
+    async def _answered(self, started: float) -> None:
         self._answered_at = max(self._answered_at, started)
         self._suspect_at = None
+        if self.standby:
+            standby, self.standby = self.standby, 0
+            self._owe_recover = True
+            log.warning(
+                "rate limiter: its node answers again; shared limits (%d sends granted by "
+                "the standby set)",
+                self.standby_grants,
+            )
+            try:
+                await slow_standby(
+                    *(self._redis, self._keys, self._bot_id, standby, self._share_us()),
+                    grace_ms=RECOVER_GRACE_MS,
+                    timeout=LIMITER_TIMEOUT,
+                )
+            except Exception as exc:
+                if not (isinstance(exc, TimeoutError) or is_transient(exc)):
+                    raise
+                log.info("standby set not slowed (%s)", type(exc).__name__)
         if not self.degraded:
             return
         self.degraded = False
         self._owe_recover = True
         log.warning(
             "rate limiter: Redis answers again; shared limits (%d sends counted in process)",
-            self.degraded_grants,
+            self.local.grants,
         )
-
-    def _local_flood(self, chat_id: int | str) -> tuple[float, float]:
-        now = time.monotonic()
-        wait_g = max(0.0, self._flood_global_until - now)
-        until = self._flood_chat_until.get(chat_id)
-        wait_c = 0.0
-        if until is not None:
-            wait_c = max(0.0, until - now)
-            if wait_c == 0.0:
-                del self._flood_chat_until[chat_id]
-        return wait_g, wait_c
 
     def _local_take(self, chat_id: int | str, counts: bool) -> tuple[float, float]:
         """The script's arithmetic in process, at this sender's share of the global limit."""
         if not counts:
             return 0.0, 0.0  # 429 waits were checked before; nothing else to count
-        now = _now_us()
-        _, chat_us = self._limits.intervals_us(chat_id)
-        share = int(self._share_us() * (1 + DEGRADED_SLACK))
-        # The chat's next due time (from its last grant, shared or not) moves by the slack
-        # at each check: grants to one chat are at least (1 + DEGRADED_SLACK) intervals
-        # apart, the first one after the switch included.
-        tat_c = self._tat_chat.get(chat_id, 0)
-        tat_c += int(chat_us * DEGRADED_SLACK) if tat_c else 0
-        ok_g, tat_g, wait_g = gcra(now, self._tat_global, share, LATE_CREDIT_US)
-        ok_c, tat_c, wait_c = gcra(now, tat_c, chat_us, LATE_CREDIT_US)
-        if not (ok_g and ok_c):
-            return wait_g / 1_000_000, wait_c / 1_000_000
-        self._tat_global = tat_g
-        self._set_chat(chat_id, tat_c)
-        self.degraded_grants += 1
-        return 0.0, 0.0
-
-    def _mirror_chat(self, chat_id: int | str, asked_us: int) -> None:
-        """A shared grant for ``chat_id``, kept in process too: should Redis stop answering
-        now, the chat's next send still waits its interval. Counted from when the call was
-        sent (no later than Redis granted it), so in shared mode this schedule never holds
-        a send that Redis would let go."""
-        _, chat_us = self._limits.intervals_us(chat_id)
-        self._set_chat(chat_id, max(self._tat_chat.get(chat_id, 0), asked_us + chat_us))
-
-    def _set_chat(self, chat_id: int | str, tat: int) -> None:
-        self._tat_chat[chat_id] = tat
-        if len(self._tat_chat) > LOCAL_CHATS_MAX:
-            now = _now_us()
-            self._tat_chat = {c: t for c, t in self._tat_chat.items() if t > now}
+        return self.local.take(chat_id, self._share_us())
 
     async def acquire(self, chat_id: int | str, *, counts: bool = True) -> str:
         """Return once one send to ``chat_id`` may go (its budget is taken): the limit that
@@ -357,19 +366,15 @@ class RateLimiter:
         self._recent_floods.append((now, chat_id))
         chats = {c for t, c in self._recent_floods if now - t < 1.0}
         scope: int | str | None = None if len(chats) >= 2 else chat_id
-        until = now + retry_after
-        self._flood_chat_until[chat_id] = max(self._flood_chat_until.get(chat_id, 0.0), until)
-        if scope is None:
-            self._flood_global_until = max(self._flood_global_until, until)
-        if len(self._flood_chat_until) > LOCAL_CHATS_MAX:
-            self._flood_chat_until = {c: u for c, u in self._flood_chat_until.items() if u > now}
+        self.local.record_flood(chat_id, now + retry_after, whole_bot=scope is None)
         if (self.degraded or self._suspect_at is not None) and now < self._next_probe:
             return scope is None  # recorded here; Redis is not asked until the next probe
         px = max(1, int(retry_after * 1000))
-        pipe = self._redis.pipeline(transaction=False)  # one slot: the bot's hash tag
-        pipe.set(self._keys.flood_wait(self._bot_id, chat_id), "1", px=px)
+        set_ = self.standby  # while on the standby, the senders there see it
+        pipe = self._redis.pipeline(transaction=False)  # one slot: the set's hash tag
+        pipe.set(self._keys.flood_wait(self._bot_id, chat_id, set_), "1", px=px)
         if scope is None:
-            pipe.set(self._keys.flood_wait(self._bot_id, None), "1", px=px)
+            pipe.set(self._keys.flood_wait(self._bot_id, None, set_), "1", px=px)
         try:
             async with asyncio.timeout(LIMITER_TIMEOUT):
                 await pipe.execute()

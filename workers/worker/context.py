@@ -23,6 +23,7 @@ from gateway.runtime.consumer import Fence
 from gateway.runtime.pause import PauseFlag
 from gateway.runtime.routing import outbound_stream
 from workers.worker.breaker import CircuitBreaker
+from workers.worker.files import FileLinks
 from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import Pipeline
 
@@ -46,6 +47,7 @@ class WorkerOptions:
     delay_notice_window: float = 3600.0
     reply_fields: tuple[str, ...] = ("content", "response", "text", "message")
     contact_status: bool = False  # blocked/unblocked private chats go to the pipeline
+    files: FileLinks | None = None  # None: no ``metadata.files`` links (no FILES_SECRET)
 
 
 @dataclass

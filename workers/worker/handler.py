@@ -44,7 +44,7 @@ from workers.worker.adapter import PipelineMessage, UnusableUpdate, business_cha
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
 from workers.worker.events import pipeline_message
-from workers.worker.storage import fsm_storage as fsm_storage  # moved; still importable here
+from workers.worker.files import with_files
 from workers.worker.triage import blocking_command, plain_message
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ async def forward(gw: WorkerContext) -> Outcome:
     if message is None:
         s.count("unhandled")
         return Ack()
+    message = with_files(message, gw.entry.update, s.options.files, s.options.bot_id, time.time())
     bcid = message.business_connection_id
     route = Route(
         bot_id=s.options.bot_id,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.app.running import EXIT_TELEGRAM, run_async
 from gateway.core.errors import ConfigError
+from gateway.core.files import FilesSettings
 from gateway.core.logs import setup_logging
 from gateway.core.settings import (
     Config,
@@ -43,6 +44,7 @@ def load_config(**telegram_overrides: Any) -> Config:
         sender=load(SenderSettings),
         consumer=load(ConsumerSettings),
         metrics=load(MetricsSettings),
+        files=load(FilesSettings),
     )
     load(LogSettings)
     return config
@@ -62,6 +64,8 @@ def _secrets(cfg: Config) -> tuple[str, ...]:
         out.append(key.get_secret_value().strip().removeprefix("whsec_"))  # and with it whsec_…
     if cfg.metrics.metrics_token is not None:
         out.append(cfg.metrics.metrics_token.get_secret_value())
+    if cfg.files.files_secret is not None:
+        out.append(cfg.files.files_secret.get_secret_value())
     return tuple(out)
 
 

@@ -79,17 +79,23 @@ class Keys:
 
     # The limiter's keys of one bot share the hash tag ``{bot_id}``: its script reads the
     # global and the chat's budget atomically, so on a Redis Cluster they live in one slot.
+    # ``standby`` k > 0 names a standby set (``{bot_id.sk}``) that the senders use while
+    # the node of the bot's own set does not answer (``workers.sender.ratelimit``).
 
-    def rate_global(self, bot_id: int) -> str:
-        return f"{self.prefix}:rate:{{{bot_id}}}:global"
+    @staticmethod
+    def _rate_tag(bot_id: int, standby: int) -> str:
+        return f"{{{bot_id}}}" if standby == 0 else f"{{{bot_id}.s{standby}}}"
 
-    def rate_chat(self, bot_id: int, chat_id: int | str) -> str:
-        return f"{self.prefix}:rate:{{{bot_id}}}:chat:{chat_id}"
+    def rate_global(self, bot_id: int, standby: int = 0) -> str:
+        return f"{self.prefix}:rate:{self._rate_tag(bot_id, standby)}:global"
 
-    def flood_wait(self, bot_id: int, chat_id: int | str | None) -> str:
+    def rate_chat(self, bot_id: int, chat_id: int | str, standby: int = 0) -> str:
+        return f"{self.prefix}:rate:{self._rate_tag(bot_id, standby)}:chat:{chat_id}"
+
+    def flood_wait(self, bot_id: int, chat_id: int | str | None, standby: int = 0) -> str:
         """Telegram's 429 ``retry_after`` for a chat (or the whole bot when chat is None)."""
         scope = "global" if chat_id is None else f"chat:{chat_id}"
-        return f"{self.prefix}:flood:{{{bot_id}}}:{scope}"
+        return f"{self.prefix}:flood:{self._rate_tag(bot_id, standby)}:{scope}"
 
     def handed(self, p: int, idempotency_key: str) -> str:
         """Set once the pipeline accepted an update: a redelivery does not POST it again."""
@@ -166,8 +172,9 @@ class Keys:
         (``gateway/runtime/relay.py``). Each entry is the original fields plus ``_relay_to``."""
         return f"{self.prefix}:relay:{role}:{{{p}}}"
 
-    def rate_recovering(self, bot_id: int) -> str:
-        """Present for a few seconds after a sender left the limiter's degraded mode: the
-        shared limiter then grants at most one sender's share of the global limit (the
-        value, an emission interval in µs), since others may still count in process."""
-        return f"{self.prefix}:rate:{{{bot_id}}}:recovering"
+    def rate_recovering(self, bot_id: int, standby: int = 0) -> str:
+        """Present for a few seconds after a sender left the limiter's degraded mode or
+        its standby: the limiter's set then grants at most one sender's share of the
+        global limit (the value, an emission interval in µs), since others may still
+        count in process or on the other set."""
+        return f"{self.prefix}:rate:{self._rate_tag(bot_id, standby)}:recovering"

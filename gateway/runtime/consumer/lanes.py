@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Reason, Stage
 from gateway.core.errors import TelegramFatal as GatewayFatal
-from gateway.runtime.consumer.base import LAPSE_POLL, is_nogroup
+from gateway.runtime.consumer.base import LAPSE_POLL, REDIS_RETRY_CAP, is_nogroup
 from gateway.runtime.consumer.finish import Finishing
 from gateway.runtime.consumer.outcome import (
     Dead,
@@ -103,10 +103,13 @@ class Lanes(Finishing):
                 if status is not Status.DONE:
                     # Keep the chat's order: retry this entry in place after a backoff
                     # (other chats go on); only handler failures count as deliveries.
+                    # Redis away: at most REDIS_RETRY_CAP apart, so a node back from an
+                    # outage sees its partitions' lanes go on within a second.
                     counted = item.deliveries + (status is Status.FAILED)
                     lane[0] = dataclasses.replace(item, deliveries=counted)
                     attempts += 1
-                    await self._sleep(backoff(attempts, base=0.1, cap=5.0))
+                    cap = 5.0 if status is Status.FAILED else REDIS_RETRY_CAP
+                    await self._sleep(backoff(attempts, base=0.1, cap=cap))
                     continue
                 attempts = 0
                 lane.popleft()

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.testkit.emulator import bot_send, bot_updates  # noqa: F401 - they register the methods
 from gateway.testkit.emulator.api import Described, lookup
 from gateway.testkit.emulator.errors import ApiError
+from gateway.testkit.emulator.files import download
 from gateway.testkit.emulator.params import Params, read_params
 from gateway.testkit.emulator.userapi import add_user_routes, json_response
 
@@ -73,7 +74,11 @@ def build_app(emu: EmulatorCore) -> web.Application:
     async def bot_api(request: web.Request) -> web.Response:
         return await bot_call(emu, request)
 
+    async def file_download(request: web.Request) -> web.StreamResponse:
+        return await download(emu, request)
+
     app.router.add_route("*", "/bot{token}/{method}", bot_api)
+    app.router.add_route("*", "/file/bot{token}/{path:.+}", file_download)
     add_user_routes(app, emu)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -92,6 +92,29 @@ class EmulatorCore:
             language_code, photo_file_id, caption, last_name,
         )  # fmt: skip
 
+    def user_send_file(
+        self,
+        user_id: int,
+        kind: str,
+        content: bytes | None = None,
+        size: int | None = None,
+        file_name: str | None = None,
+        mime_type: str | None = None,
+        caption: str | None = None,
+        chat_id: int | None = None,
+        chat_type: str = "private",
+    ) -> Obj:
+        """A user sends a photo, document, video, voice, audio, sticker, animation or video
+        note (``content``, or ``size`` made-up bytes); returns the queued Update."""
+        return users.user_send_file(
+            self.state, user_id, kind, content, size, file_name, mime_type, caption, chat_id,
+            chat_type,
+        )  # fmt: skip
+
+    def file_content(self, file_id: str) -> bytes:
+        """The bytes ``getFile``'s download path serves for ``file_id`` (KeyError: unknown)."""
+        return self.state.files.by_id[file_id].data()
+
     def user_edit(self, user_id: int, chat_id: int, message_id: int, text: str) -> Obj:
         """A user edits their message; returns the ``edited_message`` Update."""
         return users.user_edit(self.state, user_id, chat_id, message_id, text)

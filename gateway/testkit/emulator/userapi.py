@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +48,7 @@ def _guarded(handler: Callable[[web.Request], Awaitable[Any]]) -> Route:
     async def route(request: web.Request) -> web.Response:
         try:
             result = await handler(request)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, binascii.Error) as exc:
             return json_response({"error": f"{type(exc).__name__}: {exc}"}, 400)
         if isinstance(result, web.Response):
             return result
@@ -60,6 +62,13 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
 
     async def send(request: web.Request) -> Any:
         return emu.user_send(**await _body(request))
+
+    async def send_file(request: web.Request) -> Any:
+        args = await _body(request)
+        encoded = args.pop("content_b64", None)
+        if encoded is not None:
+            args["content"] = base64.b64decode(str(encoded), validate=True)
+        return emu.user_send_file(**args)
 
     async def edit(request: web.Request) -> Any:
         return emu.user_edit(**await _body(request))
@@ -148,6 +157,7 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
 
     table: list[tuple[str, str, Callable[[web.Request], Awaitable[Any]]]] = [
         ("POST", "/_emu/send", send),
+        ("POST", "/_emu/send_file", send_file),
         ("POST", "/_emu/edit", edit),
         ("POST", "/_emu/press", press),
         ("POST", "/_emu/block", block),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gateway.testkit.emulator.file_store import media_object
 from gateway.testkit.emulator.objects import (
     Obj,
     chat_instance,
@@ -77,10 +78,50 @@ def user_send(
     }
     if photo_file_id is not None:
         message["photo"] = photo_sizes(f"{photo_file_id}:{message['message_id']}", photo_file_id)
+        for size in message["photo"]:
+            state.files.adopt("photo", size)  # getFile knows them (made-up bytes)
         if caption or text:
             set_text(message, caption or text or "", "caption")
     elif text is not None:
         set_text(message, text, "text")
+    state.store_message(message)
+    return state.enqueue({"message": copy.deepcopy(message)})
+
+
+def user_send_file(
+    state: EmulatorState,
+    user_id: int,
+    kind: str,
+    content: bytes | None = None,
+    size: int | None = None,
+    file_name: str | None = None,
+    mime_type: str | None = None,
+    caption: str | None = None,
+    chat_id: int | None = None,
+    chat_type: str = "private",
+    first_name: str = "Alice",
+    username: str | None = "alice",
+) -> Obj:
+    """A user sends a file (``kind``: photo, document, video, voice, audio, sticker,
+    animation, video_note) of ``content``, or of ``size`` made-up bytes; returns the queued
+    ``message`` update. ``getFile`` and the download path then serve it."""
+    stored = state.files.add(kind, content, size, file_name)
+    user = user_obj(user_id, first_name, username=username, language_code="en")
+    state.users[user_id] = user
+    chat = _user_chat(state, user, chat_id, chat_type, None)
+    message: Obj = {
+        "message_id": state.next_message_id(chat["id"]),
+        "from": user,
+        "chat": chat,
+        "date": state.date(),
+    }
+    media = media_object(state.files, kind, stored, file_name, mime_type)
+    message[kind] = media
+    if kind == "animation" and isinstance(media, dict):  # Telegram sends it as both
+        keep = ("file_name", "mime_type", "file_id", "file_unique_id", "file_size")
+        message["document"] = {k: media[k] for k in keep if k in media}
+    if caption and kind not in ("sticker", "video_note"):
+        set_text(message, caption, "caption")
     state.store_message(message)
     return state.enqueue({"message": copy.deepcopy(message)})
 
