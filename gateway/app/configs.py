@@ -73,6 +73,7 @@ def worker_options(cfg: Config) -> WorkerOptions:
         delay_notice=ps.pipeline_delay_notice,
         delay_notice_after=ps.pipeline_delay_notice_after,
         reply_fields=tuple(ps.pipeline_reply_fields),
+        contact_status=ps.pipeline_contact_status,
         files=file_links(cfg),
     )
 

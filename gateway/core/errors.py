@@ -27,6 +27,8 @@
     ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
     ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
     ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
+    ├── UnusableUpdate          worker.adapter: an update the pipeline cannot be given
+    │                           (dead letter invalid_entry, with the field; ValueError)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
                                 the tapes' ReplayError and EmulatorError (the emulator

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.attachments import attachment_ref_problem
-from gateway.core.contracts import OutboundEntry
+from gateway.core.contracts import BUSINESS_METHODS, OutboundEntry
 from gateway.core.errors import ReplyShapeError
 from gateway.core.tokens import Route
 
@@ -159,6 +159,8 @@ def _entry(
     index: int,
     content: str,
 ) -> OutboundEntry:
+    if route.business_connection_id and method in BUSINESS_METHODS:  # a business chat's
+        payload = {**payload, "business_connection_id": route.business_connection_id}
     return OutboundEntry(
         reply_id=_reply_id(route, index, content + repr(sorted(payload.items()))),
         bot_id=route.bot_id,

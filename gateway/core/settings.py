@@ -177,6 +177,8 @@ class PipelineSettings(_Base):
     pipeline_reply_fields: CommaList = Field(
         default_factory=lambda: ["content", "response", "text", "message"]
     )
+    # A private chat's block / unblock goes to the pipeline as a contact_status event.
+    pipeline_contact_status: bool = False
     gateway_public_url: str = "http://127.0.0.1:8080"
     delivery_secret: SecretStr | None = None
     delivery_token_ttl: int = Field(default=7 * 86_400, ge=60)
@@ -186,14 +188,11 @@ class PipelineSettings(_Base):
     pipeline_signing_keys: CommaSecrets = Field(default_factory=list)
     callback_signing_keys: CommaSecrets = Field(default_factory=list)
 
-    @field_validator("pipeline_reply_fields", mode="before")
+    @field_validator(
+        "pipeline_reply_fields", "pipeline_signing_keys", "callback_signing_keys", mode="before"
+    )
     @classmethod
-    def _split_fields(cls, value: Any) -> Any:
-        return _split(value)
-
-    @field_validator("pipeline_signing_keys", "callback_signing_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         return _split(value)
 
     @field_validator("pipeline_signing_keys", "callback_signing_keys")

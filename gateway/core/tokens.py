@@ -25,6 +25,7 @@ class Route:
     update_id: int
     expires_at: int
     received_at: float = 0.0  # when the ingress received the update (0: not known)
+    business_connection_id: str | None = None  # a business chat's: replies go through it
 
 
 def _b64(data: bytes) -> str:
@@ -45,6 +46,14 @@ def _unb64(text: str) -> bytes:
     return data
 
 
+def _opt_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a non-empty string")
+    return value
+
+
 def sign_route(
     secret: bytes,
     *,
@@ -55,14 +64,18 @@ def sign_route(
     ttl: int,
     now: float | None = None,
     received_at: float = 0.0,
+    business_connection_id: str | None = None,
 ) -> str:
     """A URL-safe token ``<payload>.<hmac>`` that carries the route and its expiry (and,
-    when given, when the update was received: the replies' end-to-end latency)."""
+    when given, when the update was received: the replies' end-to-end latency; the
+    business connection a business chat's replies are sent through)."""
     expires = int((time.time() if now is None else now) + ttl)
     route: dict[str, object] = {"b": bot_id, "c": chat_id, "m": reply_to, "u": update_id}
     route["e"] = expires
     if received_at:
         route["r"] = round(received_at, 3)
+    if business_connection_id:
+        route["bc"] = business_connection_id
     payload = _b64(orjson.dumps(route))
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
     return f"{payload}.{_b64(mac)}"
@@ -91,6 +104,7 @@ def verify_route(secret: bytes, token: str, *, bot_id: int, now: float | None = 
             update_id=int(data["u"]),
             expires_at=int(data["e"]),
             received_at=float(data.get("r") or 0.0),  # tokens signed before it: absent
+            business_connection_id=_opt_text(data.get("bc")),
         )
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         raise DeliveryTokenError("malformed token") from None

@@ -1,5 +1,7 @@
 """What makes a webhook body an update the ingress stores: its ``update_id`` and payload,
-integer chat and user ids (``parse_update``; ``InvalidUpdate`` is the 400)."""
+integer chat and user ids, a string business connection id (``parse_update``;
+``InvalidUpdate`` is the 400). The chat of every kind (a business connection's is its
+``user_chat_id``) is ``extract_update_ids``'s."""
 
 from __future__ import annotations
 
@@ -38,17 +40,24 @@ def _is_int(value: object) -> bool:
 
 
 def _check_ids(update: dict[str, Any]) -> None:
-    """The payload's chat and user ids, where present, are integers (``InvalidUpdate``
-    otherwise): a forged ``"chat": {"id": true}`` is refused, not stored."""
+    """The payload's chat and user ids, where present, are integers, and a business
+    connection id a string (``InvalidUpdate`` otherwise): a forged ``"chat": {"id": true}``
+    is refused, not stored."""
     for key, value in update.items():
         if key == "update_id" or not isinstance(value, dict):
             continue
         holders = [("chat", value.get("chat")), ("from", value.get("from"))]
         holders.append(("user", value.get("user")))
+        holders.append(("actor_chat", value.get("actor_chat")))  # an anonymous reaction
         inner = value.get("message")
         if isinstance(inner, dict):  # callback_query
             holders.append(("message.chat", inner.get("chat")))
         for name, holder in holders:
             if isinstance(holder, dict) and "id" in holder and not _is_int(holder["id"]):
                 raise InvalidUpdate(f"{key}.{name}.id is not an integer")
+        if "user_chat_id" in value and not _is_int(value["user_chat_id"]):
+            raise InvalidUpdate(f"{key}.user_chat_id is not an integer")
+        connection = value.get("business_connection_id")
+        if connection is not None and not isinstance(connection, str):
+            raise InvalidUpdate(f"{key}.business_connection_id is not a string")
         return

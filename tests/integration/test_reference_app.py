@@ -232,6 +232,7 @@ async def test_injected_503_then_recovery(
         "idempotency_key": "tg-1-0",
         "client_id": "telegram_123",
         "content": "hello",
+        "metadata": None,
         "webhook_url": receiver.url,
         "status": 503,
     }

@@ -99,7 +99,7 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
     )
     lazy, count, kinds = out.split()
     assert lazy == "True"
-    assert int(count) == 6
+    assert int(count) == 12
     assert kinds.split(",") == [
         "message",
         "message",
@@ -107,6 +107,12 @@ def test_lazy_aiogram_models_validate_every_fixture_and_method() -> None:
         "edited_message",
         "message",
         "my_chat_member",
+        "message",
+        "my_chat_member",
+        "business_connection",
+        "business_message",
+        "edited_business_message",
+        "message_reaction",
     ]
 
 

@@ -120,3 +120,20 @@ def test_rules_are_configurable() -> None:
     out = r.event({"type": "send", "at": 1, "payload": {"text": "x@y.zz", "nick": "Zed"}})
     assert out["payload"]["text"] == "x@y.zz"
     assert out["payload"]["nick"] != "Zed"
+
+
+def test_a_business_connection_and_a_reaction_keep_no_persons_id() -> None:
+    """Issue 14's kinds: ``user_chat_id`` (the owner's chat) and an anonymous reaction's
+    ``actor_chat`` are people's or chats' ids too."""
+    import json
+
+    from tests.helpers import FIXTURES
+
+    redactor = Redactor(RedactionRules(keep_ids=(BOT,)), KEY)
+    for name in ("09_business_connection.json", "12_message_reaction.json"):
+        update = json.loads((FIXTURES / "updates" / name).read_text())
+        if name.startswith("12"):
+            update["message_reaction"]["actor_chat"] = {"id": -1002143658709, "type": "channel"}
+        text = orjson.dumps(redactor.event({"type": "update", "update": update})).decode()
+        for real in ("5987654321", "6123456789", "-1002143658709", "bogdan_ops", "alice_novak"):
+            assert real not in text, (name, real)

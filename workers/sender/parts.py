@@ -57,6 +57,8 @@ def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
                 first = {**payload, "caption": chunks[0]}
                 rest = split_text(caption[len(chunks[0]) :].strip(), TEXT_LIMIT, parse_mode)
                 extra = {"parse_mode": parse_mode} if parse_mode else {}
+                if "business_connection_id" in payload:  # the rest goes to the same chat
+                    extra["business_connection_id"] = payload["business_connection_id"]
                 return [(entry.method, first)] + [
                     ("sendMessage", {"text": c, **extra}) for c in rest
                 ]

@@ -1,6 +1,10 @@
 """Bot commands the gateway answers itself (aiogram Router): /start, /help, /status, and
 for ``ADMIN_USER_IDS`` /stats and /admin (``workers/worker/admin.py``).
 
+A ``/start <payload>`` deep link is greeted here too, and then goes on like any message
+(the user's routers, then the pipeline, with ``metadata.start_param``): a CRM learns the
+campaign, and the user is greeted even while the pipeline is away.
+
 Handlers reply through ``WorkerContext.reply`` (the outbound stream, so the sender's
 rate limits apply) instead of calling the Bot API directly. Plug your own aiogram routers
 in with ``WORKER_ROUTERS=package.module:router``; they run before the pipeline fallback.
@@ -11,11 +15,13 @@ from __future__ import annotations
 import importlib
 
 from aiogram import Router
-from aiogram.filters import Command, CommandStart
+from aiogram.dispatcher.event.bases import SkipHandler
+from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message
 
 from workers.worker.admin import admin_router
 from workers.worker.context import WorkerContext
+from workers.worker.events import start_param
 
 HELP_TEXT = (
     "I pass your messages to our support team and bring their answers back here.\n\n"
@@ -30,14 +36,23 @@ def commands_router() -> Router:
     router = Router(name="tg-gateway-commands")
 
     @router.message(CommandStart())
-    async def start(message: Message, gw: WorkerContext) -> None:
+    async def start(message: Message, gw: WorkerContext, command: CommandObject) -> None:
         gw.command = "start"
         name = message.from_user.first_name if message.from_user else "there"
-        await gw.reply(
+        greeting = (
             f"Hello, {name}! I am the support bot. Write your question and our team will "
-            "answer here. /help lists what I can do.",
-            reply_to=message.message_id,
+            "answer here. /help lists what I can do."
         )
+        payload = start_param(command.args)
+        if payload is None:
+            await gw.reply(greeting, reply_to=message.message_id)
+            return
+        # A deep link: greeted at once (once: not again at each try while the pipeline is
+        # away), then on to the pipeline fallback with the payload.
+        if gw.retries == 0:
+            await gw.reply(greeting, reply_to=message.message_id, now=True)
+        gw.start_param = payload
+        raise SkipHandler
 
     @router.message(Command("help"))
     async def help_(message: Message, gw: WorkerContext) -> None:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.core.contracts import (
+    BUSINESS_METHODS,
     GROUP_SENDERS,
     GROUP_WORKERS,
     Keys,
@@ -45,6 +46,7 @@ class WorkerOptions:
     delay_notice_after: float = 10.0
     delay_notice_window: float = 3600.0
     reply_fields: tuple[str, ...] = ("content", "response", "text", "message")
+    contact_status: bool = False  # blocked/unblocked private chats go to the pipeline
     files: FileLinks | None = None  # None: no ``metadata.files`` links (no FILES_SECRET)
 
 
@@ -100,6 +102,8 @@ class WorkerContext:
     handed: bool = False  # the pipeline took it now: the marker is set with the ack
     outbox: list[OutboundEntry] = field(default_factory=list)
     command: str | None = None  # the gateway's own command that answered (metrics)
+    start_param: str | None = None  # a /start deep link's payload, for the pipeline
+    business_connection_id: str | None = None  # a business chat's: every reply goes through it
 
     def is_admin(self, user_id: int) -> bool:
         return user_id in self.services.options.admin_ids
@@ -141,6 +145,8 @@ class WorkerContext:
     ) -> str:
         """Queue one Bot API call for this update's chat (see the class); its reply id."""
         at = time.time()
+        if self.business_connection_id and method in BUSINESS_METHODS:
+            payload = {**payload, "business_connection_id": self.business_connection_id}
         entry = OutboundEntry(
             reply_id=f"u{self.entry.update_id}-{key}",
             bot_id=self.services.options.bot_id,

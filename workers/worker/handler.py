@@ -12,7 +12,7 @@ from aiogram import Bot, Dispatcher, Router
 from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
-from aiogram.types import CallbackQuery, Message, Update
+from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -40,9 +40,10 @@ from gateway.runtime.consumer import (
 )
 from gateway.runtime.pause import PAUSE_POLL
 from gateway.runtime.routing import partitions_of
-from workers.worker.adapter import PipelineMessage, adapt
+from workers.worker.adapter import PipelineMessage, UnusableUpdate, business_chat
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
+from workers.worker.events import pipeline_message
 from workers.worker.files import with_files
 from workers.worker.triage import blocking_command, plain_message
 
@@ -54,8 +55,17 @@ TYPING_SLACK = 60.0  # typing may outlast PIPELINE_RETRY_SECONDS by this much (t
 
 
 def pipeline_router() -> Router:
-    """The fallback: every message, edit and button press goes to the pipeline."""
+    """The fallback: every message, edit and button press goes to the pipeline, and so do
+    business chats' messages and the events (``events.py``: what is sent, and when)."""
     router = Router(name="tg-gateway-pipeline")
+
+    async def to_pipeline(event: TelegramObject, gw: WorkerContext) -> Outcome:
+        return await forward(gw)
+
+    for observer in (router.business_message, router.edited_business_message):
+        observer.register(to_pipeline)
+    for observer in (router.my_chat_member, router.message_reaction, router.business_connection):
+        observer.register(to_pipeline)
 
     @router.message()
     async def on_message(message: Message, gw: WorkerContext) -> Outcome:
@@ -100,11 +110,20 @@ async def forward(gw: WorkerContext) -> Outcome:
     """Hand the update to the pipeline; while it is away, ``Retry`` (the lane tries again
     after the backoff) until ``PIPELINE_RETRY_SECONDS`` since the first try."""
     s = gw.services
-    message = adapt(gw.entry.update, s.options.bot_id)
+    try:
+        message = pipeline_message(
+            gw.entry.update,
+            s.options.bot_id,
+            deep_link=gw.start_param,
+            contact_status=s.options.contact_status,
+        )
+    except UnusableUpdate as exc:
+        return Dead(Reason.INVALID_ENTRY, str(exc))
     if message is None:
         s.count("unhandled")
         return Ack()
     message = with_files(message, gw.entry.update, s.options.files, s.options.bot_id, time.time())
+    bcid = message.business_connection_id
     route = Route(
         bot_id=s.options.bot_id,
         chat_id=message.chat_id,
@@ -112,6 +131,7 @@ async def forward(gw: WorkerContext) -> Outcome:
         update_id=gw.entry.update_id,
         expires_at=0,
         received_at=gw.entry.received_at,
+        business_connection_id=bcid,
     )
     callback_url = None
     if s.options.delivery_secret is not None:
@@ -123,6 +143,7 @@ async def forward(gw: WorkerContext) -> Outcome:
             update_id=gw.entry.update_id,
             ttl=s.options.token_ttl,
             received_at=gw.entry.received_at,
+            business_connection_id=bcid,
         )
         callback_url = f"{s.options.gateway_public_url}/api/delivery/{token}"
     if gw.already_handed:
@@ -136,7 +157,7 @@ async def forward(gw: WorkerContext) -> Outcome:
         return Retry(PAUSE_POLL, "pipeline paused by an operator", memo=PAUSED)
     key = idempotency_key(s.options.bot_id, gw.entry.update_id)
     # One typing indicator across the retries: it ends with the update's outcome.
-    if s.pipeline.name != "embedded" and key not in s.typing:
+    if s.pipeline.name != "embedded" and key not in s.typing and not message.quiet:
         # Bounded: a lane that stops retrying without an outcome (its partition moved,
         # the process stops) does not leave it typing.
         limit = s.options.retry_seconds + TYPING_SLACK
@@ -198,7 +219,7 @@ async def _submit(
             delay,
             extra={"update_id": gw.entry.update_id},
         )
-        if s.options.delay_notice and elapsed >= s.options.delay_notice_after:
+        if s.options.delay_notice and elapsed >= s.options.delay_notice_after and not message.quiet:
             await _notify_delay(gw, message)
         # memo: when the retry budget started (a pause before it does not count)
         start = gw.since or time.monotonic()
@@ -243,7 +264,10 @@ def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None
 
 
 async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
-    """One short note to the user; the reply id makes a redelivery not send it again."""
+    """One short note to the user; the reply id makes a redelivery not send it again.
+    None for an event or a deep link: the user asked nothing."""
+    if message.quiet:
+        return
     await gw.reply(
         gw.services.options.apology_text, reply_to=message.reply_to, origin="gateway", key="apology"
     )
@@ -337,6 +361,7 @@ class UpdateHandler:
             retries=item.retries,
             since=budget_since(item),
             already_handed=bool(replies[0]),
+            business_connection_id=business_chat(entry.update),
         )
         if update is None:
             result: Any = await forward(gw)

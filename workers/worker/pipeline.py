@@ -119,7 +119,9 @@ class HttpPipeline:
 
 
 class EmbeddedPipeline:
-    """A pipeline in-process, no network: ``answer(client_id, content)`` gives the reply body.
+    """A pipeline in-process, no network: ``answer(client_id, content)`` gives the reply body
+    to what the user wrote; an event or a deep link gets none (the reference pipeline's
+    rules answer text, and the user was greeted already).
 
     The composition root passes the reference pipeline's ``reply_body``
     (``gateway.testkit.reference.rules``), so the worker does not depend on the test kit.
@@ -133,6 +135,8 @@ class EmbeddedPipeline:
     async def submit(
         self, message: PipelineMessage, callback_url: str | None, idempotency_key: str
     ) -> dict[str, Any] | None:
+        if message.quiet:
+            return None
         return self._answer(message.client_id, message.content)
 
     async def healthy(self) -> bool:

@@ -92,7 +92,8 @@ class OutboundFields(BaseModel):
         json_schema_extra=JSON,
         description='JSON object of the method\'s parameters except `chat_id`, e.g. `{"text": '
         '"Hi", "parse_mode": "HTML"}`. `photo`, `document` and `thumbnail` take a '
-        "Telegram file id or an http(s) URL, nothing else.",
+        "Telegram file id or an http(s) URL, nothing else. `business_connection_id` sends "
+        "it in a Telegram Business chat (the gateway sets it on replies to one).",
     )
     origin: str = Field(default="", description="Free text: `pipeline`, `command`, `crm`, ...")
     update_id: str = Field(

@@ -25,10 +25,16 @@ from gateway.core.contracts.keys import (
     Keys,
     partition_for,
 )
-from gateway.core.contracts.outbound import OutboundEntry, OutboundMethod, result_fields
+from gateway.core.contracts.outbound import (
+    BUSINESS_METHODS,
+    OutboundEntry,
+    OutboundMethod,
+    result_fields,
+)
 from gateway.core.contracts.updates import UpdateEntry, extract_update_ids, update_fields
 
 __all__ = [
+    "BUSINESS_METHODS",
     "COUNTER_MINUTE_TTL",
     "GROUP_SENDERS",
     "GROUP_WORKERS",

@@ -23,6 +23,8 @@ from gateway.core.contracts.encoding import (
 OutboundMethod = Literal[
     "sendMessage", "sendPhoto", "sendDocument", "sendChatAction", "answerCallbackQuery"
 ]
+BUSINESS_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument", "sendChatAction"})
+"""The methods that take ``business_connection_id`` in their payload (a business chat's)."""
 
 
 class OutboundEntry(BaseModel):

@@ -72,13 +72,16 @@ class UpdateEntry:
 
 
 def extract_update_ids(update: dict[str, Any]) -> tuple[int | None, int | None]:
-    """(chat id, user id) of any Update type, for partitioning and routing."""
+    """(chat id, user id) of any Update type, for partitioning and routing: its chat (a
+    button's message's, a business connection's ``user_chat_id``), else its user."""
     for key, value in update.items():
         if key == "update_id" or not isinstance(value, dict):
             continue
         chat = value.get("chat")
         if not isinstance(chat, dict) and isinstance(value.get("message"), dict):
             chat = value["message"].get("chat")  # callback_query
+        if not isinstance(chat, dict) and "user_chat_id" in value:
+            chat = {"id": value["user_chat_id"]}  # business_connection: its owner's chat
         user = value.get("from") or value.get("user")
         chat_id = chat.get("id") if isinstance(chat, dict) else None
         user_id = user.get("id") if isinstance(user, dict) else None

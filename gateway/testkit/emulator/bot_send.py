@@ -32,10 +32,17 @@ NOT_MODIFIED = (
 
 
 def target_chat(emu: EmulatorCore, p: Params) -> Obj:
-    """The chat a call aims at; injected 403/migration faults win over "chat not found"."""
+    """The chat a call aims at; injected 403/migration faults win over "chat not found",
+    and a chat that blocked the bot answers 403. With ``business_connection_id``: a chat
+    of that business connection (``contacts.Contacts.business_chat``)."""
     ref = p.chat_id()
+    connection = p.text("business_connection_id")
+    if connection:
+        return emu.contacts.business_chat(connection, ref)[1]
     if isinstance(ref, int) and (fault := emu.faults.chat_error(ref)) is not None:
         raise fault
+    if isinstance(ref, int) and (blocked := emu.contacts.chat_error(ref)) is not None:
+        raise blocked
     chat = emu.state.resolve_chat(ref)
     if chat is None:
         raise bad_request("chat not found")
@@ -137,6 +144,12 @@ async def deliver(
         "chat": chat,
         "date": state.date(),
     }
+    connection = p.text("business_connection_id")
+    if connection:  # sent on behalf of the business account, by this bot
+        owner = emu.contacts.business_chat(connection, chat["id"])[0].owner
+        message["from"] = copy.deepcopy(owner)
+        message["sender_business_bot"] = copy.deepcopy(state.bot)
+        message["business_connection_id"] = connection
     if reply is not None:
         message["reply_to_message"] = reply
     message.update(content)
@@ -277,6 +290,14 @@ async def delete_message(emu: EmulatorCore, p: Params) -> Any:
         raise bad_request("message to delete not found")
     emu.state.on_change()
     return True
+
+
+@method("getBusinessConnection")
+async def get_business_connection(emu: EmulatorCore, p: Params) -> Any:
+    connection = emu.contacts.connections.get(p.text("business_connection_id") or "")
+    if connection is None:
+        raise bad_request("BUSINESS_CONNECTION_INVALID")
+    return connection.obj()
 
 
 @method("getChat")

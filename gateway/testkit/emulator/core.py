@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from gateway.testkit.emulator import users
+from gateway.testkit.emulator import contacts, users
 from gateway.testkit.emulator.faults import Faults
 from gateway.testkit.emulator.limits import EmulatorLimits
 from gateway.testkit.emulator.notify import Signal
@@ -53,6 +53,7 @@ class EmulatorCore:
         self.state.on_change = self.signal.fire
         self.faults = Faults()
         self.faults.on_migrate = self._on_migrate
+        self.contacts = contacts.Contacts()
         self.closing = False
         self._webhook = WebhookDeliverer(
             self.state, self.signal, webhook_retry_delay, webhook_timeout
@@ -62,6 +63,7 @@ class EmulatorCore:
         """Forget chats, messages, updates, the webhook, logs and faults."""
         self.state.reset()
         self.faults.clear()
+        self.contacts = contacts.Contacts()
 
     def _on_migrate(self, old_chat_id: int, new_chat_id: int) -> None:
         if new_chat_id not in self.state.chats:
@@ -120,6 +122,54 @@ class EmulatorCore:
     def user_press(self, user_id: int, chat_id: int, message_id: int, data: str) -> Obj:
         """A user presses an inline button; returns the ``callback_query`` Update."""
         return users.user_press(self.state, user_id, chat_id, message_id, data)
+
+    def user_block(self, user_id: int) -> Obj:
+        """The user blocks the bot: a ``my_chat_member`` Update (member -> kicked); calls
+        aimed at their chat answer 403 until ``user_unblock``."""
+        return contacts.user_block(self.state, self.contacts, user_id, True)
+
+    def user_unblock(self, user_id: int) -> Obj:
+        """The user unblocks (restarts) the bot: ``my_chat_member`` (kicked -> member)."""
+        return contacts.user_block(self.state, self.contacts, user_id, False)
+
+    def user_react(self, user_id: int, chat_id: int, message_id: int, emoji: list[str]) -> Obj:
+        """The user's reactions on a message become ``emoji``: a ``message_reaction``."""
+        return contacts.user_react(self.state, self.contacts, user_id, chat_id, message_id, emoji)
+
+    def business_connect(
+        self,
+        user_id: int,
+        connection_id: str | None = None,
+        enabled: bool = True,
+        can_reply: bool = True,
+        first_name: str = "Bob",
+    ) -> Obj:
+        """A business account connects the bot (or changes or disables the connection):
+        a ``business_connection`` Update; its ``id`` is the connection's."""
+        return contacts.business_connect(
+            self.state, self.contacts, user_id, connection_id, enabled, can_reply, first_name
+        )
+
+    def business_send(
+        self,
+        connection_id: str,
+        customer_id: int,
+        text: str,
+        first_name: str = "Carol",
+        username: str | None = None,
+    ) -> Obj:
+        """A customer writes to the business account: a ``business_message`` Update."""
+        return contacts.business_send(
+            self.state, self.contacts, connection_id, customer_id, text, first_name, username
+        )
+
+    def business_edit(
+        self, connection_id: str, customer_id: int, message_id: int, text: str
+    ) -> Obj:
+        """The customer edits a message: an ``edited_business_message`` Update."""
+        return contacts.business_edit(
+            self.state, self.contacts, connection_id, customer_id, message_id, text
+        )
 
     def push_update(self, raw_update: dict[str, Any]) -> Obj:
         """Queue a raw Update as-is (``update_id`` assigned only when missing)."""

@@ -76,6 +76,24 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
     async def press(request: web.Request) -> Any:
         return emu.user_press(**await _body(request))
 
+    async def block(request: web.Request) -> Any:
+        return emu.user_block(**await _body(request))
+
+    async def unblock(request: web.Request) -> Any:
+        return emu.user_unblock(**await _body(request))
+
+    async def react(request: web.Request) -> Any:
+        return emu.user_react(**await _body(request))
+
+    async def business_connect(request: web.Request) -> Any:
+        return emu.business_connect(**await _body(request))
+
+    async def business_send(request: web.Request) -> Any:
+        return emu.business_send(**await _body(request))
+
+    async def business_edit(request: web.Request) -> Any:
+        return emu.business_edit(**await _body(request))
+
     async def updates(request: web.Request) -> Any:
         return emu.push_update(await _body(request))
 
@@ -142,6 +160,12 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
         ("POST", "/_emu/send_file", send_file),
         ("POST", "/_emu/edit", edit),
         ("POST", "/_emu/press", press),
+        ("POST", "/_emu/block", block),
+        ("POST", "/_emu/unblock", unblock),
+        ("POST", "/_emu/react", react),
+        ("POST", "/_emu/business/connect", business_connect),
+        ("POST", "/_emu/business/send", business_send),
+        ("POST", "/_emu/business/edit", business_edit),
         ("POST", "/_emu/updates", updates),
         ("POST", "/_emu/chats", chats),
         ("POST", "/_emu/learn", learn),

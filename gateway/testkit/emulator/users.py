@@ -38,7 +38,7 @@ def _user_chat(
     return state.add_chat(chat_id, kind, title or (known or {}).get("title"))
 
 
-def _set_text(message: Obj, text: str, field: str) -> None:
+def set_text(message: Obj, text: str, field: str) -> None:
     message[field] = text
     entities = detect_entities(text)
     key = "entities" if field == "text" else "caption_entities"
@@ -81,9 +81,9 @@ def user_send(
         for size in message["photo"]:
             state.files.adopt("photo", size)  # getFile knows them (made-up bytes)
         if caption or text:
-            _set_text(message, caption or text or "", "caption")
+            set_text(message, caption or text or "", "caption")
     elif text is not None:
-        _set_text(message, text, "text")
+        set_text(message, text, "text")
     state.store_message(message)
     return state.enqueue({"message": copy.deepcopy(message)})
 
@@ -121,7 +121,7 @@ def user_send_file(
         keep = ("file_name", "mime_type", "file_id", "file_unique_id", "file_size")
         message["document"] = {k: media[k] for k in keep if k in media}
     if caption and kind not in ("sticker", "video_note"):
-        _set_text(message, caption, "caption")
+        set_text(message, caption, "caption")
     state.store_message(message)
     return state.enqueue({"message": copy.deepcopy(message)})
 
@@ -134,9 +134,9 @@ def user_edit(state: EmulatorState, user_id: int, chat_id: int, message_id: int,
     edited = {k: v for k, v in old.items() if k not in ("text", "entities", "edit_date")}
     edited["edit_date"] = state.date()
     if "caption" in old or "photo" in old:
-        _set_text(edited, text, "caption")
+        set_text(edited, text, "caption")
     else:
-        _set_text(edited, text, "text")
+        set_text(edited, text, "text")
     state.store_message(edited)
     return state.enqueue({"edited_message": copy.deepcopy(edited)})
 

@@ -51,7 +51,9 @@ class ReferencePipelineServer:
     """``POST /api/messages/`` answered by ``gateway.testkit.reference.rules.respond``.
 
     ``mode="async"``: 202 at once, the reply POSTed to ``X-Webhook-URL`` later (with
-    retries); ``mode="sync"``: 200 with the reply in the body, no callback.
+    retries); ``mode="sync"``: 200 with the reply in the body, no callback. An event
+    (``metadata.event``) or a deep link (``metadata.start_param``) is taken (202) and not
+    answered, as docs/crm-integration.md suggests: the user wrote nothing, or was greeted.
 
     ``test_endpoints``: serve ``/_ref/requests`` and ``/_ref/faults`` (tests only: they
     show every user's text and let anyone inject faults). ``callback_hosts``: the hosts an
@@ -212,6 +214,7 @@ class ReferencePipelineServer:
                 "idempotency_key": key,
                 "client_id": fields.get("client_id"),
                 "content": fields.get("content"),
+                "metadata": fields.get("metadata"),
                 "webhook_url": webhook,  # served by /_ref/requests (tests) only, never logged
                 "status": answer.status,
             }
@@ -235,6 +238,18 @@ class ReferencePipelineServer:
             if exc.status == 422 and webhook:
                 log.warning("refused callback URL %s: %s", redact_url(webhook), exc.detail)
             return _Answer(exc.status, {"detail": exc.detail})
+        answer = self._reply(body, url)
+        if key is not None and answer.status < 500:  # a 503 is asked again, not replayed
+            self._answers[key] = answer
+            while len(self._answers) > self.max_records:
+                self._answers.popitem(last=False)
+        return answer
+
+    def _reply(self, body: dict[str, Any], url: str) -> _Answer:
+        """The answer to a request taken: the reply (in the body, or on the callback)."""
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict) and ("event" in metadata or "start_param" in metadata):
+            return _Answer(202, {"status": "accepted"})  # noted; nothing to reply
         if self.mode == "async" and len(self._tasks) >= self.max_records:
             return _Answer(503, {"detail": "too many callbacks pending; retry later"})
         message_id = str(uuid.uuid4())
@@ -253,10 +268,6 @@ class ReferencePipelineServer:
             task = asyncio.create_task(self._deliver(url, payload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if key is not None:
-            self._answers[key] = answer
-            while len(self._answers) > self.max_records:
-                self._answers.popitem(last=False)
         return answer
 
     async def _deliver(self, url: str, payload: dict[str, Any]) -> None:

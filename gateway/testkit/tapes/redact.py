@@ -24,9 +24,12 @@ from gateway.testkit.tapes.tape import Event
 # Objects whose "id" is a person's or a chat's.
 ID_OBJECTS = frozenset(
     {"from", "chat", "user", "sender_chat", "forward_from", "forward_from_chat",
-     "new_chat_member", "left_chat_member", "old_chat_member", "via_bot", "sender_user"}
+     "new_chat_member", "left_chat_member", "old_chat_member", "via_bot", "sender_user",
+     "actor_chat"}
 )  # fmt: skip
-ID_KEYS = frozenset({"chat_id", "user_id", "from_chat_id", "migrate_to_chat_id"})
+ID_KEYS = frozenset(
+    {"chat_id", "user_id", "from_chat_id", "migrate_to_chat_id", "user_chat_id"}
+)  # user_chat_id: a business connection's owner's chat, their user id
 
 EMAIL = re.compile(r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+\.[^\s@<>()\[\],;:\"]+")
 PHONE = re.compile(r"\+?\d[\d ().\-]{5,}\d")
