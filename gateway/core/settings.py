@@ -11,128 +11,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
+from gateway.core.settings_base import (
+    _METRICS_TOKEN_RE,
+    DEFAULT_ALLOWED_UPDATES,
+    PUBLIC_API_URL,
+    CommaInts,
+    CommaList,
+    CommaSecrets,
+    _Base,
+    _split,
+)
 from gateway.core.signing import SigningKeys
+from gateway.core.telegram_settings import TelegramSettings
 from gateway.core.validation import format_validation_error
 
-PUBLIC_API_URL = "https://api.telegram.org"
-DEFAULT_ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
-_TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
-_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-_METRICS_TOKEN_RE = re.compile(r"^[\x21-\x7e]{16,256}$")
-
-CommaList = Annotated[list[str], NoDecode]
-CommaInts = Annotated[list[int], NoDecode]
-CommaSecrets = Annotated[list[SecretStr], NoDecode]
-
-
-def _split(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class _Base(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        env_ignore_empty=True,
-        extra="ignore",
-        case_sensitive=False,
-    )
-
-
-class TelegramSettings(_Base):
-    """The bot and how updates arrive."""
-
-    telegram_enabled: bool = True
-    telegram_bot_token: SecretStr | None = None
-    telegram_api_url: str = PUBLIC_API_URL
-    telegram_webhook_url: str | None = None
-    telegram_webhook_secret: SecretStr | None = None
-    telegram_mode: Literal["auto", "webhook", "polling"] = "auto"
-    telegram_allowed_updates: CommaList = Field(default_factory=lambda: [*DEFAULT_ALLOWED_UPDATES])
-    telegram_max_connections: int = Field(default=40, ge=1, le=100)
-    telegram_poll_timeout: int = Field(default=25, ge=0, le=50)
-    telegram_bot_username: str | None = None
-    telegram_request_timeout: float = Field(default=30.0, gt=0)
-    # The webhook lease holder compares getWebhookInfo with these settings this often.
-    webhook_check_seconds: float = Field(default=60.0, ge=0.1, le=3600)
-
-    @field_validator("telegram_allowed_updates", mode="before")
-    @classmethod
-    def _split_updates(cls, value: Any) -> Any:
-        return _split(value)
-
-    @field_validator("telegram_bot_token")
-    @classmethod
-    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            return None
-        if value is not None and not _TOKEN_RE.match(value.get_secret_value()):
-            raise ValueError("not a bot token (expected '<digits>:<secret>' from @BotFather)")
-        return value
-
-    @field_validator("telegram_webhook_secret")
-    @classmethod
-    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            return None
-        if value is not None and not _SECRET_RE.match(value.get_secret_value()):
-            raise ValueError("must be 1-256 characters of A-Z a-z 0-9 _ - (Telegram's rule)")
-        return value
-
-    @field_validator("telegram_api_url", "telegram_webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None if value == "" else value
-        assert value is not None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _needs_token(self) -> TelegramSettings:
-        if self.telegram_enabled and self.telegram_bot_token is None:
-            raise ValueError(
-                "TELEGRAM_BOT_TOKEN: required when TELEGRAM_ENABLED=true "
-                "(set the token from @BotFather, or TELEGRAM_ENABLED=false)"
-            )
-        if self.mode == "webhook" and not self.telegram_webhook_url:
-            raise ValueError("TELEGRAM_WEBHOOK_URL: required when TELEGRAM_MODE=webhook")
-        return self
-
-    @property
-    def mode(self) -> Literal["webhook", "polling"]:
-        if self.telegram_mode != "auto":
-            return self.telegram_mode
-        return "webhook" if self.telegram_webhook_url else "polling"
-
-    @property
-    def token(self) -> str:
-        if self.telegram_bot_token is None:
-            raise ConfigError("TELEGRAM_BOT_TOKEN: not set")
-        return self.telegram_bot_token.get_secret_value()
-
-    @property
-    def bot_id(self) -> int:
-        """The bot's id is the token's numeric prefix; 0 when no token is configured."""
-        if self.telegram_bot_token is None:
-            return 0
-        return int(self.telegram_bot_token.get_secret_value().split(":", 1)[0])
-
-    @property
-    def webhook_secret(self) -> str | None:
-        s = self.telegram_webhook_secret
-        return None if s is None else s.get_secret_value()
+__all__ = ["DEFAULT_ALLOWED_UPDATES", "PUBLIC_API_URL", "Config", "TelegramSettings", "load"]
 
 
 class RedisSettings(_Base):

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from gateway.core import files as files_module
 from gateway.core import settings as settings_module
+from gateway.core import telegram_settings as telegram_settings_module
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
 from gateway.core.settings import (
@@ -50,7 +51,7 @@ def test_all_names_every_settings_class() -> None:
     """The tests below see every settings class of the modules that hold them."""
     classes = {
         c
-        for module in (settings_module, files_module)
+        for module in (settings_module, files_module, telegram_settings_module)
         for c in vars(module).values()
         if isinstance(c, type)
         and issubclass(c, BaseSettings)
