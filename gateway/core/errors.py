@@ -25,6 +25,9 @@
     ├── BodyTimeout             ingress.app: the body was too slow (HTTP 408)
     ├── BodyTooLarge            ingress.app: the body is too large (HTTP 413)
     ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
+    ├── ReceiptUnavailable      workers.receipts: a status URL did not answer; retried
+    ├── AddressRefused          workers.receipts: a status URL's name leads only to internal
+    │                           addresses (OSError, raised in aiohttp's resolver)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
                                 the tapes' ReplayError and EmulatorError (the emulator

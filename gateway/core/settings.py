@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.signing import SigningKeys
 from gateway.core.validation import format_validation_error
 
@@ -379,6 +380,7 @@ class Config:
     sender: SenderSettings
     consumer: ConsumerSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
     fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from gateway.core.contracts import Keys
 from gateway.core.signing import SigningKeys
+from gateway.core.status_urls import StatusUrls
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +22,4 @@ class IngressConfig:
     body_timeout: float = 10.0  # seconds to receive a body once the headers are in
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
     callback_keys: SigningKeys = field(default_factory=SigningKeys)  # none: not checked
+    status_urls: StatusUrls = field(default_factory=StatusUrls)  # empty: status_url refused

@@ -16,6 +16,7 @@ from gateway.core.backoff import backoff
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.metrics import INGRESS, Metrics
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
@@ -25,6 +26,7 @@ from gateway.core.settings import (
     RedisSettings,
     TelegramSettings,
 )
+from gateway.core.status_urls import StatusUrls
 from gateway.ingress.app import IngressApp, IngressConfig
 from gateway.ingress.observe import IngressMetrics, WebhookCollector
 from gateway.ingress.owner import UpdatesOwner
@@ -50,8 +52,10 @@ def ingress_config(
     ps: PipelineSettings,
     ing: IngressSettings,
     outbound_ttl: float,
+    receipts: ReceiptSettings | None = None,
 ) -> IngressConfig:
-    """What the ingress app reads from the settings."""
+    """What the ingress app reads from the settings (``receipts`` None: a per-reply
+    ``status_url`` is refused)."""
     return IngressConfig(
         bot_id=tg.bot_id,
         keys=rs.keys,
@@ -66,6 +70,7 @@ def ingress_config(
         body_timeout=ing.ingress_body_timeout,
         store_timeout=ing.ingress_store_timeout,
         callback_keys=ps.callback_keys,
+        status_urls=receipts.status_urls if receipts is not None else StatusUrls(),
     )
 
 
@@ -76,9 +81,10 @@ def build_ingress(
     ing: IngressSettings,
     outbound_ttl: float,
     observe: IngressMetrics | None = None,
+    receipts: ReceiptSettings | None = None,
 ) -> IngressApp:
     return IngressApp(
-        ingress_config(tg, rs, ps, ing, outbound_ttl),
+        ingress_config(tg, rs, ps, ing, outbound_ttl, receipts),
         lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
         observe=observe,
@@ -141,10 +147,11 @@ async def serve_ingress(
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
     observe: IngressMetrics | None = None,
+    receipts: ReceiptSettings | None = None,
 ) -> None:
     """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
     observe = observe or IngressMetrics.off()
-    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe)
+    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, receipts)
     await _check_layout_first(rs, app.config.keys)
     server = _Server(
         uvicorn.Config(
@@ -232,6 +239,7 @@ async def serve_ingress_role(
         cfg.sender.outbound_ttl_seconds,
         stop,
         observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
+        receipts=cfg.receipts,
     )
 
 

@@ -17,6 +17,7 @@ from gateway.core.contracts import (
     OutboundEntry,
     UpdateEntry,
 )
+from gateway.core.status_urls import StatusUrls
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
 from gateway.runtime.pause import PauseFlag
@@ -44,6 +45,7 @@ class WorkerOptions:
     delay_notice_after: float = 10.0
     delay_notice_window: float = 3600.0
     reply_fields: tuple[str, ...] = ("content", "response", "text", "message")
+    status_urls: StatusUrls = field(default_factory=StatusUrls)  # a reply's own status_url
 
 
 @dataclass

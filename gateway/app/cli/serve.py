@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.app.running import EXIT_TELEGRAM, run_async
 from gateway.core.errors import ConfigError
 from gateway.core.logs import setup_logging
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.settings import (
     Config,
     ConsumerSettings,
@@ -43,6 +44,7 @@ def load_config(**telegram_overrides: Any) -> Config:
         sender=load(SenderSettings),
         consumer=load(ConsumerSettings),
         metrics=load(MetricsSettings),
+        receipts=load(ReceiptSettings),
     )
     load(LogSettings)
     return config
