@@ -1,10 +1,7 @@
-"""Settings, one class per concern, read from the environment and ``.env``.
-
-Each field's environment variable is its name in upper case, and each variable is read
-by exactly one field (the worker and the sender share ``ConsumerSettings``). ``load``
-turns a validation failure into one ``ConfigError`` line naming the variable. The
-runtime's config objects are built from these in ``gateway/app/configs.py``.
-"""
+"""Settings, one class per concern, from the environment and ``.env``: each variable is
+its field's name in upper case, read by exactly one field (the worker and the sender share
+``ConsumerSettings``); ``load`` turns a failure into one ``ConfigError`` line naming it.
+The runtime's config objects are built from these in ``gateway/app/configs.py``."""
 
 from __future__ import annotations
 
