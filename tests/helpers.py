@@ -473,7 +473,7 @@ GATEWAY_ENV_PREFIXES = (
     "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
     "WORKER_", "INGRESS_", "PARTITION", "ADMIN_", "LOG_", "OUTBOUND_", "MAX_", "CLAIM_",
     "SHUTDOWN_", "RATE_", "APOLOGY_", "DEDUPE_", "LEASE_", "RESULTS_", "FSM_", "REFERENCE_",
-    "TAPE_", "METRICS_", "WEBHOOK_", "FILES_",
+    "TAPE_", "METRICS_", "WEBHOOK_", "FILES_", "RECEIPTS_",
 )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from gateway.core.contracts import GROUP_SENDERS, GROUP_WORKERS, Stage
+from gateway.core.contracts import GROUP_RECEIPTS, GROUP_SENDERS, GROUP_WORKERS, Stage
 from gateway.core.settings import Config
 from gateway.runtime.consumer import ConsumerConfig
 from workers.worker.context import WorkerOptions
@@ -55,6 +55,28 @@ def consumer_config(cfg: Config, role: Literal["worker", "sender"]) -> ConsumerC
     )
 
 
+def receipts_config(cfg: Config) -> ConsumerConfig:
+    """The ``receipts`` group on the results stream, inside the worker role: no partition
+    leases (one stream, and receipts need no order: every worker takes a share), its
+    group created at ``$`` (turning receipts on does not POST a week of old results), and
+    nothing trimmed (the sender trims the results by age)."""
+    cs = cfg.consumer
+    return ConsumerConfig(
+        role="receipts",
+        group=GROUP_RECEIPTS,
+        stage=Stage.RECEIPTS,
+        streams=[cfg.keys.results],
+        count=cfg.worker.worker_batch,
+        block_ms=cfg.worker.worker_block_ms,
+        claim_idle_ms=cs.claim_idle_ms,
+        claim_every=claim_period(cs.claim_idle_ms),
+        max_deliveries=cs.max_deliveries,
+        max_in_flight=cfg.receipts.receipts_max_in_flight,
+        leases=False,
+        group_start="$",
+    )
+
+
 def worker_options(cfg: Config) -> WorkerOptions:
     """What the worker's handlers read from the settings."""
     ps, ws = cfg.pipeline, cfg.worker
@@ -75,6 +97,7 @@ def worker_options(cfg: Config) -> WorkerOptions:
         reply_fields=tuple(ps.pipeline_reply_fields),
         contact_status=ps.pipeline_contact_status,
         files=file_links(cfg),
+        status_urls=cfg.receipts.status_urls,
     )
 
 

@@ -19,6 +19,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import User
 
 from gateway.app.configs import consumer_config, worker_options
+from gateway.app.receipts import receipt_consumers
 from gateway.core.backoff import backoff
 from gateway.core.errors import ConfigError
 from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
@@ -230,7 +231,9 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             cfg.keys.partitions,
             redact_url(ps.pipeline_url or "embedded reference pipeline"),
         )
-        await run_until_stopped([consumer], stop, cfg.consumer.shutdown_grace_seconds)
+        receipts = receipt_consumers(cfg, redis, calls, stack, m)
+        grace = cfg.consumer.shutdown_grace_seconds
+        await run_until_stopped([consumer, *receipts], stop, grace)
         if me_task.done() and not me_task.cancelled() and me_task.exception() is not None:
             raise me_task.exception()  # type: ignore[misc]  # 401 from getMe
         log.info(

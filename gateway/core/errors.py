@@ -29,6 +29,9 @@
     ├── InvalidUpdate           ingress.updates: the body is no update (HTTP 400; ValueError)
     ├── UnusableUpdate          worker.adapter: an update the pipeline cannot be given
     │                           (dead letter invalid_entry, with the field; ValueError)
+    ├── ReceiptUnavailable      workers.receipts: a status URL did not answer; retried
+    ├── AddressRefused          workers.receipts: a status URL's name leads only to internal
+    │                           addresses (OSError, raised in aiohttp's resolver)
     └── (testkit)               the emulator's ApiError (a Bot API error answer) and
                                 EntityParseError, the reference pipeline's BadRequest,
                                 the tapes' ReplayError and EmulatorError (the emulator

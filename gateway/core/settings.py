@@ -1,10 +1,7 @@
-"""Settings, one class per concern, read from the environment and ``.env``.
-
-Each field's environment variable is its name in upper case, and each variable is read
-by exactly one field (the worker and the sender share ``ConsumerSettings``). ``load``
-turns a validation failure into one ``ConfigError`` line naming the variable. The
-runtime's config objects are built from these in ``gateway/app/configs.py``.
-"""
+"""Settings, one class per concern, from the environment and ``.env``: each variable is
+its field's name in upper case, read by exactly one field (the worker and the sender share
+``ConsumerSettings``); ``load`` turns a failure into one ``ConfigError`` line naming it.
+The runtime's config objects are built from these in ``gateway/app/configs.py``."""
 
 from __future__ import annotations
 
@@ -19,6 +16,7 @@ from pydantic_settings import BaseSettings
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.settings_base import (
     _METRICS_TOKEN_RE,
     DEFAULT_ALLOWED_UPDATES,
@@ -281,6 +279,7 @@ class Config:
     consumer: ConsumerSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     files: FilesSettings = field(default_factory=FilesSettings)  # gateway/core/files.py
+    receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)
     fsm_storage: Literal["redis", "memory"] = "redis"  # memory: the sandbox only
 

@@ -9,6 +9,7 @@ from gateway.core.contracts import Keys
 from gateway.core.files import FilesSettings
 from gateway.core.settings import TelegramSettings
 from gateway.core.signing import SigningKeys
+from gateway.core.status_urls import StatusUrls
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class IngressConfig:
     store_timeout: float = 3.0  # longest wait for Redis before answering 503
     callback_keys: SigningKeys = field(default_factory=SigningKeys)  # none: not checked
     files: FilesConfig | None = None  # None: no /api/files/ route (404)
+    status_urls: StatusUrls = field(default_factory=StatusUrls)  # empty: status_url refused
 
 
 def files_config(tg: TelegramSettings, fs: FilesSettings | None) -> FilesConfig | None:

@@ -24,6 +24,7 @@ from gateway.core.errors import (
 )
 from gateway.core.replies import parse_reply, reply_entries
 from gateway.core.signing import SigningKeys, check_headers
+from gateway.core.status_urls import reply_status_url, with_status_url
 from gateway.core.tokens import verify_route
 from gateway.ingress.config import IngressConfig
 from gateway.ingress.http import STORAGE_ERROR, Door, Receive, Scope, Send, json_response
@@ -73,10 +74,12 @@ class Delivery:
             return
         try:
             reply = parse_reply(data, self.config.reply_fields)
+            status_url = reply_status_url(data, self.config.status_urls)
         except ReplyShapeError as exc:
             await refuse(send, "delivery", "bad_reply", 422, str(exc))
             return
         entries = reply_entries(route, reply, origin="pipeline", ttl=self.config.outbound_ttl)
+        entries = with_status_url(entries, status_url)
         redis = self._redis()
         assert redis is not None
         try:

@@ -17,6 +17,7 @@ from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
 from gateway.core.metrics import INGRESS, Metrics
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.redact import redact_url
 from gateway.core.settings import (
     Config,
@@ -26,6 +27,7 @@ from gateway.core.settings import (
     RedisSettings,
     TelegramSettings,
 )
+from gateway.core.status_urls import StatusUrls
 from gateway.ingress.app import IngressApp, IngressConfig
 from gateway.ingress.config import files_config
 from gateway.ingress.observe import IngressMetrics, WebhookCollector
@@ -53,8 +55,10 @@ def ingress_config(
     ing: IngressSettings,
     outbound_ttl: float,
     files: FilesSettings | None = None,
+    receipts: ReceiptSettings | None = None,
 ) -> IngressConfig:
-    """What the ingress app reads from the settings."""
+    """What the ingress app reads from the settings (``receipts`` None: a per-reply
+    ``status_url`` is refused)."""
     return IngressConfig(
         bot_id=tg.bot_id,
         keys=rs.keys,
@@ -70,6 +74,7 @@ def ingress_config(
         store_timeout=ing.ingress_store_timeout,
         callback_keys=ps.callback_keys,
         files=files_config(tg, files),
+        status_urls=receipts.status_urls if receipts is not None else StatusUrls(),
     )
 
 
@@ -81,9 +86,10 @@ def build_ingress(
     outbound_ttl: float,
     observe: IngressMetrics | None = None,
     files: FilesSettings | None = None,
+    receipts: ReceiptSettings | None = None,
 ) -> IngressApp:
     return IngressApp(
-        ingress_config(tg, rs, ps, ing, outbound_ttl, files),
+        ingress_config(tg, rs, ps, ing, outbound_ttl, files, receipts),
         lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
         observe=observe,
@@ -147,10 +153,11 @@ async def serve_ingress(
     ready: asyncio.Event | None = None,
     observe: IngressMetrics | None = None,
     files: FilesSettings | None = None,
+    receipts: ReceiptSettings | None = None,
 ) -> None:
     """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
     observe = observe or IngressMetrics.off()
-    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files)
+    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files, receipts)
     await _check_layout_first(rs, app.config.keys)
     server = _Server(
         uvicorn.Config(
@@ -239,6 +246,7 @@ async def serve_ingress_role(
         stop,
         observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
         files=cfg.files,
+        receipts=cfg.receipts,
     )
 
 

@@ -128,7 +128,9 @@ async def requeue(redis: aioredis.Redis, keys: Keys, entries: Iterable[DeadEntry
     markers and the ``Idempotency-Key`` make harmless. If any entry's stream is not one of
     this layout's (another ``STREAM_PREFIX`` or ``PARTITIONS``), none is requeued.
     """
-    allowed = set(keys.all_updates()) | set(keys.all_outbound())
+    # The results stream too: a delivery receipt given up on goes back there, and its
+    # readers dedupe the identical copy by reply_id and at (README, Streams).
+    allowed = set(keys.all_updates()) | set(keys.all_outbound()) | {keys.results}
     chosen = list(entries)
     refused = [e for e in chosen if e.stream not in allowed or not e.entry]
     if refused:

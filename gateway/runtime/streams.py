@@ -103,6 +103,17 @@ async def ensure_groups(redis: aioredis.Redis, keys: Keys) -> None:
                 raise
 
 
+async def ensure_group(redis: aioredis.Redis, streams: list[str], group: str, start: str) -> None:
+    """Create ``group`` on each of ``streams`` (and the stream) at id ``start`` unless it
+    exists: an existing group keeps its position."""
+    for stream in streams:
+        try:
+            await redis.xgroup_create(stream, group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
 async def groups_present(redis: aioredis.Redis, keys: Keys) -> list[str]:
     """Streams whose consumer group is missing (empty list = ready)."""
     missing: list[str] = []

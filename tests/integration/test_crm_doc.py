@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import importlib.util
 import re
 import subprocess
@@ -18,13 +19,25 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.core.contracts import GROUP_RECEIPTS
 from gateway.core.errors import PipelineRejected
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.settings import IngressSettings, PipelineSettings, RedisSettings, TelegramSettings
 from gateway.core.settings import load as load_settings
 from gateway.core.signing import SigningKeys
 from gateway.core.tokens import sign_route
 from gateway.ingress.serve import serve_ingress
-from tests.helpers import BOT_ID, TOKEN, env_without_gateway_vars, free_port, running
+from gateway.testkit.emulator import Emulator
+from tests.helpers import (
+    BOT_ID,
+    TOKEN,
+    all_roles,
+    env_without_gateway_vars,
+    free_port,
+    make_config,
+    running,
+    wait_for,
+)
 from workers.worker.adapter import adapt
 from workers.worker.pipeline import HttpPipeline
 
@@ -54,6 +67,7 @@ def doc_blocks() -> list[str]:
 def test_the_page_has_the_two_snippets() -> None:
     server, client = doc_blocks()
     assert "ThreadingHTTPServer" in server and "def send_reply" in client
+    assert '"/receipts"' in server  # the same server takes the delivery receipts
 
 
 @pytest.fixture
@@ -139,3 +153,42 @@ async def test_the_docs_send_reply_passes_a_checking_ingress(
         assert refused.status_code == 401
     lengths = [await redis.xlen(stream) for stream in rs.keys.all_outbound()]
     assert sum(lengths) == 1  # the signed reply, stored; the unsigned one not
+
+
+async def test_the_docs_server_takes_the_gateway_s_receipts(
+    doc_server: tuple[str, subprocess.Popen[str]],
+    redis: aioredis.Redis,
+    redis_url: str,
+    emu: Emulator,
+) -> None:
+    """``RECEIPTS_URL`` at the doc's server's ``/receipts``: a reply sent through the real
+    roles gets its receipt there, verified with the key and printed once."""
+    url, proc = doc_server
+    emu.add_chat(4242, type="private")
+    cfg = make_config(redis_url, emu.api_url, pipeline={"pipeline_signing_keys": KEY})
+    receipts = load_settings(ReceiptSettings, receipts_url=f"{url}/receipts")
+    cfg = dataclasses.replace(cfg, receipts=receipts)
+    base = cfg.pipeline.gateway_public_url
+    async with running(*all_roles(cfg)), httpx.AsyncClient() as http:
+
+        async def ready() -> bool:
+            try:
+                groups = await redis.xinfo_groups(cfg.keys.results)
+                health = await http.get(f"{base}/healthz")
+            except (httpx.HTTPError, aioredis.ResponseError):
+                return False
+            names = {g["name"].decode() for g in groups}
+            return health.status_code == 200 and GROUP_RECEIPTS in names
+
+        await wait_for(ready, timeout=20, message="the roles")
+        token = sign_route(
+            cfg.pipeline.require_secret(), bot_id=BOT_ID, chat_id=4242, reply_to=None,
+            update_id=778, ttl=60,
+        )  # fmt: skip
+        resp = await http.post(f"{base}/api/delivery/{token}", json={"content": "Shipped"})
+        [reply_id] = resp.json()["reply_ids"]
+        marker = cfg.keys.receipt(reply_id)  # set once the server answered 2xx
+        await wait_for(lambda: redis.exists(marker), timeout=20, message="the receipt taken")
+    proc.terminate()
+    out, _ = proc.communicate(timeout=5)
+    assert out.splitlines() == [f"receipt {reply_id} sent None"]

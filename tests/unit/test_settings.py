@@ -12,10 +12,12 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from gateway.core import files as files_module
+from gateway.core import receipt_settings as receipt_settings_module
 from gateway.core import settings as settings_module
 from gateway.core import telegram_settings as telegram_settings_module
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.settings import (
     ConsumerSettings,
     IngressSettings,
@@ -43,6 +45,7 @@ ALL = (
     LogSettings,
     ReferencePipelineSettings,
     FilesSettings,  # gateway/core/files.py (settings.py is at its size bound)
+    ReceiptSettings,
 )
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 
@@ -51,7 +54,12 @@ def test_all_names_every_settings_class() -> None:
     """The tests below see every settings class of the modules that hold them."""
     classes = {
         c
-        for module in (settings_module, files_module, telegram_settings_module)
+        for module in (
+            settings_module,
+            files_module,
+            telegram_settings_module,
+            receipt_settings_module,
+        )
         for c in vars(module).values()
         if isinstance(c, type)
         and issubclass(c, BaseSettings)

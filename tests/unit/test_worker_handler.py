@@ -172,3 +172,33 @@ async def test_a_pipeline_away_past_the_retry_time_dead_letters_with_the_apology
     assert (
         json.loads(apology.fields["payload"])["text"] == WorkerOptions(bot_id=BOT_ID).apology_text
     )
+
+
+class StatusUrlPipeline(Pipeline):
+    """A synchronous reply naming its own receipt URL."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    async def submit(
+        self, message: PipelineMessage, callback_url: str | None, idempotency_key: str
+    ) -> dict[str, Any] | None:
+        self.posts.append(idempotency_key)
+        return {"text": "hello back", "status_url": self.url}
+
+
+async def test_a_synchronous_reply_s_status_url_is_checked_like_a_callback_s() -> None:
+    """Allowed: every entry of the reply carries it. Not allowed (the default list is
+    empty): the body is unusable, as a bad attachment would be (``pipeline_bad_reply``)."""
+    from gateway.core.status_urls import StatusUrls
+
+    url = "https://crm.example.com/receipts"
+    allowed = WorkerOptions(bot_id=BOT_ID, status_urls=StatusUrls.parse(["crm.example.com"]))
+    outcome = await handle(StatusUrlPipeline(url), update_item(UPDATE), fence(valid=True), allowed)
+    assert isinstance(outcome, Ack)
+    [reply] = outcome.publishes
+    assert reply.fields["status_url"] == url
+    refused = await handle(StatusUrlPipeline(url), update_item(UPDATE), fence(valid=True))
+    assert isinstance(refused, Dead) and refused.reason is Reason.PIPELINE_BAD_REPLY
+    assert "status_url" in refused.error and "RECEIPTS_STATUS_URL_HOSTS" in refused.error

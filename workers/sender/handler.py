@@ -129,7 +129,7 @@ class Sender:
             return self._dead(tally, answers.Dead(Reason.BOT_BLOCKED, 403, "chat blocked the bot"))
         if entry.deadline is not None and time.time() > entry.deadline:
             if best_effort:  # a stale typing/callback answer is harmless
-                return self._ack(tally, True, description="skipped: expired")
+                return self._ack(tally, True, description="skipped: expired", reason=Reason.EXPIRED)
             self.observe.send(entry.method, "dead_lettered")
             return self._dead(tally, answers.Dead(Reason.EXPIRED, None, "deadline passed"))
         chat_id = entry.chat_id
@@ -206,12 +206,12 @@ class Sender:
         entry = tally.entry
         why = f"{dead.reason.value}: {dead.description}"
         log.info("%s to chat %s dropped: %s", entry.method, chat_id, why)
-        return self._ack(tally, False, dead.code, f"dropped: {why}", effects)
+        return self._ack(tally, False, dead.code, f"dropped: {why}", effects, dead.reason)
 
     def _dead(self, tally: Tally, dead: answers.Dead, effects: tuple[Effect, ...] = ()) -> Dead:
         """Dead: the failed result goes with the dead letter and the ack (one finish)."""
         description = f"{dead.reason.value}: {dead.description}"
-        result = self._result(tally, False, dead.code, description)
+        result = self._result(tally, False, dead.code, description, dead.reason)
         error = f"{dead.code or ''} {dead.description}".strip()
         return Dead(dead.reason, error, (Publish(self.keys.results, result), *effects))
 
@@ -222,14 +222,20 @@ class Sender:
         error_code: int | None = None,
         description: str = "",
         effects: tuple[Effect, ...] = (),
+        reason: Reason | None = None,
     ) -> Ack:
         """Finished: the result entry is written by the consumer's finish script, with the
         ack and fenced by the lease, so a sender that lost its partition writes none."""
-        result = self._result(tally, ok, error_code, description)
+        result = self._result(tally, ok, error_code, description, reason)
         return Ack((Publish(self.keys.results, result), *effects))
 
     def _result(
-        self, tally: Tally, ok: bool, error_code: int | None, description: str
+        self,
+        tally: Tally,
+        ok: bool,
+        error_code: int | None,
+        description: str,
+        reason: Reason | None = None,
     ) -> dict[str, str]:
         entry, now = tally.entry, time.time()
         return result_fields(  # a failed (or dropped) entry's result lists no message ids
@@ -245,4 +251,6 @@ class Sender:
             description=redact(description, (self._token,)),
             update_id=entry.update_id,
             sender=self.name,
+            reason=reason,  # the receipt's status and code (gateway.core.receipts)
+            status_url=entry.status_url,
         )

@@ -18,6 +18,7 @@ from gateway.core.contracts import (
     OutboundEntry,
     UpdateEntry,
 )
+from gateway.core.status_urls import StatusUrls
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
 from gateway.runtime.pause import PauseFlag
@@ -48,6 +49,7 @@ class WorkerOptions:
     reply_fields: tuple[str, ...] = ("content", "response", "text", "message")
     contact_status: bool = False  # blocked/unblocked private chats go to the pipeline
     files: FileLinks | None = None  # None: no ``metadata.files`` links (no FILES_SECRET)
+    status_urls: StatusUrls = field(default_factory=StatusUrls)  # a reply's own status_url
 
 
 @dataclass

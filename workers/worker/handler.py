@@ -25,6 +25,7 @@ from gateway.core.errors import (
     ReplyShapeError,
 )
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
+from gateway.core.status_urls import reply_status_url, with_status_url
 from gateway.core.tokens import Route, sign_route
 from gateway.runtime.batching import Command
 from gateway.runtime.consumer import (
@@ -258,9 +259,9 @@ def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None
         reply = parse_reply(body, gw.services.options.reply_fields)
     except NoReplyContent:
         return  # e.g. {"status": "accepted"}: the reply comes on the callback
-    gw.outbox.extend(
-        reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
-    )
+    status_url = reply_status_url(body, gw.services.options.status_urls)  # ReplyShapeError
+    entries = reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
+    gw.outbox.extend(with_status_url(entries, status_url))
 
 
 async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:

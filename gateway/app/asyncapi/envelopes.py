@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from gateway.core.contracts import OutboundMethod, Reason, Stage
+from gateway.core.contracts import OutboundMethod, Reason, ResultStatus, Stage
 
 INT = r"^-?[0-9]+$"
 OPT_INT = r"^(-?[0-9]+)?$"
@@ -116,6 +116,13 @@ class OutboundFields(BaseModel):
         description="When the ingress received the update this answers (epoch seconds), "
         "or empty: the start of the sender's end-to-end latency.",
     )
+    status_url: str = Field(
+        default="",
+        max_length=2048,
+        description="Where this entry's delivery receipt goes instead of `RECEIPTS_URL`, or "
+        "empty. It must match `RECEIPTS_STATUS_URL_HOSTS` (else its receipt is dead-lettered "
+        "as `receipt_url_refused`; the reply itself is sent).",
+    )
 
 
 class ResultFields(BaseModel):
@@ -145,6 +152,15 @@ class ResultFields(BaseModel):
     update_id: str = Field(pattern=OPT_INT, description="The update it answered, or empty.")
     sender: str = Field(description="The consumer name of the process that reached the outcome.")
     at: str = Field(pattern=NUMBER, description=f"When: {EPOCH}.")
+    status: ResultStatus = Field(
+        description="The outcome as its delivery receipt names it: `sent`, `failed`, or "
+        "`expired` (the deadline passed)."
+    )
+    reason: Reason | Literal[""] = Field(
+        description="The dead-letter reason code of a failure (or of a skipped typing "
+        "indicator), or empty when sent."
+    )
+    status_url: str = Field(description="The outbound entry's `status_url`, or empty.")
 
 
 class DeadFields(BaseModel):

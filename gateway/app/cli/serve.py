@@ -14,6 +14,7 @@ from gateway.app.running import EXIT_TELEGRAM, run_async
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
 from gateway.core.logs import setup_logging
+from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.settings import (
     Config,
     ConsumerSettings,
@@ -45,6 +46,7 @@ def load_config(**telegram_overrides: Any) -> Config:
         consumer=load(ConsumerSettings),
         metrics=load(MetricsSettings),
         files=load(FilesSettings),
+        receipts=load(ReceiptSettings),
     )
     load(LogSettings)
     return config

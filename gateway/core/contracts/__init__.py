@@ -10,7 +10,8 @@ CRM) and carry a ``schema`` version.
 - ``encoding``: ``SCHEMA``, ``decode_fields``, ``EnvelopeError``
 - ``updates``: the inbound envelope (``update_fields``, ``UpdateEntry``,
   ``extract_update_ids``)
-- ``outbound``: the outbound envelope (``OutboundEntry``) and its ``result_fields``
+- ``outbound``: the outbound envelope (``OutboundEntry``) and its ``result_fields``, with
+  the outcome's ``result_status`` (``sent``, ``failed``, ``expired``)
 - ``dead``: dead letters (``Stage``, ``Reason``, ``dead_fields``)
 """
 
@@ -18,6 +19,7 @@ from gateway.core.contracts.dead import Reason, Stage, dead_fields
 from gateway.core.contracts.encoding import SCHEMA, EnvelopeError, decode_fields
 from gateway.core.contracts.keys import (
     COUNTER_MINUTE_TTL,
+    GROUP_RECEIPTS,
     GROUP_SENDERS,
     GROUP_WORKERS,
     PARK_CAP,
@@ -27,25 +29,31 @@ from gateway.core.contracts.keys import (
 )
 from gateway.core.contracts.outbound import (
     BUSINESS_METHODS,
+    RESULT_STATUSES,
     OutboundEntry,
     OutboundMethod,
+    ResultStatus,
     result_fields,
+    result_status,
 )
 from gateway.core.contracts.updates import UpdateEntry, extract_update_ids, update_fields
 
 __all__ = [
     "BUSINESS_METHODS",
     "COUNTER_MINUTE_TTL",
+    "GROUP_RECEIPTS",
     "GROUP_SENDERS",
     "GROUP_WORKERS",
     "PARK_CAP",
     "PARK_TAGS",
+    "RESULT_STATUSES",
     "SCHEMA",
     "EnvelopeError",
     "Keys",
     "OutboundEntry",
     "OutboundMethod",
     "Reason",
+    "ResultStatus",
     "Stage",
     "UpdateEntry",
     "dead_fields",
@@ -53,5 +61,6 @@ __all__ = [
     "extract_update_ids",
     "partition_for",
     "result_fields",
+    "result_status",
     "update_fields",
 ]

@@ -16,6 +16,7 @@ class Stage(StrEnum):
     INGRESS = "ingress"
     WORKER = "worker"
     SENDER = "sender"
+    RECEIPTS = "receipts"  # a delivery receipt the CRM's status URL did not take
 
 
 class Reason(StrEnum):
@@ -32,6 +33,9 @@ class Reason(StrEnum):
     EXPIRED = "expired"  # deadline passed before it could be sent
     RETRIES_EXHAUSTED = "retries_exhausted"  # 5xx/network past the attempt budget
     UNSUPPORTED = "unsupported"  # a method or payload the sender cannot send
+    RECEIPT_REJECTED = "receipt_rejected"  # the status URL answered 3xx/4xx (not 408/429)
+    RECEIPT_UNDELIVERED = "receipt_undelivered"  # 5xx/timeouts past RECEIPTS_RETRY_SECONDS
+    RECEIPT_URL_REFUSED = "receipt_url_refused"  # a status URL the allow-list does not take
 
 
 def dead_fields(

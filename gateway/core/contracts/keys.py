@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 GROUP_WORKERS = "workers"
 GROUP_SENDERS = "senders"
+GROUP_RECEIPTS = "receipts"  # on ``{prefix}:results``: the delivery receipts' consumers
 COUNTER_MINUTE_TTL = 7200  # seconds a per-minute counter bucket lives (two hours)
 
 
@@ -65,6 +66,11 @@ class Keys:
     def sent(self, p: int, reply_id: str) -> str:
         """Sent marker of one outbound part; makes a redelivered entry a no-op."""
         return f"{self.prefix}:sent:{{{p}}}:{reply_id}"
+
+    def receipt(self, reply_id: str) -> str:
+        """Set once the CRM's status URL took the receipt of ``reply_id``: a redelivered
+        result (a crash, a duplicate result entry) does not POST it again."""
+        return f"{self.prefix}:receipt:{reply_id}"
 
     def chat_tag(self, chat_id: int | str) -> str:
         """The hash tag of a chat's partition: a chat's own keys live on the node of its

@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.core.attachments import MEDIA_FIELDS, check_attachment_ref
+from gateway.core.contracts.dead import Reason
 from gateway.core.contracts.encoding import (
     SCHEMA,
     EnvelopeError,
@@ -25,6 +26,8 @@ OutboundMethod = Literal[
 ]
 BUSINESS_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument", "sendChatAction"})
 """The methods that take ``business_connection_id`` in their payload (a business chat's)."""
+ResultStatus = Literal["sent", "failed", "expired"]
+RESULT_STATUSES: tuple[ResultStatus, ...] = ("sent", "failed", "expired")
 
 
 class OutboundEntry(BaseModel):
@@ -48,6 +51,10 @@ class OutboundEntry(BaseModel):
     received_at: float | None = None
     """When the ingress received the update this answers (epoch seconds), or None: the
     start of the end-to-end latency (received -> sent) the sender measures."""
+    status_url: str | None = None
+    """Where this reply's delivery receipt goes instead of ``RECEIPTS_URL`` (the
+    callback's ``status_url``), or None. Not checked here: a bad one must not stop the
+    reply; the receipts stage checks it (``gateway.core.status_urls``)."""
 
     @field_validator("reply_id")
     @classmethod
@@ -77,6 +84,7 @@ class OutboundEntry(BaseModel):
             "enqueued_at": f"{self.enqueued_at:.6f}",
             "deadline": "" if self.deadline is None else f"{self.deadline:.6f}",
             "received_at": "" if self.received_at is None else f"{self.received_at:.6f}",
+            "status_url": self.status_url or "",
         }
 
     @classmethod
@@ -96,6 +104,7 @@ class OutboundEntry(BaseModel):
                 enqueued_at=float(f.get("enqueued_at") or time.time()),
                 deadline=opt_float(f.get("deadline", "")),
                 received_at=opt_float(f.get("received_at", "")),
+                status_url=f.get("status_url") or None,
             )
         except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
             raise EnvelopeError(f"bad outbound entry: {type(exc).__name__}: {exc}") from exc
@@ -115,9 +124,12 @@ def result_fields(
     description: str = "",
     update_id: int | None = None,
     sender: str = "",
+    reason: Reason | None = None,
+    status_url: str | None = None,
 ) -> dict[str, str]:
     """Fields of a ``{prefix}:results`` entry: one per outbound entry's final outcome.
-    ``sender`` names the process that reached it (its consumer name)."""
+    ``sender`` names the process that reached it (its consumer name); ``reason`` the
+    dead-letter code of a failure (or of a skip); ``status_url`` the entry's own."""
     return {
         "schema": SCHEMA,
         "reply_id": reply_id,
@@ -133,4 +145,16 @@ def result_fields(
         "update_id": field_text(update_id),
         "sender": sender,
         "at": f"{time.time():.6f}",
+        "status": result_status(ok, reason),
+        "reason": "" if reason is None else reason.value,
+        "status_url": status_url or "",
     }
+
+
+def result_status(ok: bool, reason: Reason | None) -> ResultStatus:
+    """The outcome as a delivery receipt names it: ``expired`` when the deadline passed
+    (sent too late, or a typing indicator skipped), ``sent`` when Telegram took every
+    part, ``failed`` otherwise."""
+    if reason is Reason.EXPIRED:
+        return "expired"
+    return "sent" if ok else "failed"

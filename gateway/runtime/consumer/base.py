@@ -66,6 +66,9 @@ class ConsumerConfig:
     lease_ttl_ms: int = 5000
     # On a Redis Cluster: entries per partition kept for a stream whose node is away.
     relay_cap: int = RELAY_CAP
+    # A group of its own (not the workers' or senders'): created on ``streams`` at this
+    # id when missing (``$``: only entries added from then on). None: ``ensure_groups``.
+    group_start: str | None = None
 
 
 def is_nogroup(exc: BaseException) -> bool:

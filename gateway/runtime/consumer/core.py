@@ -57,7 +57,7 @@ from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.relay import Relay
 from gateway.runtime.routing import partitions_of
 from gateway.runtime.scripts import FINISH
-from gateway.runtime.streams import ensure_groups, is_cluster
+from gateway.runtime.streams import ensure_group, ensure_groups, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ class StreamConsumer(Lanes, Reads, Retention):
         self.handled = 0
         self.dead = 0
         self.metrics = m = metrics or Metrics.off()
-        kind = {"worker": "updates", "sender": "outbound"}.get(config.role, config.role)
+        kinds = {"worker": "updates", "sender": "outbound", "receipts": "results"}
+        kind = kinds.get(config.role, config.role)
         self._claimed = m.child("tg_gateway_stream_claims_total", kind, config.group)
         self._redelivered = m.child("tg_gateway_stream_redeliveries_total", kind, config.group)
         self._stopping = asyncio.Event()
@@ -225,6 +226,10 @@ class StreamConsumer(Lanes, Reads, Retention):
         while not self.stopping:
             try:
                 await ensure_groups(self.redis, self.keys)
+                if self.config.group_start is not None:
+                    await ensure_group(
+                        self.redis, self.config.streams, self.config.group, self.config.group_start
+                    )
                 return
             except Exception as exc:
                 if not is_transient(exc):
