@@ -288,6 +288,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             paid_broadcast=ss.sender_paid_broadcast,
             name=name,
             observe=SenderMetrics(m),
+            edit_window=ss.sender_edit_window_seconds,
         )
         consumer = StreamConsumer(
             redis,

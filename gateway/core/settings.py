@@ -173,6 +173,7 @@ class PipelineSettings(_Base):
     pipeline_breaker_cooldown: float = Field(default=5.0, gt=0)
     pipeline_delay_notice: str = ""
     pipeline_delay_notice_after: float = Field(default=10.0, ge=0)
+    pipeline_typing_seconds: float = Field(default=30.0, ge=0, le=600)  # 0: no typing shown
     pipeline_reply_fields: CommaList = Field(
         default_factory=lambda: ["content", "response", "text", "message"]
     )
@@ -302,6 +303,7 @@ class SenderSettings(_Base):
     # while it has seen no membership (partition leases off, or the members key away).
     sender_processes: int = Field(default=1, ge=1, le=1000)
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
+    sender_edit_window_seconds: int = Field(default=172_800, ge=0, le=30 * 86_400)  # 0: none
 
     @model_validator(mode="after")
     def _paid_limit(self) -> SenderSettings:

@@ -22,6 +22,7 @@ from gateway.core.contracts.keys import (
     GROUP_WORKERS,
     PARK_CAP,
     PARK_TAGS,
+    REPLIED_TTL,
     Keys,
     partition_for,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "GROUP_WORKERS",
     "PARK_CAP",
     "PARK_TAGS",
+    "REPLIED_TTL",
     "SCHEMA",
     "EnvelopeError",
     "Keys",

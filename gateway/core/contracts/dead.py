@@ -32,6 +32,7 @@ class Reason(StrEnum):
     EXPIRED = "expired"  # deadline passed before it could be sent
     RETRIES_EXHAUSTED = "retries_exhausted"  # 5xx/network past the attempt budget
     UNSUPPORTED = "unsupported"  # a method or payload the sender cannot send
+    UNKNOWN_REPLY = "unknown_reply"  # an edit or delete names a reply not known (or expired)
 
 
 def dead_fields(

@@ -21,7 +21,13 @@ from gateway.core.contracts.encoding import (
 )
 
 OutboundMethod = Literal[
-    "sendMessage", "sendPhoto", "sendDocument", "sendChatAction", "answerCallbackQuery"
+    "sendMessage",
+    "sendPhoto",
+    "sendDocument",
+    "sendChatAction",
+    "answerCallbackQuery",
+    "editMessageText",
+    "deleteMessage",
 ]
 
 
