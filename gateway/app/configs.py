@@ -72,4 +72,5 @@ def worker_options(cfg: Config) -> WorkerOptions:
         delay_notice=ps.pipeline_delay_notice,
         delay_notice_after=ps.pipeline_delay_notice_after,
         reply_fields=tuple(ps.pipeline_reply_fields),
+        typing_seconds=ps.pipeline_typing_seconds,
     )

@@ -40,6 +40,7 @@ from workers.worker.context import WorkerServices
 from workers.worker.handler import UpdateHandler, build_dispatcher, fsm_storage
 from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
+from workers.worker.typing_indicator import stop_all
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             metrics=counts,
         )
         counts.watch_breaker(services.breaker)
+        stack.push_async_callback(stop_all, services)  # typing indicators still running
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
         storage = fsm_storage(
             redis, cfg.keys, ws.fsm_ttl_seconds, memory=cfg.fsm_storage == "memory"
