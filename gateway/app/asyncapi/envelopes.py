@@ -92,7 +92,9 @@ class OutboundFields(BaseModel):
         json_schema_extra=JSON,
         description='JSON object of the method\'s parameters except `chat_id`, e.g. `{"text": '
         '"Hi", "parse_mode": "HTML"}`. `photo`, `document` and `thumbnail` take a '
-        "Telegram file id or an http(s) URL, nothing else.",
+        "Telegram file id or an http(s) URL, nothing else. An `editMessageText` or "
+        "`deleteMessage` may name `target_reply_id` (an earlier entry's `reply_id`, same "
+        "chat) instead of `message_id`.",
     )
     origin: str = Field(default="", description="Free text: `pipeline`, `command`, `crm`, ...")
     update_id: str = Field(
