@@ -98,6 +98,7 @@ def worker_options(cfg: Config) -> WorkerOptions:
         contact_status=ps.pipeline_contact_status,
         files=file_links(cfg),
         status_urls=cfg.receipts.status_urls,
+        typing_seconds=ps.pipeline_typing_seconds,
     )
 
 

@@ -42,6 +42,7 @@ from workers.worker.fsm import fsm_storage
 from workers.worker.handler import UpdateHandler, build_dispatcher
 from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
+from workers.worker.typing_indicator import stop_all
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             metrics=counts,
         )
         counts.watch_breaker(services.breaker)
+        stack.push_async_callback(stop_all, services)  # typing indicators still running
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
         storage = fsm_storage(
             redis, cfg.keys, ws.fsm_ttl_seconds, memory=cfg.fsm_storage == "memory"
@@ -292,6 +294,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             paid_broadcast=ss.sender_paid_broadcast,
             name=name,
             observe=SenderMetrics(m),
+            edit_window=ss.sender_edit_window_seconds,
         )
         consumer = StreamConsumer(
             redis,

@@ -73,6 +73,7 @@ class PipelineSettings(_Base):
     pipeline_breaker_cooldown: float = Field(default=5.0, gt=0)
     pipeline_delay_notice: str = ""
     pipeline_delay_notice_after: float = Field(default=10.0, ge=0)
+    pipeline_typing_seconds: float = Field(default=30.0, ge=0, le=600)  # 0: no typing shown
     pipeline_reply_fields: CommaList = Field(
         default_factory=lambda: ["content", "response", "text", "message"]
     )
@@ -81,9 +82,8 @@ class PipelineSettings(_Base):
     gateway_public_url: str = "http://127.0.0.1:8080"
     delivery_secret: SecretStr | None = None
     delivery_token_ttl: int = Field(default=7 * 86_400, ge=60)
-    # Standard Webhooks keys, ``whsec_<base64>``, comma-separated. Every pipeline key signs
-    # each request (a rotation lists old and new); any callback key verifies a callback.
-    # Empty: requests unsigned, callbacks not checked (the signed URL token still is).
+    # Standard Webhooks keys, ``whsec_<base64>``: every pipeline key signs each request, any
+    # callback key verifies a callback; empty: unsigned / not checked (the URL token still is).
     pipeline_signing_keys: CommaSecrets = Field(default_factory=list)
     callback_signing_keys: CommaSecrets = Field(default_factory=list)
 
@@ -197,10 +197,10 @@ class SenderSettings(_Base):
     outbound_ttl_seconds: float = Field(default=3600.0, gt=0)
     rate_margin: float = Field(default=0.02, ge=0, le=0.5)
     sender_paid_broadcast: bool = False
-    # Sender processes sharing the global limit, assumed by the limiter's degraded mode
-    # while it has seen no membership (partition leases off, or the members key away).
+    # Senders the degraded limiter assumes while it sees no membership (README, .env.example).
     sender_processes: int = Field(default=1, ge=1, le=1000)
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
+    sender_edit_window_seconds: int = Field(default=172_800, ge=0, le=30 * 86_400)  # 0: none
 
     @model_validator(mode="after")
     def _paid_limit(self) -> SenderSettings:

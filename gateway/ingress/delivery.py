@@ -16,6 +16,7 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.core.contracts import REPLIED_TTL
 from gateway.core.errors import (
     DeliveryTokenError,
     RedisUnavailable,
@@ -82,9 +83,12 @@ class Delivery:
         entries = with_status_url(entries, status_url)
         redis = self._redis()
         assert redis is not None
+        # The update is answered: its typing indicator stops (workers/worker/typing_indicator.py).
+        names = self.config.keys
+        replied = (names.replied(route.bot_id, route.chat_id, route.update_id), REPLIED_TTL)
         try:
             async with asyncio.timeout(self.config.store_timeout):
-                await publish_outbound(redis, self.config.keys, entries)
+                await publish_outbound(redis, names, entries, marks=[replied])
         except TimeoutError:
             log.warning(
                 "reply for update %s not stored: no answer from Redis within %gs",

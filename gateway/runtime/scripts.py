@@ -320,6 +320,22 @@ return {1}
 """,
 )
 
+# --- the worker's typing indicator ---------------------------------------------------------
+
+TYPING = Script(
+    name="typing",
+    keys=("the update's replied mark", "the chat's outbound stream (both in the chat's tag)"),
+    argv=("... the typing entry's field/value pairs",),
+    returns="1: the typing entry was added; 0: the pipeline's reply is stored (the mark is "
+    "set before its entries are added), so nothing is: no typing entry follows the reply "
+    "in its stream (``workers/worker/typing_indicator.py``)",
+    source="""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV))
+return 1
+""",
+)
+
 SCRIPTS = (
     PUBLISH_UPDATE,
     PUBLISH_UPDATES,
@@ -332,4 +348,5 @@ SCRIPTS = (
     FINISH,
     GCRA,
     FENCE,
+    TYPING,
 )

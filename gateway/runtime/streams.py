@@ -341,15 +341,25 @@ def _field(fields: Fields, name: str) -> str:
 
 
 async def publish_outbound(
-    redis: aioredis.Redis, keys: Keys, entries: Iterable[OutboundEntry]
+    redis: aioredis.Redis,
+    keys: Keys,
+    entries: Iterable[OutboundEntry],
+    marks: Sequence[tuple[str, int]] = (),
 ) -> list[str]:
     """XADD outbound entries to their chat's partition (one pipeline); returns entry ids.
+    ``marks`` (key, ttl seconds): keys set to ``1`` first, in the same pipeline (the
+    delivery endpoint's "replied" mark, in the chat's tag: before its replies).
 
     On a cluster the XADDs go out per node (``Coalescer``): a node that is down fails
     these entries only, and redis-py's cluster pipeline, which on a connection error
     closes the client's connections to every node, is not used."""
+    entries = list(entries)
+    if not entries:
+        return []
+    skip = len(marks)
     if is_cluster(redis):
-        commands = [
+        commands: list[tuple[Any, ...]] = [("SET", key, "1", "EX", ttl) for key, ttl in marks]
+        commands += [
             (
                 "XADD",
                 outbound_stream(keys, e),
@@ -358,8 +368,6 @@ async def publish_outbound(
             )
             for e in entries
         ]
-        if not commands:
-            return []
         try:
             replies = await Coalescer(redis).run(*commands)
         except (RedisError, OSError) as exc:
@@ -367,17 +375,15 @@ async def publish_outbound(
         for reply in replies:
             if isinstance(reply, Exception):
                 raise RedisUnavailable(f"redis: {reply}")
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in replies]
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in replies[skip:]]
     pipe = redis.pipeline(transaction=False)
-    count = 0
+    for key, ttl in marks:
+        pipe.set(key, "1", ex=ttl)
     for entry in entries:
         stream = outbound_stream(keys, entry)
         pipe.xadd(stream, fields_arg(entry.to_fields()))
-        count += 1
-    if not count:
-        return []
     try:
         ids = await pipe.execute()
     except (RedisError, OSError) as exc:
         raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids[skip:]]

@@ -11,6 +11,8 @@ method, Telegram's ``error_code``, description and parameters), then ``decide`` 
                     ``otherwise`` says what to do if that was already tried
     Dead(reason)    permanent: never retried; the sender dead-letters with the reason code
     Fatal(message)  the configuration is wrong (401 token, 409 webhook/polling): stop the role
+    Done(detail)    what the call asked for already holds (an edit to the text the message
+                    has, a delete of a message already gone): count it as done
 
 Callers that cannot dead-letter (getUpdates, getMe) treat ``Dead`` as ``Fatal``.
 """
@@ -79,7 +81,12 @@ class Fatal:
     message: str
 
 
-Decision = Wait | Retry | Resend | Dead | Fatal
+@dataclass(frozen=True, slots=True)
+class Done:
+    detail: str
+
+
+Decision = Wait | Retry | Resend | Dead | Fatal | Done
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,10 @@ def _retry(a: Answer) -> Decision:
     return Retry(f"{a.code or 'no answer'} {a.description}".strip())
 
 
+def _done(a: Answer) -> Decision:
+    return Done(a.description)
+
+
 TABLE: tuple[Row, ...] = (
     Row(_code(NO_ANSWER), _retry),
     Row(_code(429), lambda a: Wait(a.retry_after) if a.retry_after else _retry(a)),
@@ -129,6 +140,11 @@ TABLE: tuple[Row, ...] = (
         text="can't parse entities",
     ),
     Row(_code(400), _dead(Reason.CHAT_NOT_FOUND), text="chat not found"),
+    # A redone edit or delete (a crash after Telegram's 200, a redelivery) finds it done.
+    Row(_code(400), _done, text="message is not modified", methods=frozenset({"editMessageText"})),
+    Row(
+        _code(400), _done, text="message to delete not found", methods=frozenset({"deleteMessage"})
+    ),
     Row(_code(401), lambda a: Fatal(401, UNAUTHORIZED_HELP)),
     Row(_code(403), _dead(Reason.BOT_BLOCKED)),
     Row(

@@ -9,7 +9,14 @@ import pytest
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.exceptions import ClientDecodeError, TelegramNetworkError, TelegramServerError
-from aiogram.methods import GetMe, GetUpdates, SendMessage, TelegramMethod
+from aiogram.methods import (
+    DeleteMessage,
+    EditMessageText,
+    GetMe,
+    GetUpdates,
+    SendMessage,
+    TelegramMethod,
+)
 
 from gateway.core.contracts import Reason
 from gateway.core.errors import GatewayError, TelegramFatal
@@ -19,6 +26,7 @@ from gateway.telegram.answers import (
     Answer,
     Dead,
     Decision,
+    Done,
     Fatal,
     Resend,
     Retry,
@@ -92,6 +100,37 @@ REAL: list[tuple[str, int, str, Decision]] = [
         _dead(Reason.BAD_REQUEST, 409, "err_409_conflict_getupdates"),
     ),
     ("err_429_retry_after", 429, "sendMessage", Wait(35)),
+    # Edits and deletes by reply id (workers/sender/rich.py): a redone one is done.
+    (
+        "err_400_message_not_modified",
+        400,
+        "editMessageText",
+        Done(_description("err_400_message_not_modified")),
+    ),
+    (
+        "err_400_message_to_delete_not_found",
+        400,
+        "deleteMessage",
+        Done(_description("err_400_message_to_delete_not_found")),
+    ),
+    (
+        "err_400_message_to_edit_not_found",
+        400,
+        "editMessageText",
+        _dead(Reason.BAD_REQUEST, 400, "err_400_message_to_edit_not_found"),
+    ),
+    (
+        "err_400_message_cant_be_deleted",
+        400,
+        "deleteMessage",
+        _dead(Reason.BAD_REQUEST, 400, "err_400_message_cant_be_deleted"),
+    ),
+    (  # only an edit's "not modified" is done
+        "err_400_message_not_modified",
+        400,
+        "sendMessage",
+        _dead(Reason.BAD_REQUEST, 400, "err_400_message_not_modified"),
+    ),
 ]
 
 # Answers the fixtures lack, in Telegram's shape: (status, body or raw text, decision kind).
@@ -107,6 +146,8 @@ METHODS: dict[str, TelegramMethod[Any]] = {
     "sendMessage": SendMessage(chat_id=1, text="x"),
     "getUpdates": GetUpdates(),
     "getMe": GetMe(),
+    "editMessageText": EditMessageText(chat_id=1, message_id=2, text="x"),
+    "deleteMessage": DeleteMessage(chat_id=1, message_id=2),
 }
 
 

@@ -40,6 +40,7 @@ from workers.sender.marks import BLOCKED_TTL, Marks
 from workers.sender.observe import SenderMetrics
 from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
 from workers.sender.ratelimit import RateLimiter
+from workers.sender.rich import Replies, Target, acted_on, plan_by_reply
 from workers.sender.sending import PartSender
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Sender:
         name: str = "",
         default_ttl: float = 3600.0,
         observe: SenderMetrics | None = None,
+        edit_window: int = 0,
     ) -> None:
         self.observe = counts = observe or SenderMetrics.off()
         self.name = name  # the consumer name, written into each result
@@ -82,6 +84,7 @@ class Sender:
         self._token = token
         self.paid_broadcast = paid_broadcast
         self.marks = Marks(redis)
+        self.replies = Replies(redis, keys, edit_window)  # edits and deletes by reply id
         self.parts = PartSender(
             redis,
             keys,
@@ -138,7 +141,14 @@ class Sender:
             moved = await self.marks.cached("migration", self.redis.get, migrated_key)
             if moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
                 chat_id = int(moved)
-        parts = plan_parts(entry)
+        target: Target | None = None
+        if self.replies.by_reply(entry):  # an edit or delete of an earlier reply
+            found = await self.replies.target(entry)
+            if isinstance(found, answers.Dead):
+                self.observe.send(entry.method, "dead_lettered")
+                return self._dead(tally, found)
+            target, chat_id = found, found.chat_id
+        parts = plan_parts(entry) if target is None else plan_by_reply(entry, target)
         for index, (method, payload) in enumerate(parts):
             if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
@@ -169,13 +179,16 @@ class Sender:
                     tally.message_ids.append(int(done))
                 continue
             chat_id = outcome.chat_id
-            mid = outcome.message_id
+            mid = (
+                outcome.message_id if outcome.message_id is not None else acted_on(method, payload)
+            )
             self.observe.send(method, "sent")
             if len(parts) > 1:
                 self.observe.split_parts.inc()
             await self.marks.mark_sent(marker, str(mid) if mid is not None else "1")
             if mid is not None:
                 tally.message_ids.append(mid)
+        await self.replies.after(entry, chat_id, tally.message_ids, target)
         self.sent += 1
         latency = self.observe.queue_latency.get(entry.method)
         now = time.time()

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiogram.methods import (
     AnswerCallbackQuery,
+    DeleteMessage,
+    EditMessageText,
     SendChatAction,
     SendDocument,
     SendMessage,
@@ -25,8 +27,14 @@ METHODS: dict[str, type[TelegramMethod[Any]]] = {
     "sendDocument": SendDocument,
     "sendChatAction": SendChatAction,
     "answerCallbackQuery": AnswerCallbackQuery,
+    "editMessageText": EditMessageText,
+    "deleteMessage": DeleteMessage,
 }
-COUNTED = frozenset({"sendMessage", "sendPhoto", "sendDocument"})  # count toward limits
+# Count toward the limits, and are never best effort (a failure is a dead letter). Edits
+# and deletes too: Telegram limits them as well, and the limiter keeps them clear of 429s.
+COUNTED = frozenset(
+    {"sendMessage", "sendPhoto", "sendDocument", "editMessageText", "deleteMessage"}
+)
 PAID_BROADCAST_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument"})
 
 
@@ -43,8 +51,7 @@ def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
         for i, chunk in enumerate(chunks):
             part = {**payload, "text": chunk}
             if i > 0:
-                part.pop("reply_parameters", None)
-                part.pop("reply_markup", None)
+                part.pop("reply_parameters", None)  # the quote goes on the first part
             if i < len(chunks) - 1:
                 part.pop("reply_markup", None)  # buttons go on the last part
             parts.append(("sendMessage", part))
@@ -54,14 +61,18 @@ def plan_parts(entry: OutboundEntry) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(caption, str):
             chunks = split_text(caption, CAPTION_LIMIT, parse_mode)
             if len(chunks) > 1:
+                markup = payload.pop("reply_markup", None)  # buttons go on the last part
                 first = {**payload, "caption": chunks[0]}
                 rest = split_text(caption[len(chunks[0]) :].strip(), TEXT_LIMIT, parse_mode)
                 extra = {"parse_mode": parse_mode} if parse_mode else {}
                 if "business_connection_id" in payload:  # the rest goes to the same chat
                     extra["business_connection_id"] = payload["business_connection_id"]
-                return [(entry.method, first)] + [
+                parts = [(entry.method, first)] + [
                     ("sendMessage", {"text": c, **extra}) for c in rest
                 ]
+                if markup is not None:
+                    parts[-1][1]["reply_markup"] = markup
+                return parts
     return [(entry.method, payload)]
 
 

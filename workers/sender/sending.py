@@ -127,6 +127,8 @@ class PartSender:
                 decision = answers.classify(exc)
                 if decision is None:
                     raise  # not a Bot API answer (a bug, Redis): the consumer's business
+                if isinstance(decision, answers.Done):  # a redone edit or delete
+                    return part.outcome()
                 self.observe.error(method, exc)
                 after = await self._answered(entry, part, decision, exc, fence)
                 if isinstance(after, answers.Dead):

@@ -50,6 +50,7 @@ class WorkerOptions:
     contact_status: bool = False  # blocked/unblocked private chats go to the pipeline
     files: FileLinks | None = None  # None: no ``metadata.files`` links (no FILES_SECRET)
     status_urls: StatusUrls = field(default_factory=StatusUrls)  # a reply's own status_url
+    typing_seconds: float = 30.0  # the typing indicator's cap (0: none)
 
 
 @dataclass
@@ -67,7 +68,10 @@ class WorkerServices:
     counters: dict[str, int] = field(default_factory=dict)
     typing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Typing indicators of the updates waiting for the pipeline, by idempotency key: one
-    runs across an update's retries (``Retry`` outcomes) and ends with its outcome."""
+    runs across an update's retries (``Retry`` outcomes) until its reply is stored or
+    its cap (``workers/worker/typing_indicator.py``)."""
+    typing_chats: dict[int, str] = field(default_factory=dict)
+    """chat id -> the idempotency key of its typing indicator: one per chat."""
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics.off)
     pause: PauseFlag = field(init=False)
     """The operator's pipeline pause, as this process sees it (``gateway/runtime/pause.py``)."""
@@ -135,7 +139,7 @@ class WorkerContext:
             }
         return await self.send("sendMessage", payload, origin=origin, key=key, now=now)
 
-    async def send(
+    def outbound(
         self,
         method: str,
         payload: dict[str, Any],
@@ -143,13 +147,13 @@ class WorkerContext:
         origin: str,
         key: str,
         ttl: float | None = None,
-        now: bool = False,
-    ) -> str:
-        """Queue one Bot API call for this update's chat (see the class); its reply id."""
+    ) -> OutboundEntry:
+        """The outbound entry of one Bot API call for this update's chat; its reply id is
+        derived from the update and ``key`` (the same on every try of the update)."""
         at = time.time()
         if self.business_connection_id and method in BUSINESS_METHODS:
             payload = {**payload, "business_connection_id": self.business_connection_id}
-        entry = OutboundEntry(
+        return OutboundEntry(
             reply_id=f"u{self.entry.update_id}-{key}",
             bot_id=self.services.options.bot_id,
             chat_id=self.chat_id,
@@ -161,6 +165,19 @@ class WorkerContext:
             deadline=at + (self.services.options.outbound_ttl if ttl is None else ttl),
             received_at=self.entry.received_at or None,
         )
+
+    async def send(
+        self,
+        method: str,
+        payload: dict[str, Any],
+        *,
+        origin: str,
+        key: str,
+        ttl: float | None = None,
+        now: bool = False,
+    ) -> str:
+        """Queue one Bot API call for this update's chat (see the class); its reply id."""
+        entry = self.outbound(method, payload, origin=origin, key=key, ttl=ttl)
         if not now:
             self.outbox.append(entry)
             return entry.reply_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -14,14 +13,12 @@ from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import EnvelopeError, Reason, UpdateEntry
 from gateway.core.errors import (
     PipelineRejected,
     PipelineUnavailable,
-    RedisUnavailable,
     ReplyShapeError,
 )
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
@@ -47,12 +44,11 @@ from workers.worker.context import WorkerContext, WorkerServices
 from workers.worker.events import pipeline_message
 from workers.worker.files import with_files
 from workers.worker.triage import blocking_command, plain_message
+from workers.worker.typing_indicator import start_typing, stop_typing
 
 log = logging.getLogger(__name__)
 
-TYPING_EVERY = 4.5  # a chat action shows for up to 5 s
 PAUSED = "paused"  # the memo of a paused update's Retry
-TYPING_SLACK = 60.0  # typing may outlast PIPELINE_RETRY_SECONDS by this much (the last call)
 
 
 def pipeline_router() -> Router:
@@ -157,30 +153,31 @@ async def forward(gw: WorkerContext) -> Outcome:
         s.count("paused")
         return Retry(PAUSE_POLL, "pipeline paused by an operator", memo=PAUSED)
     key = idempotency_key(s.options.bot_id, gw.entry.update_id)
-    # One typing indicator across the retries: it ends with the update's outcome.
-    if s.pipeline.name != "embedded" and key not in s.typing and not message.quiet:
-        # Bounded: a lane that stops retrying without an outcome (its partition moved,
-        # the process stops) does not leave it typing.
-        limit = s.options.retry_seconds + TYPING_SLACK
-        s.typing[key] = asyncio.create_task(_keep_typing(gw, limit))
+    # One typing indicator across the retries, until the reply is stored (or its cap);
+    # none for an event or a deep link (``quiet``).
+    if not message.quiet:
+        start_typing(gw, key)
     try:
         outcome, body = await _submit(gw, message, callback_url, key)
     except BaseException:
-        _stop_typing(s, key)
+        stop_typing(s, key)
         raise
     if isinstance(outcome, Retry):
         return outcome
-    _stop_typing(s, key)
     if outcome is not None:
+        stop_typing(s, key)
         return outcome
     s.count("forwarded")
     gw.handed = True
     if body:
         try:
-            _deliver_body(gw, route, body)
+            replied = _deliver_body(gw, route, body)
         except ReplyShapeError as exc:
+            stop_typing(s, key)
             return await _bad_reply(gw, message, exc)
-    return Ack()
+        if replied:  # the reply goes out with this update's finish
+            stop_typing(s, key)
+    return Ack()  # no reply yet: the indicator goes on until the callback brings it
 
 
 async def _submit(
@@ -229,12 +226,6 @@ async def _submit(
     return None, body
 
 
-def _stop_typing(s: WorkerServices, key: str) -> None:
-    task = s.typing.pop(key, None)
-    if task is not None:
-        task.cancel()
-
-
 async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShapeError) -> Dead:
     """A synchronous reply that cannot be sent: dead-lettered at once (asking again would
     get the same body), and the user gets the apology instead of silence."""
@@ -251,17 +242,19 @@ async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
         await gw.reply(s.options.delay_notice, origin="gateway", key="delayed", now=True)
 
 
-def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> None:
+def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> bool:
     """A reply in the pipeline's answer becomes the same entries as a callback's; they
-    are published with the update's acknowledgement. ``ReplyShapeError`` when the body
-    is unusable (bad attachments, nested too deep, ...)."""
+    are published with the update's acknowledgement. False: no reply in it (it comes on
+    the callback). ``ReplyShapeError`` when the body is unusable (bad attachments, nested
+    too deep, ...)."""
     try:
         reply = parse_reply(body, gw.services.options.reply_fields)
     except NoReplyContent:
-        return  # e.g. {"status": "accepted"}: the reply comes on the callback
+        return False  # e.g. {"status": "accepted"}: the reply comes on the callback
     status_url = reply_status_url(body, gw.services.options.status_urls)  # ReplyShapeError
     entries = reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
     gw.outbox.extend(with_status_url(entries, status_url))
+    return True
 
 
 async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
@@ -272,27 +265,6 @@ async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
     await gw.reply(
         gw.services.options.apology_text, reply_to=message.reply_to, origin="gateway", key="apology"
     )
-
-
-async def _keep_typing(gw: WorkerContext, limit: float) -> None:
-    """Best effort: a typing indicator that cannot be queued (Redis away) is skipped.
-    Ends after ``limit`` seconds even if nobody cancels it."""
-    n = 0
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        try:
-            await gw.send(
-                "sendChatAction",
-                {"action": "typing"},
-                origin="gateway",
-                key=f"typing{n}",
-                ttl=5.0,
-                now=True,
-            )
-        except (RedisUnavailable, RedisError, OSError) as exc:
-            log.debug("typing indicator skipped: %s", exc)
-        n += 1
-        await asyncio.sleep(TYPING_EVERY)
 
 
 def budget_since(item: Item) -> float:

@@ -93,7 +93,10 @@ class OutboundFields(BaseModel):
         description='JSON object of the method\'s parameters except `chat_id`, e.g. `{"text": '
         '"Hi", "parse_mode": "HTML"}`. `photo`, `document` and `thumbnail` take a '
         "Telegram file id or an http(s) URL, nothing else. `business_connection_id` sends "
-        "it in a Telegram Business chat (the gateway sets it on replies to one).",
+        "it in a Telegram Business chat (the gateway sets it on replies to one). "
+        "An `editMessageText` or "
+        "`deleteMessage` may name `target_reply_id` (an earlier entry's `reply_id`, same "
+        "chat) instead of `message_id`.",
     )
     origin: str = Field(default="", description="Free text: `pipeline`, `command`, `crm`, ...")
     update_id: str = Field(

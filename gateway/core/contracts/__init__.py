@@ -24,6 +24,7 @@ from gateway.core.contracts.keys import (
     GROUP_WORKERS,
     PARK_CAP,
     PARK_TAGS,
+    REPLIED_TTL,
     Keys,
     partition_for,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "GROUP_WORKERS",
     "PARK_CAP",
     "PARK_TAGS",
+    "REPLIED_TTL",
     "RESULT_STATUSES",
     "SCHEMA",
     "EnvelopeError",

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     RECEIPT_REJECTED = "receipt_rejected"  # the status URL answered 3xx/4xx (not 408/429)
     RECEIPT_UNDELIVERED = "receipt_undelivered"  # 5xx/timeouts past RECEIPTS_RETRY_SECONDS
     RECEIPT_URL_REFUSED = "receipt_url_refused"  # a status URL the allow-list does not take
+    UNKNOWN_REPLY = "unknown_reply"  # an edit or delete names a reply not known (or expired)
 
 
 def dead_fields(

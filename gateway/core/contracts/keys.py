@@ -13,6 +13,7 @@ GROUP_WORKERS = "workers"
 GROUP_SENDERS = "senders"
 GROUP_RECEIPTS = "receipts"  # on ``{prefix}:results``: the delivery receipts' consumers
 COUNTER_MINUTE_TTL = 7200  # seconds a per-minute counter bucket lives (two hours)
+REPLIED_TTL = 600  # seconds a "replied" mark lives: PIPELINE_TYPING_SECONDS' bound
 
 
 def partition_for(chat_id: int | str | None, partitions: int) -> int:
@@ -106,6 +107,17 @@ class Keys:
     def handed(self, p: int, idempotency_key: str) -> str:
         """Set once the pipeline accepted an update: a redelivery does not POST it again."""
         return f"{self.prefix}:handed:{{{p}}}:{idempotency_key}"
+
+    def reply(self, bot_id: int, chat_id: int | str, reply_id: str) -> str:
+        """The Telegram chat and message ids one reply was sent as (JSON, with a TTL):
+        what an edit or delete naming that reply id acts on (``workers/sender/rich.py``).
+        The chat is in the key, so a reply id of another chat is simply not found."""
+        return f"{self.prefix}:reply:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}:{reply_id}"
+
+    def replied(self, bot_id: int, chat_id: int | str, update_id: int) -> str:
+        """Present (briefly) once a pipeline's callback reply to an update is stored: the
+        typing indicator for that update stops (``workers/worker/typing_indicator.py``)."""
+        return f"{self.prefix}:replied:{self.chat_tag(chat_id)}:{bot_id}:{update_id}"
 
     def delay_notice(self, bot_id: int, chat_id: int | str) -> str:
         """Present while a chat has been told its messages are delayed (pipeline outage)."""

@@ -22,7 +22,13 @@ from gateway.core.contracts.encoding import (
 )
 
 OutboundMethod = Literal[
-    "sendMessage", "sendPhoto", "sendDocument", "sendChatAction", "answerCallbackQuery"
+    "sendMessage",
+    "sendPhoto",
+    "sendDocument",
+    "sendChatAction",
+    "answerCallbackQuery",
+    "editMessageText",
+    "deleteMessage",
 ]
 BUSINESS_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument", "sendChatAction"})
 """The methods that take ``business_connection_id`` in their payload (a business chat's)."""

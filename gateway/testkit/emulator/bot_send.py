@@ -24,6 +24,13 @@ CHAT_ACTIONS = frozenset(
     }
 )  # fmt: skip
 _BAD_BUTTON = "can't parse inline keyboard button: "
+MAX_KEYBOARD_BUTTONS = 100  # more: the server refuses the markup
+DELETE_WINDOW = 48 * 3600  # seconds a message can be deleted after it was sent
+_BUTTON_KINDS = (
+    "callback_data", "url", "web_app", "login_url", "switch_inline_query",
+    "switch_inline_query_current_chat", "switch_inline_query_chosen_chat", "copy_text",
+    "callback_game", "pay",
+)  # fmt: skip
 QUERY_INVALID = "query is too old and response timeout expired or query ID is invalid"
 NOT_MODIFIED = (
     "message is not modified: specified new message content and reply markup are exactly "
@@ -97,13 +104,44 @@ def inline_markup(p: Params) -> Obj | None:
         return None
     if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
         raise bad_request(f"{_BAD_BUTTON}InlineKeyboardButton must be an Object")
+    if sum(len(row) for row in rows) > MAX_KEYBOARD_BUTTONS:
+        raise bad_request("REPLY_MARKUP_TOO_LONG")
     for row in rows:
         for button in row:
-            if not isinstance(button, dict) or not button.get("text"):
+            if not isinstance(button, dict):
+                raise bad_request(f"{_BAD_BUTTON}InlineKeyboardButton must be an Object")
+            if not isinstance(button.get("text"), str):
+                raise bad_request(f'{_BAD_BUTTON}Field "text" must be of type String')
+            if not any(kind in button for kind in _BUTTON_KINDS):
                 raise bad_request(f"{_BAD_BUTTON}Text buttons are unallowed in the inline keyboard")
-            if len(str(button.get("callback_data", "")).encode()) > 64:
+            if not button["text"].strip():
+                raise bad_request("BUTTON_TEXT_INVALID")
+            if (
+                "callback_data" in button
+                and not 1 <= len(str(button["callback_data"]).encode()) <= 64
+            ):
                 raise bad_request("BUTTON_DATA_INVALID")
+            if "url" in button and not _button_url_ok(button["url"]):
+                raise bad_request("BUTTON_URL_INVALID")
     return {"inline_keyboard": rows}
+
+
+def _button_url_ok(url: Any) -> bool:
+    """Telegram opens http(s) links and tg:// links only."""
+    if not isinstance(url, str) or any(c.isspace() for c in url):
+        return False
+    scheme, sep, rest = url.partition("://")
+    return bool(sep and rest) and scheme.lower() in ("http", "https", "tg")
+
+
+def link_preview(p: Params) -> dict[str, Any]:
+    """``link_preview_options`` as the Message echoes it (only when given)."""
+    options = p.obj("link_preview_options")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise bad_request("can't parse link_preview_options JSON object")
+    return {"link_preview_options": options} if options else {}
 
 
 def _reply_to(emu: EmulatorCore, chat: Obj, p: Params) -> Obj | None:
@@ -162,7 +200,7 @@ async def deliver(
 @method("sendMessage")
 async def send_message(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
-    return await deliver(emu, p, "sendMessage", message_text(p), chat)
+    return await deliver(emu, p, "sendMessage", {**message_text(p), **link_preview(p)}, chat)
 
 
 def _file_seed(emu: EmulatorCore, source: str | Upload) -> str:
@@ -252,11 +290,13 @@ def _own_message(emu: EmulatorCore, p: Params, missing: str) -> Obj:
 
 
 def _store_edit(emu: EmulatorCore, old: Obj, changes: dict[str, Any], markup: Obj | None) -> Obj:
-    """Telegram drops an inline keyboard that an edit does not repeat."""
+    """Telegram drops an inline keyboard that an edit does not repeat (and a text edit's
+    entities and link preview options are its own)."""
     before = {k: v for k, v in old.items() if k != "edit_date"}
-    edited = {k: v for k, v in before.items() if k not in ("reply_markup", "entities")}
-    if "entities" in old and "text" not in changes:
-        edited["entities"] = old["entities"]
+    own = ("reply_markup", "entities", "link_preview_options")
+    edited = {k: v for k, v in before.items() if k not in own}
+    if "text" not in changes:
+        edited.update((k, old[k]) for k in own[1:] if k in old)
     edited.update(changes)
     if markup is not None:
         edited["reply_markup"] = markup
@@ -273,7 +313,8 @@ async def edit_message_text(emu: EmulatorCore, p: Params) -> Any:
     old = _own_message(emu, p, "message to edit not found")
     if "text" not in old:
         raise bad_request("there is no text in the message to edit")
-    return _store_edit(emu, old, message_text(p), inline_markup(p))
+    changes = {**message_text(p), **link_preview(p)}
+    return _store_edit(emu, old, changes, inline_markup(p))
 
 
 @method("editMessageReplyMarkup")
@@ -286,8 +327,16 @@ async def edit_message_reply_markup(emu: EmulatorCore, p: Params) -> Any:
 async def delete_message(emu: EmulatorCore, p: Params) -> Any:
     chat = target_chat(emu, p)
     message_id = p.integer("message_id")
-    if message_id is None or not emu.state.delete_message(chat["id"], message_id):
+    message = None if message_id is None else emu.state.get_message(chat["id"], message_id)
+    if message_id is None or message is None:
         raise bad_request("message to delete not found")
+    # Bots delete any message of their own, and users' messages in private chats (the
+    # emulator's bots are no group admins), within 48 hours of sending.
+    ours = message.get("from", {}).get("id") == emu.state.bot["id"]
+    too_old = emu.state.date() - int(message.get("date", 0)) > DELETE_WINDOW
+    if too_old or not (ours or chat.get("type") == "private"):
+        raise bad_request("message can't be deleted")
+    emu.state.delete_message(chat["id"], message_id)
     emu.state.on_change()
     return True
 

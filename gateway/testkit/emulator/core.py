@@ -193,8 +193,13 @@ class EmulatorCore:
     # --- what the bot did ---------------------------------------------------------------
 
     def messages(self, chat_id: int) -> list[Obj]:
-        """Messages the bot sent to ``chat_id``, in order."""
+        """Messages the bot sent to ``chat_id``, in order, as sent (edits not applied)."""
         return self.state.messages(chat_id)
+
+    def message(self, chat_id: int, message_id: int) -> Obj | None:
+        """A message of the chat as it is now (edits applied); None once deleted."""
+        found = self.state.get_message(chat_id, message_id)
+        return None if found is None else copy.deepcopy(found)
 
     async def wait_messages(
         self,

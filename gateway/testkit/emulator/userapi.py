@@ -140,6 +140,12 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
             error = f"timed out waiting for {wait} messages"
             return json_response({"error": error, "messages": emu.messages(chat_id)}, 408)
 
+    async def message(request: web.Request) -> Any:
+        """One message as it is now (edits applied); 404 once deleted (or never sent)."""
+        chat_id, message_id = int(request.match_info["chat_id"]), int(request.match_info["mid"])
+        found = emu.message(chat_id, message_id)
+        return found if found is not None else json_response({"error": "no such message"}, 404)
+
     async def actions(request: web.Request) -> Any:
         return emu.chat_actions(int(request.match_info["chat_id"]))
 
@@ -173,6 +179,7 @@ def add_user_routes(app: web.Application, emu: EmulatorCore) -> None:
         ("POST", "/_emu/faults", faults),
         ("DELETE", "/_emu/faults", clear_faults),
         ("GET", "/_emu/chats/{chat_id}/messages", messages),
+        ("GET", "/_emu/chats/{chat_id}/messages/{mid}", message),
         ("GET", "/_emu/chats/{chat_id}/actions", actions),
         ("GET", "/_emu/sent", sent),
         ("GET", "/_emu/stats", stats),
