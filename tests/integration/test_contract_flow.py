@@ -74,6 +74,7 @@ async def test_a_deep_link_is_greeted_and_reaches_the_pipeline_with_its_start_pa
         [greeting] = await emu.wait_messages(ALICE, 1, timeout=15)
         [request] = await wait_for(lambda: pipeline.requests, 15, message="the deep link")
         emu.user_send(user_id=ALICE, text="/start")  # a plain /start stays the gateway's
+        pipeline.delay = 0.5  # long enough to show "typing" (it never follows the reply)
         emu.user_send(user_id=ALICE, text="hello")
         await emu.wait_messages(ALICE, 3, timeout=15)
     assert greeting["text"].startswith("Hello, Alice")
