@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.errors import FileTokenError
+from gateway.core.settings_base import _Base
 from gateway.core.tokens import _b64, _unb64
 
 CLOUD_MAX_BYTES = 20 << 20
@@ -39,17 +39,9 @@ KINDS = (
 )  # fmt: skip
 
 
-class FilesSettings(BaseSettings):
+class FilesSettings(_Base):
     """File links for the CRM (``metadata.files`` and ``GET /api/files/{token}``). Closed by
     default: without ``FILES_SECRET`` no link is given out and the endpoint answers 404."""
-
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        env_ignore_empty=True,
-        extra="ignore",
-        case_sensitive=False,
-    )
 
     files_secret: SecretStr | None = None
     # The links' base; unset: GATEWAY_PUBLIC_URL (the callback's base, the same ingress).

@@ -10,25 +10,18 @@ from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
+from gateway.core.settings_base import _Base
 from gateway.core.status_urls import StatusUrls, url_problem
 
 
-class ReceiptSettings(BaseSettings):
+class ReceiptSettings(_Base):
     """Where each reply's delivery receipt goes, and how long it is retried.
 
     Receipts are on when ``RECEIPTS_URL`` is set or ``RECEIPTS_STATUS_URL_HOSTS`` lets a
     reply name its own ``status_url``; with both empty no receipt is made, and the
     ``receipts`` consumer group is never created."""
-
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        env_ignore_empty=True,
-        extra="ignore",
-        case_sensitive=False,
-    )
 
     receipts_url: str | None = None
     receipts_status_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
