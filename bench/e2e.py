@@ -2,6 +2,7 @@
 and 1000 updates/s (issue 12's goal: p99 <= 10 ms at 500/s).
 
   .venv/bin/python -m bench.e2e [--rates 100,500,1000] [--duration 10] [--plot docs/bench-e2e.png]
+  .venv/bin/python -m bench.e2e --sender-only 500    # the sender alone: CPU ms per entry
 
 Starts a private redis-server, the emulator (Telegram's limits enforced, lifted as for a
 bot that pays for broadcasts: 1000/s; see ``LIFTED``) and one ``tg-gateway ingress``,
@@ -32,8 +33,8 @@ import aiohttp
 
 from bench.common import BenchBroken, cpu_seconds, free_port, wait_port
 from gateway.app.sandbox import private_redis
-from gateway.core.contracts import Keys
-from gateway.runtime.streams import connect
+from gateway.core.contracts import Keys, OutboundEntry
+from gateway.runtime.streams import connect, publish_outbound
 from gateway.testkit.emulator import EmulatorLimits, run_emulator
 from gateway.testkit.load.measure import percentile
 from gateway.testkit.load.report import plot, render, shares
@@ -217,17 +218,72 @@ async def bench(dep: Deployment, rates: list[float], duration: float, plot_to: s
     return 0
 
 
+async def sender_only(dep: Deployment, rate: float, duration: float) -> float:
+    """The sender's CPU per entry with nothing else running: plain replies published
+    straight into the outbound streams at ``rate`` (twice as many chats as entries per
+    second), from the moment the first is published to the last result."""
+    keys, bot_id = Keys(PREFIX, 4), int(TOKEN.split(":")[0])
+    chats = [10_000 + c for c in range(int(2 * rate))]
+    async with aiohttp.ClientSession() as http:
+        for c in chats:
+            await http.post(f"{dep.api_url}/_emu/chats", json={"chat_id": c, "type": "private"})
+    redis = connect(dep.redis_url)
+
+    async def publish(count: int, per_second: float) -> None:
+        t0 = time.monotonic()
+        for i in range(count):
+            e = OutboundEntry(bot_id=bot_id, chat_id=chats[i % len(chats)], payload={"text": "x"})
+            await publish_outbound(redis, keys, [e])
+            await asyncio.sleep(max(0.0, t0 + (i + 1) / per_second - time.monotonic()))
+
+    try:
+        await publish(20, 10)  # warm-up
+        await asyncio.sleep(2.5)
+        base, total = await redis.xlen(keys.results), int(rate * duration)
+        pid = dep.procs["sender"].pid
+        before = cpu_seconds(pid)
+        await publish(total, rate)
+        while await redis.xlen(keys.results) < base + total:
+            await asyncio.sleep(0.05)
+        return (cpu_seconds(pid) - before) / total * 1000
+    finally:
+        await redis.aclose()
+
+
+def run_sender_only(rate: float, duration: float) -> int:
+    with private_redis() as url:
+        dep = Deployment(url, Path(tempfile.mkdtemp(prefix="bench-e2e-sender-")))
+        try:
+            env = {"PATH": os.environ.get("PATH", ""), "LOG_LEVEL": "WARNING"}
+            wait_port(dep.emu_port, dep._start_emulator(env))
+            dep._start("sender", ["sender"], role_env(url, dep.api_url, dep.ingress_port))
+            time.sleep(3)  # the sender takes its leases
+            ms = asyncio.run(sender_only(dep, rate, duration))
+        finally:
+            dep.stop()
+    print(f"sender alone at {rate:g}/s: {ms:.3f} ms CPU per entry")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="100,500,1000")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--plot", default="docs/bench-e2e.png")
     ap.add_argument("--serve-emulator", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--sender-only",
+        type=float,
+        metavar="RATE",
+        help="only the sender, replies published at RATE/s: its CPU per entry",
+    )
     args = ap.parse_args()
     if args.serve_emulator:  # the child process: the emulator with the limits lifted
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_emulator("127.0.0.1", args.serve_emulator, TOKEN, limits=LIFTED))
         return 0
+    if args.sender_only:
+        return run_sender_only(args.sender_only, args.duration)
     rates = [float(r) for r in args.rates.split(",")]
     started = time.time()
     with private_redis() as url:

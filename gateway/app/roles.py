@@ -33,8 +33,9 @@ from gateway.runtime.streams import connect_with
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
 from workers.sender.handler import Sender
+from workers.sender.limits import Limits
 from workers.sender.observe import SenderMetrics
-from workers.sender.ratelimit import Limits, RateLimiter
+from workers.sender.ratelimit import RateLimiter
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
 from workers.worker.context import WorkerServices

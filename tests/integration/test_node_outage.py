@@ -49,7 +49,8 @@ from tests.helpers import (
     wait_for,
 )
 from workers.sender.handler import Sender
-from workers.sender.ratelimit import Limits, RateLimiter
+from workers.sender.limits import Limits
+from workers.sender.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.integration
 

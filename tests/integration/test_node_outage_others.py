@@ -37,7 +37,8 @@ from tests.helpers import (
 )
 from tests.integration.test_node_outage import node_of, restart, stop_node
 from workers.sender.handler import Sender
-from workers.sender.ratelimit import Limits, RateLimiter
+from workers.sender.limits import Limits
+from workers.sender.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.integration
 

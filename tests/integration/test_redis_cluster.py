@@ -37,7 +37,8 @@ from tests.helpers import (
     redis_server_binary,
     wait_for,
 )
-from workers.sender.ratelimit import Limits, RateLimiter
+from workers.sender.limits import Limits
+from workers.sender.ratelimit import RateLimiter
 from workers.sender.standby import standby_index
 
 pytestmark = pytest.mark.integration

@@ -39,9 +39,10 @@ from tests.helpers import (
     wait_for,
 )
 from workers.sender.handler import Sender
+from workers.sender.limits import Limits
 from workers.sender.marks import BLOCKED_TTL
 from workers.sender.parts import Resume
-from workers.sender.ratelimit import Limits, RateLimiter
+from workers.sender.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,8 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from workers.sender.ratelimit import PROBE_EVERY, Limits, RateLimiter
+from workers.sender.limits import Limits
+from workers.sender.ratelimit import PROBE_EVERY, RateLimiter
 
 pytestmark = pytest.mark.integration
 

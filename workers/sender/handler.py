@@ -123,24 +123,28 @@ class Sender:
         if resume is not None:
             tally.attempts = resume.attempts
         best_effort = entry.method not in COUNTED
-        blocked_key = self.keys.blocked_chat(entry.bot_id, entry.chat_id)
-        blocked: int | None = 0
-        if not best_effort:  # unknown (its node away) counts as not blocked
-            blocked = await self.marks.cached("blocked-chat mark", self.redis.exists, blocked_key)
-        if blocked:
+        chat_id = entry.chat_id
+        expired = entry.deadline is not None and time.time() > entry.deadline
+        if best_effort and expired:  # a stale typing/callback answer is harmless
+            return self._ack(tally, True, description="skipped: expired", reason=Reason.EXPIRED)
+        # One round trip (the chat's partition's slot): the chat's blocked-chat mark (not
+        # for best-effort calls; unknown, its node away, counts as not blocked), its
+        # migration (only groups migrate) and the first part's sent marker.
+        look = await self.marks.first_look(
+            sent_marker(self.keys, entry, 0),
+            None if best_effort else self.keys.blocked_chat(entry.bot_id, chat_id),
+            self.keys.migrated(entry.bot_id, chat_id)
+            if isinstance(chat_id, int) and chat_id < 0
+            else None,
+        )
+        if look.blocked:
             self.observe.send(entry.method, "dead_lettered")  # given up before any call
             return self._dead(tally, answers.Dead(Reason.BOT_BLOCKED, 403, "chat blocked the bot"))
-        if entry.deadline is not None and time.time() > entry.deadline:
-            if best_effort:  # a stale typing/callback answer is harmless
-                return self._ack(tally, True, description="skipped: expired", reason=Reason.EXPIRED)
+        if expired:
             self.observe.send(entry.method, "dead_lettered")
             return self._dead(tally, answers.Dead(Reason.EXPIRED, None, "deadline passed"))
-        chat_id = entry.chat_id
-        if isinstance(chat_id, int) and chat_id < 0:  # only groups migrate
-            migrated_key = self.keys.migrated(entry.bot_id, chat_id)
-            moved = await self.marks.cached("migration", self.redis.get, migrated_key)
-            if moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
-                chat_id = int(moved)
+        if look.moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
+            chat_id = int(look.moved)
         target: Target | None = None
         if self.replies.by_reply(entry):  # an edit or delete of an earlier reply
             found = await self.replies.target(entry)
@@ -153,7 +157,10 @@ class Sender:
             if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
             marker = sent_marker(self.keys, entry, index)
-            done = await self.marks.sent_value(marker)
+            if index == 0 and look.sent_read:
+                done: bytes | str | None = look.sent
+            else:
+                done = await self.marks.sent_value(marker)
             if done is None:
                 state = resume.part if resume is not None and resume.index == index else None
                 outcome = await self.parts.send(

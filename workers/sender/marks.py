@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -15,6 +16,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
+from gateway.runtime.batching import Coalescer
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.slots import SlotRefresher
 from gateway.runtime.streams import is_cluster
@@ -35,6 +37,18 @@ CACHE_RETRY = 1.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class FirstLook:
+    """An entry's reads before its first part (``Marks.first_look``): its chat's
+    blocked-chat mark and migration (None: unknown or not asked), and its first part's
+    sent marker if it was read with them (``sent_read``)."""
+
+    blocked: int | None = None
+    moved: bytes | str | None = None
+    sent: bytes | str | None = None
+    sent_read: bool = False
+
+
 class Marks:
     """Sent markers and cache keys of one sender process."""
 
@@ -47,6 +61,48 @@ class Marks:
         self.cache_skips = 0  # cache reads and writes skipped (their node away)
         self._cache_away: dict[str, float] = {}  # node -> monotonic time of the next try
         self._slots = SlotRefresher(redis)
+        self._calls = Coalescer(redis, timeout=CACHE_TIMEOUT)  # the first look's reads
+
+    async def first_look(self, marker: str, blocked: str | None, migrated: str | None) -> FirstLook:
+        """An entry's first reads in one round trip: the blocked-chat mark (``blocked``)
+        and the migration (``migrated``) of its chat, and its first part's sent marker.
+        All three are in the chat's partition's slot, so on a Redis Cluster they go to one
+        node; the cache keys are best effort as in ``cached``. If they cannot be read
+        (that node away or slow: it is then skipped for ``CACHE_RETRY``), the marker is
+        left to ``sent_value``, which reads it on its own and fails as it always did."""
+        keys = [k for k in (blocked, migrated) if k is not None]
+        if not keys:
+            return FirstLook()
+        node = self._node_of(keys[0])
+        if marker in self.unmarked or self._cache_away.get(node, 0.0) > time.monotonic():
+            # A mark to write first (sent_value), or the node is skipped: one at a time.
+            is_blocked = None
+            if blocked is not None:
+                is_blocked = await self.cached("blocked-chat mark", self.redis.exists, blocked)
+            moved = None
+            if migrated is not None:
+                moved = await self.cached("migration", self.redis.get, migrated)
+            return FirstLook(is_blocked, moved)
+        commands: list[tuple[str, str]] = [("GET", marker)]
+        if blocked is not None:
+            commands.append(("EXISTS", blocked))
+        if migrated is not None:
+            commands.append(("GET", migrated))
+        try:
+            replies = await self._calls.run(*commands)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or is_transient(exc)):
+                raise
+            await self._skip_node(node, "blocked-chat mark and migration", exc)
+            return FirstLook()
+        self._node_back(node, "first look")
+        sent, rest = replies[0], replies[1:]
+        is_blocked = int(rest.pop(0)) if blocked is not None else None
+        moved = rest.pop(0) if migrated is not None else None
+        return FirstLook(is_blocked, moved, sent, sent_read=True)
 
     async def sent_value(self, marker: str) -> bytes | str | None:
         """A cheap early look at a part's marker (no budget is spent on a part already
@@ -107,19 +163,26 @@ class Marks:
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise
-            self.cache_skips += 1
-            if node not in self._cache_away:
-                log.warning(
-                    "%s not read or written (%s): skipped while its Redis node is away",
-                    what,
-                    type(exc).__name__,
-                )
-            self._cache_away[node] = time.monotonic() + CACHE_RETRY
-            await self._slots.after_failure()
+            await self._skip_node(node, what, exc)
             return None
+        self._node_back(node, what)
+        return answer
+
+    async def _skip_node(self, node: str, what: str, exc: BaseException) -> None:
+        """A cache read or write failed on ``node``: not asked for ``CACHE_RETRY``."""
+        self.cache_skips += 1
+        if node not in self._cache_away:
+            log.warning(
+                "%s not read or written (%s): skipped while its Redis node is away",
+                what,
+                type(exc).__name__,
+            )
+        self._cache_away[node] = time.monotonic() + CACHE_RETRY
+        await self._slots.after_failure()
+
+    def _node_back(self, node: str, what: str) -> None:
         if self._cache_away.pop(node, None) is not None:
             log.info("cache keys readable again (%s)", what)
-        return answer
 
     def _node_of(self, key: str) -> str:
         """The node serving ``key`` on a cluster (by slot if the map lacks it), else ''."""

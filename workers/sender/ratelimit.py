@@ -48,8 +48,6 @@ from gateway.runtime.slots import SlotRefresher
 from workers.sender.limits import LATE_CREDIT_US, Limits, LocalBudget, now_us, share_interval_us
 from workers.sender.standby import slow_standby, standby_index
 
-__all__ = ["Limits", "RateLimiter"]
-
 log = logging.getLogger(__name__)
 
 LIMITER_TIMEOUT = 1.0
@@ -340,14 +338,19 @@ class RateLimiter:
                 continue
             if scope == "none":
                 scope = "global"
+            # The wait counts from when it was told, not from this lane's turn at the
+            # queue: after a 429's pause the lanes behind the first go one by one at once,
+            # instead of each sleeping the whole pause again.
+            due = time.monotonic() + wait_g
             async with self._global_queue:  # only the global budget is missing: queue up
                 while True:
-                    await asyncio.sleep(wait_g)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
                     wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
                     if wait_g == 0 and wait_c == 0:
                         return scope
                     if wait_c >= wait_g:
                         break
+                    due = time.monotonic() + wait_g
 
     async def _count_flood(self) -> None:
         """The total and this minute's bucket (``/stats`` sums the last hour's)."""

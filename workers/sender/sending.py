@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -21,6 +21,7 @@ from gateway.core.logs import redact
 from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
+from gateway.telegram.direct import DirectApi
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
 from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
@@ -60,6 +61,7 @@ class PartSender:
         self.observe = observe or SenderMetrics.off()
         self.keys = keys
         self.bot = bot
+        self.api = DirectApi(bot)
         self.limiter = limiter
         self.marks = marks
         self.max_attempts = max_attempts  # 0: retry 5xx/network errors until the deadline
@@ -98,12 +100,13 @@ class PartSender:
             except TimeoutError:
                 why = "deadline passed waiting for budget"
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
+            params = (
+                {"chat_id": part.chat_id, **part.payload}
+                if method != "answerCallbackQuery"
+                else dict(part.payload)
+            )
             try:
-                call = (
-                    METHODS[method](chat_id=part.chat_id, **part.payload)
-                    if method != ("answerCallbackQuery")
-                    else METHODS[method](**part.payload)
-                )
+                METHODS[method](**params)  # aiogram's model checks them; they go as sent
             except (ValidationError, TypeError) as exc:
                 part.attempts += 1
                 why = redact(str(exc)[:300])
@@ -122,7 +125,7 @@ class PartSender:
                 return part.outcome(already=already)
             part.attempts += 1
             try:
-                result = await self._call(call, trust_left, marker)
+                result = await self._call(method, params, trust_left, marker)
             except Exception as exc:
                 decision = answers.classify(exc)
                 if decision is None:
@@ -137,8 +140,7 @@ class PartSender:
                 if after is not None:
                     return part.outcome(retry=after)
                 continue
-            mid = getattr(result, "message_id", None)
-            return part.outcome(message_id=mid if isinstance(mid, int) else None)
+            return part.outcome(message_id=message_id(result))
 
     async def _gate(self, marker: str, fence: Fence) -> tuple[float | None, bytes | None]:
         """The last check before a request: (seconds the request has to reach the socket,
@@ -162,38 +164,36 @@ class PartSender:
             raise LeaseLost
         return left, None
 
-    async def _call(self, call: Any, trust_left: float | None, marker: str) -> Any:
+    async def _call(
+        self, method: str, params: dict[str, Any], trust_left: float | None, marker: str
+    ) -> Any:
         """The request to Telegram. A cancel that arrives while it is in flight (the end
         of a shutdown's grace) waits for its answer, at most ``CUT_WAIT`` seconds, and a
         success gets its sent marker before the cancel goes on: Telegram may already have
         delivered it, and without the marker the partition's next owner (or this
         process's next run) would send it again."""
         request = asyncio.ensure_future(
-            self.bot(call, request_timeout=self._request_timeout(trust_left))
+            self.api.call(method, params, self._request_timeout(trust_left))
         )
         try:
             return await asyncio.shield(request)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CUT_WAIT):
-                    result = await request
-                    mid = getattr(result, "message_id", None)
-                    value = str(mid) if isinstance(mid, int) else "1"
+                    mid = message_id(await request)
+                    value = str(mid) if mid is not None else "1"
                     await self.redis.set(marker, value, ex=SENT_TTL)
             request.cancel()
             raise
 
-    def _request_timeout(self, trust_left: float | None) -> int | None:
+    def _request_timeout(self, trust_left: float | None) -> aiohttp.ClientTimeout | None:
         """The call's timeouts: the usual total, and at most ``trust_left`` to get a
         connection (from the pool or a new one), after which the request is written at
-        once; a request that could only start after the trust ended is never written.
-
-        (aiohttp takes a ``ClientTimeout`` where aiogram's annotation says ``int``.)"""
+        once; a request that could only start after the trust ended is never written."""
         if trust_left is None:
             return None
-        total = float(self.bot.session.timeout)
-        bounded = aiohttp.ClientTimeout(total=total, connect=min(total, trust_left))
-        return cast(int, bounded)
+        total = self.api.timeout
+        return aiohttp.ClientTimeout(total=total, connect=min(total, trust_left))
 
     async def _answered(
         self,
@@ -262,3 +262,9 @@ class PartSender:
             raise LeaseLost from None  # the partition moves, or its trust lapsed
         log.warning("send to %s failed (%s); retry in %.1fs", part.chat_id, detail, delay)
         return delay
+
+
+def message_id(result: Any) -> int | None:
+    """The message id in a send's ``result`` (None for a call that answers ``true``)."""
+    mid = result.get("message_id") if isinstance(result, dict) else None
+    return mid if isinstance(mid, int) and not isinstance(mid, bool) else None
