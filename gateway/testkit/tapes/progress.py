@@ -1,7 +1,7 @@
 """Progress of a long replay or recording: a rich bar on a terminal, plain lines otherwise.
 
 ``progress(label, total)`` picks one: on a TTY, rich's bar with rate, ETA and the error
-count (rich imported only then, and only when installed: the dev extra has it); elsewhere
+count (rich, a runtime dependency, imported only then); elsewhere
 (CI logs, a pipe) one line every ``interval`` seconds and one at the end, on stderr:
 ``replay: 120/1000 updates (12%), 40.0/s, ETA 0m22s, 0 error(s)``. ``total`` None
 (``record --follow``) drops the percentage and the ETA.
