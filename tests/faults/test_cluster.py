@@ -47,11 +47,13 @@ def test_scenario_on_a_redis_cluster(name: str, tmp_path: Path, report_path: Pat
     assert report.updates == CI_WORKLOAD.total
 
 
-# One seed per kind in the default run: every guarantee (nothing lost or reordered, no role
-# exit, duplicates only in the window) must hold; the rate and resume bars are printed.
+# One scenario in the default run (node_kill seed 3: kill -9 of the node that holds the
+# limiter; restart and failover cost CI about a minute more, so they run with the other
+# seeds): every guarantee (nothing lost or reordered, no role exit, duplicates only in the
+# window) must hold; the rate and resume bars are printed.
 # `bash scripts/test.sh -m node_faults tests/faults/test_cluster.py` runs every seed and
 # fails on the bars too (docs/reliability.md, "Node outages on a Redis Cluster").
-DEFAULT_NODE_SEEDS = [("node_restart", 1), ("node_kill", 3), ("node_failover", 5)]
+DEFAULT_NODE_SEEDS = [("node_kill", 3)]
 
 
 def _node_run(name: str, seed: int, tmp_path: Path, report_path: Path) -> list[str]:
