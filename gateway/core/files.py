@@ -22,7 +22,7 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from gateway.core.errors import FileTokenError
-from gateway.core.settings_base import _Base
+from gateway.core.settings_base import _Base, http_url, signing_secret
 from gateway.core.tokens import _b64, _unb64
 
 CLOUD_MAX_BYTES = 20 << 20
@@ -55,21 +55,12 @@ class FilesSettings(_Base):
     @field_validator("files_secret")
     @classmethod
     def _secret_len(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            return None
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (it signs file links)")
-        return value
+        return signing_secret(value, "file links")
 
     @field_validator("files_base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     @property
     def secret(self) -> bytes | None:

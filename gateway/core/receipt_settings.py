@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from gateway.core.settings_base import _Base
+from gateway.core.settings_base import _Base, _split
 from gateway.core.status_urls import StatusUrls, url_problem
 
 
@@ -44,9 +44,7 @@ class ReceiptSettings(_Base):
     @field_validator("receipts_status_url_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _split(value)
 
     @field_validator("receipts_status_url_hosts")
     @classmethod

@@ -26,6 +26,8 @@ from gateway.core.settings_base import (
     CommaSecrets,
     _Base,
     _split,
+    http_url,
+    signing_secret,
 )
 from gateway.core.signing import SigningKeys
 from gateway.core.telegram_settings import TelegramSettings
@@ -113,21 +115,12 @@ class PipelineSettings(_Base):
     @field_validator("pipeline_url", "gateway_public_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     @field_validator("delivery_secret")
     @classmethod
     def _secret_len(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            return None
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (it signs callback URLs)")
-        return value
+        return signing_secret(value, "callback URLs")
 
     def require_secret(self) -> bytes:
         if self.delivery_secret is None:

@@ -34,3 +34,22 @@ class _Base(BaseSettings):
         extra="ignore",
         case_sensitive=False,
     )
+
+
+def http_url(value: str | None) -> str | None:
+    """An optional http(s) URL setting: unset or empty is None, the trailing slash goes."""
+    if value in (None, ""):
+        return None
+    assert value is not None
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+def signing_secret(value: SecretStr | None, signs: str) -> SecretStr | None:
+    """An optional secret that signs ``signs``: empty is unset, else at least 16 chars."""
+    if value is not None and not value.get_secret_value():
+        return None
+    if value is not None and len(value.get_secret_value()) < 16:
+        raise ValueError(f"must be at least 16 characters (it signs {signs})")
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -16,6 +15,7 @@ from gateway.core.settings_base import (
     CommaList,
     _Base,
     _split,
+    http_url,
 )
 
 
@@ -62,12 +62,7 @@ class TelegramSettings(_Base):
     @field_validator("telegram_api_url", "telegram_webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None if value == "" else value
-        assert value is not None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     @model_validator(mode="after")
     def _needs_token(self) -> TelegramSettings:
