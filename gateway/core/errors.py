@@ -2,7 +2,8 @@
 
     GatewayError
     ├── ConfigError             a setting is missing or invalid (one line, names the variable)
-    │   └── LayoutMismatch      runtime.layout: Redis holds another partition layout
+    │   ├── LayoutMismatch      runtime.layout: Redis holds another partition layout
+    │   └── BotSpecError        core.bots: a bot definition cannot be used (names the bot)
     ├── UsageError              a command-line argument or input file is unusable (one line)
     ├── RedisUnavailable        Redis did not accept a write; callers answer 503 / retry
     ├── DeliveryTokenError      a callback token is forged, malformed or expired (HTTP 403)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -220,6 +221,15 @@ class ReferencePipelineSettings(_Base):
         return _split(value)
 
 
+class BotsSettings(_Base):
+    """The bots besides ``TELEGRAM_BOT_TOKEN``'s (issue 15; ``gateway/runtime/bots.py``):
+    a TOML file and the Redis registry that ``tg-gateway bots`` writes, re-read this often
+    by every running role."""
+
+    bots_file: Path | None = None
+    bots_refresh_seconds: float = Field(default=5.0, ge=0.2, le=3600)
+
+
 class MetricsSettings(_Base):
     """Prometheus ``/metrics`` (deploy/metrics.yaml). Closed by default: without a
     ``METRICS_TOKEN`` no role serves it (404 on the ingress, no listener on
@@ -271,6 +281,7 @@ class Config:
     sender: SenderSettings
     consumer: ConsumerSettings
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    bots: BotsSettings = field(default_factory=BotsSettings)
     files: FilesSettings = field(default_factory=FilesSettings)  # gateway/core/files.py
     receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
     extra_routers: list[Any] = field(default_factory=list)  # aiogram Routers (tests, embedding)

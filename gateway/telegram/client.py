@@ -6,30 +6,21 @@ Errors come back as ``BotApiError`` carrying Telegram's ``error_code``, descript
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 from typing import Any
 
 import httpx
 import orjson
 
+from gateway.core.bots import derive_webhook_secret
 from gateway.core.errors import ConfigError, GatewayError
 from gateway.core.logs import RedactingFilter, redact
 from gateway.core.settings import TelegramSettings
 
+__all__ = ["derive_webhook_secret"]  # re-exported: it lives in gateway.core.bots
+
 NO_ANSWER = 0
 """``BotApiError.error_code`` of a call that got no usable answer."""
-WEBHOOK_SECRET_LABEL = b"tg-gateway webhook secret v1"
-
-
-def derive_webhook_secret(token: str) -> str:
-    """The webhook secret every replica computes from the bot token alone: HMAC-SHA256
-    (key = token, message = a fixed label), base64url without padding (43 characters of
-    Telegram's alphabet ``[A-Za-z0-9_-]``). One-way: the token cannot be recovered."""
-    digest = hmac.new(token.encode(), WEBHOOK_SECRET_LABEL, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def webhook_secret_for(tg: TelegramSettings) -> str:

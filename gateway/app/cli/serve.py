@@ -16,6 +16,7 @@ from gateway.core.files import FilesSettings
 from gateway.core.logs import setup_logging
 from gateway.core.receipt_settings import ReceiptSettings
 from gateway.core.settings import (
+    BotsSettings,
     Config,
     ConsumerSettings,
     IngressSettings,
@@ -47,6 +48,7 @@ def load_config(**telegram_overrides: Any) -> Config:
         metrics=load(MetricsSettings),
         files=load(FilesSettings),
         receipts=load(ReceiptSettings),
+        bots=load(BotsSettings),
     )
     load(LogSettings)
     return config

@@ -143,6 +143,12 @@ class Keys:
         return f"{self.prefix}:migrated:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
 
     @property
+    def bots(self) -> str:
+        """The bot registry (HASH: bot id -> ``BotSpec.to_record`` JSON; issue 15,
+        ``gateway/runtime/bots.py``). One key outside every partition's hash tag."""
+        return f"{self.prefix}:bots"
+
+    @property
     def layout(self) -> str:
         """The stream layout every role must agree on (JSON; ``gateway/runtime/layout.py``). One
         key outside any partition's hash tag: a single fixed slot on a cluster."""

@@ -1,0 +1,279 @@
+"""The bots one deployment serves (issue 15): who they are and what each may override.
+
+A ``BotSpec`` is one bot: its token (the only place it lives in a process), the opaque
+key of its webhook path and its own secret, and optional per-bot overrides of the
+process-wide settings (pipeline URL and signing secret, allowed updates, admin ids, the
+command texts, a paid-broadcast limit). A ``BotTable`` is an immutable snapshot of every
+bot, looked up by id, by path key and by name in O(1); roles swap the whole table when
+the registry changes (``gateway.runtime.bots``), so a lookup never sees half an update.
+
+The single-bot deployment of ``TELEGRAM_BOT_TOKEN`` is the *default bot*
+(``default_bot``): its webhook stays on ``/webhook/telegram`` with
+``TELEGRAM_WEBHOOK_SECRET``, and every setting applies to it unchanged.
+
+Pure: no I/O here (the file and Redis sources live in ``gateway.runtime.bots``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.errors import ConfigError
+
+DEFAULT_PATH_KEY = "telegram"  # the default bot's webhook: /webhook/telegram
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+PATH_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
+SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # Telegram's alphabet; 16+ for us
+
+
+class BotSpecError(ConfigError):
+    """A bot definition that cannot be used (one line naming the bot and the field)."""
+
+
+WEBHOOK_SECRET_LABEL = b"tg-gateway webhook secret v1"
+
+
+def derive_webhook_secret(token: str) -> str:
+    """The webhook secret every replica computes from the bot token alone: HMAC-SHA256
+    (key = token, message = a fixed label), base64url without padding (43 characters of
+    Telegram's alphabet ``[A-Za-z0-9_-]``). One-way: the token cannot be recovered."""
+    digest = hmac.new(token.encode(), WEBHOOK_SECRET_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def bot_id_of(token: str) -> int:
+    """A bot's id is its token's numeric prefix (Telegram keeps it across revokes)."""
+    return int(token.split(":", 1)[0])
+
+
+def derived_path_key(webhook_secret: str, bot_id: int) -> str:
+    """The path key of a bot defined without one: stable, and useless to anyone without
+    the bot's secret (so a proxy's URL log names no bot and no token)."""
+    mac = hmac.new(webhook_secret.encode(), f"path:{bot_id}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class BotSpec:
+    """One bot of the deployment. ``None`` in an override: the process-wide setting."""
+
+    bot_id: int
+    token: str = field(repr=False)
+    name: str
+    path_key: str  # /webhook/{path_key}; DEFAULT_PATH_KEY for the default bot
+    webhook_secret: str | None = field(default=None, repr=False)  # None: no webhook route
+    source: str = "env"  # env (TELEGRAM_BOT_TOKEN), file (BOTS_FILE) or redis (`bots add`)
+    pipeline_url: str | None = None
+    pipeline_secret: str | None = field(default=None, repr=False)  # signs its requests
+    allowed_updates: tuple[str, ...] | None = None
+    admin_ids: frozenset[int] | None = None
+    help_text: str | None = None
+    greeting: str | None = None
+    global_per_second: float | None = None  # its own limit (paid broadcast: up to 1000)
+    removing_since: float | None = None  # `bots remove` began: drain, accept nothing new
+
+    @property
+    def active(self) -> bool:
+        """Takes new updates (its webhook route answers, its poller polls)."""
+        return self.removing_since is None
+
+    def check(self) -> BotSpec:
+        """Raise ``BotSpecError`` naming the first field that cannot be used."""
+        where = f"bot {self.name!r}"
+        if not NAME_RE.match(self.name):
+            raise BotSpecError(f"{where}: name must match {NAME_RE.pattern}")
+        if not TOKEN_RE.match(self.token):
+            raise BotSpecError(f"{where}: token is not a bot token ('<digits>:<secret>')")
+        if bot_id_of(self.token) != self.bot_id:
+            raise BotSpecError(f"{where}: the token belongs to bot {bot_id_of(self.token)}")
+        if self.path_key != DEFAULT_PATH_KEY and not PATH_KEY_RE.match(self.path_key):
+            raise BotSpecError(f"{where}: path_key must match {PATH_KEY_RE.pattern}")
+        if self.webhook_secret is not None and not SECRET_RE.match(self.webhook_secret):
+            raise BotSpecError(f"{where}: webhook_secret must match {SECRET_RE.pattern}")
+        if self.pipeline_url is not None and not re.match(r"^https?://[^/\s]+", self.pipeline_url):
+            raise BotSpecError(f"{where}: pipeline_url must be an http(s) URL")
+        if self.pipeline_secret is not None and len(self.pipeline_secret) < 16:
+            raise BotSpecError(f"{where}: pipeline_secret must be at least 16 characters")
+        if self.global_per_second is not None and not 0 < self.global_per_second <= 1000:
+            raise BotSpecError(f"{where}: global_per_second must be in (0, 1000]")
+        return self
+
+    def public(self) -> dict[str, Any]:
+        """What `bots list|show` and logs may print: never the token or a secret (a
+        fingerprint of the token tells two apart)."""
+        digest = hashlib.sha256(self.token.encode()).hexdigest()[:8]
+        return {
+            "name": self.name,
+            "bot_id": self.bot_id,
+            "source": self.source,
+            "token": f"{self.bot_id}:…{digest}",
+            "webhook_path": f"/webhook/{self.path_key}",
+            "webhook_secret": "set" if self.webhook_secret else "none",
+            "pipeline_url": self.pipeline_url,
+            "allowed_updates": list(self.allowed_updates) if self.allowed_updates else None,
+            "admin_ids": sorted(self.admin_ids) if self.admin_ids is not None else None,
+            "global_per_second": self.global_per_second,
+            "state": "active" if self.active else "removing",
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON record of a bot in Redis (``Keys.bots``; secrets included: Redis holds
+        the deployment's state, and is as private as the environment)."""
+        record: dict[str, Any] = {
+            "name": self.name,
+            "token": self.token,
+            "path_key": self.path_key,
+            "webhook_secret": self.webhook_secret,
+        }
+        for key in ("pipeline_url", "pipeline_secret", "help_text", "greeting"):
+            if getattr(self, key) is not None:
+                record[key] = getattr(self, key)
+        if self.allowed_updates is not None:
+            record["allowed_updates"] = list(self.allowed_updates)
+        if self.admin_ids is not None:
+            record["admin_ids"] = sorted(self.admin_ids)
+        if self.global_per_second is not None:
+            record["global_per_second"] = self.global_per_second
+        if self.removing_since is not None:
+            record["removing_since"] = self.removing_since
+        return record
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], source: str) -> BotSpec:
+        """A bot from a Redis record or a file's table; ``BotSpecError`` if unusable."""
+        name = str(data.get("name", "?"))
+        try:
+            token = str(data["token"])
+            bot_id = bot_id_of(token) if TOKEN_RE.match(token) else 0
+            secret = data.get("webhook_secret")
+            path_key = data.get("path_key") or (
+                derived_path_key(str(secret), bot_id) if secret else None
+            )
+            if path_key is None:
+                raise BotSpecError(f"bot {name!r}: needs a webhook_secret or a path_key")
+            updates = data.get("allowed_updates")
+            admins = data.get("admin_ids")
+            limit = data.get("global_per_second")
+            removing = data.get("removing_since")
+            spec = cls(
+                bot_id=bot_id,
+                token=token,
+                name=name,
+                path_key=str(path_key),
+                webhook_secret=None if secret is None else str(secret),
+                source=source,
+                pipeline_url=_opt_str(data.get("pipeline_url")),
+                pipeline_secret=_opt_str(data.get("pipeline_secret")),
+                allowed_updates=None if updates is None else tuple(str(u) for u in updates),
+                admin_ids=None if admins is None else frozenset(int(a) for a in admins),
+                help_text=_opt_str(data.get("help_text")),
+                greeting=_opt_str(data.get("greeting")),
+                global_per_second=None if limit is None else float(limit),
+                removing_since=None if removing is None else float(removing),
+            )
+        except KeyError as exc:
+            raise BotSpecError(f"bot {name!r}: {exc.args[0]} is required") from None
+        except (TypeError, ValueError) as exc:
+            raise BotSpecError(f"bot {name!r}: {exc}") from None
+        return spec.check()
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class BotTable:
+    """Every bot of the deployment at one moment (immutable: swapped whole)."""
+
+    bots: tuple[BotSpec, ...] = ()
+    version: int = 0  # grows with every change a role has seen
+    _by_id: dict[int, BotSpec] = field(default_factory=dict, repr=False, compare=False)
+    _by_path: dict[str, BotSpec] = field(default_factory=dict, repr=False, compare=False)
+    _by_name: dict[str, BotSpec] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, bots: Iterable[BotSpec], version: int = 0) -> BotTable:
+        """A table of ``bots``; a later bot with the id, name or path of an earlier one
+        is refused (``BotSpecError``): the sources are merged before (``merge``)."""
+        table = cls(tuple(bots), version)
+        indexes: tuple[tuple[dict[Any, BotSpec], Callable[[BotSpec], object], str], ...] = (
+            (table._by_id, lambda b: b.bot_id, "bot id"),
+            (table._by_name, lambda b: b.name, "name"),
+            (table._by_path, lambda b: b.path_key, "path key"),
+        )
+        for bot in table.bots:
+            for index, key_of, what in indexes:
+                key = key_of(bot)
+                if key in index:
+                    raise BotSpecError(
+                        f"bot {bot.name!r}: {what} {key} is taken by {index[key].name!r}"
+                    )
+                index[key] = bot
+        return table
+
+    def get(self, bot_id: int) -> BotSpec | None:
+        return self._by_id.get(bot_id)
+
+    def by_path(self, path_key: str) -> BotSpec | None:
+        return self._by_path.get(path_key)
+
+    def by_name(self, name: str) -> BotSpec | None:
+        return self._by_name.get(name)
+
+    def find(self, ref: str) -> BotSpec | None:
+        """A bot by name or by id (the CLI's and filters' ``--bot``)."""
+        bot = self._by_name.get(ref)
+        if bot is None and ref.isdigit():
+            bot = self._by_id.get(int(ref))
+        return bot
+
+    def __iter__(self) -> Iterator[BotSpec]:
+        return iter(self.bots)
+
+    def __len__(self) -> int:
+        return len(self.bots)
+
+    @property
+    def single(self) -> BotSpec | None:
+        """The one bot of a single-bot deployment (None with zero or several)."""
+        return self.bots[0] if len(self.bots) == 1 else None
+
+
+def merge(env: BotSpec | None, file: Iterable[BotSpec], redis: Iterable[BotSpec]) -> list[BotSpec]:
+    """The bots of every source, one per bot id: a file's definition wins over Redis's
+    (files are declared configuration; `bots add` refuses a bot a file defines), and
+    either wins over ``TELEGRAM_BOT_TOKEN``'s default bot only for another id."""
+    out: dict[int, BotSpec] = {}
+    for bot in redis:
+        out[bot.bot_id] = bot
+    for bot in file:
+        out[bot.bot_id] = bot
+    if env is not None:
+        out[env.bot_id] = env  # the environment's bot is the one the operator started with
+    return sorted(out.values(), key=lambda b: (b.source != "env", b.name))
+
+
+def default_bot(
+    token: str | None, webhook_secret: str | None = None, name: str = "default"
+) -> BotSpec | None:
+    """``TELEGRAM_BOT_TOKEN``'s bot, on ``/webhook/telegram`` with ``TELEGRAM_WEBHOOK_SECRET``
+    or the secret derived from its token (None without a token). Every process-wide setting
+    applies to it: it overrides nothing."""
+    if not token:
+        return None
+    return BotSpec(
+        bot_id=bot_id_of(token),
+        token=token,
+        name=name,
+        path_key=DEFAULT_PATH_KEY,
+        webhook_secret=webhook_secret or derive_webhook_secret(token),
+        source="env",
+    )  # the settings validated the token's shape already
