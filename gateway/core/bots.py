@@ -11,7 +11,8 @@ The single-bot deployment of ``TELEGRAM_BOT_TOKEN`` is the *default bot*
 (``default_bot``): its webhook stays on ``/webhook/telegram`` with
 ``TELEGRAM_WEBHOOK_SECRET``, and every setting applies to it unchanged.
 
-Pure: no I/O here (the file and Redis sources live in ``gateway.runtime.bots``).
+Pure apart from the settings class: no I/O here (the file and Redis sources live in
+``gateway.runtime.bots``).
 """
 
 from __future__ import annotations
@@ -22,15 +23,28 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from gateway.core.errors import ConfigError
+from gateway.core.settings_base import _Base
 
 DEFAULT_PATH_KEY = "telegram"  # the default bot's webhook: /webhook/telegram
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PATH_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
 SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # Telegram's alphabet; 16+ for us
+
+
+class BotsSettings(_Base):
+    """The bots besides ``TELEGRAM_BOT_TOKEN``'s (issue 15; ``gateway/runtime/bots.py``):
+    a TOML file and the Redis registry that ``tg-gateway bots`` writes, re-read this often
+    by every running role."""
+
+    bots_file: Path | None = None
+    bots_refresh_seconds: float = Field(default=5.0, ge=0.2, le=3600)
 
 
 class BotSpecError(ConfigError):

@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
+from gateway.core.bots import BotsSettings
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
@@ -34,7 +34,14 @@ from gateway.core.signing import SigningKeys
 from gateway.core.telegram_settings import TelegramSettings
 from gateway.core.validation import format_validation_error
 
-__all__ = ["DEFAULT_ALLOWED_UPDATES", "PUBLIC_API_URL", "Config", "TelegramSettings", "load"]
+__all__ = [
+    "DEFAULT_ALLOWED_UPDATES",
+    "PUBLIC_API_URL",
+    "BotsSettings",
+    "Config",
+    "TelegramSettings",
+    "load",
+]
 
 
 class RedisSettings(_Base):
@@ -219,15 +226,6 @@ class ReferencePipelineSettings(_Base):
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         return _split(value)
-
-
-class BotsSettings(_Base):
-    """The bots besides ``TELEGRAM_BOT_TOKEN``'s (issue 15; ``gateway/runtime/bots.py``):
-    a TOML file and the Redis registry that ``tg-gateway bots`` writes, re-read this often
-    by every running role."""
-
-    bots_file: Path | None = None
-    bots_refresh_seconds: float = Field(default=5.0, ge=0.2, le=3600)
 
 
 class MetricsSettings(_Base):

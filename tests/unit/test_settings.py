@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from gateway.core import bots as bots_module
 from gateway.core import files as files_module
 from gateway.core import receipt_settings as receipt_settings_module
 from gateway.core import settings as settings_module
 from gateway.core import telegram_settings as telegram_settings_module
+from gateway.core.bots import BotsSettings
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
 from gateway.core.receipt_settings import ReceiptSettings
@@ -46,6 +48,7 @@ ALL = (
     ReferencePipelineSettings,
     FilesSettings,  # gateway/core/files.py (settings.py is at its size bound)
     ReceiptSettings,
+    BotsSettings,  # gateway/core/bots.py
 )
 TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"
 
@@ -59,6 +62,7 @@ def test_all_names_every_settings_class() -> None:
             files_module,
             telegram_settings_module,
             receipt_settings_module,
+            bots_module,
         )
         for c in vars(module).values()
         if isinstance(c, type)
