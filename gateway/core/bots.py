@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gateway.core.errors import ConfigError
-from gateway.core.settings_base import _Base
+from gateway.core.settings_base import _Base, http_url
 
 DEFAULT_PATH_KEY = "telegram"  # the default bot's webhook: /webhook/telegram
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -45,6 +45,31 @@ class BotsSettings(_Base):
 
     bots_file: Path | None = None
     bots_refresh_seconds: float = Field(default=5.0, ge=0.2, le=3600)
+    # Where Telegram reaches the ingress for the registry's bots: each bot's webhook is
+    # {BOTS_WEBHOOK_BASE_URL}/webhook/{path_key}. Empty: TELEGRAM_WEBHOOK_URL without its
+    # /webhook/telegram, when it ends so.
+    bots_webhook_base_url: str | None = None
+
+    @field_validator("bots_webhook_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return http_url(value)
+
+    def webhook_base(self, telegram_webhook_url: str | None) -> str | None:
+        """The registry bots' webhook base URL (None: they have none: polling)."""
+        if self.bots_webhook_base_url:
+            return self.bots_webhook_base_url
+        tail = f"/webhook/{DEFAULT_PATH_KEY}"
+        if telegram_webhook_url and telegram_webhook_url.endswith(tail):
+            return telegram_webhook_url[: -len(tail)]
+        return None
+
+    def webhook_url(self, bot: BotSpec, telegram_webhook_url: str | None) -> str | None:
+        """The URL ``setWebhook`` registers for ``bot`` (the default bot: its setting)."""
+        if bot.path_key == DEFAULT_PATH_KEY:
+            return telegram_webhook_url
+        base = self.webhook_base(telegram_webhook_url)
+        return None if base is None else f"{base}/webhook/{bot.path_key}"
 
 
 class BotSpecError(ConfigError):
@@ -86,6 +111,7 @@ class BotSpec:
     source: str = "env"  # env (TELEGRAM_BOT_TOKEN), file (BOTS_FILE) or redis (`bots add`)
     pipeline_url: str | None = None
     pipeline_secret: str | None = field(default=None, repr=False)  # signs its requests
+    delivery_secret: str | None = field(default=None, repr=False)  # signs its callback tokens
     allowed_updates: tuple[str, ...] | None = None
     admin_ids: frozenset[int] | None = None
     help_text: str | None = None
@@ -113,8 +139,10 @@ class BotSpec:
             raise BotSpecError(f"{where}: webhook_secret must match {SECRET_RE.pattern}")
         if self.pipeline_url is not None and not re.match(r"^https?://[^/\s]+", self.pipeline_url):
             raise BotSpecError(f"{where}: pipeline_url must be an http(s) URL")
-        if self.pipeline_secret is not None and len(self.pipeline_secret) < 16:
-            raise BotSpecError(f"{where}: pipeline_secret must be at least 16 characters")
+        for key in ("pipeline_secret", "delivery_secret"):
+            value = getattr(self, key)
+            if value is not None and len(value) < 16:
+                raise BotSpecError(f"{where}: {key} must be at least 16 characters")
         if self.global_per_second is not None and not 0 < self.global_per_second <= 1000:
             raise BotSpecError(f"{where}: global_per_second must be in (0, 1000]")
         return self
@@ -146,7 +174,7 @@ class BotSpec:
             "path_key": self.path_key,
             "webhook_secret": self.webhook_secret,
         }
-        for key in ("pipeline_url", "pipeline_secret", "help_text", "greeting"):
+        for key in ("pipeline_url", "pipeline_secret", "delivery_secret", "help_text", "greeting"):
             if getattr(self, key) is not None:
                 record[key] = getattr(self, key)
         if self.allowed_updates is not None:
@@ -185,6 +213,7 @@ class BotSpec:
                 source=source,
                 pipeline_url=_opt_str(data.get("pipeline_url")),
                 pipeline_secret=_opt_str(data.get("pipeline_secret")),
+                delivery_secret=_opt_str(data.get("delivery_secret")),
                 allowed_updates=None if updates is None else tuple(str(u) for u in updates),
                 admin_ids=None if admins is None else frozenset(int(a) for a in admins),
                 help_text=_opt_str(data.get("help_text")),

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5.0
 READ_TIMEOUT = 3.0
+MISS_REFRESH = 1.0  # a lookup of an unknown bot re-reads the sources at most this often
 
 
 def read_file(path: Path) -> list[BotSpec]:
@@ -116,6 +118,8 @@ class BotRegistry:
         self.refresh_every = refresh
         self.on_change = on_change
         self.table = BotTable.of([default] if default is not None else [])
+        self._missed_at = -MISS_REFRESH
+        self._refreshing = asyncio.Lock()
 
     @classmethod
     def fixed(cls, keys: Keys, bots: list[BotSpec]) -> BotRegistry:
@@ -123,6 +127,24 @@ class BotRegistry:
         registry = cls(None, keys)
         registry.table = BotTable.of(bots, 1)
         return registry
+
+    def get(self, bot_id: int) -> BotSpec | None:
+        """The bot of ``bot_id`` in the current table (no I/O)."""
+        return self.table.get(bot_id)
+
+    async def lookup(self, bot_id: int) -> BotSpec | None:
+        """The bot of ``bot_id``; on a miss the sources are read again first (at most once
+        per ``MISS_REFRESH`` seconds), so an entry of a bot added a moment ago by another
+        process is not taken for an unknown bot's. None: not a bot of this deployment."""
+        bot = self.table.get(bot_id)
+        if bot is not None or (self._redis is None and self._file is None):
+            return bot
+        now = time.monotonic()
+        if now - self._missed_at >= MISS_REFRESH:
+            self._missed_at = now
+            async with self._refreshing:
+                await self.refresh()
+        return self.table.get(bot_id)
 
     async def load(self) -> BotTable:
         """Read every source now (at start: a bad BOTS_FILE is a ``ConfigError``)."""
