@@ -40,6 +40,11 @@ class Keys:
     prefix: str
     partitions: int
 
+    def partition(self, bot_id: int, chat_id: int | str | None) -> int:
+        """The partition of a bot's chat: every entry, key and lease of that chat lives
+        there. (Issue 15 makes the bot part of the key; call this, not ``partition_for``.)"""
+        return partition_for(chat_id, self.partitions)
+
     def updates(self, p: int) -> str:
         return f"{self.prefix}:updates:{{{p}}}"
 
