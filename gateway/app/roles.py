@@ -21,6 +21,7 @@ from aiogram.types import User
 from gateway.app.configs import consumer_config, worker_options
 from gateway.app.receipts import receipt_consumers
 from gateway.core.backoff import backoff
+from gateway.core.bot_labels import settings_table
 from gateway.core.errors import ConfigError
 from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
@@ -141,7 +142,8 @@ def process_metrics(cfg: Config, roles: frozenset[str], role: str) -> Metrics:
     the settings gauges that matter."""
     if cfg.metrics.token is None:
         return Metrics.off()
-    m = Metrics(roles, role)
+    m = Metrics(roles, role, bot_limit=cfg.metrics.metrics_bot_label_limit)
+    m.bots.use(settings_table(cfg.telegram))  # until a role follows its registry
     m.child("tg_gateway_settings_partitions").set(cfg.keys.partitions)
     m.child("tg_gateway_settings_shutdown_grace_seconds").set(cfg.consumer.shutdown_grace_seconds)
     m.child("tg_gateway_settings_max_deliveries").set(cfg.consumer.max_deliveries)

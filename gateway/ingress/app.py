@@ -82,10 +82,6 @@ class IngressApp:
         self.publisher: UpdatePublisher | None = None
         self.observe = observe or IngressMetrics.off()
         m = self.observe
-        self._accepted, self._duplicate = (
-            m.updates["webhook", "accepted"],
-            m.updates["webhook", "duplicate"],
-        )
         self.door = Door(m, max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
         self._delivery = Delivery(config, self.door, lambda: self.redis)
         self._files = (
@@ -174,26 +170,27 @@ class IngressApp:
 
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
+        bot_id = self.config.bot_id  # the bot of the path (metrics' bot label)
         expected = self.config.webhook_secret
         assert expected is not None  # no route without a secret
         given = headers.get(SECRET_HEADER, b"")
         if not hmac.compare_digest(given, expected.encode()):
             await self.door.refuse(
-                send, "webhook", "bad_secret", 401, "bad or missing secret token"
+                send, "webhook", "bad_secret", 401, "bad or missing secret token", bot_id=bot_id
             )
             return
-        body = await self.door.read_json_body(scope, receive, send, "webhook")
+        body = await self.door.read_json_body(scope, receive, send, "webhook", bot_id)
         if body is None:
             return
         try:
             update_id, chat_id = parse_update(body)
         except InvalidUpdate as exc:
-            await self.door.refuse(send, "webhook", "bad_json", 400, str(exc))
+            await self.door.refuse(send, "webhook", "bad_json", 400, str(exc), bot_id=bot_id)
             return
         assert self.publisher is not None
         try:
             new = await self.publisher.publish(
-                bot_id=self.config.bot_id,
+                bot_id=bot_id,
                 update_id=update_id,
                 chat_id=chat_id,
                 source="webhook",
@@ -201,9 +198,11 @@ class IngressApp:
             )
         except RedisUnavailable as exc:
             log.warning("update %s not stored, answering 503: %s", update_id, exc)
-            await self.door.refuse(send, "webhook", "storage_unavailable", 503, STORAGE_ERROR)
+            await self.door.refuse(
+                send, "webhook", "storage_unavailable", 503, STORAGE_ERROR, bot_id=bot_id
+            )
             return
-        (self._accepted if new else self._duplicate).inc()
+        self.observe.for_bot(bot_id).updates["webhook", "accepted" if new else "duplicate"].inc()
         await _json(send, 200, {"ok": True, "duplicate": not new})
 
     async def _readyz(self, send: Send) -> None:

@@ -13,6 +13,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.core.backoff import backoff
+from gateway.core.bot_labels import settings_table
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
@@ -97,14 +98,21 @@ def build_ingress(
 
 
 def ingress_metrics(
-    ms: MetricsSettings, rs: RedisSettings, metrics: Metrics | None = None
+    ms: MetricsSettings,
+    rs: RedisSettings,
+    metrics: Metrics | None = None,
+    tg: TelegramSettings | None = None,
 ) -> IngressMetrics:
     """The ingress's metrics (``metrics``: the process's, shared with the other roles it
-    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``."""
+    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``. ``tg``:
+    its bot labels the metrics until the ingress follows its registry."""
     token = ms.token
     if token is None:
         return IngressMetrics.off()
-    metrics = metrics or Metrics(INGRESS, "ingress")
+    if metrics is None:
+        metrics = Metrics(INGRESS, "ingress", bot_limit=ms.metrics_bot_label_limit)
+        if tg is not None:
+            metrics.bots.use(settings_table(tg))
     metrics.child("tg_gateway_settings_partitions").set(rs.partitions)
     return IngressMetrics(metrics, Scrape(metrics, token))
 
@@ -244,7 +252,7 @@ async def serve_ingress_role(
         cfg.ingress,
         cfg.sender.outbound_ttl_seconds,
         stop,
-        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
+        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics, cfg.telegram),
         files=cfg.files,
         receipts=cfg.receipts,
     )

@@ -88,6 +88,7 @@ class PartSender:
         ``LeaseLost`` (not sent: left to the partition's owner)."""
         if part is None:
             part = Part(chat_id, payload, counts=method in COUNTED)
+        obs = self.observe.for_bot(entry.bot_id)
         while True:
             remaining = None if entry.deadline is None else entry.deadline - time.time()
             if part.counts and remaining is not None and remaining <= 0:
@@ -96,7 +97,7 @@ class PartSender:
                 waited = time.perf_counter()
                 async with asyncio.timeout(remaining if part.counts else None):
                     scope = await self.limiter.acquire(part.chat_id, counts=part.counts)
-                self.observe.limiter_wait[scope].observe(time.perf_counter() - waited)
+                obs.limiter_wait[scope].observe(time.perf_counter() - waited)
             except TimeoutError:
                 why = "deadline passed waiting for budget"
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
@@ -132,11 +133,11 @@ class PartSender:
                     raise  # not a Bot API answer (a bug, Redis): the consumer's business
                 if isinstance(decision, answers.Done):  # a redone edit or delete
                     return part.outcome()
-                self.observe.error(method, exc)
+                obs.error(method, exc)
                 after = await self._answered(entry, part, decision, exc, fence)
                 if isinstance(after, answers.Dead):
                     return part.outcome(dead=after)
-                self.observe.send(method, "retried")
+                obs.send(method, "retried")
                 if after is not None:
                     return part.outcome(retry=after)
                 continue
@@ -216,7 +217,7 @@ class PartSender:
             self.flood_waits += 1
             is_global = await self.limiter.flood(part.chat_id, decision.seconds)
             scope = "global" if is_global else chat_scope(part.chat_id)
-            self.observe.flood_seconds[scope].inc(decision.seconds)
+            self.observe.for_bot(entry.bot_id).flood_seconds[scope].inc(decision.seconds)
             log.warning(
                 "429 for chat %s: %s waits %ss",
                 part.chat_id,

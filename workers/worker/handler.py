@@ -191,7 +191,9 @@ async def _submit(
     if not gw.fence.valid():
         raise LeaseLost  # another worker owns this chat's partition now
     try:
-        body = await s.metrics.submit(s.pipeline, message, callback_url, key)
+        body = await s.metrics.for_bot(gw.entry.bot_id).submit(
+            s.pipeline, message, callback_url, key
+        )
     except PipelineRejected as exc:
         s.breaker.success()  # it answered: up, even if it refused this one
         s.count("pipeline_rejected")
@@ -347,7 +349,7 @@ class UpdateHandler:
             # e.g. the apology: it goes out in the finish that dead-letters the update
             return dataclasses.replace(result, effects=(*result.effects, *outbox))
         if result is UNHANDLED:
-            s.metrics.updates["no_reply"].inc()
+            s.metrics.for_bot(entry.bot_id).updates["no_reply"].inc()
             s.count("unhandled")
             log.info(
                 "update %s (%s) not handled; acknowledged",
@@ -356,9 +358,9 @@ class UpdateHandler:
                 extra={"update_id": entry.update_id},
             )
         elif not isinstance(result, Ack):
-            s.metrics.command(gw.command)
+            s.metrics.for_bot(entry.bot_id).command(gw.command)
             s.count("handled")
         else:
-            s.metrics.updates["replied" if outbox else "no_reply"].inc()
+            s.metrics.for_bot(entry.bot_id).updates["replied" if outbox else "no_reply"].inc()
         marker = (Marker(handed, s.options.handed_ttl),) if gw.handed else ()
         return Ack((*outbox, *marker))
