@@ -367,6 +367,29 @@ def test_dashboard_covers_rates_lag_latency_429s_dead_letters_and_breaker() -> N
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
+def test_dashboard_filters_every_per_bot_series_by_its_bot_variable() -> None:
+    """Issue 15: a `bot` variable (all bots by default) that every selector of a family
+    with the `bot` label honours, and a row of panels split by bot."""
+    board = json.loads(DASHBOARD.read_text())
+    [var] = [v for v in board["templating"]["list"] if v["name"] == "bot"]
+    assert var["includeAll"] and var["multi"] and var["allValue"] == ".*"
+    assert "bot)" in var["query"]["query"]
+    per_bot = {n for n, m in catalog().items() if "bot" in m["labels"]}
+    assert len(per_bot) >= 10
+    filtered = 0
+    for expr in dashboard_exprs():
+        for name, matchers in re.findall(
+            r"(tg_gateway_\w+?)(?:_bucket)?(\{[^}]*\})?(?=[\[\s)])", expr
+        ):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if base in per_bot:
+                assert 'bot=~"$bot"' in matchers, (name, expr)
+                filtered += 1
+    assert filtered >= 20
+    split = [e for e in dashboard_exprs() if re.search(r"by \([^)]*\bbot\b", e)]
+    assert len(split) >= 6
+
+
 # --- Kubernetes -------------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ and latencies. The split parts are counted for the process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from gateway.core.bot_labels import PerBot
 from gateway.core.metrics import Metrics
@@ -17,6 +18,24 @@ from workers.sender.parts import METHODS
 SEND_OUTCOMES = ("sent", "already_sent", "retried", "dead_lettered")
 SCOPES = ("none", "global", "chat", "group")
 CODES = frozenset({400, 401, 403, 404, 409, 413, 429})
+
+
+class Lazy(dict[str, Any]):
+    """Children by one label's value, each made on first use; a value not in ``known``
+    has none (``get``: None, ``[]``: KeyError)."""
+
+    def __init__(self, make: Callable[[str], Any], known: Iterable[str]) -> None:
+        super().__init__()
+        self._make, self._known = make, frozenset(known)
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._known:
+            raise KeyError(key)
+        child = self[key] = self._make(key)
+        return child
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self or key in self._known else default
 
 
 class BotSends:
@@ -29,16 +48,17 @@ class BotSends:
             for method in METHODS
             for o in SEND_OUTCOMES
         }
-        self.limiter_wait = {
-            s: m.child("tg_gateway_sender_limiter_wait_seconds", s, bot) for s in SCOPES
-        }
+        # The histograms by scope and method are made on first use: a bot's series are
+        # what it did (16 lines each), not every method's (deploy/metrics.yaml, "bot").
+        self.limiter_wait = Lazy(
+            lambda s: m.child("tg_gateway_sender_limiter_wait_seconds", s, bot), SCOPES
+        )
         self.flood_seconds = {
             s: m.child("tg_gateway_sender_flood_wait_seconds_total", s, bot) for s in SCOPES[1:]
         }
-        self.queue_latency = {
-            method: m.child("tg_gateway_sender_queue_latency_seconds", method, bot)
-            for method in METHODS
-        }
+        self.queue_latency = Lazy(
+            lambda method: m.child("tg_gateway_sender_queue_latency_seconds", method, bot), METHODS
+        )
         self.end_to_end = m.child("tg_gateway_sender_end_to_end_latency_seconds", bot)
 
     def send(self, method: str, outcome: str) -> None:
