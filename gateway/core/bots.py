@@ -228,6 +228,15 @@ class BotSpec:
         return spec.check()
 
 
+def delivery_key(bot: BotSpec | None, default: bytes | None) -> bytes | None:
+    """The key that signs ``bot``'s callback tokens (the worker) and checks them (the
+    ingress): its own ``delivery_secret`` when set, else ``default`` (DELIVERY_SECRET).
+    None: the bot has no callbacks (the ingress answers 503 ``delivery_disabled``)."""
+    if bot is not None and bot.delivery_secret is not None:
+        return bot.delivery_secret.encode()
+    return default
+
+
 def _opt_str(value: object) -> str | None:
     return None if value is None or value == "" else str(value)
 

@@ -137,14 +137,28 @@ class BotRegistry:
         per ``MISS_REFRESH`` seconds), so an entry of a bot added a moment ago by another
         process is not taken for an unknown bot's. None: not a bot of this deployment."""
         bot = self.table.get(bot_id)
-        if bot is not None or (self._redis is None and self._file is None):
-            return bot
+        if bot is None:
+            await self._refresh_on_miss()
+            bot = self.table.get(bot_id)
+        return bot
+
+    async def lookup_path(self, path_key: str) -> BotSpec | None:
+        """``lookup`` by webhook path key (the ingress's ``/webhook/{path_key}``)."""
+        bot = self.table.by_path(path_key)
+        if bot is None:
+            await self._refresh_on_miss()
+            bot = self.table.by_path(path_key)
+        return bot
+
+    async def _refresh_on_miss(self) -> None:
+        """Read the sources again, at most once per ``MISS_REFRESH`` seconds."""
+        if self._redis is None and self._file is None:
+            return
         now = time.monotonic()
         if now - self._missed_at >= MISS_REFRESH:
             self._missed_at = now
             async with self._refreshing:
                 await self.refresh()
-        return self.table.get(bot_id)
 
     async def load(self) -> BotTable:
         """Read every source now (at start: a bad BOTS_FILE is a ``ConfigError``)."""
