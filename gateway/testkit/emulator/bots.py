@@ -8,11 +8,12 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Literal
 
+from gateway.core.errors import GatewayError
 from gateway.testkit.emulator.core import EmulatorCore, token_bot_id
 from gateway.testkit.emulator.limits import EmulatorLimits
 
 
-class UnknownBotError(LookupError):
+class UnknownBotError(GatewayError, LookupError):
     """The user side named a bot this emulator does not serve."""
 
 
