@@ -320,3 +320,23 @@ async def test_hundreds_of_bots_cost_one_timer_not_a_task_or_a_connection_each(
         assert not task.done()
     holders = await redis.mget([KEYS.webhook_lease(b.bot_id) for b in bots])
     assert set(holders) == {b"another-replica"}
+
+
+async def test_many_leases_on_one_timer_on_a_redis_cluster(cluster_redis: aioredis.Redis) -> None:
+    """``take_all`` on the cluster client: the leases live on every node, one call takes
+    them all; another owner finds them held; released, they are the next owner's."""
+    from gateway.runtime.batching import Coalescer
+    from gateway.runtime.named_lease import NamedLease, Take, take_all
+
+    keys = [KEYS.webhook_lease(7000000000 + i) for i in range(30)]
+    slots = {cluster_redis.keyslot(k) for k in keys}  # type: ignore[attr-defined]
+    assert len(slots) > 3  # spread over the nodes, not one slot
+    calls = Coalescer(cluster_redis)
+    a = [NamedLease(cluster_redis, k, "a", TTL_MS) for k in keys]
+    b = [NamedLease(cluster_redis, k, "b", TTL_MS) for k in keys]
+    assert await take_all(a, calls) == [Take.OURS] * 30
+    assert await take_all(b, calls) == [Take.HELD] * 30 and not any(x.held for x in b)
+    for lease in a:
+        await lease.release()
+    assert await take_all(b, calls) == [Take.OURS] * 30 and all(x.held for x in b)
+    await calls.aclose()
