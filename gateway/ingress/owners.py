@@ -255,7 +255,7 @@ class BotOwners:
     def _settle_when(self, started: Iterable[UpdatesOwner]) -> None:
         owners = list(started)
         if not owners:
-            log.info("no bot's lease free for this replica: standing by")
+            log.info("no bot's lease taken (held elsewhere, or not answered): standing by")
             self.settled.set()
             return
 
