@@ -108,7 +108,7 @@ def test_table_refuses_a_second_bot_with_a_taken_name_or_path() -> None:
     a = spec(TOKEN_A, "shop", "redis")
     with pytest.raises(BotSpecError, match="name shop is taken by 'shop'"):
         BotTable.of([a, spec(TOKEN_B, "shop", "redis")])
-    with pytest.raises(BotSpecError, match="path key .* is taken by 'shop'"):
+    with pytest.raises(BotSpecError, match=r"path key .* is taken by 'shop'"):
         BotTable.of([a, spec(TOKEN_B, "other", "redis", path_key=a.path_key)])
 
 
