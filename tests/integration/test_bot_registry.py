@@ -220,3 +220,29 @@ async def test_run_refreshes_until_stopped(redis: aioredis.Redis) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_put_record_is_a_compare_and_set(redis: aioredis.Redis) -> None:
+    """Written only over the record read; a name or path another record holds is refused;
+    what `bots` reads back is what it wrote."""
+    from gateway.runtime.bot_admin import RecordChanged, put_record, read_records
+
+    shop = stored(TOKEN_A, "shop")
+    assert await put_record(redis, KEYS, shop, expected=None) is None
+    with pytest.raises(RecordChanged):  # a second `add` of the same id
+        await put_record(redis, KEYS, shop, expected=None)
+    assert await put_record(redis, KEYS, stored(TOKEN_B, "shop"), expected=None) == "name 1111111"
+    same_path = BotSpec.from_record(
+        {**stored(TOKEN_B, "b").to_record(), "path_key": shop.path_key}, "redis"
+    )
+    assert await put_record(redis, KEYS, same_path, expected=None) == "path 1111111"
+    [(field_, read)] = (await read_records(redis, KEYS)).items()
+    assert field_ == "1111111" and read.bot == shop
+    rotated = stored(TOKEN_A2, "shop")
+    assert await put_record(redis, KEYS, rotated, expected=read.raw) is None
+    with pytest.raises(RecordChanged):  # a stale read: rotated meanwhile
+        await put_record(redis, KEYS, shop, expected=read.raw, delete=True)
+    current = (await read_records(redis, KEYS))["1111111"]
+    assert current.bot == rotated
+    assert await put_record(redis, KEYS, rotated, expected=current.raw, delete=True) is None
+    assert await redis.hlen(KEYS.bots) == 0

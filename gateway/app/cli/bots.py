@@ -50,16 +50,16 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def cmd_bots(args: argparse.Namespace) -> int:
-    """Run the action (its module imported now); an ``Exit`` is its one line and code."""
+    """Run the action (its module imported now); a ``BotsExit`` is its one line and code."""
     import importlib
 
-    from gateway.app.cli.bots_common import Exit
+    from gateway.app.cli.bots_common import BotsExit
 
     module, name = ACTIONS[args.action]
     action = getattr(importlib.import_module(f"gateway.app.cli.{module}"), name)
     try:
         return int(action(args))
-    except Exit as exc:
+    except BotsExit as exc:
         print(f"tg-gateway: {redact_url(str(exc))}", file=sys.stderr)
         return exc.code
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.app.cli.bots_common import (
+    BotsExit,
     Context,
-    Exit,
     check_token,
     emit,
     note,
@@ -136,7 +136,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if bot is None and (s := pick_stored(records, args.bot)) is not None and s.bot is not None:
             bot = s.bot  # a record the merge left out: shown, for the operator to fix
         if bot is None:
-            raise Exit(EXIT_FAILED, f"no bot {args.bot!r} (tg-gateway bots list shows them)")
+            raise BotsExit(EXIT_FAILED, f"no bot {args.bot!r} (tg-gateway bots list shows them)")
         return bot
 
     bot = asyncio.run(go())

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 TELEGRAM_TIMEOUT = 10.0  # seconds a getMe / getWebhookInfo / deleteWebhook may take
 
 
-class Exit(GatewayError):
+class BotsExit(GatewayError):
     """Ends a `bots` command with ``code`` and one stderr line (not found: 1, the Bot
     API unreachable: 3); usage errors are ``UsageError`` (2)."""
 
@@ -112,7 +112,7 @@ def read_token(args: argparse.Namespace) -> str:
 
 async def check_token(tg: TelegramSettings, token: str) -> dict[str, Any]:
     """getMe with ``token`` at TELEGRAM_API_URL: the bot it answers for must be the token's.
-    Refused (401/404) or another bot: ``UsageError``; no answer: ``Exit(3)``."""
+    Refused (401/404) or another bot: ``UsageError``; no answer: ``BotsExit(3)``."""
     from gateway.telegram.client import BotApi, BotApiError
 
     try:
@@ -125,12 +125,12 @@ async def check_token(tg: TelegramSettings, token: str) -> dict[str, Any]:
                 f"Telegram refused the token (getMe: {exc.error_code} {exc.description}); "
                 "check it with @BotFather (--no-check skips the check)"
             ) from None
-        raise Exit(
+        raise BotsExit(
             EXIT_UNAVAILABLE,
             f"Bot API at {tg.telegram_api_url}: {exc} (--no-check skips the check)",
         ) from None
     except TimeoutError:
-        raise Exit(
+        raise BotsExit(
             EXIT_UNAVAILABLE,
             f"Bot API at {tg.telegram_api_url}: getMe timed out (--no-check skips the check)",
         ) from None
@@ -167,7 +167,7 @@ def pick_stored(records: dict[str, Stored], ref: str) -> Stored | None:
     return records.get(ref) if ref.isdigit() else None
 
 
-def refuse_not_stored(table: BotTable, ref: str, ctx: Context, doing: str) -> UsageError | Exit:
+def refuse_not_stored(table: BotTable, ref: str, ctx: Context, doing: str) -> UsageError | BotsExit:
     """Why ``ref`` cannot be changed here: a file's or the environment's bot, or none."""
     bot = table.find(ref)
     if bot is not None and bot.source == "file":
@@ -179,7 +179,7 @@ def refuse_not_stored(table: BotTable, ref: str, ctx: Context, doing: str) -> Us
             f"bot {bot.name!r} is TELEGRAM_BOT_TOKEN's (the default bot); "
             f"{doing} in the environment"
         )
-    return Exit(EXIT_FAILED, f"no bot {ref!r} (tg-gateway bots list shows them)")
+    return BotsExit(EXIT_FAILED, f"no bot {ref!r} (tg-gateway bots list shows them)")
 
 
 def note(line: str) -> None:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import orjson
 
 from gateway.app.cli.bots_common import (
+    BotsExit,
     Context,
-    Exit,
     note,
     pick_stored,
     refuse_not_stored,
@@ -70,7 +70,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
                 left = await drain(redis, keys, bot, args.drain_timeout, settle)
                 if left:
                     where = ", ".join(f"{s} {n}" for s, n in sorted(left.items())[:4])
-                    raise Exit(
+                    raise BotsExit(
                         EXIT_FAILED,
                         f"bot {bot.name!r}: {sum(left.values())} entr(ies) still unread or "
                         f"pending after {args.drain_timeout:g} s ({where}); it stays removing: "
