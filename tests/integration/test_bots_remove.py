@@ -168,3 +168,17 @@ async def test_bot_entries_counts_unread_and_pending_of_one_bot(
     # the other bot: its update of partition 0 read (pending), its one of partition 1 unread
     other = bot_admin.BotEntries(redis, KEYS, OTHER_ID)
     assert await other.count() == {KEYS.updates(0): 1, KEYS.updates(1): 1}
+
+
+async def test_a_record_the_default_bot_overrides_goes_alone(
+    bots: BotsCli, redis: aioredis.Redis, emu: Emulator
+) -> None:
+    """'shop' has the default bot's id (TELEGRAM_BOT_TOKEN set after it was added): its
+    record is deleted at once, and the default bot's webhook and entries are left alone."""
+    bots.env(TELEGRAM_BOT_TOKEN=TOKEN)
+    await add_update(redis, 0, BOT_ID, 1)  # the default bot's, unread
+    ran = await bots("remove", "shop")
+    assert ran.code == 0, ran.err
+    assert "env's bot 'default' overrides" in ran.err
+    assert emu.state.webhook is not None
+    assert str(BOT_ID) not in await records(redis) and await redis.xlen(KEYS.updates(0)) == 1

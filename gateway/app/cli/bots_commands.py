@@ -16,6 +16,7 @@ from gateway.app.cli.bots_common import (
     pick_stored,
     read_token,
     refuse_not_stored,
+    store,
     telegram_call,
 )
 from gateway.app.cli.timeouts import bounded
@@ -152,7 +153,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from gateway.runtime.bot_admin import put_record
 
     token = read_token(args)
     ctx = Context.load()
@@ -175,7 +175,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             if not args.no_check:
                 await check_token(ctx.tg, token)
             rotated = replace(bot, token=token)
-            await bounded(put_record(redis, ctx.rs.keys, rotated, expected=stored.raw))
+            await store(redis, ctx.rs.keys, rotated, stored.raw)
             return rotated
         finally:
             await redis.aclose()

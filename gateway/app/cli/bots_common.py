@@ -22,6 +22,7 @@ from gateway.core.settings import RedisSettings, TelegramSettings, load
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from gateway.core.contracts import Keys
     from gateway.runtime.bot_admin import Stored
 
 TELEGRAM_TIMEOUT = 10.0  # seconds a getMe / getWebhookInfo / deleteWebhook may take
@@ -180,6 +181,18 @@ def refuse_not_stored(table: BotTable, ref: str, ctx: Context, doing: str) -> Us
             f"{doing} in the environment"
         )
     return BotsExit(EXIT_FAILED, f"no bot {ref!r} (tg-gateway bots list shows them)")
+
+
+async def store(redis: aioredis.Redis, keys: Keys, bot: BotSpec, expected: bytes) -> None:
+    """Overwrite ``bot``'s record read as ``expected`` (``RecordChanged`` if it changed);
+    a name or path key another record holds (written by hand?) is a usage error."""
+    from gateway.runtime.bot_admin import put_record
+
+    taken = await bounded(put_record(redis, keys, bot, expected=expected))
+    if taken is not None:
+        raise UsageError(
+            f"bot {bot.name!r}: its {taken.split()[0]} is bot id {taken.split()[1]}'s too"
+        )
 
 
 def note(line: str) -> None:

@@ -23,6 +23,7 @@ from gateway.app.cli.bots_common import (
     note,
     pick_stored,
     refuse_not_stored,
+    store,
     telegram_call,
 )
 from gateway.app.cli.timeouts import bounded
@@ -55,9 +56,19 @@ def cmd_remove(args: argparse.Namespace) -> int:
                 note(f"removed the unreadable Redis record of bot id {args.bot}")
                 return 0
             bot, raw = stored.bot, stored.raw
+            live = table.get(bot.bot_id)
+            if live is not None and live.source != "redis":
+                # Left out of the merge: the bot is the file's or the environment's, whose
+                # webhook and entries are not this record's to end. Only the record goes.
+                await bounded(put_record(redis, keys, bot, expected=raw, delete=True))
+                note(
+                    f"removed the Redis record of {bot.name!r}, which {live.source}'s bot "
+                    f"{live.name!r} overrides (its webhook and entries are left alone)"
+                )
+                return 0
             if bot.removing_since is None:
                 bot = replace(bot, removing_since=time.time())
-                await bounded(put_record(redis, keys, bot, expected=raw))
+                await store(redis, keys, bot, raw)
                 raw = orjson.dumps(bot.to_record())
             note(f"bot {bot.name!r} ({bot.bot_id}): removing; roles take no new updates of it")
             gone = await telegram_call(ctx.tg, bot.token, "deleteWebhook")
