@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,10 @@ def bots(
 
 
 @pytest.fixture
-async def other_emu() -> AsyncIterator[Emulator]:
-    """A second bot's Bot API (until the emulator serves many bots)."""
-    async with Emulator(token=OTHER_TOKEN, bot_username="other_bot") as emulator:
-        yield emulator
+async def other_emu(emu: Emulator) -> Emulator:
+    """The emulator serving a second bot too (its token is OTHER_TOKEN)."""
+    emu.add_bot(OTHER_TOKEN, "other_bot")
+    return emu
 
 
 def assert_one_line(ran: object, code: int, *says: str) -> None:
@@ -162,7 +161,7 @@ async def test_a_taken_name_or_id_is_refused(
     before = await records(redis)
     same_id = await bots("add", "shop2", "--token-env", "SHOP_TOKEN")
     assert_one_line(same_id, 2, f"bot id {BOT_ID} is taken by bot 'shop' (redis)")
-    bots.env(OTHER=OTHER_TOKEN, TELEGRAM_API_URL=other_emu.api_url)
+    bots.env(OTHER=OTHER_TOKEN)
     same_name = await bots("add", "shop", "--token-env", "OTHER")
     assert_one_line(same_name, 2, "name 'shop' is taken by bot 'shop' (redis)")
     file = tmp_path / "bots.toml"
@@ -183,17 +182,15 @@ async def test_rotate_token_keeps_the_bot_id(
     assert (await bots("add", "shop", "--token-env", "SHOP_TOKEN")).code == 0
     [before] = (await records(redis)).values()
     new_token = f"{BOT_ID}:NEWtokenNEWtokenNEWtoken00"
-    async with Emulator(token=new_token) as rotated_api:  # Telegram after the revoke
-        bots.env(NEW=new_token, OTHER=OTHER_TOKEN, TELEGRAM_API_URL=rotated_api.api_url)
-        other = await bots("rotate-token", "shop", "--token-env", "OTHER")
-        assert_one_line(other, 2, "the new token is bot 5550001's, not 'shop''s")
-        bots.env(TELEGRAM_API_URL=emu.api_url)  # the old token's API refuses the new one
-        refused = await bots("rotate-token", "shop", "--token-env", "NEW")
-        assert_one_line(refused, 2, "Telegram refused the token")
-        assert list((await records(redis)).values()) == [before]
-        bots.env(TELEGRAM_API_URL=rotated_api.api_url)
-        ok = await bots("rotate-token", "shop", "--token-env", "NEW")
-        assert ok.code == 0, ok.err
+    bots.env(NEW=new_token, OTHER=OTHER_TOKEN)
+    other = await bots("rotate-token", "shop", "--token-env", "OTHER")
+    assert_one_line(other, 2, "the new token is bot 5550001's, not 'shop''s")
+    refused = await bots("rotate-token", "shop", "--token-env", "NEW")  # not revoked yet
+    assert_one_line(refused, 2, "Telegram refused the token")
+    assert list((await records(redis)).values()) == [before]
+    emu.rotate_token(BOT_ID, new_token)  # BotFather's /revoke
+    ok = await bots("rotate-token", "shop", "--token-env", "NEW")
+    assert ok.code == 0, ok.err
     [after] = (await records(redis)).values()
     assert after == {**before, "token": new_token}  # path and secret kept
     assert "bot_unauthorized" in ok.err and "NEWtoken" not in ok.out + ok.err
