@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.core.backoff import backoff
-from gateway.core.bots import BotsSettings, default_bot
+from gateway.core.bots import BotsSettings
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
@@ -32,7 +32,7 @@ from gateway.ingress.config import bot_webhooks, files_config
 from gateway.ingress.connections import bounded_protocol
 from gateway.ingress.observe import IngressMetrics, WebhookCollector
 from gateway.ingress.owners import BotOwners
-from gateway.runtime.bots import BotRegistry
+from gateway.runtime.bots import BotRegistry, registry_of
 from gateway.runtime.layout import ensure_layout
 from gateway.runtime.metrics_export import Scrape
 from gateway.runtime.streams import connect_with, ensure_groups
@@ -84,17 +84,8 @@ def ingress_config(
 def ingress_registry(
     tg: TelegramSettings, bs: BotsSettings, redis: aioredis.Redis | None, keys: Keys
 ) -> BotRegistry:
-    """The bots the ingress serves: TELEGRAM_BOT_TOKEN's (whenever it is set: its webhook
-    route and callbacks are served with TELEGRAM_ENABLED=false too), BOTS_FILE's and the
-    Redis registry's. Call ``load`` before use."""
-    token = tg.token if tg.telegram_bot_token is not None else None
-    return BotRegistry(
-        redis,
-        keys,
-        default=default_bot(token, tg.webhook_secret),
-        file=bs.bots_file,
-        refresh=bs.bots_refresh_seconds,
-    )
+    """The bots the ingress serves (``registry_of``). Call ``load`` before use."""
+    return registry_of(tg, bs, redis, keys)
 
 
 def build_ingress(

@@ -35,7 +35,7 @@ from gateway.core.bots import (
 )
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
-from gateway.core.settings import Config
+from gateway.core.settings import BotsSettings, Config, TelegramSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +133,21 @@ def parse_records(raw: dict[Any, Any]) -> list[BotSpec]:
 
 
 def registry_for(cfg: Config, redis: aioredis.Redis | None) -> BotRegistry:
-    """The registry of a role: ``TELEGRAM_BOT_TOKEN``'s bot (when Telegram is enabled),
-    ``BOTS_FILE`` and Redis (``redis``; None: no Redis source). Call ``load`` before use."""
-    tg, bs = cfg.telegram, cfg.bots
-    token = tg.token if tg.telegram_enabled and tg.telegram_bot_token is not None else None
+    """The registry of a role (``registry_of`` of its settings)."""
+    return registry_of(cfg.telegram, cfg.bots, redis, cfg.keys)
+
+
+def registry_of(
+    tg: TelegramSettings, bs: BotsSettings, redis: aioredis.Redis | None, keys: Keys
+) -> BotRegistry:
+    """``TELEGRAM_BOT_TOKEN``'s bot whenever it is set (with ``TELEGRAM_ENABLED=false`` too:
+    the ingress still serves its webhook route and callbacks, the worker its updates),
+    ``BOTS_FILE``'s and the Redis registry's (``redis``; None: no Redis source). Call
+    ``load`` before use."""
+    token = tg.token if tg.telegram_bot_token is not None else None
     return BotRegistry(
         redis,
-        cfg.keys,
+        keys,
         default=default_bot(token, tg.webhook_secret),
         file=bs.bots_file,
         refresh=bs.bots_refresh_seconds,
