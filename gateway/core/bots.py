@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings_base import _Base, http_url
+from gateway.core.signing import SigningKeys
 
 DEFAULT_PATH_KEY = "telegram"  # the default bot's webhook: /webhook/telegram
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -143,6 +144,14 @@ class BotSpec:
             value = getattr(self, key)
             if value is not None and len(value) < 16:
                 raise BotSpecError(f"{where}: {key} must be at least 16 characters")
+        if self.pipeline_secret is not None:
+            try:
+                pipeline_keys(self)
+            except ValueError:
+                raise BotSpecError(
+                    f"{where}: pipeline_secret must be Standard Webhooks keys "
+                    "(whsec_<base64>, 24+ bytes each; comma-separated during a rotation)"
+                ) from None
         if self.global_per_second is not None and not 0 < self.global_per_second <= 1000:
             raise BotSpecError(f"{where}: global_per_second must be in (0, 1000]")
         return self
@@ -226,6 +235,25 @@ class BotSpec:
         except (TypeError, ValueError) as exc:
             raise BotSpecError(f"bot {name!r}: {exc}") from None
         return spec.check()
+
+
+def delivery_key(bot: BotSpec, default: bytes | None) -> bytes | None:
+    """The key that signs and verifies ``bot``'s callback tokens: its own
+    ``delivery_secret`` when set, else ``default`` (``DELIVERY_SECRET``; None: no
+    callback URL is offered). The worker signs with it and the ingress checks with it."""
+    return bot.delivery_secret.encode() if bot.delivery_secret else default
+
+
+def pipeline_keys(bot: BotSpec) -> SigningKeys | None:
+    """The Standard Webhooks keys that sign ``bot``'s pipeline requests, from its own
+    ``pipeline_secret`` (``whsec_<base64>``, comma-separated during a rotation, like
+    ``PIPELINE_SIGNING_KEYS``); None: the process's keys. ``ValueError`` if unusable."""
+    if bot.pipeline_secret is None:
+        return None
+    keys = SigningKeys.parse(k.strip() for k in bot.pipeline_secret.split(",") if k.strip())
+    if not keys:
+        raise ValueError("no key")
+    return keys
 
 
 def _opt_str(value: object) -> str | None:
