@@ -135,7 +135,7 @@ class BotsMe:
         self._registry = registry
         self._stop = stop
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self.error: TelegramFatal | None = None
+        self.error: Exception | None = None
 
     def built(self, wb: WorkerBot, old: WorkerBot | None) -> None:
         if not self._tg.telegram_enabled:
@@ -149,17 +149,24 @@ class BotsMe:
     async def _learn(self, wb: WorkerBot) -> None:
         try:
             await learn_me(wb.bot, self._tg, self._stop, wb.spec)
-        except TelegramFatal as exc:
+        except Exception as exc:
             if wb.spec.source == "env" and len(self._registry.table) == 1:
-                self.error = exc  # the only bot, as before issue 15: the role stops
+                # The only bot, as before issue 15: the role stops with the error.
+                self.error = exc
                 self._stop.set()
                 return
+            fix = (
+                "TELEGRAM_BOT_TOKEN"
+                if wb.spec.source == "env"
+                else f"`tg-gateway bots rotate-token {wb.name}`"
+            )
+            code = exc.error_code if isinstance(exc, TelegramFatal) else 0
             log.error(
-                "bot %s: getMe refused (%d): its token is wrong or revoked; it goes on "
-                "with its assumed name until `tg-gateway bots rotate-token %s`",
+                "bot %s: getMe refused (%d): its token is wrong or revoked; it is served "
+                "with its assumed name until its token changes (%s)",
                 wb.name,
-                exc.error_code,
-                wb.name,
+                code,
+                fix,
             )
 
     def _cancel(self, bot_id: int) -> None:

@@ -5,6 +5,7 @@ letter; one bot's dead pipeline does not hold up another's updates."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -22,7 +23,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway.app.roles import serve_worker
 from gateway.core.bots import BotsSettings
 from gateway.core.contracts import OutboundEntry, update_fields
-from gateway.core.errors import DeliveryTokenError
+from gateway.core.errors import DeliveryTokenError, TelegramFatal
 from gateway.core.settings import load
 from gateway.core.tokens import verify_route
 from gateway.runtime.streams import ensure_groups
@@ -329,3 +330,30 @@ async def _equals(value: Any, expected: int) -> bool:
 
 async def _at_least_n(value: Any, n: int) -> bool:
     return bool(await value >= n)
+
+
+async def test_a_401_stops_the_worker_only_when_its_bot_is_the_only_one(
+    redis: aioredis.Redis,
+    redis_url: str,
+    emu: Emulator,
+    p1: Recorder,
+    p2: Recorder,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every getMe answers 401: alone, TELEGRAM_BOT_TOKEN's bot stops the role as before
+    issue 15; with a registry bot beside it, both bots' updates are still handed."""
+    emu.faults.unauthorized(True)
+    alone = make_config(redis_url, emu.api_url, pipeline={"pipeline_url": p1.url})
+    with pytest.raises(TelegramFatal, match="401"):
+        await asyncio.wait_for(serve_worker(alone, asyncio.Event()), 15)
+    cfg = worker_config(redis_url, emu, p1, bots_file(tmp_path, brand_b(p2.url)))
+    await ensure_groups(redis, cfg.keys)
+    await publish(redis, cfg, BOT_ID, text_update(2000, ALICE, "still there?"))
+    await publish(redis, cfg, BOT_B, text_update(2000, ALICE, "still there, B?"))
+    async with running(lambda stop: serve_worker(cfg, stop)) as stop:
+        await wait_for(lambda: len(p1.seen) == 1 and len(p2.seen) == 1, message="both handed")
+        for name in ("default", "brand-b"):
+            refused = f"bot {name}: getMe refused (401)"
+            await wait_for(lambda: refused in caplog.text, message=refused)
+        assert not stop.is_set()
