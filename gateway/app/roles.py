@@ -43,7 +43,7 @@ from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
 from workers.worker.context import WorkerServices
 from workers.worker.fsm import fsm_storage
-from workers.worker.handler import UpdateHandler, build_dispatcher, lane_key
+from workers.worker.handler import UpdateHandler, build_dispatcher
 from workers.worker.observe import WorkerMetrics
 from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline, Pipeline
 from workers.worker.typing_indicator import stop_all
@@ -194,7 +194,6 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             cfg.keys,
             consumer_config(cfg, "worker"),
             handler,
-            order_key=lane_key,  # (bot, chat): one user's chats with two bots are apart
             calls=calls,
             metrics=m,
         )

@@ -355,5 +355,5 @@ async def test_a_401_stops_the_worker_only_when_its_bot_is_the_only_one(
         await wait_for(lambda: len(p1.seen) == 1 and len(p2.seen) == 1, message="both handed")
         for name in ("default", "brand-b"):
             refused = f"bot {name}: getMe refused (401)"
-            await wait_for(lambda: refused in caplog.text, message=refused)
+            await wait_for(lambda r=refused: r in caplog.text, message=refused)  # type: ignore[misc]
         assert not stop.is_set()

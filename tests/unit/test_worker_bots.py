@@ -24,7 +24,7 @@ from workers.worker.bots import Pipelines, WorkerBot, WorkerBots
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import GREETING, greeting_text
 from workers.worker.context import WorkerOptions, WorkerServices
-from workers.worker.handler import UpdateHandler, build_dispatcher, lane_key
+from workers.worker.handler import UpdateHandler, build_dispatcher
 from workers.worker.pipeline import EmbeddedPipeline, HttpPipeline
 
 KEYS = Keys("tg", 2)
@@ -70,12 +70,6 @@ def test_the_greeting_is_the_bot_s_own_with_the_user_s_name() -> None:
         "Hi Alice, this is C {not a field}."
     )
     assert greeting_text(None, "Bob") == GREETING.replace("{name}", "Bob")
-
-
-def test_one_user_s_chats_with_two_bots_are_two_lanes() -> None:
-    assert lane_key({b"bot_id": b"1", b"chat_id": b"42"}) != lane_key(
-        {b"bot_id": b"2", b"chat_id": b"42"}
-    )
 
 
 def pipelines() -> Pipelines:

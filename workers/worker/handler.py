@@ -201,12 +201,6 @@ def budget_since(item: Item) -> float:
     return item.memo if isinstance(item.memo, float) else item.since
 
 
-def lane_key(fields: dict[bytes, bytes]) -> bytes:
-    """The consumer's order key of an updates entry: its bot and chat (one user's chats
-    with two bots have one chat id: each is its own lane, in order, apart)."""
-    return fields.get(b"bot_id", b"") + b":" + fields.get(b"chat_id", b"")
-
-
 def idempotency_key(bot_id: int, update_id: int) -> str:
     """The ``Idempotency-Key`` of an update's pipeline call, and its handed marker's name."""
     return f"tg-{bot_id}-{update_id}"
