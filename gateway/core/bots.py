@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings_base import _Base, http_url
+from gateway.core.signing import SigningKeys
 
 DEFAULT_PATH_KEY = "telegram"  # the default bot's webhook: /webhook/telegram
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -145,6 +146,14 @@ class BotSpec:
             value = getattr(self, key)
             if value is not None and len(value) < 16:
                 raise BotSpecError(f"{where}: {key} must be at least 16 characters")
+        if self.pipeline_secret is not None:
+            try:
+                signing_keys(self.pipeline_secret)
+            except ValueError:
+                raise BotSpecError(
+                    f"{where}: pipeline_secret must be Standard Webhooks keys "
+                    "(whsec_<base64>, 24+ bytes each; comma-separated during a rotation)"
+                ) from None
         if self.global_per_second is not None and not 0 < self.global_per_second <= 1000:
             raise BotSpecError(f"{where}: global_per_second must be in (0, 1000]")
         for kind in self.allowed_updates or ():
@@ -243,13 +252,13 @@ class BotSpec:
         return spec.check()
 
 
-def delivery_key(bot: BotSpec | None, default: bytes | None) -> bytes | None:
-    """The key that signs ``bot``'s callback tokens (the worker) and checks them (the
-    ingress): its own ``delivery_secret`` when set, else ``default`` (DELIVERY_SECRET).
-    None: the bot has no callbacks (the ingress answers 503 ``delivery_disabled``)."""
-    if bot is not None and bot.delivery_secret is not None:
-        return bot.delivery_secret.encode()
-    return default
+def signing_keys(secret: str) -> SigningKeys:
+    """Standard Webhooks keys from a ``pipeline_secret`` (``whsec_<base64>``, comma-separated
+    during a rotation, like ``PIPELINE_SIGNING_KEYS``); ``ValueError`` if unusable."""
+    keys = SigningKeys.parse(k.strip() for k in secret.split(",") if k.strip())
+    if not keys:
+        raise ValueError("no key")
+    return keys
 
 
 def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], name: str) -> Any:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.core.bots import delivery_key
+from gateway.core.bot_keys import delivery_key
 from gateway.core.contracts import REPLIED_TTL
 from gateway.core.errors import (
     DeliveryTokenError,

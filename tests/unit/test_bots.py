@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.core.bots import (
     merge,
 )
 
+PIPELINE_KEY = "whsec_" + base64.b64encode(b"pipeline" * 4).decode()  # Standard Webhooks
 TOKEN_A = "1111111:AAAAaaaaAAAAaaaaAAAAaaaa01"
 TOKEN_B = "2222222:BBBBbbbbBBBBbbbbBBBBbbbb02"
 TOKEN_C = "3333333:CCCCccccCCCCccccCCCCcccc03"
@@ -38,7 +40,7 @@ def test_a_record_round_trips_with_every_field() -> None:
     bot = BotSpec.from_record(
         record(
             pipeline_url="https://crm.example/shop",
-            pipeline_secret="p" * 16,
+            pipeline_secret=PIPELINE_KEY,
             delivery_secret="d" * 16,
             allowed_updates=["message", "callback_query"],
             admin_ids=[42, 7],
@@ -75,6 +77,7 @@ def test_without_a_path_key_it_is_derived_from_the_secret() -> None:
         (record(webhook_secret="has space in it!!"), "webhook_secret must match"),
         (record(pipeline_url="ftp://x"), "pipeline_url must be an http(s) URL"),
         (record(pipeline_secret="short"), "pipeline_secret must be at least 16 characters"),
+        (record(pipeline_secret="p" * 16), "pipeline_secret must be Standard Webhooks keys"),
         (record(allowed_updates="message"), "allowed_updates must be a list, not str"),
         (record(allowed_updates=["Message!"]), "allowed_updates: 'Message!' is no update type"),
         (record(admin_ids=5), "admin_ids must be a list, not int"),
@@ -96,9 +99,11 @@ def test_an_unusable_record_is_one_line_naming_the_field(data: Any, says: str) -
 
 
 def test_public_view_shows_no_token_and_no_secret() -> None:
-    bot = BotSpec.from_record(record(pipeline_secret="p" * 16, delivery_secret="d" * 16), "redis")
+    bot = BotSpec.from_record(
+        record(pipeline_secret=PIPELINE_KEY, delivery_secret="d" * 16), "redis"
+    )
     shown = repr(bot.public()) + repr(bot)
-    for secret in (TOKEN_A.split(":")[1], SECRET, "p" * 16, "d" * 16):
+    for secret in (TOKEN_A.split(":")[1], SECRET, PIPELINE_KEY, "d" * 16):
         assert secret not in shown
     assert bot.public()["token"].startswith("1111111:…")
     assert bot.public()["webhook_secret"] == "set"

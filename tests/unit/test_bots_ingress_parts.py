@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.bots import BotSpec, BotsSettings, default_bot, delivery_key
+from gateway.core.bot_keys import delivery_key
+from gateway.core.bots import BotSpec, BotsSettings, default_bot
 from gateway.core.errors import DeliveryTokenError
 from gateway.core.settings import TelegramSettings, load
 from gateway.core.tokens import _b64, route_bot_id, sign_route
