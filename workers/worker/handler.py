@@ -21,6 +21,7 @@ from gateway.core.errors import (
     PipelineUnavailable,
     ReplyShapeError,
 )
+from gateway.core.drafts import Draft
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.core.status_urls import reply_status_url, with_status_url
 from gateway.core.tokens import Route, sign_route
@@ -251,6 +252,9 @@ def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> bool
         reply = parse_reply(body, gw.services.options.reply_fields)
     except NoReplyContent:
         return False  # e.g. {"status": "accepted"}: the reply comes on the callback
+    if isinstance(reply, Draft):  # text so far is for the callback: the final comes there
+        log.info("update %s: a draft in the pipeline's answer is not shown", route.update_id)
+        return False
     status_url = reply_status_url(body, gw.services.options.status_urls)  # ReplyShapeError
     entries = reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
     gw.outbox.extend(with_status_url(entries, status_url))
