@@ -12,6 +12,8 @@ Returns True. The draft is ephemeral: the bot must send the complete message wit
 Refusals: another chat type is ``400 TEXTDRAFT_PEER_INVALID`` (what the Bot API answers
 for groups, as its users report it); a zero or missing ``draft_id`` and a text over 4096
 characters are 400 in the emulator's own words (the Bot API does not document them).
+Telegram documents no limit for drafts: none is enforced here, but an injected 429
+(``faults.flood_chat`` / ``flood_global``) answers drafts as it answers sends.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ async def send_message_draft(emu: EmulatorCore, p: Params) -> Any:
     if utf16_len(text) > TEXT_LIMIT:
         raise bad_request("message is too long")
     state = emu.state
+    flood = emu.faults.flood_error(chat["id"])  # an injected 429 holds drafts too
+    if flood is not None:
+        state.logs.faults_429 += 1
+        raise flood
     now = state.now()
     chat_id = int(chat["id"])
     call = DraftCall(
