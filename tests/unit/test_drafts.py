@@ -95,7 +95,8 @@ def test_integer_reply_keys_are_taken_as_text() -> None:
         ({"draft": "a", "reply_key": "k", "parse_mode": "BBCode"}, "parse_mode must be"),
         ({"draft": "a", "reply_key": "k", "edit": "u1-0-abc"}, "one of edit, draft"),
         ({"content": "x", "reply_key": "bad key"}, "'reply_key' must be"),
-        ({"edit": "u1-0-abc", "content": "x", "reply_key": "k"}, "cannot be combined with reply_key"),
+        ({"edit": "u1-0-abc", "content": "x", "reply_key": "k"},
+         "cannot be combined with reply_key"),
         ({"delete": "u1-0-abc", "reply_key": "k"}, "cannot be combined with reply_key"),
     ],
 )  # fmt: skip
