@@ -58,7 +58,7 @@ async def stream(pipeline: ScriptedPipeline, index: int, key: str) -> tuple[list
         assert status == 200, answer
         ids.append(answer["draft_id"])
         due = started + 0.12 * n
-        await wait_for(lambda: time.monotonic() >= due, interval=0.01)  # noqa: B023
+        await wait_for(lambda due=due: time.monotonic() >= due, interval=0.01)
     return ids, time.monotonic() - started
 
 
