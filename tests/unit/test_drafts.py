@@ -10,6 +10,7 @@ from gateway.core.drafts import DRAFT_LIMIT, DRAFT_METHOD, DRAFT_TTL, Draft, dra
 from gateway.core.errors import ReplyShapeError
 from gateway.core.replies import Edit, Reply, parse_reply, reply_entries
 from gateway.core.tokens import Route
+from gateway.testkit.reference.stream import MAX_DRAFTS, draft_texts, streamed_bodies
 
 FIELDS = ["content", "response", "text", "message"]
 ROUTE = Route(bot_id=7, chat_id=42, reply_to=1287, update_id=99, expires_at=0)
@@ -115,3 +116,22 @@ def test_a_draft_of_exactly_4096_units_is_taken() -> None:
 
 def test_edits_are_unchanged_by_the_new_field() -> None:
     assert parse_reply({"edit": "u1-0-abc", "content": "x"}, FIELDS) == Edit("u1-0-abc", "x")
+
+
+def test_the_reference_pipeline_streams_growing_prefixes_then_the_final() -> None:
+    """Each draft is the text so far, by whole words, at most MAX_DRAFTS; then the final."""
+    assert draft_texts("one two three four") == ["one", "one two", "one two three"]
+    assert draft_texts("single") == []
+    long = " ".join(f"w{i}" for i in range(100))
+    texts = draft_texts(long)
+    assert 1 < len(texts) <= MAX_DRAFTS
+    assert all(long.startswith(t) and len(t) < len(long) for t in texts)
+    assert texts == sorted(texts, key=len) and len(set(texts)) == len(texts)
+    bodies = streamed_bodies({"content": "a b c", "message_id": "m1"}, "m1")
+    assert bodies == [
+        {"draft": "a", "reply_key": "m1"},
+        {"draft": "a b", "reply_key": "m1"},
+        {"content": "a b c", "message_id": "m1", "reply_key": "m1"},
+    ]
+    for body in bodies:  # each one a body the gateway takes
+        parse_reply(body, FIELDS)
