@@ -47,9 +47,9 @@ async def draft_entries(redis: aioredis.Redis, cfg: Any) -> int:
     return found
 
 
-async def stream(pipeline: ScriptedPipeline, index: int, key: str) -> tuple[list[int], float]:
+async def stream(pipeline: ScriptedPipeline, index: int, key: str) -> list[int]:
     """The pipeline streams WORDS one by one (the whole text so far each time, ~8 per
-    second, as an LLM's tokens come): the draft ids answered, and how long it took."""
+    second, as an LLM's tokens come): the draft ids answered."""
     ids, started = [], time.monotonic()
     for n in range(1, len(WORDS) + 1):
         status, answer = await pipeline.callback(
@@ -59,7 +59,7 @@ async def stream(pipeline: ScriptedPipeline, index: int, key: str) -> tuple[list
         ids.append(answer["draft_id"])
         due = started + 0.12 * n
         await wait_for(lambda due=due: time.monotonic() >= due, interval=0.01)
-    return ids, time.monotonic() - started
+    return ids
 
 
 async def test_a_streamed_reply_ends_in_exactly_one_persisted_message(
@@ -71,7 +71,7 @@ async def test_a_streamed_reply_ends_in_exactly_one_persisted_message(
     final = " ".join(WORDS) + "."
     async with running(*all_roles(cfg)):
         emu.user_send(ALICE, "explain GCRA")
-        ids, span = await stream(pipeline, 0, "answer-1")
+        ids = await stream(pipeline, 0, "answer-1")
         status, answer = await pipeline.callback(0, {"content": final, "reply_key": "answer-1"})
         assert status == 200, answer
         [final_id] = answer["reply_ids"]
@@ -87,7 +87,7 @@ async def test_a_streamed_reply_ends_in_exactly_one_persisted_message(
     assert await dead_letters(redis, cfg) == []
     drafts = emu.drafts(ALICE)
     assert len(set(ids)) == 1 and {d["draft_id"] for d in drafts} == set(ids)
-    assert 1 <= len(drafts) <= int(span) + 1 < len(ids)  # throttled: one a second
+    assert 1 <= len(drafts) < len(ids)  # the user saw drafts, not every one
     gaps = [b["ts"] - a["ts"] for a, b in itertools.pairwise(drafts)]
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert all(final.startswith(d["text"]) for d in drafts)
