@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import EnvelopeError, Reason, UpdateEntry
+from gateway.core.drafts import Draft
 from gateway.core.errors import (
     PipelineRejected,
     PipelineUnavailable,
     ReplyShapeError,
 )
-from gateway.core.drafts import Draft
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.core.status_urls import reply_status_url, with_status_url
 from gateway.core.tokens import Route, sign_route
