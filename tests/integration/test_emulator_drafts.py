@@ -138,3 +138,19 @@ async def test_the_user_side_http_api_shows_the_drafts(
         [shown] = await resp.json()
     assert shown["text"] == "Hi" and shown["visible"] is True
     assert shown["entities"] == [{"type": "bold", "offset": 0, "length": 2}]
+
+
+async def test_a_draft_stays_with_its_bot(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """Another bot's draft to the same user is that bot's (its chat, its user-side view)."""
+    other_token = "7000000002:OTHERotherOTHERother000000000"
+    other = emu.add_bot(other_token, username="other_bot")
+    other.user_send(ALICE, "hi other")
+    url = f"{emu.api_url}/bot{other_token}/sendMessageDraft"
+    async with http.post(url, json={"chat_id": ALICE, "draft_id": 9, "text": "B"}) as resp:
+        assert resp.status == 200
+    assert emu.drafts(ALICE) == []
+    assert [d["text"] for d in other.drafts(ALICE)] == ["B"]
+    async with http.get(
+        f"{emu.api_url}/_emu/chats/{ALICE}/drafts", params={"bot": "other_bot"}
+    ) as resp:
+        assert [d["text"] for d in await resp.json()] == ["B"]
