@@ -22,13 +22,14 @@ import redis.asyncio as aioredis
 
 from gateway.core.bot_keys import delivery_key
 from gateway.core.contracts import REPLIED_TTL
+from gateway.core.drafts import DRAFT_FINAL_TTL, Draft, draft_id
 from gateway.core.errors import (
     DeliveryTokenError,
     RedisUnavailable,
     ReplyShapeError,
     SignatureError,
 )
-from gateway.core.replies import parse_reply, reply_entries
+from gateway.core.replies import Reply, parse_reply, reply_entries
 from gateway.core.signing import SigningKeys, check_headers
 from gateway.core.status_urls import reply_status_url, with_status_url
 from gateway.core.tokens import route_bot_id, verify_route
@@ -104,14 +105,21 @@ class Delivery:
             return
         entries = reply_entries(route, reply, origin="pipeline", ttl=self.config.outbound_ttl)
         entries = with_status_url(entries, status_url)
+        if not entries:  # a draft for a chat that shows none: the final will be sent
+            skipped = "skipped: drafts are shown in private chats only; send the final reply"
+            await json_response(send, 200, {"ok": True, "reply_ids": [], "draft": skipped})
+            return
         redis = self._redis()
         assert redis is not None
         # The update is answered: its typing indicator stops (workers/worker/typing_indicator.py).
         names = self.config.keys
-        replied = (names.replied(route.bot_id, route.chat_id, route.update_id), REPLIED_TTL)
+        marks = [(names.replied(route.bot_id, route.chat_id, route.update_id), REPLIED_TTL)]
+        if isinstance(reply, Reply) and reply.reply_key is not None:  # a streamed reply's final
+            drafted = draft_id(route, reply.reply_key)
+            marks.append((names.draft_final(route.bot_id, route.chat_id, drafted), DRAFT_FINAL_TTL))
         try:
             async with asyncio.timeout(self.config.store_timeout):
-                await publish_outbound(redis, names, entries, marks=[replied])
+                await publish_outbound(redis, names, entries, marks=marks)
         except TimeoutError:
             log.warning(
                 "reply for update %s not stored: no answer from Redis within %gs",
@@ -125,7 +133,10 @@ class Delivery:
             await refuse(send, "delivery", "storage_unavailable", 503, STORAGE_ERROR)
             return
         self._stored.inc()
-        await json_response(send, 200, {"ok": True, "reply_ids": [e.reply_id for e in entries]})
+        answer: dict[str, object] = {"ok": True, "reply_ids": [e.reply_id for e in entries]}
+        if isinstance(reply, Draft):
+            answer["draft_id"] = draft_id(route, reply.reply_key)
+        await json_response(send, 200, answer)
 
     async def _signed(
         self,

@@ -15,6 +15,7 @@ from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Reason, UpdateEntry
+from gateway.core.drafts import Draft
 from gateway.core.errors import (
     ReplyShapeError,
 )
@@ -187,6 +188,9 @@ def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> bool
         reply = parse_reply(body, gw.services.options.reply_fields)
     except NoReplyContent:
         return False  # e.g. {"status": "accepted"}: the reply comes on the callback
+    if isinstance(reply, Draft):  # text so far is for the callback: the final comes there
+        log.info("update %s: a draft in the pipeline's answer is not shown", route.update_id)
+        return False
     status_url = reply_status_url(body, gw.services.options.status_urls)  # ReplyShapeError
     entries = reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
     gw.outbox.extend(with_status_url(entries, status_url))
