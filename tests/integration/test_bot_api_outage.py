@@ -11,7 +11,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.app.roles import learn_me, make_bot, serve_worker
+from gateway.app.roles import make_bot, serve_worker
+from gateway.app.worker_bots import learn_me
 from gateway.core.contracts import partition_for, update_fields
 from gateway.core.errors import TelegramFatal
 from gateway.runtime.streams import ensure_groups
@@ -33,7 +34,7 @@ async def test_a_worker_started_while_getme_fails_still_feeds_the_pipeline(
     await ensure_groups(redis, cfg.keys)
     update: dict[str, Any] = copy.deepcopy(TEXT)
     update["update_id"] = 900_001
-    p = partition_for(ALICE, cfg.keys.partitions)
+    p = partition_for(ALICE, cfg.keys.partitions, BOT_ID)
     fields = update_fields(
         bot_id=BOT_ID,
         update_id=update["update_id"],

@@ -8,7 +8,8 @@ entry, and for a chat that blocked the bot its mark. Telegram errors are transla
 ``gateway.telegram.answers`` (one table for every Bot API client) into: wait (429),
 retry with backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id, no
 parse_mode), dead-letter with a reason code (403, 400s, 404, 409, 413: never retried), or
-stop the role (401).
+stop the role (401). A streamed reply's draft (``sendMessageDraft``) goes its own best-effort
+way (``drafts.DraftSender``: sent at once or dropped, no result).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiogram import Bot
 from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Keys, OutboundEntry, Reason, result_fields
+from gateway.core.drafts import DRAFT_METHOD
 from gateway.core.logs import redact
 from gateway.runtime.consumer import (
     Ack,
@@ -36,6 +38,7 @@ from gateway.runtime.consumer import (
 )
 from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
+from workers.sender.drafts import DraftSender
 from workers.sender.marks import BLOCKED_TTL, Marks
 from workers.sender.observe import SenderMetrics
 from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
@@ -97,6 +100,7 @@ class Sender:
             token=token,
             observe=counts,
         )
+        self.drafts = DraftSender(redis, keys, token, counts)
         self.sent = 0
 
     @property
@@ -118,6 +122,8 @@ class Sender:
             entry = OutboundEntry.from_fields(item.fields)
         except (EnvelopeError, ValidationError) as exc:
             return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
+        if entry.method == DRAFT_METHOD:  # best effort: shown now or dropped, no result
+            return await self.drafts.send(entry, fence, self.parts.api, self.parts.limiter)
         obs = self.observe.for_bot(entry.bot_id)
         resume = item.memo if isinstance(item.memo, Resume) else None  # after a Retry
         tally = Tally(entry, resume.started if resume else time.time())

@@ -16,6 +16,7 @@ from gateway.telegram import answers
 from workers.sender.parts import METHODS
 
 SEND_OUTCOMES = ("sent", "already_sent", "retried", "dead_lettered")
+DRAFT_OUTCOMES = ("sent", "throttled", "final_stored", "expired", "skipped", "failed")
 SCOPES = ("none", "global", "chat", "group")
 CODES = frozenset({400, 401, 403, 404, 409, 413, 429})
 
@@ -89,6 +90,7 @@ class SenderMetrics:
             off = BotSends(m, "none")
             self.for_bot = lambda _bot_id: off
         self.split_parts = m.child("tg_gateway_sender_split_parts_total")
+        self.drafts = {o: m.child("tg_gateway_sender_drafts_total", o) for o in DRAFT_OUTCOMES}
 
     @classmethod
     def off(cls) -> SenderMetrics:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway.core.bots import BotSpec, BotsSettings, BotTable, default_bot
+from gateway.core.bots import BotSpec, BotsSettings, BotTable
 from gateway.core.contracts import Keys
 from gateway.core.errors import UsageError
 from gateway.core.settings import TelegramSettings, load
-from gateway.runtime.bots import BotRegistry
+from gateway.runtime.bots import registry_of
 
 SHOWN = 10  # bots a "no such bot" line names
 
@@ -36,14 +36,7 @@ async def bot_table(redis: aioredis.Redis, keys: Keys) -> BotTable:
     answer (a ping first: an unreachable Redis is that error, not "no such bot")."""
     await redis.ping()
     tg = load(TelegramSettings, telegram_enabled=False)
-    token = tg.token if tg.telegram_bot_token is not None else None
-    registry = BotRegistry(
-        redis,
-        keys,
-        default=default_bot(token, tg.webhook_secret),
-        file=load(BotsSettings).bots_file,
-    )
-    return await registry.load()
+    return await registry_of(tg, load(BotsSettings), redis, keys).load()
 
 
 def find_bot(table: BotTable, ref: str, flag: str = "--bot", *, any_id: bool = True) -> BotRef:

@@ -29,7 +29,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     rs, tg = load(RedisSettings), load(TelegramSettings, telegram_enabled=False)
     since, until = _when(args.since, "--since"), _when(args.until, "--until")
     sel = rec.Selection(since, until, chats=frozenset(args.chat), types=frozenset(args.type))
-    key, keys = load(rec.TapeSettings).tape_redact_key, Keys(rs.stream_prefix, rs.partitions)
+    key, keys = load(rec.TapeSettings).tape_redact_key, rs.keys
     req = rec.RecordRequest(args.out, sel, args.follow, not args.no_redact, args.redact_rules,
                             args.limit, show_progress=True)  # fmt: skip
 
@@ -94,7 +94,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from gateway.testkit.tapes.tape import read_tape
 
     rs, tg = load(RedisSettings), load(TelegramSettings, telegram_enabled=False)
-    keys = Keys(rs.stream_prefix, rs.partitions)
+    keys = rs.keys
     mapping = None if args.bot is None else tb.parse_bot_map(args.bot)
     tape = read_tape(args.tape, bot_id=(tg.bot_id or None) if mapping is None else None)
     target = None
