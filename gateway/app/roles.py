@@ -26,16 +26,17 @@ from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.bots import registry_for
 from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
 from gateway.runtime.layout import ensure_layout_until
 from gateway.runtime.metrics_export import Scrape, serve_metrics
 from gateway.runtime.streams import connect_with
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.observe import SenderMetrics
-from workers.sender.ratelimit import RateLimiter
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
 from workers.worker.context import WorkerServices
@@ -50,8 +51,11 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
 
 
-def make_bot(tg: TelegramSettings) -> Bot:
-    token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
+def make_bot(tg: TelegramSettings, token: str | None = None) -> Bot:
+    """An aiogram ``Bot`` on its own session (``TELEGRAM_API_URL``, the request timeout):
+    ``token``'s, else ``TELEGRAM_BOT_TOKEN``'s."""
+    if token is None:
+        token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
     session = AiohttpSession(
         api=TelegramAPIServer.from_base(tg.telegram_api_url),
         timeout=tg.telegram_request_timeout,
@@ -271,28 +275,35 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
             return  # stopped while Redis was away
-        bot = make_bot(tg)
-        stack.push_async_callback(bot.session.close)
         limits = Limits(
             global_per_second=ss.sender_global_per_second,
             chat_per_second=ss.sender_chat_per_second,
             group_per_minute=ss.sender_group_per_minute,
             margin=ss.rate_margin,
         )
-        name = consumer_name("sender")
-        limiter = RateLimiter(
-            redis, cfg.keys, tg.bot_id, limits, assumed_senders=ss.sender_processes
+        # Every bot of the registry: its client, limiter and 401 state (workers/sender/bots).
+        registry = registry_for(cfg, redis)
+        await registry.load()  # a BOTS_FILE that cannot be used: one ConfigError line
+        bots = SenderBots(
+            registry,
+            redis,
+            cfg.keys,
+            lambda token: make_bot(tg, token),
+            limits,
+            paid_broadcast=ss.sender_paid_broadcast,
+            assumed_senders=ss.sender_processes,
         )
+        stack.push_async_callback(bots.aclose)
+        refresh = asyncio.create_task(registry.run(stop), name="bot registry")
+        stack.push_async_callback(_cancel, refresh)
+        name = consumer_name("sender")
         sender = Sender(
             redis,
             cfg.keys,
-            bot,
-            limiter,
+            bots,
             max_attempts=ss.sender_max_attempts,
             default_ttl=ss.outbound_ttl_seconds,
             backoff_max=ss.sender_backoff_max,
-            token=tg.token,
-            paid_broadcast=ss.sender_paid_broadcast,
             name=name,
             observe=SenderMetrics(m),
             edit_window=ss.sender_edit_window_seconds,
@@ -304,10 +315,13 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             sender,
             name=name,
             metrics=m,
+            # A lane per (bot, chat): one bot's wait for a chat holds no other bot's
+            # replies to the same chat id (a user writing to two bots).
+            order_key=lambda f: f.get(b"bot_id", b"") + b":" + f.get(b"chat_id", b""),
         )
         leases = consumer.leases
-        if leases is not None:  # the degraded limiter's share: the live senders last seen
-            limiter.senders = lambda: len(leases.members) or None
+        if leases is not None:  # the degraded limiters' share: the live senders last seen
+            bots.senders = lambda: len(leases.members) or None
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, cfg.consumer.shutdown_grace_seconds)
         log.info(

@@ -41,11 +41,12 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from gateway.core.contracts import COUNTER_MINUTE_TTL, Keys
+from gateway.core.contracts import Keys
 from gateway.runtime.redis_errors import as_connection_error, is_transient
 from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
 from workers.sender.limits import LATE_CREDIT_US, Limits, LocalBudget, now_us, share_interval_us
+from workers.sender.observe import count_flood
 from workers.sender.standby import slow_standby, standby_index
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class RateLimiter:
         self._redis = redis
         self._keys = keys
         self._bot_id = bot_id
-        self._limits = limits
+        self.limits = limits
         self._global_queue = asyncio.Lock()
         self._recent_floods: deque[tuple[float, int | str]] = deque(maxlen=16)
         self.senders = senders
@@ -111,6 +112,12 @@ class RateLimiter:
         self._answered_at = 0.0  # monotonic: when a call last started that Redis answered
         self._owe_recover = False  # back from degraded mode, no shared grant taken yet
         self.local = LocalBudget(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (the registry changed the bot's own): the next grant uses them."""
+        if limits != self.limits:
+            self.limits = limits
+            self.local.limits = limits
 
     @property
     def degraded_grants(self) -> int:
@@ -206,7 +213,7 @@ class RateLimiter:
         keys = [k.flood_wait(bot, None, set_), k.flood_wait(bot, chat_id, set_)]
         args: list[int] = []
         if counts:
-            global_us, chat_us = self._limits.intervals_us(chat_id)
+            global_us, chat_us = self.limits.intervals_us(chat_id)
             keys += [
                 k.rate_global(bot, set_),
                 k.rate_chat(bot, chat_id, set_),
@@ -227,7 +234,7 @@ class RateLimiter:
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
 
     def _share_us(self) -> int:
-        lim = self._limits
+        lim = self.limits
         return share_interval_us(lim.global_per_second, self.live_senders(), lim.margin)
 
     def _failed(self, exc: BaseException, started: float) -> None:
@@ -282,7 +289,7 @@ class RateLimiter:
             "this sender's share of %g/s among %d sender(s); probing every %.2fs",
             type(exc).__name__,
             1_000_000 / share,
-            self._limits.global_per_second,
+            self.limits.global_per_second,
             self.live_senders(),
             PROBE_EVERY,
         )
@@ -352,15 +359,6 @@ class RateLimiter:
                         break
                     due = time.monotonic() + wait_g
 
-    async def _count_flood(self) -> None:
-        """The total and this minute's bucket (``/stats`` sums the last hour's)."""
-        bucket = self._keys.counter_minute("flood_waits", int(time.time()) // 60)
-        pipe = self._redis.pipeline(transaction=False)  # two slots on a cluster
-        pipe.incr(self._keys.counter("flood_waits"))
-        pipe.incr(bucket)
-        pipe.expire(bucket, COUNTER_MINUTE_TTL)
-        await pipe.execute()
-
     async def flood(self, chat_id: int | str, retry_after: float) -> bool:
         """Record Telegram's 429 so every replica waits; True if it looked global.
 
@@ -392,7 +390,7 @@ class RateLimiter:
             return scope is None
         try:  # a counter for ops, on whichever node holds it: never worth a failure
             async with asyncio.timeout(LIMITER_TIMEOUT):
-                await self._count_flood()
+                await count_flood(self._redis, self._keys)
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise
