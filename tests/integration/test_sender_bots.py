@@ -1,0 +1,298 @@
+"""Many bots through one sender (issue 15): each bot within its own limits, and one bot's
+429 storm, revoked token or absence from the registry never slows or stops another."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.app.roles import serve_sender
+from gateway.core.bots import BotSpec, BotsSettings
+from gateway.core.contracts import OutboundEntry
+from gateway.core.settings import load
+from gateway.runtime import dlq
+from gateway.runtime.streams import ensure_groups, publish_outbound
+from gateway.testkit.emulator import Emulator, EmulatorLimits
+from gateway.testkit.emulator.app import bot_call, error_response
+from gateway.testkit.emulator.errors import ApiError
+from tests.helpers import dead_letters, make_config, results, running, wait_for
+
+pytestmark = pytest.mark.integration
+
+A, B, C = 7100000001, 7100000002, 7100000003
+TOKENS = {
+    A: f"{A}:AAAAaaaaAAAAaaaaAAAAaaaa01",
+    B: f"{B}:BBBBbbbbBBBBbbbbBBBBbbbb02",
+    C: f"{C}:CCCCccccCCCCccccCCCCcccc03",
+}
+NAMES = {A: "brand-a", B: "brand-b", C: "brand-c"}
+C_LIMIT = 20  # bot C's own global_per_second (the others: SENDER_GLOBAL_PER_SECOND, 30)
+MARGIN = 0.15  # as tests/integration/test_limits.py: jitter on a shared 2-core machine
+SENDER = {"rate_margin": MARGIN, "sender_block_ms": 100}
+FULL = 0.8  # "full rate": at least this share of a bot's limit in its busiest second
+CHATS = list(range(3000, 3120))  # the same chat ids for every bot (users of three bots)
+
+
+class BotsApi:
+    """One Bot API server for several bots, each served by an ``Emulator`` of its own
+    (its own chats, limits, faults and send log), chosen by the token in the path; an
+    unknown token is 401, as Telegram answers. (Until the emulator serves many bots.)"""
+
+    def __init__(self) -> None:
+        self.emus: dict[str, Emulator] = {}
+        self.calls: Counter[str] = Counter()  # Bot API calls per token, answered or not
+        self._runner: web.AppRunner | None = None
+        self.api_url = ""
+
+    def add(self, token: str, limits: EmulatorLimits) -> Emulator:
+        emu = Emulator(token=token, bot_username=f"bot{token.split(':')[0]}", limits=limits)
+        for chat in CHATS:
+            emu.add_chat(chat, type="private")
+        self.emus[token] = emu
+        return emu
+
+    async def start(self) -> None:
+        async def call(request: web.Request) -> web.StreamResponse:
+            token = request.match_info["token"]
+            self.calls[token] += 1
+            emu = self.emus.get(token)
+            if emu is None:
+                return error_response(ApiError(401, "Unauthorized"))
+            return await bot_call(emu, request)
+
+        app = web.Application()
+        app.router.add_route("*", "/bot{token}/{method}", call)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.api_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[BotsApi]:
+    server = BotsApi()
+    for bot_id, token in TOKENS.items():
+        per_second = C_LIMIT if bot_id == C else 30
+        server.add(token, EmulatorLimits(global_per_second=per_second, chat_per_second=1))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def spec(bot_id: int, token: str | None = None) -> BotSpec:
+    return BotSpec(
+        bot_id=bot_id,
+        token=token or TOKENS[bot_id],
+        name=NAMES[bot_id],
+        path_key=f"path-key-of-{bot_id}",
+        webhook_secret=f"webhook-secret-{bot_id}",
+        source="redis",
+        global_per_second=C_LIMIT if bot_id == C else None,
+    )
+
+
+async def register(redis: aioredis.Redis, cfg: Any, *specs: BotSpec) -> None:
+    """What `tg-gateway bots add` (or rotate-token) writes: the bot's Redis record."""
+    for s in specs:
+        await redis.hset(cfg.keys.bots, str(s.bot_id), orjson.dumps(s.to_record()))
+
+
+async def setup(redis: aioredis.Redis, redis_url: str, api: BotsApi) -> Any:
+    """The sender's settings (the default bot idle), and bots A, B, C in the registry."""
+    cfg = dataclasses.replace(
+        make_config(redis_url, api.api_url, sender=SENDER),
+        bots=load(BotsSettings, bots_refresh_seconds=0.2),
+    )
+    await ensure_groups(redis, cfg.keys)
+    await register(redis, cfg, *(spec(b) for b in TOKENS))
+    return cfg
+
+
+def entries(bot_id: int, n: int, tag: str = "") -> list[OutboundEntry]:
+    return [
+        OutboundEntry(bot_id=bot_id, chat_id=CHATS[i], payload={"text": f"{tag}{bot_id}-{i}"})
+        for i in range(n)
+    ]
+
+
+def interleaved(*groups: list[OutboundEntry]) -> list[OutboundEntry]:
+    """The bots' entries mixed in the streams, as concurrent traffic puts them."""
+    return [e for row in itertools.zip_longest(*groups) for e in row if e is not None]
+
+
+def sends_between(emu: Emulator, start: float, end: float) -> int:
+    return sum(1 for s in emu.sent() if start <= s["ts"] < end)
+
+
+def at_full_rate(emu: Emulator, limit: int) -> dict[str, Any]:
+    """Within its own limit (no 429 of the emulator's, no 1 s window over) and near it."""
+    stats = emu.stats()
+    assert stats["rejected_429"] == 0
+    assert limit * FULL <= stats["max_global_1s"] <= limit, stats
+    return stats
+
+
+async def test_three_bots_each_keep_within_their_own_limit(
+    redis: aioredis.Redis, redis_url: str, api: BotsApi
+) -> None:
+    """120 replies per bot at once: each bot sends at its own limit (30/s, and C's own
+    20/s), measured on the emulator's receive times, no window over, no 429."""
+    cfg = await setup(redis, redis_url, api)
+    n = 120
+    await publish_outbound(redis, cfg.keys, interleaved(*(entries(b, n) for b in TOKENS)))
+    emus = {b: api.emus[t] for b, t in TOKENS.items()}
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(
+            lambda: all(len(e.sent()) == n for e in emus.values()), timeout=40, message="sends"
+        )
+    for bot_id, emu in emus.items():
+        at_full_rate(emu, C_LIMIT if bot_id == C else 30)
+        for i in (0, n - 1):
+            assert [m["text"] for m in emu.messages(CHATS[i])] == [f"{bot_id}-{i}"]
+
+
+async def test_a_429_storm_on_one_bot_leaves_the_others_at_full_rate(
+    redis: aioredis.Redis, redis_url: str, api: BotsApi
+) -> None:
+    """Bot A's sends answer 429 (retry_after 2 s) on several chats: A pauses as a whole
+    (429s on two chats within a second), B and C send on at their own limits meanwhile,
+    and A's replies all go out after its pause."""
+    cfg = await setup(redis, redis_url, api)
+    emu_a, emu_b, emu_c = (api.emus[TOKENS[b]] for b in (A, B, C))
+    emu_a.faults.flood_global(retry_after=2, count=4)
+    n = 120
+    await publish_outbound(redis, cfg.keys, interleaved(*(entries(b, n) for b in TOKENS)))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(
+            lambda: all(len(e.sent()) == n for e in (emu_a, emu_b, emu_c)),
+            timeout=60,
+            message="every reply of the three bots",
+        )
+    assert emu_a.stats()["faults_429"] == 4 and emu_a.stats()["rejected_429"] == 0
+    first_429 = emu_a.faults.floods[0][1]
+    # A paused as a whole: nothing of A's went out in the 2 s after its second 429...
+    second_429 = emu_a.faults.floods[1][1]
+    assert sends_between(emu_a, second_429, second_429 + 1.9) == 0
+    # ...while B and C kept their own rate through A's storm.
+    for emu, limit in ((emu_b, 30), (emu_c, C_LIMIT)):
+        at_full_rate(emu, limit)
+        window = sends_between(emu, first_429, first_429 + 2.0)
+        assert window >= 2 * limit * FULL * (1 - MARGIN), (window, limit)
+    assert int(await redis.get(cfg.keys.counter("flood_waits"))) == 4
+
+
+async def test_a_revoked_token_dead_letters_that_bot_only(
+    redis: aioredis.Redis, redis_url: str, api: BotsApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telegram answers 401 to bot A: its replies become dead letters `bot_unauthorized`
+    (its later ones without a call), the role goes on, B and C send at their own limits.
+    The log names the bot, never a token."""
+    caplog.set_level(logging.INFO)
+    cfg = await setup(redis, redis_url, api)
+    emu_a, emu_b, emu_c = (api.emus[TOKENS[b]] for b in (A, B, C))
+    emu_a.faults.unauthorized(True)
+    n, n_a = 120, 30
+    await publish_outbound(
+        redis, cfg.keys, interleaved(entries(A, n_a), entries(B, n), entries(C, n))
+    )
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(lambda: _dead(redis, cfg, n_a), timeout=30, message="A's dead letters")
+        calls = api.calls[TOKENS[A]]
+        assert 1 <= calls < n_a  # one 401 tells: A's other replies made no call
+        await publish_outbound(redis, cfg.keys, entries(A, 10, tag="later-"))
+        await wait_for(lambda: _dead(redis, cfg, n_a + 10), timeout=30, message="10 more")
+        await wait_for(
+            lambda: len(emu_b.sent()) == n and len(emu_c.sent()) == n,
+            timeout=40,
+            message="B's and C's replies",
+        )
+    assert api.calls[TOKENS[A]] == calls  # none for the later 10
+    assert emu_a.sent() == []
+    at_full_rate(emu_b, 30)
+    at_full_rate(emu_c, C_LIMIT)
+    dead = await dead_letters(redis, cfg)
+    assert {d["reason"] for d in dead} == {"bot_unauthorized"} and len(dead) == n_a + 10
+    failed = [r for r in await results(redis, cfg) if r["ok"] == "0"]
+    assert len(failed) == n_a + 10 and {r["error_code"] for r in failed} == {"401"}
+    said = [r.getMessage() for r in caplog.records if "Telegram answered 401" in r.getMessage()]
+    assert len(said) == 1 and f"bot {NAMES[A]} ({A})" in said[0]
+    shown = caplog.text + repr(dead) + repr(failed)
+    assert all(t.split(":")[1] not in shown for t in TOKENS.values())
+
+
+async def _dead(redis: aioredis.Redis, cfg: Any, n: int) -> list[dict[str, str]]:
+    got = await dead_letters(redis, cfg)
+    return got if len(got) >= n else []
+
+
+async def test_an_entry_of_an_unknown_bot_is_dead_lettered_unknown_bot(
+    redis: aioredis.Redis, redis_url: str, api: BotsApi
+) -> None:
+    """A bot in no registry source: a dead letter `unknown_bot` with a failed result; the
+    known bots' replies around it go out."""
+    cfg = await setup(redis, redis_url, api)
+    stranger = OutboundEntry(bot_id=7199999999, chat_id=CHATS[0], payload={"text": "who?"})
+    await publish_outbound(redis, cfg.keys, [*entries(A, 1), stranger, *entries(B, 1)])
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="dead letter")
+        await wait_for(lambda: _results(redis, cfg, 3), message="3 results")
+    assert dead["reason"] == "unknown_bot" and dead["stage"] == "sender"
+    assert "7199999999" in dead["error"] and stranger.reply_id in dead["entry"]
+    by_reply = {r["reply_id"]: r for r in await results(redis, cfg)}
+    assert by_reply[stranger.reply_id]["ok"] == "0"
+    assert by_reply[stranger.reply_id]["reason"] == "unknown_bot"
+    assert [len(api.emus[TOKENS[b]].sent()) for b in (A, B)] == [1, 1]
+
+
+async def _results(redis: aioredis.Redis, cfg: Any, n: int) -> list[dict[str, str]]:
+    got = await results(redis, cfg)
+    return got if len(got) >= n else []
+
+
+async def test_a_rotated_token_is_used_after_the_refresh(
+    redis: aioredis.Redis, redis_url: str, api: BotsApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A's token is revoked (401: dead letters `bot_unauthorized`); `bots rotate-token`
+    writes its new one; the running sender takes it up at its next refresh, and the dead
+    letters requeued (`dlq requeue --reason bot_unauthorized`) go out with the new token,
+    none with the old."""
+    caplog.set_level(logging.INFO)
+    cfg = await setup(redis, redis_url, api)
+    old = api.emus[TOKENS[A]]
+    old.faults.unauthorized(True)
+    new_token = f"{A}:ZZZZzzzzZZZZzzzzZZZZzzzz99"
+    new = api.add(new_token, EmulatorLimits())
+    await publish_outbound(redis, cfg.keys, entries(A, 5))
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(lambda: _dead(redis, cfg, 5), timeout=20, message="A's dead letters")
+        calls = api.calls[TOKENS[A]]
+        await register(redis, cfg, spec(A, new_token))
+        await wait_for(
+            lambda: any("a new token" in r.getMessage() for r in caplog.records),
+            timeout=10,
+            message="the sender's refresh of the registry",
+        )
+        chosen = await dlq.select(redis, cfg.keys, dlq.Selection(reason="bot_unauthorized"))
+        assert await dlq.requeue(redis, cfg.keys, chosen) == 5
+        await wait_for(lambda: len(new.sent()) == 5, timeout=20, message="5 with the new token")
+    assert api.calls[TOKENS[A]] == calls
+    assert sorted(m["text"] for c in CHATS[:5] for m in new.messages(c)) == sorted(
+        f"{A}-{i}" for i in range(5)
+    )
+    assert await dead_letters(redis, cfg) == []
