@@ -36,6 +36,7 @@ from gateway.runtime.streams import ensure_groups
 
 PREFIX = "bench"
 PARTITIONS = 8
+BOT_ID = 7689012345
 GOAL = 3.0  # per-update overhead, times the raw round trip (issue 5)
 PIPELINE_DELAY = 0.05  # the reference pipeline's answer time, seconds
 
@@ -72,13 +73,13 @@ async def fill(url: str, items: list[tuple[int, dict[str, Any]]], flush: bool = 
     pipe = r.pipeline(transaction=False)
     for chat, update in items:
         fields = update_fields(
-            bot_id=7689012345,
+            bot_id=BOT_ID,
             update_id=update["update_id"],
             chat_id=chat,
             source="replay",
             raw_update=orjson.dumps(update),
         )
-        pipe.xadd(keys.updates(partition_for(chat, PARTITIONS)), fields)  # type: ignore[arg-type]
+        pipe.xadd(keys.updates(partition_for(chat, PARTITIONS, BOT_ID)), fields)  # type: ignore[arg-type]
     await pipe.execute()
     await r.aclose()
 
@@ -87,7 +88,7 @@ def warm_up_updates() -> Items:
     """One update on every partition, ids below the measured ones."""
     by_partition: dict[int, tuple[int, dict[str, Any]]] = {}  # first chat seen per partition
     for chat, update in chat_updates(1000, 1000, first_id=1):
-        by_partition.setdefault(partition_for(chat, PARTITIONS), (chat, update))
+        by_partition.setdefault(partition_for(chat, PARTITIONS, BOT_ID), (chat, update))
     return list(by_partition.values())
 
 

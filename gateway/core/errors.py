@@ -33,8 +33,9 @@
     ├── ReceiptUnavailable      workers.receipts: a status URL did not answer; retried
     ├── AddressRefused          workers.receipts: a status URL's name leads only to internal
     │                           addresses (OSError, raised in aiohttp's resolver)
-    └── (testkit)               the emulator's ApiError (a Bot API error answer) and
-                                EntityParseError, the reference pipeline's BadRequest,
+    └── (testkit)               the emulator's ApiError (a Bot API error answer),
+                                EntityParseError and UnknownBotError (the user side named
+                                a bot it does not serve), the reference pipeline's BadRequest,
                                 the tapes' ReplayError and EmulatorError (the emulator
                                 refused a replay's chat), and TapeError, a UsageError: a
                                 tape that cannot be read, exit 2

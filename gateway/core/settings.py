@@ -52,6 +52,9 @@ class RedisSettings(_Base):
     redis_cluster: bool = False
     stream_prefix: str = Field(default="tg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     partitions: int = Field(default=4, ge=1, le=1024)
+    # The partition key: bot_chat (bot id and chat id); chat: the chat id alone, the
+    # layout recorded by deployments before many bots (README, "Upgrading").
+    stream_partition_by: Literal["bot_chat", "chat"] = "bot_chat"
     dedupe_ttl_seconds: int = Field(default=86_400, ge=60)
     redis_max_connections: int = Field(default=64, ge=4, le=10_000)
     partition_leases: bool = True
@@ -63,7 +66,7 @@ class RedisSettings(_Base):
     def keys(self) -> Keys:
         """Every stream and key name of this layout, built once (settings are loaded once
         per process, so this is the process's one ``Keys``)."""
-        return Keys(self.stream_prefix, self.partitions)
+        return Keys(self.stream_prefix, self.partitions, self.stream_partition_by == "bot_chat")
 
     @field_validator("redis_url")
     @classmethod

@@ -1,6 +1,8 @@
 """The stream layout: what every role and tool must agree on to address the same partitions.
 
-An update goes to partition ``crc32(chat_id) % PARTITIONS`` of ``{STREAM_PREFIX}:updates``;
+An update goes to partition ``crc32("<bot_id>:<chat_id>") % PARTITIONS`` (``crc32(chat_id)``
+with ``STREAM_PARTITION_BY=chat``, the layout of deployments recorded before issue 15)
+of ``{STREAM_PREFIX}:updates``;
 a worker reads partitions ``0..PARTITIONS-1``. Two replicas with different ``PARTITIONS``
 (or entry schemas) strand entries silently: nobody reads the partitions only one of them
 writes. So the first process to start records the layout in Redis (``Keys.layout``,
@@ -37,7 +39,7 @@ from gateway.runtime.scripts import RECORD_LAYOUT
 
 log = logging.getLogger(__name__)
 
-PARTITIONER = "crc32"  # partition_for(); a new one would be a new layout
+PARTITIONER = "crc32(bot:chat)"  # Keys.partitioner; "crc32" (chat alone) before issue 15
 HOWTO = (
     "to change it, drain and stop every role, then run `tg-gateway layout reset` "
     '(README, "Changing the stream layout")'
@@ -59,7 +61,7 @@ class Layout:
 
     @classmethod
     def of(cls, keys: Keys) -> Layout:
-        return cls(keys.prefix, keys.partitions)
+        return cls(keys.prefix, keys.partitions, partitioner=keys.partitioner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +133,13 @@ def compare(ours: Layout, recorded: Recorded) -> None:
             f"STREAM_PREFIX '{theirs.prefix}' has schema {theirs.schema}"
         )
     else:
+        keep = {"crc32": "chat", "crc32(bot:chat)": "bot_chat"}.get(theirs.partitioner)
         what = (
             f"this tg-gateway partitions by {ours.partitioner} but the layout for "
             f"STREAM_PREFIX '{theirs.prefix}' uses {theirs.partitioner}"
         )
+        if keep is not None:  # e.g. a deployment recorded before issue 15: keep its layout
+            what += f" (set STREAM_PARTITION_BY={keep} to keep it)"
     raise LayoutMismatch(f"{what} ({recorded.origin}); {HOWTO}")
 
 

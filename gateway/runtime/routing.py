@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.core.contracts import Keys, OutboundEntry, partition_for
+from gateway.core.contracts import Keys, OutboundEntry
 
 
 def outbound_stream(keys: Keys, entry: OutboundEntry) -> str:
-    """The outbound stream of ``entry``'s chat (its partition: crc32 of the chat id)."""
-    return keys.outbound(partition_for(entry.chat_id, keys.partitions))
+    """The outbound stream of ``entry``'s chat (its partition: ``Keys.partition``)."""
+    return keys.outbound(keys.partition(entry.bot_id, entry.chat_id))
 
 
 def sent_marker(keys: Keys, entry: OutboundEntry, part: int) -> str:
     """The sent marker of ``entry``'s part ``part``: in its outbound stream's slot, so the
     sender's last check (``FENCE``) reads it with the partition's lease in one script."""
-    return keys.sent(partition_for(entry.chat_id, keys.partitions), f"{entry.reply_id}#{part}")
+    return keys.sent(keys.partition(entry.bot_id, entry.chat_id), f"{entry.reply_id}#{part}")
 
 
 def partitions_of(streams: Sequence[str]) -> dict[str, int]:

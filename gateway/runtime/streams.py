@@ -25,7 +25,6 @@ from gateway.core.contracts import (
     PARK_CAP,
     Keys,
     OutboundEntry,
-    partition_for,
     update_fields,
 )
 from gateway.core.errors import RedisUnavailable
@@ -168,10 +167,10 @@ class UpdatePublisher:
     def partition(self, fields: Fields) -> int:
         """The partition of an entry (its ``chat_id`` field, as ``publish`` routes it);
         ``KeyError``/``ValueError`` if it lacks an id ``publish_entries`` needs."""
-        for name in ("bot_id", "update_id"):
-            int(_field(fields, name))
+        bot_id = int(_field(fields, "bot_id"))
+        int(_field(fields, "update_id"))
         chat = _field(fields, "chat_id")
-        return partition_for(int(chat) if chat else None, self._keys.partitions)
+        return self._keys.partition(bot_id, int(chat) if chat else None)
 
     def _publish_command(self, p: int, bot_id: int, update_id: int, fields: Fields) -> list[Any]:
         args: list[Any] = [
@@ -197,7 +196,7 @@ class UpdatePublisher:
         received_at: float | None = None,
     ) -> bool:
         """Store one update; True if new, False if a duplicate ``update_id`` (not stored)."""
-        p = partition_for(chat_id, self._keys.partitions)
+        p = self._keys.partition(bot_id, chat_id)
         fields = update_fields(
             bot_id=bot_id,
             update_id=update_id,

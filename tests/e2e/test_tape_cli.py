@@ -45,7 +45,7 @@ async def test_ctrl_c_ends_a_followed_recording_with_exit_0(
     )
     try:
         await wait_for(lambda: _group_ready(redis), timeout=30, message="recorder group")
-        p = partition_for(CHAT, KEYS.partitions)
+        p = partition_for(CHAT, KEYS.partitions, BOT_ID)
         update = {"update_id": 7, "message": {"message_id": 1, "date": 1, "text": "hi",
                                               "chat": {"id": CHAT, "type": "private"}}}  # fmt: skip
         await redis.xadd(KEYS.updates(p), update_fields(bot_id=BOT_ID, update_id=7, chat_id=CHAT,
@@ -85,7 +85,7 @@ async def test_record_a_window_then_diff_exits_0_then_1(
 ) -> None:
     """The batch path through the real CLI: two recordings (two generated keys, so other
     pseudonyms) diff as the same; a tape with a changed reply makes diff exit 1."""
-    p = partition_for(CHAT, KEYS.partitions)
+    p = partition_for(CHAT, KEYS.partitions, BOT_ID)
     update = {"update_id": 9, "message": {"message_id": 1, "date": 1, "text": "hi",
                                           "chat": {"id": CHAT, "type": "private"}}}  # fmt: skip
     await redis.xadd(KEYS.updates(p), update_fields(bot_id=BOT_ID, update_id=9, chat_id=CHAT,

@@ -744,7 +744,7 @@ class Harness:
         the cluster being ok to the first reply on the failed node's partitions."""
         by_partition: dict[int, list[float]] = defaultdict(list)
         for m, ts in first_reply.items():
-            by_partition[partition_for(m.chat_id, PARTITIONS)].append(ts)
+            by_partition[partition_for(m.chat_id, PARTITIONS, BOT_ID)].append(ts)
         out = []
         for o in self.outages:
 
@@ -999,7 +999,7 @@ class Harness:
             if len(stamps) < 2:
                 continue
             first = min(stamps)
-            part = partition_for(m.chat_id, PARTITIONS)
+            part = partition_for(m.chat_id, PARTITIONS, BOT_ID)
             window = next(
                 (
                     w

@@ -270,7 +270,9 @@ def test_partition_released_during_a_read_keeps_order(tmp_path: Path, report_pat
 
         partition = poll(moved, 20, "worker-1 to take partitions")[0]
         chat = next(
-            c for c in range(FIRST_CHAT, FIRST_CHAT + 100) if partition_for(c, 4) == partition
+            c
+            for c in range(FIRST_CHAT, FIRST_CHAT + 100)
+            if partition_for(c, 4, BOT_ID) == partition
         )
         traffic = h.start_traffic(Workload(chats=0, per_chat=0, seconds=0.0, seed=SEED))
         traffic.join()

@@ -33,7 +33,7 @@ async def test_a_worker_started_while_getme_fails_still_feeds_the_pipeline(
     await ensure_groups(redis, cfg.keys)
     update: dict[str, Any] = copy.deepcopy(TEXT)
     update["update_id"] = 900_001
-    p = partition_for(ALICE, cfg.keys.partitions)
+    p = partition_for(ALICE, cfg.keys.partitions, BOT_ID)
     fields = update_fields(
         bot_id=BOT_ID,
         update_id=update["update_id"],

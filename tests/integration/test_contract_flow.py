@@ -228,7 +228,7 @@ async def test_malformed_variants_are_dead_lettered_with_a_reason_and_the_chat_g
     good = copy.deepcopy(_fixture("01_private_text_message.json"))
     good["update_id"] = 999
     await ensure_groups(redis, cfg.keys)
-    stream = cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions))
+    stream = cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions, BOT_ID))
     for update in [*(u for u, _ in malformed), good]:
         fields = update_fields(
             bot_id=BOT_ID,

@@ -72,12 +72,12 @@ async def publish(redis: aioredis.Redis, cfg: Any, user: int, update_id: int, te
         source="replay",
         raw_update=orjson.dumps(update),
     )
-    stream = cfg.keys.updates(partition_for(user, cfg.keys.partitions))
+    stream = cfg.keys.updates(partition_for(user, cfg.keys.partitions, BOT_ID))
     await redis.xadd(stream, fields)  # type: ignore[arg-type]
 
 
 def state_key(keys: Keys, user: int, part: str = "state") -> str:
-    return f"{keys.fsm_prefix}:{keys.chat_tag(user)}:{BOT_ID}:{user}:{user}:{part}"
+    return f"{keys.fsm_prefix}:{keys.chat_tag(BOT_ID, user)}:{BOT_ID}:{user}:{user}:{part}"
 
 
 async def test_fsm_state_is_in_redis_with_a_ttl_and_survives_a_worker_restart(
@@ -137,7 +137,7 @@ async def test_fsm_storage_works_on_a_redis_cluster(cluster_redis: aioredis.Redi
         assert 0 < await cluster_redis.ttl(state_key(keys, user)) <= 120
         # on the node of the chat's partition: one node's outage stalls only its chats
         assert key_slot(state_key(keys, user).encode()) == key_slot(
-            keys.updates(partition_for(user, keys.partitions)).encode()
+            keys.updates(partition_for(user, keys.partitions, BOT_ID)).encode()
         )
         await storage.set_state(key, None)
         assert await storage.get_state(key) is None

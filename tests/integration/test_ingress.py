@@ -93,7 +93,7 @@ async def test_update_is_stored_untouched_before_200(
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"ok": True, "duplicate": False}
     chat = 6123456789
-    entries = await redis.xrange(keys.updates(partition_for(chat, 4)))
+    entries = await redis.xrange(keys.updates(partition_for(chat, 4, BOT_ID)))
     assert len(entries) == 1
     fields = entries[0][1]
     assert fields[b"update"] == UPDATE
@@ -129,7 +129,7 @@ async def test_duplicate_update_id_is_200_and_stored_once(
     assert first.json()["duplicate"] is False
     assert all(r.status_code == 200 and r.json()["duplicate"] is True for r in again)
     assert len(await stream_entries(redis, keys)) == 1
-    dedupe = keys.dedupe(partition_for(6123456789, 4), BOT_ID, 483921734)
+    dedupe = keys.dedupe(partition_for(6123456789, 4, BOT_ID), BOT_ID, 483921734)
     ttl = await redis.ttl(dedupe)
     assert 86_000 < ttl <= 86_400
 
@@ -211,7 +211,7 @@ async def test_many_concurrent_updates_all_stored_once(
     assert sorted(int(f[b"update_id"]) for f in entries) == list(range(1000, 1300))
     for p, stream in enumerate(keys.all_updates()):
         for _, fields in await redis.xrange(stream):
-            assert partition_for(int(fields[b"chat_id"]), 4) == p
+            assert partition_for(int(fields[b"chat_id"]), 4, BOT_ID) == p
 
 
 async def test_redis_down_is_503_then_recovers(
@@ -288,7 +288,7 @@ async def test_callback_publishes_outbound(
         json={"response": "Your order ships tomorrow.", "attachments": ["https://x/a.png"]},
     )
     assert resp.status_code == 200, resp.text
-    entries = await redis.xrange(keys.outbound(partition_for(42, 4)))
+    entries = await redis.xrange(keys.outbound(partition_for(42, 4, BOT_ID)))
     parsed = [OutboundEntry.from_fields(f) for _, f in entries]
     assert [e.method for e in parsed] == ["sendMessage", "sendPhoto"]
     assert parsed[0].payload["text"] == "Your order ships tomorrow."
@@ -316,7 +316,7 @@ async def test_forged_tokens_are_403(
     url = mutate(delivery_url(base))  # type: ignore[operator]
     resp = await client.post(url, json={"content": "pwned"})
     assert resp.status_code == status
-    assert await redis.xlen(keys.outbound(partition_for(42, 4))) == 0
+    assert await redis.xlen(keys.outbound(partition_for(42, 4, BOT_ID))) == 0
 
 
 async def test_expired_token_is_403(ingress: tuple[str, Keys], client: httpx.AsyncClient) -> None:

@@ -62,7 +62,8 @@ async def test_the_first_role_records_the_layout(
         raw = await wait_for(lambda: redis.get(cfg.keys.layout), message="layout recorded")
     record = json.loads(raw)
     assert (record["prefix"], record["partitions"], record["schema"]) == ("tg", 4, SCHEMA)
-    assert record["partitioner"] == "crc32" and record["created_by"].startswith("worker@")
+    assert record["partitioner"] == "crc32(bot:chat)"  # issue 15: the bot is in the key
+    assert record["created_by"].startswith("worker@")
     assert await redis.ttl(cfg.keys.layout) == -1  # kept until reset, not expiring
 
 
@@ -97,6 +98,30 @@ async def test_an_ingress_or_sender_with_other_partitions_refuses_at_start(
     sender = cfg_with(redis_url, emu.api_url, 8)
     with pytest.raises(LayoutMismatch, match=r"^PARTITIONS=8 but"):  # the sender too
         await asyncio.wait_for(serve_sender(sender, asyncio.Event()), timeout=20)
+
+
+async def test_a_deployment_recorded_before_many_bots_keeps_its_layout_by_one_setting(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Upgrading: a layout recorded with the chat-only partitioner stops the new default
+    with one line that names the setting, and ``STREAM_PARTITION_BY=chat`` runs on it
+    (its chats stay on their partitions: the entries already there keep their order)."""
+    await ensure_layout(redis, Keys("tg", 4, by_bot=False), "ingress")
+    record = json.loads(await redis.get("tg:layout"))
+    assert record["partitioner"] == "crc32"  # what a deployment before issue 15 recorded
+    refused = cli(redis_url, tmp_path, "worker", PARTITIONS="4")
+    assert refused.returncode == 2, refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert "partitions by crc32(bot:chat)" in line and "uses crc32" in line
+    assert "set STREAM_PARTITION_BY=chat to keep it" in line
+    kept = cli(redis_url, tmp_path, "layout", "show", STREAM_PARTITION_BY="chat")
+    assert kept.returncode == 0, kept.stderr
+    assert "these settings (PARTITIONS=4) match it" in kept.stdout, kept.stdout + kept.stderr
+    # and the chat-only key is the old function: a chat keeps its partition on upgrade
+    old, new = Keys("tg", 4, by_bot=False), Keys("tg", 4)
+    moved = [c for c in range(1000, 1100) if old.partition(7, c) != new.partition(7, c)]
+    assert all(old.partition(b, c) == old.partition(0, c) for b in (7, 8) for c in range(50))
+    assert moved  # why the default cannot simply take an old layout over
 
 
 async def test_the_cli_role_exits_2_with_one_line(

@@ -228,7 +228,7 @@ def update(update_id: int, chat: int) -> bytes:
 def chat_on(cluster: RedisClusterProcesses, keys: Keys, stream: Any, node: RedisProcess) -> int:
     """A private chat id whose partition's ``stream(p)`` lives on ``node``."""
     for chat in range(1000, 100_000):
-        if node_of(cluster, stream(partition_for(chat, keys.partitions))) is node:
+        if node_of(cluster, stream(partition_for(chat, keys.partitions, BOT_ID))) is node:
             return chat
     raise AssertionError("no chat on that node")
 
@@ -334,7 +334,7 @@ async def test_pipeline_replies_for_healthy_nodes_are_stored_while_one_is_down(
         assert isinstance(sick_one, BaseException)
         assert all(isinstance(ids, list) and len(ids) == 1 for ids in well_ones), well_ones
         assert time.monotonic() - started < STORE_TIMEOUT + 0.5
-    assert await client.xlen(keys.outbound(partition_for(well, P))) == 26
+    assert await client.xlen(keys.outbound(partition_for(well, P, BOT_ID))) == 26
 
 
 # --- (c) sender -------------------------------------------------------------------------
@@ -410,7 +410,7 @@ async def test_a_part_sent_while_its_node_goes_down_is_sent_once(
         assert requests["sendMessage"] == 1  # the second waits: its fence cannot run
         emu.faults.delay("sendMessage", 0)
         await restart(cluster, down)
-        stream = keys.outbound(partition_for(chat, P))
+        stream = keys.outbound(partition_for(chat, P, BOT_ID))
 
         async def finished() -> Any:
             pending: Any = await client.xpending(stream, GROUP_SENDERS)

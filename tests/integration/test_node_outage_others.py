@@ -112,7 +112,7 @@ def chats_off(cluster: RedisClusterProcesses, keys: Keys, down: RedisProcess, n:
     """``n`` private chat ids whose outbound partition is not on ``down``."""
     out = []
     for chat in range(5000, 500_000):
-        if node_of(cluster, keys.outbound(partition_for(chat, P))) is not down:
+        if node_of(cluster, keys.outbound(partition_for(chat, P, BOT_ID))) is not down:
             out.append(chat)
             if len(out) == n:
                 return out
@@ -302,7 +302,7 @@ async def test_senders_finish_while_the_results_node_is_down_and_each_result_lan
         await wait_for(group.owned, timeout=20, message="every partition owned, both seen")
         await stop_node(down)
         await publish_outbound(client, keys, [*plan, refused])
-        streams = {keys.outbound(partition_for(e.chat_id, P)) for e in [*plan, refused]}
+        streams = {keys.outbound(partition_for(e.chat_id, P, BOT_ID)) for e in [*plan, refused]}
 
         async def finished() -> bool:
             for stream in streams:

@@ -49,7 +49,9 @@ RESUMED_WITHIN = 2.0  # after cluster_state:ok again (issue 10)
 
 def user_in(p: int, partitions: int = P) -> int:
     """A user id whose private chat is in partition ``p``."""
-    return next(u for u in range(6_100_000_000, 6_100_100_000) if partition_for(u, partitions) == p)
+    return next(
+        u for u in range(6_100_000_000, 6_100_100_000) if partition_for(u, partitions, BOT_ID) == p
+    )
 
 
 @contextlib.asynccontextmanager
@@ -341,18 +343,18 @@ async def test_a_stopped_node_parks_its_partitions_and_the_others_keep_flowing(
     sick = next(
         u
         for u in range(6_100_000_000, 6_101_000_000)
-        if owner[partition_for(u, partitions)] == down
+        if owner[partition_for(u, partitions, BOT_ID)] == down
     )
     well = [
         next(
             u
             for u in range(6_100_000_000, 6_101_000_000)
-            if owner[partition_for(u, partitions)] == n
+            if owner[partition_for(u, partitions, BOT_ID)] == n
         )
         for n in (0, 2)
     ]
-    sick_stream = keys.updates(partition_for(sick, partitions))
-    well_streams = [keys.updates(partition_for(u, partitions)) for u in well]
+    sick_stream = keys.updates(partition_for(sick, partitions, BOT_ID))
+    well_streams = [keys.updates(partition_for(u, partitions, BOT_ID)) for u in well]
     client = connect(cluster.url, cluster=True)
     await client.flushall(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
     reader = connect(cluster.url, cluster=True)

@@ -65,7 +65,7 @@ def test_the_keys_one_call_touches_share_a_slot() -> None:
         }
         assert len({slot(k) for k in together}) == 1, together
     for chat in (42, -1001, 7, "9"):
-        tag = slot(KEYS.updates(partition_for(chat, P)))
+        tag = slot(KEYS.updates(partition_for(chat, P, BOT_ID)))
         for key in (
             KEYS.blocked_chat(BOT_ID, chat),
             KEYS.delay_notice(BOT_ID, chat),

@@ -263,7 +263,7 @@ async def test_sender_dead_letters_a_file_reference_without_calling_telegram(
     emu.add_chat(1001, type="private")
     cfg = make_config(redis_url, emu.api_url)
     await ensure_groups(redis, cfg.keys)
-    stream = cfg.keys.outbound(partition_for(1001, cfg.keys.partitions))
+    stream = cfg.keys.outbound(partition_for(1001, cfg.keys.partitions, BOT_ID))
     raw = {  # what a CRM writes with XADD: the public envelope, not our model
         "schema": "1",
         "reply_id": "crm-1",
@@ -343,7 +343,7 @@ async def test_a_sync_pipelines_unusable_reply_is_one_post_one_dead_letter_one_a
         cfg = make_config(redis_url, emu.api_url, pipeline={"pipeline_url": pipeline.base_url})
         await ensure_groups(redis, cfg.keys)
         update = copy.deepcopy(TEXT)
-        stream = cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions))
+        stream = cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions, BOT_ID))
         fields = update_fields(
             bot_id=BOT_ID,
             update_id=update["update_id"],

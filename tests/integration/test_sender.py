@@ -279,7 +279,7 @@ def _stream_of(cfg: object, chat: int) -> str:
     from gateway.core.contracts import partition_for
 
     keys = cfg.keys  # type: ignore[attr-defined]
-    return keys.outbound(partition_for(chat, keys.partitions))  # type: ignore[no-any-return]
+    return keys.outbound(partition_for(chat, keys.partitions, BOT_ID))  # type: ignore[no-any-return]
 
 
 async def test_paid_broadcasts_lift_the_global_limit(redis: aioredis.Redis, redis_url: str) -> None:
@@ -491,7 +491,7 @@ async def test_a_sender_whose_lease_goes_while_it_waits_for_budget_sends_nothing
     await ensure_groups(redis, cfg.keys)
     await _budget_taken_for(redis, cfg, CHAT, 5.0)
     await publish(redis, cfg, entry(text="waits for budget"))
-    p = partition_for(CHAT, cfg.keys.partitions)
+    p = partition_for(CHAT, cfg.keys.partitions, BOT_ID)
     stream = cfg.keys.outbound(p)
     consumer, sender = fenced_sender(redis, cfg)
     task = asyncio.create_task(consumer.run())
@@ -537,7 +537,7 @@ async def test_a_send_cut_short_by_the_end_of_the_grace_is_marked_not_sent_again
     # Leaving the block stopped the sender 0.2 s into a 1 s request.
     await emu.wait_messages(CHAT, 1, timeout=5)  # delivered all the same
     emu.faults.delay("sendMessage", 0)
-    p = partition_for(CHAT, cfg.keys.partitions)
+    p = partition_for(CHAT, cfg.keys.partitions, BOT_ID)
     assert await redis.get(cfg.keys.sent(p, f"{e.reply_id}#0")) is not None
     async with running(lambda stop: serve_sender(cfg, stop)):
         await wait_for(lambda: _count(redis, cfg, 1), message="its result")
@@ -548,7 +548,7 @@ async def test_a_send_cut_short_by_the_end_of_the_grace_is_marked_not_sent_again
 
 
 def outbound_item(cfg: Any, e: OutboundEntry) -> Item:
-    stream = cfg.keys.outbound(partition_for(e.chat_id, cfg.keys.partitions))
+    stream = cfg.keys.outbound(partition_for(e.chat_id, cfg.keys.partitions, BOT_ID))
     return Item(stream, "1-0", {k.encode(): v.encode() for k, v in e.to_fields().items()}, 1)
 
 
@@ -591,7 +591,7 @@ async def test_the_sender_handler_is_a_plain_function_of_an_entry_and_its_fence(
         assert await redis.exists(mark.key) == 0  # the finish writes it, with the ack
 
         stale = outbound_item(cfg, entry(text="stale"))
-        lease = keys.lease("sender", partition_for(CHAT, keys.partitions))
+        lease = keys.lease("sender", partition_for(CHAT, keys.partitions, BOT_ID))
         theirs = Fence(lease, "sender-b", lambda: 10.0, lambda: True, lambda: True)
         with pytest.raises(LeaseLost):
             await sender(stale, theirs)

@@ -37,7 +37,7 @@ class CountingConnection(aioredis.Connection):
 
 
 def item_of(cfg: Any, e: OutboundEntry) -> Item:
-    stream = cfg.keys.outbound(partition_for(e.chat_id, cfg.keys.partitions))
+    stream = cfg.keys.outbound(partition_for(e.chat_id, cfg.keys.partitions, BOT_ID))
     return Item(stream, "1-0", {k.encode(): v.encode() for k, v in e.to_fields().items()}, 1)
 
 

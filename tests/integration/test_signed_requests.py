@@ -83,7 +83,7 @@ async def publish(redis: aioredis.Redis, cfg: Any, update: dict[str, Any]) -> No
         source="replay",
         raw_update=orjson.dumps(update),
     )
-    stream = cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions))
+    stream = cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions, BOT_ID))
     await redis.xadd(stream, fields)  # type: ignore[arg-type]
 
 

@@ -41,7 +41,7 @@ async def test_an_idle_worker_and_sender_are_shown_live(
         source="replay",
         raw_update=orjson.dumps(update),
     )
-    await redis.xadd(cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions)), fields)
+    await redis.xadd(cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions, BOT_ID)), fields)
     async with running(lambda stop: serve_worker(cfg, stop), lambda stop: serve_sender(cfg, stop)):
         await emu.wait_messages(ALICE, 1, timeout=20)  # one exchange, then nothing
 

@@ -47,7 +47,9 @@ async def publish(redis: aioredis.Redis, cfg: Any, *updates: dict[str, Any]) -> 
             source="replay",
             raw_update=orjson.dumps(update),
         )
-        await redis.xadd(cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions)), fields)  # type: ignore[arg-type]
+        await redis.xadd(
+            cfg.keys.updates(partition_for(ALICE, cfg.keys.partitions, BOT_ID)), fields
+        )  # type: ignore[arg-type]
 
 
 def roles(cfg: Any) -> list[Any]:

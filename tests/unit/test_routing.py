@@ -18,7 +18,7 @@ def test_a_reply_goes_to_the_slot_of_its_chats_update_stream() -> None:
     """A worker's replies share the update's hash tag, so its finish writes them in the
     partition's slot (atomic with the ack on a cluster too), for users and groups alike."""
     for chat in [*range(-50, 50), -1001234567890, 7689012345, "@channel"]:
-        p = partition_for(chat, KEYS.partitions)
+        p = partition_for(chat, KEYS.partitions, 1)
         assert key_slot(outbound_stream(KEYS, entry(chat)).encode()) == key_slot(
             KEYS.updates(p).encode()
         )

@@ -94,7 +94,7 @@ async def test_a_valid_fence_lets_the_update_through_to_its_reply_and_handed_mar
     assert isinstance(outcome, Ack)
     [reply] = outcome.publishes
     chat = UPDATE["message"]["chat"]["id"]
-    assert reply.stream == KEYS.outbound(partition_for(chat, KEYS.partitions))
+    assert reply.stream == KEYS.outbound(partition_for(chat, KEYS.partitions, BOT_ID))
     assert json.loads(reply.fields["payload"])["text"] == "hello back"
     key = idempotency_key(BOT_ID, UPDATE["update_id"])
     assert outcome.marker == Marker(KEYS.handed(0, key), WorkerOptions(bot_id=BOT_ID).handed_ttl)

@@ -29,7 +29,7 @@ class ChatTagKeyBuilder(DefaultKeyBuilder):
 
     def build(self, key: StorageKey, part: Literal["data", "state", "lock"] | None = None) -> str:
         rest = super().build(key, part)[len(self.prefix) :]
-        return f"{self.prefix}:{self._keys.chat_tag(key.chat_id)}{rest}"
+        return f"{self.prefix}:{self._keys.chat_tag(key.bot_id, key.chat_id)}{rest}"
 
 
 def fsm_storage(redis: Any, keys: Keys, ttl: int, *, memory: bool = False) -> BaseStorage:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from gateway.app.cli.argtypes import positive_float, positive_int
 from gateway.app.cli.timeouts import REDIS_BULK_TIMEOUT, bounded
 from gateway.app.running import run_async
-from gateway.core.contracts import Keys
 from gateway.core.errors import UsageError
 from gateway.core.settings import RedisSettings, TelegramSettings, load
 
@@ -27,7 +26,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     rs, tg = load(RedisSettings), load(TelegramSettings, telegram_enabled=False)
     since, until = _when(args.since, "--since"), _when(args.until, "--until")
     sel = rec.Selection(since, until, chats=frozenset(args.chat), types=frozenset(args.type))
-    key, keys = load(rec.TapeSettings).tape_redact_key, Keys(rs.stream_prefix, rs.partitions)
+    key, keys = load(rec.TapeSettings).tape_redact_key, rs.keys
     req = rec.RecordRequest(args.out, sel, args.follow, not args.no_redact, args.redact_rules,
                             args.limit, show_progress=True)  # fmt: skip
 
@@ -77,7 +76,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rp.guard_bot_api(bot_api, args.i_know_this_messages_real_people)
     req = rp.ReplayRequest(tape, timing, sel, args.to, args.secret or tg.webhook_secret,
                            args.capture, args.capture_timeout, args.remap_ids, bot_api)  # fmt: skip
-    keys = Keys(rs.stream_prefix, rs.partitions)
+    keys = rs.keys
     work = rp.replay(req, bot_id=tape.header.bot_id, connect=lambda: connect_with(rs), keys=keys,
                      dedupe_ttl=rs.dedupe_ttl_seconds)  # fmt: skip
     return asyncio.run(work)

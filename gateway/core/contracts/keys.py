@@ -16,11 +16,15 @@ COUNTER_MINUTE_TTL = 7200  # seconds a per-minute counter bucket lives (two hour
 REPLIED_TTL = 600  # seconds a "replied" mark lives: PIPELINE_TYPING_SECONDS' bound
 
 
-def partition_for(chat_id: int | str | None, partitions: int) -> int:
-    """Stable partition of a chat: crc32 of its id modulo the partition count."""
+def partition_for(chat_id: int | str | None, partitions: int, bot_id: int | None = None) -> int:
+    """Stable partition of a bot's chat: crc32 of ``"<bot_id>:<chat_id>"`` modulo the
+    partition count (``bot_id`` None: of the chat id alone, the layout of deployments
+    recorded before issue 15, ``STREAM_PARTITION_BY=chat``). Call ``Keys.partition``: it
+    knows which of the two the deployment's layout uses."""
     if chat_id is None or partitions <= 1:
         return 0
-    return zlib.crc32(str(chat_id).encode()) % partitions
+    key = str(chat_id) if bot_id is None else f"{bot_id}:{chat_id}"
+    return zlib.crc32(key.encode()) % partitions
 
 
 PARK_TAGS: tuple[str, ...] = (
@@ -39,11 +43,18 @@ class Keys:
 
     prefix: str
     partitions: int
+    by_bot: bool = True  # the partition key is (bot, chat); False: the chat alone
 
     def partition(self, bot_id: int, chat_id: int | str | None) -> int:
         """The partition of a bot's chat: every entry, key and lease of that chat lives
-        there. (Issue 15 makes the bot part of the key; call this, not ``partition_for``.)"""
-        return partition_for(chat_id, self.partitions)
+        there. Two bots' chats with one user id (a private chat's id is the user's, for
+        every bot) land apart, so one bot's stall never holds the other's."""
+        return partition_for(chat_id, self.partitions, bot_id if self.by_bot else None)
+
+    @property
+    def partitioner(self) -> str:
+        """The name the stream layout records (``gateway/runtime/layout.py``)."""
+        return "crc32(bot:chat)" if self.by_bot else "crc32"
 
     def updates(self, p: int) -> str:
         return f"{self.prefix}:updates:{{{p}}}"
@@ -78,16 +89,16 @@ class Keys:
         result (a crash, a duplicate result entry) does not POST it again."""
         return f"{self.prefix}:receipt:{reply_id}"
 
-    def chat_tag(self, chat_id: int | str) -> str:
+    def chat_tag(self, bot_id: int, chat_id: int | str) -> str:
         """The hash tag of a chat's partition: a chat's own keys live on the node of its
         partition's streams, so a node that is down stalls only its own partitions' chats
         (issue 10; before, a worker's every message cleared a blocked mark that could
         live on any node)."""
-        return f"{{{partition_for(chat_id, self.partitions)}}}"
+        return f"{{{self.partition(bot_id, chat_id)}}}"
 
     def blocked_chat(self, bot_id: int, chat_id: int | str) -> str:
         """Present while a chat has blocked or kicked the bot (403)."""
-        return f"{self.prefix}:blocked:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
+        return f"{self.prefix}:blocked:{self.chat_tag(bot_id, chat_id)}:{bot_id}:{chat_id}"
 
     # The limiter's keys of one bot share the hash tag ``{bot_id}``: its script reads the
     # global and the chat's budget atomically, so on a Redis Cluster they live in one slot.
@@ -117,16 +128,16 @@ class Keys:
         """The Telegram chat and message ids one reply was sent as (JSON, with a TTL):
         what an edit or delete naming that reply id acts on (``workers/sender/rich.py``).
         The chat is in the key, so a reply id of another chat is simply not found."""
-        return f"{self.prefix}:reply:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}:{reply_id}"
+        return f"{self.prefix}:reply:{self.chat_tag(bot_id, chat_id)}:{bot_id}:{chat_id}:{reply_id}"
 
     def replied(self, bot_id: int, chat_id: int | str, update_id: int) -> str:
         """Present (briefly) once a pipeline's callback reply to an update is stored: the
         typing indicator for that update stops (``workers/worker/typing_indicator.py``)."""
-        return f"{self.prefix}:replied:{self.chat_tag(chat_id)}:{bot_id}:{update_id}"
+        return f"{self.prefix}:replied:{self.chat_tag(bot_id, chat_id)}:{bot_id}:{update_id}"
 
     def delay_notice(self, bot_id: int, chat_id: int | str) -> str:
         """Present while a chat has been told its messages are delayed (pipeline outage)."""
-        return f"{self.prefix}:delayed:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
+        return f"{self.prefix}:delayed:{self.chat_tag(bot_id, chat_id)}:{bot_id}:{chat_id}"
 
     def members(self, role: str) -> str:
         """Live processes of a role (ZSET, score = heartbeat expiry on Redis's clock)."""
@@ -145,7 +156,7 @@ class Keys:
 
     def migrated(self, bot_id: int, chat_id: int | str) -> str:
         """The supergroup id a group chat was migrated to (400 migrate_to_chat_id)."""
-        return f"{self.prefix}:migrated:{self.chat_tag(chat_id)}:{bot_id}:{chat_id}"
+        return f"{self.prefix}:migrated:{self.chat_tag(bot_id, chat_id)}:{bot_id}:{chat_id}"
 
     @property
     def bots(self) -> str:

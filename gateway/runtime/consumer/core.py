@@ -71,7 +71,9 @@ class StreamConsumer(Lanes, Reads, Retention):
         keys: Keys,
         config: ConsumerConfig,
         handler: Handler,
-        order_key: Callable[[dict[bytes, bytes]], bytes] = lambda f: f.get(b"chat_id", b""),
+        order_key: Callable[[dict[bytes, bytes]], bytes] = lambda f: (
+            f.get(b"bot_id", b"") + b":" + f.get(b"chat_id", b"")
+        ),
         name: str | None = None,
         calls: Coalescer | None = None,
         metrics: Metrics | None = None,

@@ -105,7 +105,7 @@ class EmulatorState:
         self.first_update_id = first_update_id  # None: from the wall clock (time_based_update_id)
         self.next_update_id = 0
         self.on_change: Callable[[], None] = _noop
-        self.files = FileStore()  # what getFile and the download path serve
+        self.files = FileStore(bot.get("id", ""))  # what getFile and the download path serve
         self.reset()
 
     def reset(self) -> None:
