@@ -315,9 +315,6 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             sender,
             name=name,
             metrics=m,
-            # A lane per (bot, chat): one bot's wait for a chat holds no other bot's
-            # replies to the same chat id (a user writing to two bots).
-            order_key=lambda f: f.get(b"bot_id", b"") + b":" + f.get(b"chat_id", b""),
         )
         leases = consumer.leases
         if leases is not None:  # the degraded limiters' share: the live senders last seen

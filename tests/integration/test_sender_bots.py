@@ -6,14 +6,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from gateway.app.roles import serve_sender
 from gateway.core.bots import BotSpec, BotsSettings
@@ -22,9 +20,16 @@ from gateway.core.settings import load
 from gateway.runtime import dlq
 from gateway.runtime.streams import ensure_groups, publish_outbound
 from gateway.testkit.emulator import Emulator, EmulatorLimits
-from gateway.testkit.emulator.app import bot_call, error_response
-from gateway.testkit.emulator.errors import ApiError
-from tests.helpers import dead_letters, make_config, results, running, wait_for
+from gateway.testkit.emulator.core import EmulatorCore
+from tests.helpers import (
+    BOT_USERNAME,
+    TOKEN,
+    dead_letters,
+    make_config,
+    results,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,57 +47,24 @@ FULL = 0.8  # "full rate": at least this share of a bot's limit in its busiest s
 CHATS = list(range(3000, 3120))  # the same chat ids for every bot (users of three bots)
 
 
-class BotsApi:
-    """One Bot API server for several bots, each served by an ``Emulator`` of its own
-    (its own chats, limits, faults and send log), chosen by the token in the path; an
-    unknown token is 401, as Telegram answers. (Until the emulator serves many bots.)"""
-
-    def __init__(self) -> None:
-        self.emus: dict[str, Emulator] = {}
-        self.calls: Counter[str] = Counter()  # Bot API calls per token, answered or not
-        self._runner: web.AppRunner | None = None
-        self.api_url = ""
-
-    def add(self, token: str, limits: EmulatorLimits) -> Emulator:
-        emu = Emulator(token=token, bot_username=f"bot{token.split(':')[0]}", limits=limits)
-        for chat in CHATS:
-            emu.add_chat(chat, type="private")
-        self.emus[token] = emu
-        return emu
-
-    async def start(self) -> None:
-        async def call(request: web.Request) -> web.StreamResponse:
-            token = request.match_info["token"]
-            self.calls[token] += 1
-            emu = self.emus.get(token)
-            if emu is None:
-                return error_response(ApiError(401, "Unauthorized"))
-            return await bot_call(emu, request)
-
-        app = web.Application()
-        app.router.add_route("*", "/bot{token}/{method}", call)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.api_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 @pytest.fixture
-async def api() -> AsyncIterator[BotsApi]:
-    server = BotsApi()
+async def emu() -> AsyncIterator[Emulator]:
+    """One emulator serving the default bot (idle here) and A, B, C, each with its own
+    chats, limits (C: its own 20/s), faults and send log."""
+    emulator = Emulator(token=TOKEN, bot_username=BOT_USERNAME)
     for bot_id, token in TOKENS.items():
         per_second = C_LIMIT if bot_id == C else 30
-        server.add(token, EmulatorLimits(global_per_second=per_second, chat_per_second=1))
-    await server.start()
+        limits = EmulatorLimits(global_per_second=per_second, chat_per_second=1)
+        bot = emulator.add_bot(
+            token, username=f"{NAMES[bot_id].replace('-', '_')}_bot", limits=limits
+        )
+        for chat in CHATS:
+            bot.add_chat(chat, type="private")
+    await emulator.start("127.0.0.1", 0)
     try:
-        yield server
+        yield emulator
     finally:
-        await server.stop()
+        await emulator.stop()
 
 
 def spec(bot_id: int, token: str | None = None) -> BotSpec:
@@ -113,10 +85,10 @@ async def register(redis: aioredis.Redis, cfg: Any, *specs: BotSpec) -> None:
         await redis.hset(cfg.keys.bots, str(s.bot_id), orjson.dumps(s.to_record()))
 
 
-async def setup(redis: aioredis.Redis, redis_url: str, api: BotsApi) -> Any:
+async def setup(redis: aioredis.Redis, redis_url: str, emu: Emulator) -> Any:
     """The sender's settings (the default bot idle), and bots A, B, C in the registry."""
     cfg = dataclasses.replace(
-        make_config(redis_url, api.api_url, sender=SENDER),
+        make_config(redis_url, emu.api_url, sender=SENDER),
         bots=load(BotsSettings, bots_refresh_seconds=0.2),
     )
     await ensure_groups(redis, cfg.keys)
@@ -136,11 +108,11 @@ def interleaved(*groups: list[OutboundEntry]) -> list[OutboundEntry]:
     return [e for row in itertools.zip_longest(*groups) for e in row if e is not None]
 
 
-def sends_between(emu: Emulator, start: float, end: float) -> int:
+def sends_between(emu: EmulatorCore, start: float, end: float) -> int:
     return sum(1 for s in emu.sent() if start <= s["ts"] < end)
 
 
-def at_full_rate(emu: Emulator, limit: int) -> dict[str, Any]:
+def at_full_rate(emu: EmulatorCore, limit: int) -> dict[str, Any]:
     """Within its own limit (no 429 of the emulator's, no 1 s window over) and near it."""
     stats = emu.stats()
     assert stats["rejected_429"] == 0
@@ -149,32 +121,32 @@ def at_full_rate(emu: Emulator, limit: int) -> dict[str, Any]:
 
 
 async def test_three_bots_each_keep_within_their_own_limit(
-    redis: aioredis.Redis, redis_url: str, api: BotsApi
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:
     """120 replies per bot at once: each bot sends at its own limit (30/s, and C's own
     20/s), measured on the emulator's receive times, no window over, no 429."""
-    cfg = await setup(redis, redis_url, api)
+    cfg = await setup(redis, redis_url, emu)
     n = 120
     await publish_outbound(redis, cfg.keys, interleaved(*(entries(b, n) for b in TOKENS)))
-    emus = {b: api.emus[t] for b, t in TOKENS.items()}
+    emus = {b: emu.bot(b) for b in TOKENS}
     async with running(lambda stop: serve_sender(cfg, stop)):
         await wait_for(
             lambda: all(len(e.sent()) == n for e in emus.values()), timeout=40, message="sends"
         )
-    for bot_id, emu in emus.items():
-        at_full_rate(emu, C_LIMIT if bot_id == C else 30)
+    for bot_id, bot in emus.items():
+        at_full_rate(bot, C_LIMIT if bot_id == C else 30)
         for i in (0, n - 1):
-            assert [m["text"] for m in emu.messages(CHATS[i])] == [f"{bot_id}-{i}"]
+            assert [m["text"] for m in bot.messages(CHATS[i])] == [f"{bot_id}-{i}"]
 
 
 async def test_a_429_storm_on_one_bot_leaves_the_others_at_full_rate(
-    redis: aioredis.Redis, redis_url: str, api: BotsApi
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:
     """Bot A's sends answer 429 (retry_after 2 s) on several chats: A pauses as a whole
     (429s on two chats within a second), B and C send on at their own limits meanwhile,
     and A's replies all go out after its pause."""
-    cfg = await setup(redis, redis_url, api)
-    emu_a, emu_b, emu_c = (api.emus[TOKENS[b]] for b in (A, B, C))
+    cfg = await setup(redis, redis_url, emu)
+    emu_a, emu_b, emu_c = (emu.bot(b) for b in (A, B, C))
     emu_a.faults.flood_global(retry_after=2, count=4)
     n = 120
     await publish_outbound(redis, cfg.keys, interleaved(*(entries(b, n) for b in TOKENS)))
@@ -190,30 +162,31 @@ async def test_a_429_storm_on_one_bot_leaves_the_others_at_full_rate(
     second_429 = emu_a.faults.floods[1][1]
     assert sends_between(emu_a, second_429, second_429 + 1.9) == 0
     # ...while B and C kept their own rate through A's storm.
-    for emu, limit in ((emu_b, 30), (emu_c, C_LIMIT)):
-        at_full_rate(emu, limit)
-        window = sends_between(emu, first_429, first_429 + 2.0)
+    for bot, limit in ((emu_b, 30), (emu_c, C_LIMIT)):
+        at_full_rate(bot, limit)
+        window = sends_between(bot, first_429, first_429 + 2.0)
         assert window >= 2 * limit * FULL * (1 - MARGIN), (window, limit)
     assert int(await redis.get(cfg.keys.counter("flood_waits"))) == 4
 
 
 async def test_a_revoked_token_dead_letters_that_bot_only(
-    redis: aioredis.Redis, redis_url: str, api: BotsApi, caplog: pytest.LogCaptureFixture
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Telegram answers 401 to bot A: its replies become dead letters `bot_unauthorized`
     (its later ones without a call), the role goes on, B and C send at their own limits.
     The log names the bot, never a token."""
     caplog.set_level(logging.INFO)
-    cfg = await setup(redis, redis_url, api)
-    emu_a, emu_b, emu_c = (api.emus[TOKENS[b]] for b in (A, B, C))
-    emu_a.faults.unauthorized(True)
+    cfg = await setup(redis, redis_url, emu)
+    emu_a, emu_b, emu_c = (emu.bot(b) for b in (A, B, C))
+    # Telegram's own 401 answer to every call of A's (counted per method by the emulator).
+    emu_a.faults.fail_next(None, 1_000_000, status=401, html=False)
     n, n_a = 120, 30
     await publish_outbound(
         redis, cfg.keys, interleaved(entries(A, n_a), entries(B, n), entries(C, n))
     )
     async with running(lambda stop: serve_sender(cfg, stop)):
         await wait_for(lambda: _dead(redis, cfg, n_a), timeout=30, message="A's dead letters")
-        calls = api.calls[TOKENS[A]]
+        calls = emu_a.stats()["requests"]["sendMessage"]
         assert 1 <= calls < n_a  # one 401 tells: A's other replies made no call
         await publish_outbound(redis, cfg.keys, entries(A, 10, tag="later-"))
         await wait_for(lambda: _dead(redis, cfg, n_a + 10), timeout=30, message="10 more")
@@ -222,7 +195,7 @@ async def test_a_revoked_token_dead_letters_that_bot_only(
             timeout=40,
             message="B's and C's replies",
         )
-    assert api.calls[TOKENS[A]] == calls  # none for the later 10
+    assert emu_a.stats()["requests"]["sendMessage"] == calls  # none for the later 10
     assert emu_a.sent() == []
     at_full_rate(emu_b, 30)
     at_full_rate(emu_c, C_LIMIT)
@@ -242,11 +215,11 @@ async def _dead(redis: aioredis.Redis, cfg: Any, n: int) -> list[dict[str, str]]
 
 
 async def test_an_entry_of_an_unknown_bot_is_dead_lettered_unknown_bot(
-    redis: aioredis.Redis, redis_url: str, api: BotsApi
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
 ) -> None:
     """A bot in no registry source: a dead letter `unknown_bot` with a failed result; the
     known bots' replies around it go out."""
-    cfg = await setup(redis, redis_url, api)
+    cfg = await setup(redis, redis_url, emu)
     stranger = OutboundEntry(bot_id=7199999999, chat_id=CHATS[0], payload={"text": "who?"})
     await publish_outbound(redis, cfg.keys, [*entries(A, 1), stranger, *entries(B, 1)])
     async with running(lambda stop: serve_sender(cfg, stop)):
@@ -257,7 +230,7 @@ async def test_an_entry_of_an_unknown_bot_is_dead_lettered_unknown_bot(
     by_reply = {r["reply_id"]: r for r in await results(redis, cfg)}
     assert by_reply[stranger.reply_id]["ok"] == "0"
     assert by_reply[stranger.reply_id]["reason"] == "unknown_bot"
-    assert [len(api.emus[TOKENS[b]].sent()) for b in (A, B)] == [1, 1]
+    assert [len(emu.bot(b).sent()) for b in (A, B)] == [1, 1]
 
 
 async def _results(redis: aioredis.Redis, cfg: Any, n: int) -> list[dict[str, str]]:
@@ -266,22 +239,20 @@ async def _results(redis: aioredis.Redis, cfg: Any, n: int) -> list[dict[str, st
 
 
 async def test_a_rotated_token_is_used_after_the_refresh(
-    redis: aioredis.Redis, redis_url: str, api: BotsApi, caplog: pytest.LogCaptureFixture
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A's token is revoked (401: dead letters `bot_unauthorized`); `bots rotate-token`
-    writes its new one; the running sender takes it up at its next refresh, and the dead
-    letters requeued (`dlq requeue --reason bot_unauthorized`) go out with the new token,
-    none with the old."""
+    """A's token is revoked (BotFather's /revoke: the old one answers 401, so A's replies
+    are dead letters `bot_unauthorized`); `bots rotate-token` writes the new one; the
+    running sender takes it up at its next refresh, and the dead letters requeued (`dlq
+    requeue --reason bot_unauthorized`) go out with the new token."""
     caplog.set_level(logging.INFO)
-    cfg = await setup(redis, redis_url, api)
-    old = api.emus[TOKENS[A]]
-    old.faults.unauthorized(True)
-    new_token = f"{A}:ZZZZzzzzZZZZzzzzZZZZzzzz99"
-    new = api.add(new_token, EmulatorLimits())
+    cfg = await setup(redis, redis_url, emu)
+    bot_a = emu.bot(A)
+    new_token = emu.rotate_token(A)
     await publish_outbound(redis, cfg.keys, entries(A, 5))
     async with running(lambda stop: serve_sender(cfg, stop)):
-        await wait_for(lambda: _dead(redis, cfg, 5), timeout=20, message="A's dead letters")
-        calls = api.calls[TOKENS[A]]
+        dead = await wait_for(lambda: _dead(redis, cfg, 5), timeout=20, message="dead letters")
+        assert {d["reason"] for d in dead} == {"bot_unauthorized"}
         await register(redis, cfg, spec(A, new_token))
         await wait_for(
             lambda: any("a new token" in r.getMessage() for r in caplog.records),
@@ -290,9 +261,9 @@ async def test_a_rotated_token_is_used_after_the_refresh(
         )
         chosen = await dlq.select(redis, cfg.keys, dlq.Selection(reason="bot_unauthorized"))
         assert await dlq.requeue(redis, cfg.keys, chosen) == 5
-        await wait_for(lambda: len(new.sent()) == 5, timeout=20, message="5 with the new token")
-    assert api.calls[TOKENS[A]] == calls
-    assert sorted(m["text"] for c in CHATS[:5] for m in new.messages(c)) == sorted(
+        await wait_for(lambda: len(bot_a.sent()) == 5, timeout=20, message="5 sent")
+    assert sorted(m["text"] for c in CHATS[:5] for m in bot_a.messages(c)) == sorted(
         f"{A}-{i}" for i in range(5)
     )
-    assert await dead_letters(redis, cfg) == []
+    assert await dead_letters(redis, cfg) == []  # the old token, refused, was not used again
+    assert new_token.split(":")[1] not in caplog.text
