@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 
 from gateway.app.roles import serve_sender
 from gateway.core.bots import BotSpec, BotsSettings
-from gateway.core.contracts import OutboundEntry
+from gateway.core.contracts import GROUP_SENDERS, OutboundEntry
 from gateway.core.settings import load
 from gateway.runtime import dlq
+from gateway.runtime.routing import outbound_stream
 from gateway.runtime.streams import ensure_groups, publish_outbound
 from gateway.testkit.emulator import Emulator, EmulatorLimits
 from gateway.testkit.emulator.core import EmulatorCore
@@ -231,6 +232,39 @@ async def test_an_entry_of_an_unknown_bot_is_dead_lettered_unknown_bot(
     assert by_reply[stranger.reply_id]["ok"] == "0"
     assert by_reply[stranger.reply_id]["reason"] == "unknown_bot"
     assert [len(emu.bot(b).sent()) for b in (A, B)] == [1, 1]
+
+
+async def test_a_bot_added_just_after_another_miss_is_not_taken_for_unknown(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """An unknown bot's entry has the registry read its sources (at most once a second);
+    bot D, added a moment later, sends its first reply within that second: the sender
+    asks once more after the registry's next read instead of taking D for unknown."""
+    cfg = await setup(redis, redis_url, emu)
+    cfg = dataclasses.replace(cfg, bots=load(BotsSettings, bots_refresh_seconds=60))
+    d_id = 7100000004
+    d = dataclasses.replace(spec(A), bot_id=d_id, token=f"{d_id}:DDDDddddDDDDddddDDDDdddd04")
+    d = dataclasses.replace(d, name="brand-d", path_key="path-key-of-brand-d")
+    emu.add_bot(d.token, username="brand_d_bot").add_chat(CHATS[0], type="private")
+    stranger = OutboundEntry(bot_id=7199999999, chat_id=CHATS[0], payload={"text": "who?"})
+    await publish_outbound(redis, cfg.keys, [stranger])
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        stream = outbound_stream(cfg.keys, stranger)
+        await wait_for(  # read, so looked up: the registry read its sources just now
+            lambda: _read(redis, cfg, stream), message="the stranger's entry read"
+        )
+        await register(redis, cfg, d)
+        first = OutboundEntry(bot_id=d_id, chat_id=CHATS[0], payload={"text": "hello from d"})
+        await publish_outbound(redis, cfg.keys, [first])
+        await wait_for(lambda: emu.bot(d_id).sent(), timeout=10, message="D's reply")
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="the stranger's")
+    assert dead["reason"] == "unknown_bot" and stranger.reply_id in dead["entry"]
+
+
+async def _read(redis: aioredis.Redis, cfg: Any, stream: str) -> bool:
+    """The sender read the stream's entry: it is pending, or dead-lettered already."""
+    pending = int((await redis.xpending(stream, GROUP_SENDERS))["pending"])
+    return pending > 0 or bool(await dead_letters(redis, cfg))
 
 
 async def _results(redis: aioredis.Redis, cfg: Any, n: int) -> list[dict[str, str]]:

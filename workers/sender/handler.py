@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Keys, OutboundEntry, Reason, result_fields
 from gateway.core.logs import redact
+from gateway.runtime.bots import MISS_REFRESH
 from gateway.runtime.consumer import (
     Ack,
     Dead,
@@ -49,6 +50,8 @@ from workers.sender.rich import Replies, Target, acted_on, plan_by_reply
 from workers.sender.sending import PartSender, unauthorized
 
 log = logging.getLogger(__name__)
+
+UNKNOWN_ONCE = "unknown bot, asked once"  # the memo of an entry whose bot was not found
 
 
 @dataclass(slots=True)
@@ -122,6 +125,11 @@ class Sender:
         if resume is not None:
             tally.attempts = resume.attempts
         bot = await self.bots.lookup(entry.bot_id)
+        if bot is None and item.memo is not UNKNOWN_ONCE:
+            # Asked once more after the registry's next read: a bot added a moment ago,
+            # just after another miss had the registry read its sources, is not lost.
+            why = f"bot {entry.bot_id} unknown: asked again after the registry's next read"
+            return Retry(MISS_REFRESH, why, UNKNOWN_ONCE)
         if bot is None:
             self.observe.send(entry.method, "dead_lettered")
             why = (
