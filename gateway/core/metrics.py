@@ -112,6 +112,8 @@ SPECS: tuple[Spec, ...] = (
           (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
     _spec("tg_gateway_sender_split_parts_total", "counter",
           "Messages sent as parts of a text longer than Telegram's limit.", (), SENDER),
+    _spec("tg_gateway_sender_drafts_total", "counter",
+          "Streamed replies' drafts (sendMessageDraft), by outcome.", ("outcome",), SENDER),
     # --- stream runtime
     _spec("tg_gateway_stream_length", "gauge", "XLEN of a stream partition.",
           ("stream", "partition"), ROLES, scraped=True),

@@ -175,6 +175,8 @@ class WorkerSettings(_Base):
     apology_text: str = "Sorry, we could not process your message. Please try again later."
     worker_routers: CommaList = Field(default_factory=list)
     worker_max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    # Updates waiting for their bot's pipeline that is down, besides WORKER_MAX_IN_FLIGHT.
+    worker_max_waiting: int = Field(default=4096, ge=0, le=1_000_000)
     fsm_ttl_seconds: int = Field(default=86_400, ge=60)
 
     @field_validator("worker_routers", mode="before")

@@ -102,8 +102,8 @@ class IngressMetrics:
         await _plain(send, 200, body, ctype=self.scrape.content_type.encode())
 
 
-def endpoint_of(path: str, webhook_path: str, delivery_prefix: str, files_prefix: str) -> str:
-    if path == webhook_path:
+def endpoint_of(path: str, webhook_prefix: str, delivery_prefix: str, files_prefix: str) -> str:
+    if path.startswith(webhook_prefix):  # every bot's: /webhook/telegram, /webhook/{key}
         return "webhook"
     if path.startswith(delivery_prefix):
         return "delivery"

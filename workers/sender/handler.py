@@ -11,10 +11,12 @@ outcome for the consumer's fenced finish: the result
 entry, and for a chat that blocked the bot its mark. Telegram errors are translated by
 ``gateway.telegram.answers`` (one table for every Bot API client) into: wait (429),
 retry with backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id, no
-parse_mode), dead-letter with a reason code (403, 400s, 404, 409, 413: never retried), or
-for a 401 dead-letter ``bot_unauthorized`` (the bot's later entries too, with no call,
-until it has a new token), but stop the role when the bot is ``TELEGRAM_BOT_TOKEN``'s and
-the only one (a single-bot deployment, as before).
+parse_mode), dead-letter with a reason code (403, 400s, 404, 409, 413: never retried);
+a 401 is a dead letter ``bot_unauthorized`` (the bot's later entries too, with no call,
+until it has a new token), but stops the role when the bot is ``TELEGRAM_BOT_TOKEN``'s and
+the only one (a single-bot deployment, as before). A streamed reply's draft
+(``sendMessageDraft``) goes its own best-effort way (``drafts.DraftSender``: sent at once
+or dropped, no result), with its own bot.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Keys, OutboundEntry, Reason, result_fields
+from gateway.core.drafts import DRAFT_METHOD
 from gateway.core.logs import redact
 from gateway.runtime.bots import MISS_REFRESH
 from gateway.runtime.consumer import (
@@ -43,6 +46,7 @@ from gateway.runtime.consumer import (
 from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
 from workers.sender.bots import SenderBots
+from workers.sender.drafts import DraftSender
 from workers.sender.marks import BLOCKED_TTL, Marks
 from workers.sender.observe import SenderMetrics
 from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
@@ -99,6 +103,7 @@ class Sender:
             default_ttl=default_ttl,
             observe=counts,
         )
+        self.drafts = DraftSender(redis, keys, counts)
         self.sent = 0
 
     @property
@@ -125,6 +130,8 @@ class Sender:
         if resume is not None:
             tally.attempts = resume.attempts
         bot = await self.bots.lookup(entry.bot_id)
+        if entry.method == DRAFT_METHOD:  # best effort: shown now or dropped, no result
+            return await self.drafts.send(entry, fence, bot)
         if bot is None and item.memo is not UNKNOWN_ONCE:
             # Asked once more after the registry's next read: a bot added a moment ago,
             # just after another miss had the registry read its sources, is not lost.

@@ -12,6 +12,7 @@ from gateway.telegram import answers
 from workers.sender.parts import METHODS
 
 SEND_OUTCOMES = ("sent", "already_sent", "retried", "dead_lettered")
+DRAFT_OUTCOMES = ("sent", "throttled", "final_stored", "expired", "skipped", "failed")
 SCOPES = ("none", "global", "chat", "group")
 CODES = frozenset({400, 401, 403, 404, 409, 413, 429})
 
@@ -34,6 +35,7 @@ class SenderMetrics:
             method: m.child("tg_gateway_sender_queue_latency_seconds", method) for method in METHODS
         }
         self.split_parts = m.child("tg_gateway_sender_split_parts_total")
+        self.drafts = {o: m.child("tg_gateway_sender_drafts_total", o) for o in DRAFT_OUTCOMES}
         self.end_to_end = m.child("tg_gateway_sender_end_to_end_latency_seconds")
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.core.errors import PipelineRejected, PipelineUnavailable, ReplyShapeError
@@ -55,10 +56,18 @@ class WorkerMetrics:
 
     def watch_breaker(self, breaker: Any) -> None:
         """The breaker's state as three 0/1 series, read when scraped."""
+        self.watch_breakers(lambda: [breaker])
+
+    def watch_breakers(self, breakers: Callable[[], Iterable[Any]]) -> None:
+        """The pipelines' breakers (one per pipeline URL the bots use, issue 15) as three
+        0/1 series, read when scraped: a state is 1 while any breaker is in it (with one
+        pipeline: its state, as before)."""
         for state in BREAKER_STATES:
             gauge = self.metrics.child("tg_gateway_worker_breaker_state", state)
             name = state.replace("_", "-")
-            gauge.set_function(lambda name=name: 1.0 if breaker.state == name else 0.0)
+            gauge.set_function(
+                lambda name=name: 1.0 if any(b.state == name for b in breakers()) else 0.0
+            )
 
 
 def pipeline_status(exc: BaseException | None) -> str:

@@ -74,6 +74,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         "max_body_bytes": rp.reference_max_body_bytes,
         "callback_timeout": rp.reference_callback_timeout,
         "callback_signing_keys": ps.callback_keys,  # what the gateway's ingress verifies
+        "stream": args.stream or 0.0,
     }
     setup_logging(load(LogSettings).log_level)
     log.info("reference pipeline on http://%s:%s (%s mode)", args.host, args.port, args.mode)
@@ -130,6 +131,13 @@ def add_pipeline(sub: Subcommands) -> None:
         "--callback-hosts",
         metavar="HOSTS",
         help="comma-separated host[:port] an X-Webhook-URL may name (REFERENCE_CALLBACK_HOSTS)",
+    )
+    pl.add_argument(
+        "--stream",
+        type=positive_float,
+        metavar="SECONDS",
+        help="stream each reply as drafts, SECONDS apart, then the final (async mode; "
+        "Telegram shows them in private chats)",
     )
     pl.set_defaults(func=cmd_pipeline)
 

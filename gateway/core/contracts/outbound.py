@@ -29,6 +29,7 @@ OutboundMethod = Literal[
     "answerCallbackQuery",
     "editMessageText",
     "deleteMessage",
+    "sendMessageDraft",  # a streamed reply's text so far (best effort: gateway.core.drafts)
 ]
 BUSINESS_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument", "sendChatAction"})
 """The methods that take ``business_connection_id`` in their payload (a business chat's)."""

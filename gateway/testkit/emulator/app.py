@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.testkit.emulator import bot_send, bot_updates  # noqa: F401 - they register the methods
+from gateway.testkit.emulator import bot_draft, bot_send, bot_updates  # noqa: F401 - they register the methods
 from gateway.testkit.emulator.api import Described, lookup
 from gateway.testkit.emulator.errors import ApiError
 from gateway.testkit.emulator.files import download

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from gateway.testkit.emulator import contacts, users
+from gateway.testkit.emulator.drafts import draft_obj
 from gateway.testkit.emulator.faults import Faults
 from gateway.testkit.emulator.limits import EmulatorLimits
 from gateway.testkit.emulator.notify import Signal
@@ -247,6 +248,15 @@ class EmulatorCore:
             have = len(self.state.messages(chat_id))
             raise TimeoutError(f"chat {chat_id}: {have} of {count} messages after {timeout}s")
         return got
+
+    def drafts(self, chat_id: int) -> list[Obj]:
+        """Every draft the bot streamed to ``chat_id`` (``sendMessageDraft``), in order,
+        each with ``visible``: on the user's screen now (for 30 s, until the bot's next
+        message to the chat). Drafts are not messages: ``messages()`` never lists them."""
+        state = self.state
+        messages = len(state.logs.bot_messages.get(chat_id, ()))
+        shown = {id(c) for c in state.drafts.visible(chat_id, state.now(), messages)}
+        return [draft_obj(c, id(c) in shown) for c in state.drafts.calls(chat_id)]
 
     def sent(self) -> list[Obj]:
         """Every successful message-sending call: method, chat_id, ts (epoch), message,

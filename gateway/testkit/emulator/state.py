@@ -8,6 +8,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from gateway.testkit.emulator.drafts import DraftLog
 from gateway.testkit.emulator.file_store import FileStore
 from gateway.testkit.emulator.limits import EmulatorLimits, SendWindows, window_maxima
 from gateway.testkit.emulator.objects import Obj, chat_obj, infer_chat_type
@@ -130,6 +131,7 @@ class EmulatorState:
         self.callback_queries: dict[str, Obj] = {}
         self.windows = SendWindows(self.limits)
         self.logs = Logs()
+        self.drafts = DraftLog()  # sendMessageDraft's (gateway.testkit.emulator.drafts)
         self.files.reset()
         self.on_change()
 

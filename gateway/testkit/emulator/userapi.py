@@ -178,6 +178,9 @@ def add_user_routes(app: web.Application, bots: BotDirectory) -> None:
         found = emu.message(chat_id, message_id)
         return found if found is not None else json_response({"error": "no such message"}, 404)
 
+    async def drafts(emu: EmulatorCore, request: web.Request) -> Any:
+        return emu.drafts(int(request.match_info["chat_id"]))
+
     async def actions(emu: EmulatorCore, request: web.Request) -> Any:
         return emu.chat_actions(int(request.match_info["chat_id"]))
 
@@ -216,6 +219,7 @@ def add_user_routes(app: web.Application, bots: BotDirectory) -> None:
         ("GET", "/_emu/chats/{chat_id}/messages", messages),
         ("GET", "/_emu/chats/{chat_id}/messages/{mid}", message),
         ("GET", "/_emu/chats/{chat_id}/actions", actions),
+        ("GET", "/_emu/chats/{chat_id}/drafts", drafts),
         ("GET", "/_emu/sent", sent),
         ("GET", "/_emu/stats", stats),
         ("GET", "/_emu/callback_answers", answers),
