@@ -86,10 +86,10 @@ async def register(redis: aioredis.Redis, cfg: Any, *specs: BotSpec) -> None:
         await redis.hset(cfg.keys.bots, str(s.bot_id), orjson.dumps(s.to_record()))
 
 
-async def setup(redis: aioredis.Redis, redis_url: str, emu: Emulator) -> Any:
+async def setup(redis: aioredis.Redis, redis_url: str, emu: Emulator, **sender: Any) -> Any:
     """The sender's settings (the default bot idle), and bots A, B, C in the registry."""
     cfg = dataclasses.replace(
-        make_config(redis_url, emu.api_url, sender=SENDER),
+        make_config(redis_url, emu.api_url, sender={**SENDER, **sender}),
         bots=load(BotsSettings, bots_refresh_seconds=0.2),
     )
     await ensure_groups(redis, cfg.keys)
@@ -168,6 +168,27 @@ async def test_a_429_storm_on_one_bot_leaves_the_others_at_full_rate(
         window = sends_between(bot, first_429, first_429 + 2.0)
         assert window >= 2 * limit * FULL * (1 - MARGIN), (window, limit)
     assert int(await redis.get(cfg.keys.counter("flood_waits"))) == 4
+
+
+async def test_a_paused_bot_holds_no_read_capacity_of_the_others(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator
+) -> None:
+    """Bot A's 429s pause it as a whole for 4 s with 100 of its replies ahead of B's 60 in
+    the streams and room for 16 in flight: A's waiting lanes give their room up
+    (SENDER_MAX_WAITING), so B's replies are read and sent at B's own rate during A's
+    pause, and A's go out after it."""
+    cfg = await setup(redis, redis_url, emu, sender_max_in_flight=16)
+    emu_a, emu_b = emu.bot(A), emu.bot(B)
+    emu_a.faults.flood_global(retry_after=4, count=2)
+    await publish_outbound(redis, cfg.keys, [*entries(A, 100), *entries(B, 60)])
+    async with running(lambda stop: serve_sender(cfg, stop)):
+        await wait_for(lambda: len(emu_b.sent()) == 60, timeout=20, message="B's replies")
+        await wait_for(lambda: len(emu_a.sent()) == 100, timeout=30, message="A's replies")
+    paused_at = emu_a.faults.floods[1][1]  # the second chat's 429: the whole bot waits
+    assert max(m["ts"] for m in emu_b.sent()) < paused_at + 4.0  # all in A's pause
+    at_full_rate(emu_b, 30)
+    assert min(m["ts"] for m in emu_a.sent()) >= paused_at + 4.0 - 0.1
+    assert emu_a.stats()["rejected_429"] == 0
 
 
 async def test_a_revoked_token_dead_letters_that_bot_only(

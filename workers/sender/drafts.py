@@ -39,7 +39,8 @@ from gateway.telegram import answers
 from workers.sender.bots import SenderBot
 from workers.sender.limits import LATE_CREDIT_US
 from workers.sender.observe import DRAFT_OUTCOMES, SenderMetrics
-from workers.sender.ratelimit import RECOVER_GRACE_MS, RateLimiter
+from workers.sender.ratelimit import RateLimiter
+from workers.sender.standby import RECOVER_GRACE_MS
 
 log = logging.getLogger(__name__)
 

@@ -198,7 +198,8 @@ class Sender:
                     # A 5xx or network error: the lane tries the entry again after the
                     # backoff (the chat waits); the parts sent have their markers.
                     memo = Resume(index, outcome.state, tally.started, tally.attempts)
-                    return Retry(outcome.retry, f"part {index} to be sent again", memo)
+                    why = f"part {index} to be sent again"
+                    return Retry(outcome.retry, why, memo, release=outcome.release)
                 tally.attempts += outcome.attempts
                 if outcome.dead is not None:
                     mark = self._blocked_mark(entry, outcome.chat_id, outcome.dead)

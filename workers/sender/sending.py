@@ -21,6 +21,7 @@ from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
 from workers.sender.bots import BotClient, SenderBot, SenderBots
+from workers.sender.limits import PAUSED
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
 from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
@@ -90,6 +91,9 @@ class PartSender:
                 waited = time.perf_counter()
                 async with asyncio.timeout(remaining if part.counts else None):
                     scope = await bot.limiter.acquire(part.chat_id, counts=part.counts)
+                if scope == PAUSED:  # the bot's 429 pause: waited out with its lane released
+                    pause = max(bot.limiter.local.pause_left(), 0.05)
+                    return part.outcome(retry=pause, release=True)
                 self.observe.limiter_wait[scope].observe(time.perf_counter() - waited)
             except TimeoutError:
                 why = "deadline passed waiting for budget"
