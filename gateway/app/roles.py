@@ -25,6 +25,7 @@ from gateway.app.worker_bots import (
     aiogram_bot,
     worker_registry,
 )
+from gateway.core.bot_labels import settings_table
 from gateway.core.errors import ConfigError
 from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
@@ -85,7 +86,8 @@ def process_metrics(cfg: Config, roles: frozenset[str], role: str) -> Metrics:
     the settings gauges that matter."""
     if cfg.metrics.token is None:
         return Metrics.off()
-    m = Metrics(roles, role)
+    m = Metrics(roles, role, bot_limit=cfg.metrics.metrics_bot_label_limit)
+    m.bots.use(settings_table(cfg.telegram))  # until a role follows its registry
     m.child("tg_gateway_settings_partitions").set(cfg.keys.partitions)
     m.child("tg_gateway_settings_shutdown_grace_seconds").set(cfg.consumer.shutdown_grace_seconds)
     m.child("tg_gateway_settings_max_deliveries").set(cfg.consumer.max_deliveries)
@@ -138,6 +140,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             return  # stopped while Redis was away
         registry = worker_registry(cfg, redis)
         await registry.load()  # a BOTS_FILE that cannot be used: one line, at start
+        m.bots.follow(registry)  # the metrics' bot label: this registry's names
         session = AiohttpSession(
             api=TelegramAPIServer.from_base(cfg.telegram.telegram_api_url),
             timeout=cfg.telegram.telegram_request_timeout,
@@ -254,6 +257,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
         # Every bot of the registry: its client, limiter and 401 state (workers/sender/bots).
         registry = registry_for(cfg, redis)
         await registry.load()  # a BOTS_FILE that cannot be used: one ConfigError line
+        m.bots.follow(registry)  # the metrics' bot label: this registry's names
         bots = SenderBots(
             registry,
             redis,

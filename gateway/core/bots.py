@@ -37,6 +37,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PATH_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
 SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # Telegram's alphabet; 16+ for us
+# The metrics' ``bot`` label words besides bot names (gateway/core/bot_labels.py).
+RESERVED_NAMES = frozenset({"none", "unknown", "other"})
 UPDATE_KIND_RE = re.compile(r"^[a-z][a-z_]{0,63}$")  # message, callback_query, ...
 MAX_TEXT = 4096  # help_text, greeting: one Telegram message
 
@@ -132,6 +134,8 @@ class BotSpec:
         where = f"bot {self.name!r}"
         if not NAME_RE.match(self.name):
             raise BotSpecError(f"{where}: name must match {NAME_RE.pattern}")
+        if self.name in RESERVED_NAMES:
+            raise BotSpecError(f"{where}: name is reserved (the metrics' bot label uses it)")
         if not TOKEN_RE.match(self.token):
             raise BotSpecError(f"{where}: token is not a bot token ('<digits>:<secret>')")
         if bot_id_of(self.token) != self.bot_id:

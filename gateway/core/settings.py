@@ -244,6 +244,8 @@ class MetricsSettings(_Base):
     # The worker's and the sender's listener (0 = none); the ingress uses its own port.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    # Bots with their own `bot` label value; past them, bots share bot="other" (issue 15).
+    metrics_bot_label_limit: int = Field(default=100, ge=0, le=10_000)
 
     @field_validator("metrics_token")
     @classmethod

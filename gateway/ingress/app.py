@@ -95,10 +95,6 @@ class IngressApp:
         self.publisher: UpdatePublisher | None = None
         self.observe = observe or IngressMetrics.off()
         m = self.observe
-        self._accepted, self._duplicate = (
-            m.updates["webhook", "accepted"],
-            m.updates["webhook", "duplicate"],
-        )
         self.door = Door(m, max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
         self._default_secret = (
             None if config.webhook_secret is None else config.webhook_secret.encode()
@@ -210,16 +206,16 @@ class IngressApp:
         given = headers.get(SECRET_HEADER, b"")
         if not hmac.compare_digest(given, expected):
             await self.door.refuse(
-                send, "webhook", "bad_secret", 401, "bad or missing secret token"
+                send, "webhook", "bad_secret", 401, "bad or missing secret token", bot_id=bot_id
             )
             return
-        body = await self.door.read_json_body(scope, receive, send, "webhook")
+        body = await self.door.read_json_body(scope, receive, send, "webhook", bot_id)
         if body is None:
             return
         try:
             update_id, chat_id = parse_update(body)
         except InvalidUpdate as exc:
-            await self.door.refuse(send, "webhook", "bad_json", 400, str(exc))
+            await self.door.refuse(send, "webhook", "bad_json", 400, str(exc), bot_id=bot_id)
             return
         assert self.publisher is not None
         try:
@@ -232,9 +228,11 @@ class IngressApp:
             )
         except RedisUnavailable as exc:
             log.warning("update %s not stored, answering 503: %s", update_id, exc)
-            await self.door.refuse(send, "webhook", "storage_unavailable", 503, STORAGE_ERROR)
+            await self.door.refuse(
+                send, "webhook", "storage_unavailable", 503, STORAGE_ERROR, bot_id=bot_id
+            )
             return
-        (self._accepted if new else self._duplicate).inc()
+        self.observe.for_bot(bot_id).updates["webhook", "accepted" if new else "duplicate"].inc()
         await _json(send, 200, {"ok": True, "duplicate": not new})
 
     async def _readyz(self, send: Send) -> None:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.core.backoff import backoff
+from gateway.core.bot_labels import settings_table
 from gateway.core.bots import BotsSettings
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
@@ -110,14 +111,21 @@ def build_ingress(
 
 
 def ingress_metrics(
-    ms: MetricsSettings, rs: RedisSettings, metrics: Metrics | None = None
+    ms: MetricsSettings,
+    rs: RedisSettings,
+    metrics: Metrics | None = None,
+    tg: TelegramSettings | None = None,
 ) -> IngressMetrics:
     """The ingress's metrics (``metrics``: the process's, shared with the other roles it
-    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``."""
+    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``. ``tg``:
+    its bot labels the metrics until the ingress follows its registry."""
     token = ms.token
     if token is None:
         return IngressMetrics.off()
-    metrics = metrics or Metrics(INGRESS, "ingress")
+    if metrics is None:
+        metrics = Metrics(INGRESS, "ingress", bot_limit=ms.metrics_bot_label_limit)
+        if tg is not None:
+            metrics.bots.use(settings_table(tg))
     metrics.child("tg_gateway_settings_partitions").set(rs.partitions)
     return IngressMetrics(metrics, Scrape(metrics, token))
 
@@ -176,6 +184,7 @@ async def serve_ingress(
     registry_redis = connect_with(rs)
     try:
         registry = ingress_registry(tg, bs, registry_redis, rs.keys)
+        observe.metrics.bots.follow(registry)  # the metrics' bot label: its names
         app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files, receipts, bs, registry)
         # A BOTS_FILE that cannot be used or a layout mismatch: one line, exit 2.
         for outcome in await asyncio.gather(
@@ -283,7 +292,7 @@ async def serve_ingress_role(
         cfg.ingress,
         cfg.sender.outbound_ttl_seconds,
         stop,
-        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
+        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics, cfg.telegram),
         files=cfg.files,
         receipts=cfg.receipts,
         bots=cfg.bots,

@@ -140,11 +140,11 @@ async def test_hostile_add_is_one_line_exit_2_and_writes_nothing(
 async def test_a_token_telegram_refuses_is_exit_2(bots: BotsCli, redis: aioredis.Redis) -> None:
     """Well formed, but not a token the Bot API knows: getMe's 401, nothing written."""
     bots.env(UNKNOWN=OTHER_TOKEN)
-    ran = await bots("add", "other", "--token-env", "UNKNOWN")
+    ran = await bots("add", "outlet", "--token-env", "UNKNOWN")
     assert_one_line(ran, 2, "Telegram refused the token (getMe: 401 Unauthorized)")
     assert OTHER_TOKEN.split(":")[1] not in ran.err
     assert await records(redis) == {}
-    assert (await bots("add", "other", "--token-env", "UNKNOWN", "--no-check")).code == 0
+    assert (await bots("add", "outlet", "--token-env", "UNKNOWN", "--no-check")).code == 0
 
 
 async def test_an_unreachable_bot_api_is_exit_3(bots: BotsCli, redis: aioredis.Redis) -> None:
@@ -167,7 +167,7 @@ async def test_a_taken_name_or_id_is_refused(
     file = tmp_path / "bots.toml"
     file.write_text(f'[[bot]]\nname = "filed"\ntoken = "{OTHER_TOKEN}"\n', encoding="utf-8")
     bots.env(BOTS_FILE=str(file))
-    in_file = await bots("add", "other", "--token-env", "OTHER")
+    in_file = await bots("add", "outlet", "--token-env", "OTHER")
     assert_one_line(in_file, 2, "bot id 5550001 is taken by bot 'filed' (file)")
     bots.env(TELEGRAM_BOT_TOKEN=OTHER_TOKEN, BOTS_FILE="")
     default = await bots("add", "default", "--token-env", "OTHER", "--no-check")

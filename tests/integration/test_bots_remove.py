@@ -35,7 +35,7 @@ async def bots(
     cli = BotsCli(monkeypatch, capsys, redis_url)
     cli.env(TELEGRAM_API_URL=emu.api_url, SHOP_TOKEN=TOKEN, OTHER=OTHER_TOKEN)
     assert (await cli("add", "shop", "--token-env", "SHOP_TOKEN")).code == 0
-    assert (await cli("add", "other", "--token-env", "OTHER", "--no-check")).code == 0
+    assert (await cli("add", "outlet", "--token-env", "OTHER", "--no-check")).code == 0
     emu.state.set_webhook("https://gw.example/webhook/x", "s" * 20, 40, None)
     await ensure_groups(redis, KEYS)
     return cli
@@ -86,6 +86,28 @@ async def test_remove_waits_until_no_entry_is_unread_or_pending(
     assert ran.lines[-1] == f"bot 'shop' ({BOT_ID}) removed"
     assert list(await records(redis)) == [str(OTHER_ID)]
     assert await redis.xlen(KEYS.updates(2)) == 3  # the other bot's entries are untouched
+
+
+async def test_a_reply_its_pipeline_posts_in_the_grace_is_drained_before_the_record_goes(
+    bots: BotsCli, redis: aioredis.Redis
+) -> None:
+    """Drained streams do not end it at once: a late callback's reply (here an outbound
+    entry stored during the grace) is waited for too, so a slow pipeline's answer is sent."""
+    bots.env(BOTS_REFRESH_SECONDS="0.2")  # the first drain is over at once
+    removal = asyncio.create_task(
+        bots("remove", "shop", "--drain-timeout", "60", "--reply-grace", "1.5")
+    )
+    await wait_for(lambda: removing_since(redis), message="the bot marked removing")
+    await asyncio.sleep(0.3)  # the streams are drained: the grace runs
+    late = await add_outbound(redis, 1, BOT_ID)
+    await asyncio.sleep(2.0)  # past the grace: the second drain sees the late reply
+    assert not removal.done() and str(BOT_ID) in await records(redis)
+    await redis.xreadgroup(GROUP_SENDERS, "s1", {KEYS.outbound(1): ">"}, count=10)
+    await redis.xack(KEYS.outbound(1), GROUP_SENDERS, late)
+    ran = await asyncio.wait_for(removal, 30)
+    assert ran.code == 0, ran.err
+    assert any("late replies" in line for line in ran.lines), ran.lines
+    assert str(BOT_ID) not in await records(redis)
 
 
 async def test_past_the_drain_timeout_the_bot_stays_removing(

@@ -114,7 +114,7 @@ def test_table_refuses_a_second_bot_with_a_taken_name_or_path() -> None:
     with pytest.raises(BotSpecError, match="name shop is taken by 'shop'"):
         BotTable.of([a, spec(TOKEN_B, "shop", "redis")])
     with pytest.raises(BotSpecError, match=r"path key .* is taken by 'shop'"):
-        BotTable.of([a, spec(TOKEN_B, "other", "redis", path_key=a.path_key)])
+        BotTable.of([a, spec(TOKEN_B, "outlet", "redis", path_key=a.path_key)])
 
 
 def test_table_finds_a_bot_by_name_id_and_path() -> None:
@@ -150,7 +150,7 @@ def test_merge_leaves_out_a_weaker_bot_whose_name_or_path_is_taken() -> None:
     """A Redis bot named like a file bot (another id) is dropped alone; the rest serve."""
     file_a = spec(TOKEN_A, "shop", "file")
     same_name = spec(TOKEN_B, "shop", "redis")
-    same_path = spec(TOKEN_C, "other", "redis", path_key=file_a.path_key)
+    same_path = spec(TOKEN_C, "outlet", "redis", path_key=file_a.path_key)
     problems: list[str] = []
     assert merge(None, [file_a], [same_name, same_path], problems) == [file_a]
     assert [p.split(" left out: ")[1].split(" ")[1] for p in problems] == ["name", "path"]

@@ -174,7 +174,14 @@ class SenderBots:
         self.senders: Callable[[], int | None] = lambda: None  # the live senders last seen
         self._bots: dict[int, SenderBot] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        registry.on_change = self._changed
+        previous = registry.on_change  # another follower's (chained, as the worker's)
+
+        def changed(old: BotTable, new: BotTable) -> None:
+            if previous is not None:
+                previous(old, new)
+            self._changed(old, new)
+
+        registry.on_change = changed
 
     @classmethod
     def single(

@@ -125,6 +125,7 @@ class Sender:
             entry = OutboundEntry.from_fields(item.fields)
         except (EnvelopeError, ValidationError) as exc:
             return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
+        obs = self.observe.for_bot(entry.bot_id)
         resume = item.memo if isinstance(item.memo, Resume) else None  # after a Retry
         tally = Tally(entry, resume.started if resume else time.time())
         if resume is not None:
@@ -138,7 +139,7 @@ class Sender:
             why = f"bot {entry.bot_id} unknown: asked again after the registry's next read"
             return Retry(MISS_REFRESH, why, UNKNOWN_ONCE)
         if bot is None:
-            self.observe.send(entry.method, "dead_lettered")
+            obs.send(entry.method, "dead_lettered")
             why = (
                 f"bot {entry.bot_id} is not a bot of this deployment (not TELEGRAM_BOT_TOKEN's, "
                 "BOTS_FILE's or in the registry of tg-gateway bots)"
@@ -151,7 +152,7 @@ class Sender:
         if best_effort and expired:  # a stale typing/callback answer is harmless
             return self._ack(tally, True, description="skipped: expired", reason=Reason.EXPIRED)
         if bot.unauthorized:  # its token got a 401: no call until it has a new one
-            self.observe.send(entry.method, "dead_lettered")
+            obs.send(entry.method, "dead_lettered")
             if best_effort:
                 return self._drop(tally, chat_id, unauthorized(bot), ())
             return self._dead(tally, unauthorized(bot))
@@ -166,10 +167,10 @@ class Sender:
             else None,
         )
         if look.blocked:
-            self.observe.send(entry.method, "dead_lettered")  # given up before any call
+            obs.send(entry.method, "dead_lettered")  # given up before any call
             return self._dead(tally, answers.Dead(Reason.BOT_BLOCKED, 403, "chat blocked the bot"))
         if expired:
-            self.observe.send(entry.method, "dead_lettered")
+            obs.send(entry.method, "dead_lettered")
             return self._dead(tally, answers.Dead(Reason.EXPIRED, None, "deadline passed"))
         if look.moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
             chat_id = int(look.moved)
@@ -177,7 +178,7 @@ class Sender:
         if self.replies.by_reply(entry):  # an edit or delete of an earlier reply
             found = await self.replies.target(entry)
             if isinstance(found, answers.Dead):
-                self.observe.send(entry.method, "dead_lettered")
+                obs.send(entry.method, "dead_lettered")
                 return self._dead(tally, found)
             target, chat_id = found, found.chat_id
         parts = plan_parts(entry) if target is None else plan_by_reply(entry, target)
@@ -203,14 +204,14 @@ class Sender:
                 tally.attempts += outcome.attempts
                 if outcome.dead is not None:
                     mark = self._blocked_mark(entry, outcome.chat_id, outcome.dead)
-                    self.observe.send(method, "dead_lettered")
+                    obs.send(method, "dead_lettered")
                     if best_effort and outcome.dead.reason is not Reason.UNSUPPORTED:
                         # Nothing for an operator to act on: drop it, say so, no dead letter.
                         return self._drop(tally, chat_id, outcome.dead, mark)
                     return self._dead(tally, outcome.dead, mark)
                 done = outcome.already
             if done is not None:  # sent before (a crash, a redelivery, another owner)
-                self.observe.send(method, "already_sent")
+                obs.send(method, "already_sent")
                 if done.isdigit():
                     tally.message_ids.append(int(done))
                 continue
@@ -218,7 +219,7 @@ class Sender:
             mid = (
                 outcome.message_id if outcome.message_id is not None else acted_on(method, payload)
             )
-            self.observe.send(method, "sent")
+            obs.send(method, "sent")
             if len(parts) > 1:
                 self.observe.split_parts.inc()
             await self.marks.mark_sent(marker, str(mid) if mid is not None else "1")
@@ -226,12 +227,12 @@ class Sender:
                 tally.message_ids.append(mid)
         await self.replies.after(entry, chat_id, tally.message_ids, target)
         self.sent += 1
-        latency = self.observe.queue_latency.get(entry.method)
+        latency = obs.queue_latency.get(entry.method)
         now = time.time()
         if latency is not None:
             latency.observe(max(0.0, now - entry.enqueued_at))
         if entry.received_at is not None:  # a reply to an update (not a CRM's own message)
-            self.observe.end_to_end.observe(max(0.0, now - entry.received_at))
+            obs.end_to_end.observe(max(0.0, now - entry.received_at))
         tally.attempts = max(tally.attempts, 1)
         return self._ack(tally, True)
 
@@ -302,4 +303,5 @@ class Sender:
             sender=self.name,
             reason=reason,  # the receipt's status and code (gateway.core.receipts)
             status_url=entry.status_url,
+            bot_id=entry.bot_id,
         )

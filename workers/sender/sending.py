@@ -83,6 +83,7 @@ class PartSender:
         entry again then. Raises ``LeaseLost`` (not sent: left to the partition's owner)."""
         if part is None:
             part = Part(chat_id, payload, counts=method in COUNTED)
+        obs = self.observe.for_bot(entry.bot_id)
         while True:
             remaining = None if entry.deadline is None else entry.deadline - time.time()
             if part.counts and remaining is not None and remaining <= 0:
@@ -94,7 +95,7 @@ class PartSender:
                 if scope == PAUSED:  # the bot's 429 pause: waited out with its lane released
                     pause = max(bot.limiter.local.pause_left(), 0.05)
                     return part.outcome(retry=pause, release=True)
-                self.observe.limiter_wait[scope].observe(time.perf_counter() - waited)
+                obs.limiter_wait[scope].observe(time.perf_counter() - waited)
             except TimeoutError:
                 why = "deadline passed waiting for budget"
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
@@ -133,11 +134,11 @@ class PartSender:
                     raise  # not a Bot API answer (a bug, Redis): the consumer's business
                 if isinstance(decision, answers.Done):  # a redone edit or delete
                     return part.outcome()
-                self.observe.error(method, exc)
+                obs.error(method, exc)
                 after = await self._answered(entry, bot, client, part, decision, exc, fence)
                 if isinstance(after, answers.Dead):
                     return part.outcome(dead=after)
-                self.observe.send(method, "retried")
+                obs.send(method, "retried")
                 if after is not None:
                     return part.outcome(retry=after)
                 continue
@@ -241,7 +242,7 @@ class PartSender:
             self.flood_waits += 1
             is_global = await bot.limiter.flood(part.chat_id, decision.seconds)
             scope = "global" if is_global else chat_scope(part.chat_id)
-            self.observe.flood_seconds[scope].inc(decision.seconds)
+            self.observe.for_bot(entry.bot_id).flood_seconds[scope].inc(decision.seconds)
             log.warning(
                 "429 for bot %s, chat %s: %s waits %ss",
                 bot.name,

@@ -289,7 +289,7 @@ class UpdateHandler:
             # e.g. the apology: it goes out in the finish that dead-letters the update
             return dataclasses.replace(result, effects=(*result.effects, *outbox))
         if result is UNHANDLED:
-            s.metrics.updates["no_reply"].inc()
+            s.metrics.for_bot(entry.bot_id).updates["no_reply"].inc()
             s.count("unhandled")
             log.info(
                 "update %s (%s) not handled; acknowledged",
@@ -298,9 +298,9 @@ class UpdateHandler:
                 extra={"update_id": entry.update_id},
             )
         elif not isinstance(result, Ack):
-            s.metrics.command(gw.command)
+            s.metrics.for_bot(entry.bot_id).command(gw.command)
             s.count("handled")
         else:
-            s.metrics.updates["replied" if outbox else "no_reply"].inc()
+            s.metrics.for_bot(entry.bot_id).updates["replied" if outbox else "no_reply"].inc()
         marker = (Marker(handed, s.options.handed_ttl),) if gw.handed else ()
         return Ack((*outbox, *marker))

@@ -33,7 +33,9 @@ async def submit(
         return await _away(gw, message, f"circuit open ({breaker.state})", wait), None
     probe = breaker.probing
     try:
-        body = await s.metrics.submit(gw.bot.pipeline, message, callback_url, key)
+        body = await s.metrics.for_bot(gw.entry.bot_id).submit(
+            gw.bot.pipeline, message, callback_url, key
+        )
     except PipelineRejected as exc:
         breaker.success()  # it answered: up, even if it refused this one
         s.count("pipeline_rejected")

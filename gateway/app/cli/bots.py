@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.app.cli.argtypes import Subcommands
 
 DRAIN_TIMEOUT = 60.0  # `bots remove --drain-timeout`'s default
+REPLY_GRACE = 5.0  # `bots remove --reply-grace`'s default
 
 
 def _dash_only(text: str) -> str:
@@ -126,6 +127,14 @@ def add_bots(sub: Subcommands) -> None:
         default=DRAIN_TIMEOUT,
         metavar="SECONDS",
         help=f"how long to wait for its entries (default {DRAIN_TIMEOUT:g})",
+    )
+    rm.add_argument(
+        "--reply-grace",
+        type=float,
+        default=REPLY_GRACE,
+        metavar="SECONDS",
+        help="once drained, keep taking its pipeline's late replies this long and drain "
+        f"again (default {REPLY_GRACE:g}; 0: none)",
     )
     rm.add_argument("--now", action="store_true", help="do not wait for its entries")
     rot = bots_sub.add_parser("rotate-token", help="store a bot's new token (same bot id)")

@@ -3,7 +3,9 @@ its entries is unread or pending (``BotEntries``), then delete its record.
 
 The wait lasts at least BOTS_REFRESH_SECONDS after the mark (every role has then seen it
 and takes no new update of the bot) and at most ``--drain-timeout``; past that the bot
-stays ``removing`` (exit 1) and the command can be run again. ``--now`` does not wait:
+stays ``removing`` (exit 1) and the command can be run again. Drained, it keeps the bot
+``removing`` for ``--reply-grace`` more seconds (its pipeline's replies to updates it took
+are still accepted and sent) and drains again. ``--now`` does not wait:
 entries of the bot that a role meets later are dead-lettered ``unknown_bot``, not lost.
 """
 
@@ -78,7 +80,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
                 note("its webhook is deleted")
             if not args.now:
                 settle = ctx.bs.bots_refresh_seconds
+                started = time.monotonic()
                 left = await drain(redis, keys, bot, args.drain_timeout, settle)
+                if not left and args.reply_grace > 0:
+                    # Its pipeline may still post replies to updates it took (callbacks of
+                    # a removing bot are accepted): give them the grace, then drain those.
+                    note(f"drained; taking its pipeline's late replies for {args.reply_grace:g} s")
+                    await asyncio.sleep(args.reply_grace)
+                    rest = max(0.0, args.drain_timeout - (time.monotonic() - started))
+                    left = await drain(redis, keys, bot, rest, 0.0)
                 if left:
                     where = ", ".join(f"{s} {n}" for s, n in sorted(left.items())[:4])
                     raise BotsExit(

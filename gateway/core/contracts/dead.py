@@ -38,7 +38,7 @@ class Reason(StrEnum):
     RECEIPT_URL_REFUSED = "receipt_url_refused"  # a status URL the allow-list does not take
     UNKNOWN_REPLY = "unknown_reply"  # an edit or delete names a reply not known (or expired)
     UNKNOWN_BOT = "unknown_bot"  # an entry of a bot the deployment does not serve (issue 15)
-    BOT_UNAUTHORIZED = "bot_unauthorized"  # 401: the bot's token is wrong or revoked
+    BOT_UNAUTHORIZED = "bot_unauthorized"  # 401: the bot's token revoked; requeue after rotate
 
 
 def dead_fields(
