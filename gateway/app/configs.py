@@ -38,7 +38,7 @@ def consumer_config(cfg: Config, role: Literal["worker", "sender"]) -> ConsumerC
         group, stage = GROUP_SENDERS, Stage.SENDER
         count, block_ms = cfg.sender.sender_batch, cfg.sender.sender_block_ms
         max_in_flight = cfg.sender.sender_max_in_flight
-        max_waiting = 0  # the sender's retries hold their share (rate-limit waits)
+        max_waiting = cfg.sender.sender_max_waiting  # a bot's 429 pause: issue 15
         trim = ((keys.results, rs.results_retention_seconds, False),)  # by age only
     return ConsumerConfig(
         role=role,

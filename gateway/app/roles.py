@@ -31,14 +31,15 @@ from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.bots import registry_for
 from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
 from gateway.runtime.layout import ensure_layout_until
 from gateway.runtime.metrics_export import Scrape, serve_metrics
 from gateway.runtime.streams import connect_with
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.observe import SenderMetrics
-from workers.sender.ratelimit import RateLimiter
 from workers.worker.bots import Pipelines, WorkerBots
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
@@ -52,8 +53,11 @@ from workers.worker.typing_indicator import stop_all
 log = logging.getLogger(__name__)
 
 
-def make_bot(tg: TelegramSettings) -> Bot:
-    token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
+def make_bot(tg: TelegramSettings, token: str | None = None) -> Bot:
+    """An aiogram ``Bot`` on its own session (``TELEGRAM_API_URL``, the request timeout):
+    ``token``'s, else ``TELEGRAM_BOT_TOKEN``'s."""
+    if token is None:
+        token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
     session = AiohttpSession(
         api=TelegramAPIServer.from_base(tg.telegram_api_url),
         timeout=tg.telegram_request_timeout,
@@ -244,28 +248,36 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
             return  # stopped while Redis was away
-        bot = make_bot(tg)
-        stack.push_async_callback(bot.session.close)
         limits = Limits(
             global_per_second=ss.sender_global_per_second,
             chat_per_second=ss.sender_chat_per_second,
             group_per_minute=ss.sender_group_per_minute,
             margin=ss.rate_margin,
         )
-        name = consumer_name("sender")
-        limiter = RateLimiter(
-            redis, cfg.keys, tg.bot_id, limits, assumed_senders=ss.sender_processes
+        # Every bot of the registry: its client, limiter and 401 state (workers/sender/bots).
+        registry = registry_for(cfg, redis)
+        await registry.load()  # a BOTS_FILE that cannot be used: one ConfigError line
+        m.bots.follow(registry)  # the metrics' bot label: this registry's names
+        bots = SenderBots(
+            registry,
+            redis,
+            cfg.keys,
+            lambda token: make_bot(tg, token),
+            limits,
+            paid_broadcast=ss.sender_paid_broadcast,
+            assumed_senders=ss.sender_processes,
         )
+        stack.push_async_callback(bots.aclose)
+        refresh = asyncio.create_task(registry.run(stop), name="bot registry")
+        stack.push_async_callback(_cancel, refresh)
+        name = consumer_name("sender")
         sender = Sender(
             redis,
             cfg.keys,
-            bot,
-            limiter,
+            bots,
             max_attempts=ss.sender_max_attempts,
             default_ttl=ss.outbound_ttl_seconds,
             backoff_max=ss.sender_backoff_max,
-            token=tg.token,
-            paid_broadcast=ss.sender_paid_broadcast,
             name=name,
             observe=SenderMetrics(m),
             edit_window=ss.sender_edit_window_seconds,
@@ -279,8 +291,8 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             metrics=m,
         )
         leases = consumer.leases
-        if leases is not None:  # the degraded limiter's share: the live senders last seen
-            limiter.senders = lambda: len(leases.members) or None
+        if leases is not None:  # the degraded limiters' share: the live senders last seen
+            bots.senders = lambda: len(leases.members) or None
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, cfg.consumer.shutdown_grace_seconds)
         log.info(

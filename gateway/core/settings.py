@@ -206,6 +206,8 @@ class SenderSettings(_Base):
     # Senders the degraded limiter assumes while it sees no membership (README, .env.example).
     sender_processes: int = Field(default=1, ge=1, le=1000)
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
+    # Entries of bots paused by a 429 (the whole bot), besides SENDER_MAX_IN_FLIGHT.
+    sender_max_waiting: int = Field(default=4096, ge=0, le=1_000_000)
     sender_edit_window_seconds: int = Field(default=172_800, ge=0, le=30 * 86_400)  # 0: none
 
     @model_validator(mode="after")

@@ -35,11 +35,13 @@ def test_each_role_reads_its_own_streams_and_bounds(monkeypatch: pytest.MonkeyPa
     assert sender.trim[-1] == (cfg.keys.results, cfg.redis.results_retention_seconds, False)
 
 
-def test_only_the_worker_keeps_waiting_updates_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    """WORKER_MAX_WAITING bounds the updates waiting for their bot's pipeline; the
-    sender's retries (rate-limit waits) hold their share of its reads, as before."""
-    assert consumer_config(config(monkeypatch), "worker").max_waiting == 4096
-    cfg = config(monkeypatch, WORKER_MAX_WAITING="77")
+def test_each_role_bounds_its_own_waiting_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WORKER_MAX_WAITING bounds the updates waiting for their bot's pipeline,
+    SENDER_MAX_WAITING the entries of a bot waiting out a 429 pause; each role its own."""
+    defaults = config(monkeypatch)
+    assert consumer_config(defaults, "worker").max_waiting == 4096
+    assert consumer_config(defaults, "sender").max_waiting == 4096
+    cfg = config(monkeypatch, WORKER_MAX_WAITING="77", SENDER_MAX_WAITING="0")
     assert consumer_config(cfg, "worker").max_waiting == 77
     assert consumer_config(cfg, "sender").max_waiting == 0
 

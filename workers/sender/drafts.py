@@ -11,7 +11,8 @@ never dead-lettered and writes no result (so no receipt). It is dropped when
   taken right now (a draft counts toward the bot's 30/s, but only where a message was not
   due: it takes no place in the queue), or a 429 wait holds the chat or the bot, or the
   limiter's Redis is away;
-- Telegram refuses it (any error; a 429 pauses that chat's drafts only).
+- Telegram refuses it (any error; a 429 pauses that chat's drafts only), or its bot is
+  unknown or its token was refused (401): drafts go with their own bot only.
 
 Drafts are cumulative (each carries the whole text so far), so a dropped one loses
 nothing that the next one or the final does not carry.
@@ -35,10 +36,11 @@ from gateway.runtime.consumer import Ack, Fence, LeaseLost
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.scripts import FENCE, GCRA
 from gateway.telegram import answers
-from gateway.telegram.direct import DirectApi
+from workers.sender.bots import SenderBot
 from workers.sender.limits import LATE_CREDIT_US
 from workers.sender.observe import DRAFT_OUTCOMES, SenderMetrics
-from workers.sender.ratelimit import RECOVER_GRACE_MS, RateLimiter
+from workers.sender.ratelimit import RateLimiter
+from workers.sender.standby import RECOVER_GRACE_MS
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,9 @@ class DraftSender:
     """Sends draft entries (``Sender`` hands them over); ``counts[outcome]`` for tests,
     ``tg_gateway_sender_drafts_total`` for ops."""
 
-    def __init__(
-        self, redis: aioredis.Redis, keys: Keys, token: str, observe: SenderMetrics
-    ) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, observe: SenderMetrics) -> None:
         self.redis = redis
         self.keys = keys
-        self._token = token
         self.counts = dict.fromkeys(DRAFT_OUTCOMES, 0)
         self._observe = observe.drafts
 
@@ -72,12 +71,13 @@ class DraftSender:
             log.debug("draft %s to chat %s: %s (%s)", entry.reply_id, entry.chat_id, outcome, why)
         return Ack()
 
-    async def send(
-        self, entry: OutboundEntry, fence: Fence, api: DirectApi, limiter: RateLimiter
-    ) -> Ack:
-        """Show one draft, or drop it (see the module docstring). Raises ``LeaseLost``
-        (not ours to send: left to the partition's owner)."""
+    async def send(self, entry: OutboundEntry, fence: Fence, bot: SenderBot | None) -> Ack:
+        """Show one draft of ``bot``'s (its client, its limiter), or drop it (see the module
+        docstring). Raises ``LeaseLost`` (not ours to send: left to the partition's owner)."""
         chat_id = entry.chat_id
+        if bot is None or bot.unauthorized:
+            return self._done("skipped", entry, "unknown bot, or its token refused")
+        limiter = bot.limiter
         if entry.deadline is not None and time.time() > entry.deadline:
             return self._done("expired", entry, "waited past its deadline")
         drafted = entry.payload.get(DRAFT_ID_FIELD)
@@ -97,14 +97,15 @@ class DraftSender:
         if fence.trust_left() <= 0:
             raise LeaseLost
         try:
-            await api.call("sendMessageDraft", params, aiohttp.ClientTimeout(total=DRAFT_TIMEOUT))
+            timeout = aiohttp.ClientTimeout(total=DRAFT_TIMEOUT)
+            await bot.call(bot.client, "sendMessageDraft", params, timeout)
         except Exception as exc:
             decision = answers.classify(exc)
             if decision is None:
                 raise  # not a Bot API answer: a bug, the consumer's business
             if isinstance(decision, answers.Wait):
                 await self._pause(entry.bot_id, chat_id, decision.seconds)
-            why = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
+            why = redact(f"{type(exc).__name__}: {exc}", (bot.token,))[:300]
             log.info("draft to chat %s not shown: %s", chat_id, why)
             return self._done("failed", entry)
         return self._done("sent", entry)

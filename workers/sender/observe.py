@@ -7,10 +7,14 @@ and latencies. The split parts are counted for the process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from gateway.core.bot_labels import PerBot
+from gateway.core.contracts import COUNTER_MINUTE_TTL, Keys
 from gateway.core.metrics import Metrics
 from gateway.telegram import answers
 from workers.sender.parts import METHODS
@@ -101,3 +105,14 @@ def chat_scope(chat_id: int | str) -> str:
     """The limit a chat's sends count against: ``group`` (negative ids, @channel names)
     or ``chat`` (``Limits.intervals_us`` makes the same split)."""
     return "group" if isinstance(chat_id, str) or chat_id < 0 else "chat"
+
+
+async def count_flood(redis: aioredis.Redis, keys: Keys) -> None:
+    """One more 429 in the ops counters: the total and this minute's bucket (``/stats``
+    sums the last hour's)."""
+    bucket = keys.counter_minute("flood_waits", int(time.time()) // 60)
+    pipe = redis.pipeline(transaction=False)  # two slots on a cluster
+    pipe.incr(keys.counter("flood_waits"))
+    pipe.incr(bucket)
+    pipe.expire(bucket, COUNTER_MINUTE_TTL)
+    await pipe.execute()
