@@ -117,6 +117,9 @@ async def test_http_pipeline_round_trip_with_callback(
     redis: aioredis.Redis, redis_url: str, emu: Emulator, pipeline: ReferencePipelineServer
 ) -> None:
     cfg = make_config(redis_url, emu.api_url, pipeline={"pipeline_url": pipeline.base_url})
+    # Long enough to show "typing" (it never follows the reply): an instant callback can
+    # store the reply before the indicator's first try, which then rightly sends nothing.
+    pipeline.delay = 0.5
     async with running(*all_roles(cfg)):
         update = emu.user_send(user_id=ALICE, text="I need a human operator please")
         [reply] = await emu.wait_messages(ALICE, 1, timeout=15)
