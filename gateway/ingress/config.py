@@ -40,6 +40,7 @@ class IngressConfig:
     callback_keys: SigningKeys = field(default_factory=SigningKeys)  # none: not checked
     files: FilesConfig | None = None  # None: no /api/files/ route (404)
     status_urls: StatusUrls = field(default_factory=StatusUrls)  # empty: status_url refused
+    openapi: bool = False  # GET /openapi.json served (OPENAPI_ENABLED); else 404
 
 
 def files_config(tg: TelegramSettings, fs: FilesSettings | None) -> FilesConfig | None:

@@ -75,6 +75,7 @@ def ingress_config(
         callback_keys=ps.callback_keys,
         files=files_config(tg, files),
         status_urls=receipts.status_urls if receipts is not None else StatusUrls(),
+        openapi=ing.openapi_enabled,
     )
 
 

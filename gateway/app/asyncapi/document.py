@@ -61,7 +61,7 @@ CHANNELS: dict[str, str] = {  # address -> what the stream is (README, "Streams"
 PARAMETERS: dict[str, dict[str, Any]] = {
     "prefix": {"description": "STREAM_PREFIX (braces not part of the key).", "default": "tg"},
     "p": {
-        "description": "The partition, `crc32(\"<bot_id>:<chat_id>\") mod partitions` (0 <= p < "
+        "description": 'The partition, `crc32("<bot_id>:<chat_id>") mod partitions` (0 <= p < '
         "`partitions` of `{prefix}:layout`). Its braces are part of the key, the Redis "
         "Cluster hash tag: `tg:updates:{3}`.",
         "examples": ["0", "3"],

@@ -1,0 +1,280 @@
+"""The JSON Schema of a pipeline's callback body (``ReplyBody``), built from the parsers' own
+constants (pure): a bound changed in ``gateway.core`` (``replies.parse_reply``, ``markup``,
+``attachments``, ``status_urls``) changes the document.
+
+Where the parser is more lenient than a schema can say (a text field of another type is
+skipped, a field it does not know is ignored), the schema describes what a pipeline should
+send and the descriptions say what else is taken. ``tests/unit/test_openapi.py`` and the
+fuzz test (``tests/e2e/test_openapi_fuzz.py``) hold the schema to the parser.
+"""
+
+from __future__ import annotations
+
+from gateway.core.attachments import FILE_ID
+from gateway.core.attachments import MAX_URL_LENGTH as MAX_REF_LENGTH
+from gateway.core.markup import (
+    MAX_BUTTON_TEXT,
+    MAX_BUTTONS,
+    MAX_CALLBACK_BYTES,
+    MAX_ROW_BUTTONS,
+    MAX_URL_LENGTH,
+    PREVIEW_FLAGS,
+)
+from gateway.core.replies import ACTIONS, MAX_ATTACHMENTS, MAX_NESTING, PARSE_MODES
+from gateway.core.settings import PipelineSettings
+from gateway.core.status_urls import MAX_URL_LENGTH as MAX_STATUS_URL_LENGTH
+from gateway.ingress.openapi.bodies import REPLY_ID, Schema, ref
+
+NONBLANK = r"\S"  # JSON Schema patterns are not anchored: "holds a non-space character"
+
+
+def reply_fields() -> tuple[str, ...]:
+    """``PIPELINE_REPLY_FIELDS``'s default: the text fields the document shows."""
+    factory = PipelineSettings.model_fields["pipeline_reply_fields"].default_factory
+    assert factory is not None
+    return tuple(factory())  # type: ignore[call-arg]
+
+
+def _null_or(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _absent(*names: str) -> Schema:
+    """None of ``names`` carries a value (absent, null, or an empty list)."""
+    empty = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+    return {name: empty for name in names}
+
+
+def _text_schemas(fields: tuple[str, ...]) -> dict[str, Schema]:
+    listed = ", ".join(f"`{f}`" for f in fields)
+    holds = [{"required": [f], "properties": {f: ref("HasText")}} for f in fields]
+    return {
+        "ReplyText": {
+            "description": f"A reply's text: a string, or an object whose {listed} hold it "
+            f'(`{{"message": {{"text": "Hello"}}}}`), followed at most {MAX_NESTING} '
+            "levels deep. The first non-blank string among the fields, in this order and "
+            "depth first, is the text; values of other types are skipped.",
+            "anyOf": [{"type": "string"}, ref("ReplyTextObject")],
+        },
+        "ReplyTextObject": {
+            "type": "object",
+            "properties": {f: ref("ReplyText") for f in fields},
+        },
+        "HasText": {
+            "description": "A text field that holds a text: a string with a non-space "
+            "character, or an object one of whose text fields does.",
+            "anyOf": [
+                {"type": "string", "pattern": NONBLANK},
+                {"type": "object", "anyOf": holds},
+            ],
+        },
+        "ReplyWithText": {
+            "description": f"A body one of whose text fields ({listed}) holds a text.",
+            "type": "object",
+            "anyOf": holds,
+        },
+    }
+
+
+def _markup_schemas() -> dict[str, Schema]:
+    http_url = {
+        "type": "string",
+        "maxLength": MAX_URL_LENGTH,
+        "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+    }
+    button_url = {
+        "type": "string",
+        "maxLength": MAX_URL_LENGTH,
+        "pattern": "^([Hh][Tt][Tt][Pp][Ss]?|[Tt][Gg])://[^\\s\\\\]+$",
+        "description": "`http://` or `https://` with a host, or `tg://`; no whitespace, "
+        "control characters or backslash.",
+    }
+    return {
+        "Button": {
+            "description": "An inline keyboard button: a `text` and exactly one of "
+            "`callback_data` (comes back to the pipeline when pressed) and `url`.",
+            "type": "object",
+            "required": ["text"],
+            "properties": {
+                "text": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_BUTTON_TEXT,
+                    "pattern": NONBLANK,
+                },
+                "callback_data": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_CALLBACK_BYTES,
+                    "description": f"1-{MAX_CALLBACK_BYTES} bytes of UTF-8 (the Bot API's bound).",
+                },
+                "url": button_url,
+            },
+            "additionalProperties": False,
+            "oneOf": [{"required": ["callback_data"]}, {"required": ["url"]}],
+        },
+        "Buttons": {
+            "description": f"Rows of buttons: at most {MAX_ROW_BUTTONS} in a row, "
+            f"{MAX_BUTTONS} in all; `[]` or null: none (on an edit: the keyboard removed).",
+            "anyOf": [
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "items": ref("Button"),
+                        "minItems": 1,
+                        "maxItems": MAX_ROW_BUTTONS,
+                    },
+                    "maxItems": MAX_BUTTONS,
+                },
+                {"type": "null"},
+            ],
+        },
+        "LinkPreviewOptions": _null_or(
+            {
+                "description": "The Bot API's `LinkPreviewOptions`, passed on once checked; "
+                "not both preferences.",
+                "type": "object",
+                "properties": {
+                    **{flag: {"type": "boolean"} for flag in PREVIEW_FLAGS},
+                    "url": http_url,
+                },
+                "additionalProperties": False,
+                "not": {
+                    "required": ["prefer_small_media", "prefer_large_media"],
+                    "properties": {
+                        "prefer_small_media": {"const": True},
+                        "prefer_large_media": {"const": True},
+                    },
+                },
+            }
+        ),
+        "ParseMode": _null_or({"enum": list(PARSE_MODES)}),
+    }
+
+
+def _attachment_schemas() -> dict[str, Schema]:
+    reference = {
+        "type": "string",
+        "maxLength": MAX_REF_LENGTH,
+        "description": "An `http(s)://` URL with a host (Telegram fetches it) or a Telegram "
+        "file id; nothing else (no `file:`, no `attach://`).",
+        "anyOf": [
+            {"pattern": f"^{FILE_ID.pattern}$"},
+            {"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s\\\\]+$"},
+        ],
+    }
+    return {
+        "AttachmentRef": reference,
+        "Attachment": {
+            "description": "A URL or file id (a photo when the URL ends in an image "
+            "extension, else a document), or an object.",
+            "anyOf": [
+                ref("AttachmentRef"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {
+                            "description": "`photo` or `document` (any case); default `document`.",
+                            "anyOf": [
+                                {
+                                    "type": "string",
+                                    "pattern": "^([Pp][Hh][Oo][Tt][Oo]|"
+                                    "[Dd][Oo][Cc][Uu][Mm][Ee][Nn][Tt])$",
+                                },
+                                {"type": "null"},
+                            ],
+                        },
+                        "file_id": ref("AttachmentRef"),
+                        "url": ref("AttachmentRef"),
+                        "caption": _null_or({"type": "string"}),
+                    },
+                    "anyOf": [{"required": ["file_id"]}, {"required": ["url"]}],
+                },
+            ],
+        },
+    }
+
+
+def reply_schemas() -> dict[str, Schema]:
+    """``ReplyBody`` and the schemas it references."""
+    fields = reply_fields()
+    text_props = {f: ref("ReplyText") for f in fields}
+    status_url = {
+        "description": "Where this reply's delivery receipt goes instead of RECEIPTS_URL: "
+        "an http(s) URL whose host RECEIPTS_STATUS_URL_HOSTS allows (empty by default: "
+        "every status_url is refused, 422). Empty or null: none.",
+        "anyOf": [{"type": "string", "maxLength": MAX_STATUS_URL_LENGTH}, {"type": "null"}],
+    }
+    common = {
+        **text_props,
+        "parse_mode": ref("ParseMode"),
+        "buttons": ref("Buttons"),
+        "link_preview_options": ref("LinkPreviewOptions"),
+        "status_url": status_url,
+    }
+    target = {
+        "type": "string",
+        "pattern": REPLY_ID,
+        "description": "A `reply_id` a callback's 200 answered with.",
+    }
+    actions = {name: {"type": "null"} for name in ACTIONS}
+    new = {
+        "title": "NewReply",
+        "description": "New messages: the text (threaded to the user's message unless told "
+        "otherwise), then each attachment. Needs a text or an attachment.",
+        "type": "object",
+        "properties": {
+            **common,
+            "attachments": _null_or(
+                {"type": "array", "items": ref("Attachment"), "maxItems": MAX_ATTACHMENTS}
+            ),
+            "reply_to": {
+                "description": "Absent or true: quote the user's message; false or null: "
+                "not threaded; a message id: quote that message of the chat.",
+                "anyOf": [
+                    {"type": "boolean"},
+                    {"type": "null"},
+                    {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                ],
+            },
+            **actions,
+        },
+        "anyOf": [
+            ref("ReplyWithText"),
+            {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
+        ],
+    }
+    edit = {
+        "title": "EditReply",
+        "description": "New text (and keyboard: none removes it) for an earlier reply.",
+        "type": "object",
+        "required": ["edit"],
+        "properties": {**common, "edit": target, **_absent("attachments", "reply_to", "delete")},
+        "allOf": [ref("ReplyWithText")],
+    }
+    delete = {
+        "title": "DeleteReply",
+        "description": "An earlier reply taken back: every message of it. Takes the id only.",
+        "type": "object",
+        "required": ["delete"],
+        "properties": {
+            "delete": target,
+            "status_url": status_url,
+            **_absent("attachments", "reply_to", "edit", "buttons"),
+            "parse_mode": {"type": "null"},
+            "link_preview_options": {"type": "null"},
+        },
+        "not": ref("ReplyWithText"),
+    }
+    return {
+        "ReplyBody": {
+            "description": "A pipeline's reply (the README's pipeline contract). Text "
+            f"fields: {', '.join(fields)} (PIPELINE_REPLY_FIELDS); fields not listed are "
+            "ignored. A body the gateway cannot use is answered 422 with the reason.",
+            "oneOf": [new, edit, delete],
+        },
+        **_text_schemas(fields),
+        **_markup_schemas(),
+        **_attachment_schemas(),
+    }
