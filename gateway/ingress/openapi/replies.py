@@ -25,7 +25,25 @@ from gateway.core.settings import PipelineSettings
 from gateway.core.status_urls import MAX_URL_LENGTH as MAX_STATUS_URL_LENGTH
 from gateway.ingress.openapi.bodies import REPLY_ID, Schema, ref
 
-NONBLANK = r"\S"  # JSON Schema patterns are not anchored: "holds a non-space character"
+
+def _spaces() -> str:
+    """A character class of what ``str.strip()`` removes, spelled out: regex engines do
+    not agree on ``\\s`` (\\x1c-\\x1f and \\x85 are spaces to Python, not to all)."""
+    codes = [c for c in range(0x3000 + 1) if chr(c).isspace()]  # U+3000: the last space
+    ranges: list[tuple[int, int]] = []
+    for c in codes:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1] = (ranges[-1][0], c)
+        else:
+            ranges.append((c, c))
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+
+
+NONBLANK = f"[^{_spaces()}]"  # holds a character strip() keeps (patterns are not anchored)
+_HOST = r"[A-Za-z0-9._~-]+"  # a host name or an IPv4 address
+_REST = r"(:[0-9]{1,4})?([/?#][!-\[\]-~]*)?"  # a port; path, query: printable ASCII, no backslash
+HTTP_URL = rf"^[Hh][Tt][Tt][Pp][Ss]?://{_HOST}{_REST}$"
+BUTTON_URL = rf"^([Hh][Tt][Tt][Pp][Ss]?|[Tt][Gg])://{_HOST}{_REST}$"
 
 
 def reply_fields() -> tuple[str, ...]:
@@ -46,26 +64,31 @@ def _absent(*names: str) -> Schema:
 
 
 def _text_schemas(fields: tuple[str, ...]) -> dict[str, Schema]:
+    """``ReplyText`` (a text field) and ``HasText`` (one that holds a text), two levels
+    deep: the schema shows the nesting pipelines send (``{"message": {"text": ...}}``); the
+    parser follows objects down to ``MAX_NESTING`` levels (a schema that unrolls them all
+    is too large for a fuzzer's coverage phase to walk)."""
     listed = ", ".join(f"`{f}`" for f in fields)
+    inner = {f: {"type": "string"} for f in fields}
     holds = [{"required": [f], "properties": {f: ref("HasText")}} for f in fields]
+    inner_holds = [
+        {"required": [f], "properties": {f: {"type": "string", "pattern": NONBLANK}}}
+        for f in fields
+    ]
     return {
         "ReplyText": {
             "description": f"A reply's text: a string, or an object whose {listed} hold it "
-            f'(`{{"message": {{"text": "Hello"}}}}`), followed at most {MAX_NESTING} '
-            "levels deep. The first non-blank string among the fields, in this order and "
-            "depth first, is the text; values of other types are skipped.",
-            "anyOf": [{"type": "string"}, ref("ReplyTextObject")],
-        },
-        "ReplyTextObject": {
-            "type": "object",
-            "properties": {f: ref("ReplyText") for f in fields},
+            f'(`{{"message": {{"text": "Hello"}}}}`; the gateway follows such objects down '
+            f"to {MAX_NESTING} levels). The first non-blank string among the fields, in "
+            "this order and depth first, is the text; values of other types are skipped.",
+            "anyOf": [{"type": "string"}, {"type": "object", "properties": inner}],
         },
         "HasText": {
             "description": "A text field that holds a text: a string with a non-space "
-            "character, or an object one of whose text fields does.",
+            "character, or an object one of whose text fields is one.",
             "anyOf": [
                 {"type": "string", "pattern": NONBLANK},
-                {"type": "object", "anyOf": holds},
+                {"type": "object", "properties": inner, "anyOf": inner_holds},
             ],
         },
         "ReplyWithText": {
@@ -80,12 +103,12 @@ def _markup_schemas() -> dict[str, Schema]:
     http_url = {
         "type": "string",
         "maxLength": MAX_URL_LENGTH,
-        "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+        "pattern": HTTP_URL,
     }
     button_url = {
         "type": "string",
         "maxLength": MAX_URL_LENGTH,
-        "pattern": "^([Hh][Tt][Tt][Pp][Ss]?|[Tt][Gg])://[^\\s\\\\]+$",
+        "pattern": BUTTON_URL,
         "description": "`http://` or `https://` with a host, or `tg://`; no whitespace, "
         "control characters or backslash.",
     }
@@ -104,9 +127,10 @@ def _markup_schemas() -> dict[str, Schema]:
                 },
                 "callback_data": {
                     "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_CALLBACK_BYTES,
-                    "description": f"1-{MAX_CALLBACK_BYTES} bytes of UTF-8 (the Bot API's bound).",
+                    "pattern": f"^[ -~]{{1,{MAX_CALLBACK_BYTES}}}$",
+                    "description": f"1-{MAX_CALLBACK_BYTES} bytes of UTF-8 (the Bot API's "
+                    "bound; the pattern shows the printable ASCII case, where a byte is a "
+                    "character).",
                 },
                 "url": button_url,
             },
@@ -114,8 +138,10 @@ def _markup_schemas() -> dict[str, Schema]:
             "oneOf": [{"required": ["callback_data"]}, {"required": ["url"]}],
         },
         "Buttons": {
-            "description": f"Rows of buttons: at most {MAX_ROW_BUTTONS} in a row, "
-            f"{MAX_BUTTONS} in all; `[]` or null: none (on an edit: the keyboard removed).",
+            "description": f"Rows of buttons: at most {MAX_ROW_BUTTONS} in a row and "
+            f"{MAX_BUTTONS} in all (more rows than the schema's {MAX_BUTTONS // MAX_ROW_BUTTONS} "
+            "full ones are taken while the total holds); `[]` or null: none (on an edit: the "
+            "keyboard removed).",
             "anyOf": [
                 {
                     "type": "array",
@@ -125,7 +151,7 @@ def _markup_schemas() -> dict[str, Schema]:
                         "minItems": 1,
                         "maxItems": MAX_ROW_BUTTONS,
                     },
-                    "maxItems": MAX_BUTTONS,
+                    "maxItems": MAX_BUTTONS // MAX_ROW_BUTTONS,
                 },
                 {"type": "null"},
             ],
@@ -161,7 +187,7 @@ def _attachment_schemas() -> dict[str, Schema]:
         "file id; nothing else (no `file:`, no `attach://`).",
         "anyOf": [
             {"pattern": f"^{FILE_ID.pattern}$"},
-            {"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s\\\\]+$"},
+            {"pattern": HTTP_URL},
         ],
     }
     return {
@@ -242,7 +268,10 @@ def reply_schemas() -> dict[str, Schema]:
         },
         "anyOf": [
             ref("ReplyWithText"),
-            {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
+            {
+                "required": ["attachments"],
+                "properties": {"attachments": {"type": "array", "minItems": 1}},
+            },
         ],
     }
     edit = {
@@ -250,7 +279,13 @@ def reply_schemas() -> dict[str, Schema]:
         "description": "New text (and keyboard: none removes it) for an earlier reply.",
         "type": "object",
         "required": ["edit"],
-        "properties": {**common, "edit": target, **_absent("attachments", "reply_to", "delete")},
+        "properties": {
+            **common,
+            **actions,
+            "edit": target,
+            **_absent("attachments"),
+            "reply_to": {"type": "null"},
+        },
         "allOf": [ref("ReplyWithText")],
     }
     delete = {
@@ -259,9 +294,12 @@ def reply_schemas() -> dict[str, Schema]:
         "type": "object",
         "required": ["delete"],
         "properties": {
+            **text_props,
+            **actions,
             "delete": target,
             "status_url": status_url,
-            **_absent("attachments", "reply_to", "edit", "buttons"),
+            **_absent("attachments", "buttons"),
+            "reply_to": {"type": "null"},
             "parse_mode": {"type": "null"},
             "link_preview_options": {"type": "null"},
         },
