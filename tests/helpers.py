@@ -473,7 +473,7 @@ GATEWAY_ENV_PREFIXES = (
     "TELEGRAM_", "REDIS_", "PIPELINE_", "GATEWAY_", "DELIVERY_", "STREAM_", "SENDER_",
     "WORKER_", "INGRESS_", "PARTITION", "ADMIN_", "LOG_", "OUTBOUND_", "MAX_", "CLAIM_",
     "SHUTDOWN_", "RATE_", "APOLOGY_", "DEDUPE_", "LEASE_", "RESULTS_", "FSM_", "REFERENCE_",
-    "TAPE_", "METRICS_", "WEBHOOK_", "FILES_", "RECEIPTS_", "OPENAPI_",
+    "TAPE_", "METRICS_", "WEBHOOK_", "FILES_", "RECEIPTS_", "BOTS_", "OPENAPI_",
 )  # fmt: skip
 
 
@@ -563,3 +563,35 @@ async def results(redis: Any, cfg: Any) -> list[dict[str, str]]:
     from gateway.core.contracts import decode_fields
 
     return [decode_fields(f) for _, f in await redis.xrange(cfg.keys.results)]
+
+
+def worker_bots(services: Any, *specs: Any, default: bool = True) -> Any:
+    """The ``WorkerBots`` of a hand-built worker: ``TOKEN``'s default bot (with
+    ``default``) and ``specs``, on the services' pipeline and breaker (a bot with its own
+    pipeline URL gets a real ``HttpPipeline``), aiogram bots with their ``me`` assumed."""
+    from gateway.app.worker_bots import aiogram_bot
+    from gateway.core.bots import default_bot
+    from gateway.core.settings import TelegramSettings, load
+    from gateway.runtime.bots import BotRegistry
+    from workers.worker.bots import Pipelines, WorkerBots
+    from workers.worker.breaker import CircuitBreaker
+    from workers.worker.pipeline import HttpPipeline
+
+    tg = load(TelegramSettings, telegram_bot_token=TOKEN, telegram_bot_username=BOT_USERNAME)
+    bots = [default_bot(TOKEN)] if default else []
+    registry = BotRegistry.fixed(services.keys, [*bots, *specs])
+    pipelines = Pipelines(
+        services.pipeline,
+        services.breaker,
+        lambda url: HttpPipeline(url, 5.0),
+        CircuitBreaker,
+    )
+    worker = WorkerBots(
+        registry,
+        pipelines,
+        make_bot=lambda spec: aiogram_bot(spec, tg, None),
+        admin_ids=services.options.admin_ids,
+        delivery_secret=services.options.delivery_secret,
+    )
+    worker.follow()
+    return worker

@@ -24,19 +24,21 @@ def claim_period(claim_idle_ms: int) -> float:
 
 def consumer_config(cfg: Config, role: Literal["worker", "sender"]) -> ConsumerConfig:
     """The stream consumer of a role: the shared consumer settings, the role's own batch,
-    block and in-flight bound, and what it trims."""
+    block, in-flight and waiting bounds, and what it trims."""
     cs, rs, keys = cfg.consumer, cfg.redis, cfg.keys
     if role == "worker":
         streams = keys.all_updates()
         group, stage = GROUP_WORKERS, Stage.WORKER
         count, block_ms = cfg.worker.worker_batch, cfg.worker.worker_block_ms
         max_in_flight = cfg.worker.worker_max_in_flight
+        max_waiting = cfg.worker.worker_max_waiting  # a bot's dead pipeline: issue 15
         trim: tuple[tuple[str, float, bool], ...] = ()
     else:
         streams = keys.all_outbound()
         group, stage = GROUP_SENDERS, Stage.SENDER
         count, block_ms = cfg.sender.sender_batch, cfg.sender.sender_block_ms
         max_in_flight = cfg.sender.sender_max_in_flight
+        max_waiting = cfg.sender.sender_max_waiting  # a bot's 429 pause: issue 15
         trim = ((keys.results, rs.results_retention_seconds, False),)  # by age only
     return ConsumerConfig(
         role=role,
@@ -49,6 +51,7 @@ def consumer_config(cfg: Config, role: Literal["worker", "sender"]) -> ConsumerC
         claim_every=claim_period(cs.claim_idle_ms),
         max_deliveries=cs.max_deliveries,
         max_in_flight=max_in_flight,
+        max_waiting=max_waiting,
         leases=rs.partition_leases,
         lease_ttl_ms=rs.lease_ttl_ms,
         trim=(*((s, rs.stream_retention_seconds, True) for s in streams), *trim),
@@ -81,7 +84,6 @@ def worker_options(cfg: Config) -> WorkerOptions:
     """What the worker's handlers read from the settings."""
     ps, ws = cfg.pipeline, cfg.worker
     return WorkerOptions(
-        bot_id=cfg.telegram.bot_id,
         admin_ids=frozenset(ws.admin_user_ids),
         outbound_ttl=cfg.sender.outbound_ttl_seconds,
         gateway_public_url=ps.gateway_public_url,

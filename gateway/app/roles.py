@@ -16,26 +16,31 @@ import workers  # noqa: F401
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.types import User
 
 from gateway.app.configs import consumer_config, worker_options
 from gateway.app.receipts import receipt_consumers
-from gateway.core.backoff import backoff
+from gateway.app.worker_bots import (
+    PLACEHOLDER_TOKEN,
+    BotsMe,
+    aiogram_bot,
+    worker_registry,
+)
+from gateway.core.bot_labels import settings_table
 from gateway.core.errors import ConfigError
 from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.bots import registry_for
 from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
 from gateway.runtime.layout import ensure_layout_until
 from gateway.runtime.metrics_export import Scrape, serve_metrics
 from gateway.runtime.streams import connect_with
-from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
-from gateway.telegram.client import BotApi, BotApiError
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.observe import SenderMetrics
-from workers.sender.ratelimit import RateLimiter
+from workers.worker.bots import Pipelines, WorkerBots
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
 from workers.worker.context import WorkerServices
@@ -47,77 +52,17 @@ from workers.worker.typing_indicator import stop_all
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not a secret
 
-
-def make_bot(tg: TelegramSettings) -> Bot:
-    token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
+def make_bot(tg: TelegramSettings, token: str | None = None) -> Bot:
+    """An aiogram ``Bot`` on its own session (``TELEGRAM_API_URL``, the request timeout):
+    ``token``'s, else ``TELEGRAM_BOT_TOKEN``'s."""
+    if token is None:
+        token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
     session = AiohttpSession(
         api=TelegramAPIServer.from_base(tg.telegram_api_url),
         timeout=tg.telegram_request_timeout,
     )
     return Bot(token, session=session)
-
-
-def assumed_me(tg: TelegramSettings) -> User:
-    """The bot's user before getMe answered: its id (from the token) and
-    ``TELEGRAM_BOT_USERNAME``. Without a username, aiogram's ``Command`` filter takes
-    ``/cmd@any_name`` as addressed to this bot until getMe tells the real one."""
-    return User(
-        id=tg.bot_id or 1,
-        is_bot=True,
-        first_name="tg-gateway",
-        username=tg.telegram_bot_username,
-    )
-
-
-async def learn_me(bot: Bot, tg: TelegramSettings, stop: asyncio.Event) -> None:
-    """In the background: the worker feeds the pipeline while the Bot API is down, with
-    ``assumed_me`` until getMe answers. A 401 (a wrong token) still stops the role; a stop
-    while the Bot API is still down is no error."""
-    try:
-        me = await resolve_me(tg, stop)
-    except BotApiError:
-        if stop.is_set():
-            return
-        raise
-    if tg.telegram_bot_username and me.username != tg.telegram_bot_username:
-        log.warning(
-            "TELEGRAM_BOT_USERNAME=%s but getMe says @%s: using @%s",
-            tg.telegram_bot_username,
-            me.username,
-            me.username,
-        )
-    bot._me = me
-    log.info("bot is @%s", me.username)
-
-
-async def resolve_me(tg: TelegramSettings, stop: asyncio.Event) -> User:
-    """The bot's own user (for /cmd@ThisBot); from getMe, retried until it answers."""
-    if not tg.telegram_enabled:
-        return assumed_me(tg)
-    attempt = 0
-    async with BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout) as api:
-        while True:
-            try:
-                return User.model_validate(await api.call("getMe"))
-            except BotApiError as exc:
-                decision = classify(exc)
-                if isinstance(decision, Fatal | Dead | Resend):  # 404: a malformed token
-                    raise fatal(decision, exc) from None
-                if stop.is_set():
-                    raise
-                delay = backoff(attempt, cap=10.0)
-                if isinstance(decision, Wait):
-                    delay = float(decision.seconds)
-                attempt += 1
-                log.warning("getMe failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-
-
-def _stop_on_error(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        stop.set()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -141,7 +86,8 @@ def process_metrics(cfg: Config, roles: frozenset[str], role: str) -> Metrics:
     the settings gauges that matter."""
     if cfg.metrics.token is None:
         return Metrics.off()
-    m = Metrics(roles, role)
+    m = Metrics(roles, role, bot_limit=cfg.metrics.metrics_bot_label_limit)
+    m.bots.use(settings_table(cfg.telegram))  # until a role follows its registry
     m.child("tg_gateway_settings_partitions").set(cfg.keys.partitions)
     m.child("tg_gateway_settings_shutdown_grace_seconds").set(cfg.consumer.shutdown_grace_seconds)
     m.child("tg_gateway_settings_max_deliveries").set(cfg.consumer.max_deliveries)
@@ -176,7 +122,9 @@ async def _listen(
 
 async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
     """Consume updates until ``stop``; in-flight work finishes within the grace period.
-    ``metrics``: the process's, served by another role (``run``); else its own listener."""
+    ``metrics``: the process's, served by another role (``run``); else its own listener.
+    Each update is handled as its bot (``UpdateEntry.bot_id``): the bots of the registry
+    (``TELEGRAM_BOT_TOKEN``'s, ``BOTS_FILE``'s, Redis's), each with its pipeline."""
     ps, ws = cfg.pipeline, cfg.worker
     own = metrics is None
     m = process_metrics(cfg, WORKER, "worker") if metrics is None else metrics
@@ -190,36 +138,64 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "worker", stop) is None:
             return  # stopped while Redis was away
-        bot = make_bot(cfg.telegram)
-        stack.push_async_callback(bot.session.close)
-        bot._me = assumed_me(cfg.telegram)
-        me_task = asyncio.create_task(learn_me(bot, cfg.telegram, stop), name="getMe")
-        me_task.add_done_callback(lambda t: _stop_on_error(t, stop))
-        stack.push_async_callback(_cancel, me_task)
+        registry = worker_registry(cfg, redis)
+        await registry.load()  # a BOTS_FILE that cannot be used: one line, at start
+        m.bots.follow(registry)  # the metrics' bot label: this registry's names
+        session = AiohttpSession(
+            api=TelegramAPIServer.from_base(cfg.telegram.telegram_api_url),
+            timeout=cfg.telegram.telegram_request_timeout,
+        )
+        stack.push_async_callback(session.close)
         routers = load_routers(ws.worker_routers) + list(cfg.extra_routers)
         calls = Coalescer(redis)
         stack.push_async_callback(calls.aclose)
+        options = worker_options(cfg)
+
+        def breaker() -> CircuitBreaker:
+            return CircuitBreaker(
+                ps.pipeline_breaker_threshold,
+                ps.pipeline_breaker_cooldown,
+                on_open=counts.breaker_opened.inc,
+            )
+
         services = WorkerServices(
             redis=redis,
             keys=cfg.keys,
             calls=calls,
             pipeline=pipeline,
-            options=worker_options(cfg),
-            breaker=CircuitBreaker(
-                ps.pipeline_breaker_threshold,
-                ps.pipeline_breaker_cooldown,
-                on_open=counts.breaker_opened.inc,
-            ),
+            options=options,
+            breaker=breaker(),
             metrics=counts,
         )
-        counts.watch_breaker(services.breaker)
+        pipelines = Pipelines(
+            pipeline,
+            services.breaker,
+            lambda url: HttpPipeline(url, ps.pipeline_timeout, ps.pipeline_keys),
+            breaker,
+        )
+        stack.push_async_callback(pipelines.aclose)
+        counts.watch_breakers(pipelines.breakers)
+        me = BotsMe(cfg.telegram, registry, stop)
+        stack.push_async_callback(me.aclose)
+        bots = WorkerBots(
+            registry,
+            pipelines,
+            make_bot=lambda spec: aiogram_bot(spec, cfg.telegram, session),
+            admin_ids=options.admin_ids,
+            delivery_secret=options.delivery_secret,
+            on_built=me.built,
+            on_gone=me.gone,
+        )
+        bots.follow()
+        refresh = asyncio.create_task(registry.run(stop), name="bot registry")
+        stack.push_async_callback(_cancel, refresh)
         stack.push_async_callback(stop_all, services)  # typing indicators still running
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
         storage = fsm_storage(
             redis, cfg.keys, ws.fsm_ttl_seconds, memory=cfg.fsm_storage == "memory"
         )
         dispatcher = build_dispatcher(routers, storage)
-        handler = UpdateHandler(services, bot, dispatcher, direct=not routers)
+        handler = UpdateHandler(services, bots, dispatcher, direct=not routers)
         consumer = StreamConsumer(
             redis,
             cfg.keys,
@@ -229,16 +205,17 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             metrics=m,
         )
         log.info(
-            "worker %s consuming %d partition(s); pipeline: %s",
+            "worker %s consuming %d partition(s) for %d bot(s); pipeline: %s",
             consumer.name,
             cfg.keys.partitions,
+            len(registry.table),
             redact_url(ps.pipeline_url or "embedded reference pipeline"),
         )
         receipts = receipt_consumers(cfg, redis, calls, stack, m)
         grace = cfg.consumer.shutdown_grace_seconds
         await run_until_stopped([consumer, *receipts], stop, grace)
-        if me_task.done() and not me_task.cancelled() and me_task.exception() is not None:
-            raise me_task.exception()  # type: ignore[misc]  # 401 from getMe
+        if me.error is not None:
+            raise me.error  # 401 from getMe of the only bot
         log.info(
             "worker stopped: %d acknowledged, %d dead-lettered; %s",
             consumer.handled,
@@ -271,28 +248,36 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
             return  # stopped while Redis was away
-        bot = make_bot(tg)
-        stack.push_async_callback(bot.session.close)
         limits = Limits(
             global_per_second=ss.sender_global_per_second,
             chat_per_second=ss.sender_chat_per_second,
             group_per_minute=ss.sender_group_per_minute,
             margin=ss.rate_margin,
         )
-        name = consumer_name("sender")
-        limiter = RateLimiter(
-            redis, cfg.keys, tg.bot_id, limits, assumed_senders=ss.sender_processes
+        # Every bot of the registry: its client, limiter and 401 state (workers/sender/bots).
+        registry = registry_for(cfg, redis)
+        await registry.load()  # a BOTS_FILE that cannot be used: one ConfigError line
+        m.bots.follow(registry)  # the metrics' bot label: this registry's names
+        bots = SenderBots(
+            registry,
+            redis,
+            cfg.keys,
+            lambda token: make_bot(tg, token),
+            limits,
+            paid_broadcast=ss.sender_paid_broadcast,
+            assumed_senders=ss.sender_processes,
         )
+        stack.push_async_callback(bots.aclose)
+        refresh = asyncio.create_task(registry.run(stop), name="bot registry")
+        stack.push_async_callback(_cancel, refresh)
+        name = consumer_name("sender")
         sender = Sender(
             redis,
             cfg.keys,
-            bot,
-            limiter,
+            bots,
             max_attempts=ss.sender_max_attempts,
             default_ttl=ss.outbound_ttl_seconds,
             backoff_max=ss.sender_backoff_max,
-            token=tg.token,
-            paid_broadcast=ss.sender_paid_broadcast,
             name=name,
             observe=SenderMetrics(m),
             edit_window=ss.sender_edit_window_seconds,
@@ -306,8 +291,8 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             metrics=m,
         )
         leases = consumer.leases
-        if leases is not None:  # the degraded limiter's share: the live senders last seen
-            limiter.senders = lambda: len(leases.members) or None
+        if leases is not None:  # the degraded limiters' share: the live senders last seen
+            bots.senders = lambda: len(leases.members) or None
         log.info("sender %s draining %d partition(s)", consumer.name, cfg.keys.partitions)
         await run_until_stopped([consumer], stop, cfg.consumer.shutdown_grace_seconds)
         log.info(

@@ -30,12 +30,17 @@ from pydantic import Field, field_validator
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings_base import _Base, http_url
+from gateway.core.signing import SigningKeys
 
 DEFAULT_PATH_KEY = "telegram"  # the default bot's webhook: /webhook/telegram
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PATH_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,}$")
 SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # Telegram's alphabet; 16+ for us
+# The metrics' ``bot`` label words besides bot names (gateway/core/bot_labels.py).
+RESERVED_NAMES = frozenset({"none", "unknown", "other"})
+UPDATE_KIND_RE = re.compile(r"^[a-z][a-z_]{0,63}$")  # message, callback_query, ...
+MAX_TEXT = 4096  # help_text, greeting: one Telegram message
 
 
 class BotsSettings(_Base):
@@ -129,6 +134,8 @@ class BotSpec:
         where = f"bot {self.name!r}"
         if not NAME_RE.match(self.name):
             raise BotSpecError(f"{where}: name must match {NAME_RE.pattern}")
+        if self.name in RESERVED_NAMES:
+            raise BotSpecError(f"{where}: name is reserved (the metrics' bot label uses it)")
         if not TOKEN_RE.match(self.token):
             raise BotSpecError(f"{where}: token is not a bot token ('<digits>:<secret>')")
         if bot_id_of(self.token) != self.bot_id:
@@ -143,8 +150,25 @@ class BotSpec:
             value = getattr(self, key)
             if value is not None and len(value) < 16:
                 raise BotSpecError(f"{where}: {key} must be at least 16 characters")
+        if self.pipeline_secret is not None:
+            try:
+                signing_keys(self.pipeline_secret)
+            except ValueError:
+                raise BotSpecError(
+                    f"{where}: pipeline_secret must be Standard Webhooks keys "
+                    "(whsec_<base64>, 24+ bytes each; comma-separated during a rotation)"
+                ) from None
         if self.global_per_second is not None and not 0 < self.global_per_second <= 1000:
             raise BotSpecError(f"{where}: global_per_second must be in (0, 1000]")
+        for kind in self.allowed_updates or ():
+            if not UPDATE_KIND_RE.match(kind):
+                raise BotSpecError(f"{where}: allowed_updates: {kind!r} is no update type")
+        if self.admin_ids is not None and any(a <= 0 for a in self.admin_ids):
+            raise BotSpecError(f"{where}: admin_ids must be Telegram user ids (> 0)")
+        for key in ("help_text", "greeting"):
+            text = getattr(self, key)
+            if text is not None and len(text) > MAX_TEXT:
+                raise BotSpecError(f"{where}: {key} is longer than {MAX_TEXT} characters")
         return self
 
     def public(self) -> dict[str, Any]:
@@ -188,34 +212,38 @@ class BotSpec:
         return record
 
     @classmethod
-    def from_record(cls, data: dict[str, Any], source: str) -> BotSpec:
+    def from_record(cls, data: object, source: str) -> BotSpec:
         """A bot from a Redis record or a file's table; ``BotSpecError`` if unusable."""
+        if not isinstance(data, dict):
+            raise BotSpecError(f"a bot must be a table of fields, not {type(data).__name__}")
         name = str(data.get("name", "?"))
         try:
-            token = str(data["token"])
+            token = data["token"]
+            if not isinstance(token, str):
+                raise BotSpecError(f"bot {name!r}: token must be a string")
             bot_id = bot_id_of(token) if TOKEN_RE.match(token) else 0
-            secret = data.get("webhook_secret")
-            path_key = data.get("path_key") or (
-                derived_path_key(str(secret), bot_id) if secret else None
+            secret = _opt_str(data.get("webhook_secret"))
+            path_key = _opt_str(data.get("path_key")) or (
+                derived_path_key(secret, bot_id) if secret else None
             )
             if path_key is None:
                 raise BotSpecError(f"bot {name!r}: needs a webhook_secret or a path_key")
-            updates = data.get("allowed_updates")
-            admins = data.get("admin_ids")
-            limit = data.get("global_per_second")
-            removing = data.get("removing_since")
+            updates = _field(data, "allowed_updates", list, name)
+            admins = _field(data, "admin_ids", list, name)
+            limit = _field(data, "global_per_second", (int, float), name)
+            removing = _field(data, "removing_since", (int, float), name)
             spec = cls(
                 bot_id=bot_id,
                 token=token,
                 name=name,
-                path_key=str(path_key),
-                webhook_secret=None if secret is None else str(secret),
+                path_key=path_key,
+                webhook_secret=secret,
                 source=source,
                 pipeline_url=_opt_str(data.get("pipeline_url")),
                 pipeline_secret=_opt_str(data.get("pipeline_secret")),
                 delivery_secret=_opt_str(data.get("delivery_secret")),
                 allowed_updates=None if updates is None else tuple(str(u) for u in updates),
-                admin_ids=None if admins is None else frozenset(int(a) for a in admins),
+                admin_ids=None if admins is None else frozenset(_user_id(a) for a in admins),
                 help_text=_opt_str(data.get("help_text")),
                 greeting=_opt_str(data.get("greeting")),
                 global_per_second=None if limit is None else float(limit),
@@ -226,6 +254,35 @@ class BotSpec:
         except (TypeError, ValueError) as exc:
             raise BotSpecError(f"bot {name!r}: {exc}") from None
         return spec.check()
+
+
+def signing_keys(secret: str) -> SigningKeys:
+    """Standard Webhooks keys from a ``pipeline_secret`` (``whsec_<base64>``, comma-separated
+    during a rotation, like ``PIPELINE_SIGNING_KEYS``); ``ValueError`` if unusable."""
+    keys = SigningKeys.parse(k.strip() for k in secret.split(",") if k.strip())
+    if not keys:
+        raise ValueError("no key")
+    return keys
+
+
+def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], name: str) -> Any:
+    """``data[key]`` if it is of ``kind`` (None if absent); a bool is no number here."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        want = "a list" if kind is list else "a number"
+        raise BotSpecError(f"bot {name!r}: {key} must be {want}, not {type(value).__name__}")
+    return value
+
+
+def _user_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"admin_ids: {value!r} is no user id")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"admin_ids: {value!r} is no user id") from None
 
 
 def _opt_str(value: object) -> str | None:
@@ -290,18 +347,32 @@ class BotTable:
         return self.bots[0] if len(self.bots) == 1 else None
 
 
-def merge(env: BotSpec | None, file: Iterable[BotSpec], redis: Iterable[BotSpec]) -> list[BotSpec]:
-    """The bots of every source, one per bot id: a file's definition wins over Redis's
-    (files are declared configuration; `bots add` refuses a bot a file defines), and
-    either wins over ``TELEGRAM_BOT_TOKEN``'s default bot only for another id."""
-    out: dict[int, BotSpec] = {}
-    for bot in redis:
-        out[bot.bot_id] = bot
-    for bot in file:
-        out[bot.bot_id] = bot
-    if env is not None:
-        out[env.bot_id] = env  # the environment's bot is the one the operator started with
-    return sorted(out.values(), key=lambda b: (b.source != "env", b.name))
+def merge(
+    env: BotSpec | None,
+    file: Iterable[BotSpec],
+    redis: Iterable[BotSpec],
+    problems: list[str] | None = None,
+) -> list[BotSpec]:
+    """The bots of every source, one per bot id, name and path key. Precedence:
+    ``TELEGRAM_BOT_TOKEN``'s default bot (the one the operator started with), then the
+    file's (declared configuration; `bots add` refuses a bot a file defines), then Redis's.
+    A bot whose id, name or path key a bot of a stronger source holds is left out, and
+    one line saying so is appended to ``problems`` (the others still serve)."""
+    out: list[BotSpec] = []
+    taken: dict[tuple[str, object], BotSpec] = {}
+    for bot in [*([env] if env is not None else []), *file, *redis]:
+        marks = (("bot id", bot.bot_id), ("name", bot.name), ("path key", bot.path_key))
+        clash = next((mark for mark in marks if mark in taken), None)
+        if clash is None:
+            out.append(bot)
+            taken.update(dict.fromkeys(marks, bot))
+        elif problems is not None:
+            holder = taken[clash]
+            problems.append(
+                f"bot {bot.name!r} ({bot.source}) left out: its {clash[0]} {clash[1]} is "
+                f"{holder.name!r}'s ({holder.source})"
+            )
+    return sorted(out, key=lambda b: (b.source != "env", b.name))
 
 
 def default_bot(

@@ -31,10 +31,15 @@
     ├── UnusableUpdate          worker.adapter: an update the pipeline cannot be given
     │                           (dead letter invalid_entry, with the field; ValueError)
     ├── ReceiptUnavailable      workers.receipts: a status URL did not answer; retried
+    ├── RecordChanged           runtime.bot_admin: a bot's Redis record changed between a
+    │                           `bots` command's read and its write; nothing written
+    ├── BotsExit                app.cli.bots_common: ends a `bots` command with its exit
+    │                           code and one line (no such bot: 1, Bot API unreachable: 3)
     ├── AddressRefused          workers.receipts: a status URL's name leads only to internal
     │                           addresses (OSError, raised in aiohttp's resolver)
-    └── (testkit)               the emulator's ApiError (a Bot API error answer) and
-                                EntityParseError, the reference pipeline's BadRequest,
+    └── (testkit)               the emulator's ApiError (a Bot API error answer),
+                                EntityParseError and UnknownBotError (the user side named
+                                a bot it does not serve), the reference pipeline's BadRequest,
                                 the tapes' ReplayError and EmulatorError (the emulator
                                 refused a replay's chat), and TapeError, a UsageError: a
                                 tape that cannot be read, exit 2

@@ -116,9 +116,10 @@ def sign_file(secret: bytes, ref: FileRef) -> str:
     return f"{payload}.{_b64(_mac(secret, payload))}"
 
 
-def verify_file(secret: bytes, token: str, *, bot_id: int, now: float) -> FileRef:
+def verify_file(secret: bytes, token: str, *, bot_id: int | None, now: float) -> FileRef:
     """The file a token names; ``FileTokenError`` (with its ``reason``) if it is malformed,
-    forged, signed for another bot, or expired (checked in that order)."""
+    forged, signed for another bot than ``bot_id``, or expired (checked in that order).
+    ``bot_id`` None: any bot's (the ingress of many bots checks ``ref.bot_id`` itself)."""
     payload, sep, mac_text = token.partition(".")
     if len(token) > MAX_TOKEN_CHARS or not sep or not payload or not mac_text:
         raise FileTokenError("malformed", "malformed file token")
@@ -144,7 +145,7 @@ def verify_file(secret: bytes, token: str, *, bot_id: int, now: float) -> FileRe
         raise FileTokenError("malformed", "malformed file token") from None
     if not FILE_ID_RE.fullmatch(ref.file_id):
         raise FileTokenError("malformed", "malformed file token")
-    if ref.bot_id != bot_id:
+    if bot_id is not None and ref.bot_id != bot_id:
         raise FileTokenError("other_bot", "file token is for another bot")
     if ref.expires_at < now:
         raise FileTokenError("expired", "file link expired")

@@ -36,6 +36,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from gateway.core.accumulators import FamiliesCollector, Family
+from gateway.core.bot_labels import DEFAULT_LIMIT, BotLabels
 
 # The catalog lists no *_created series; one flag for the process (prometheus_client's).
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -44,7 +45,6 @@ Kind = Literal["counter", "gauge", "histogram"]
 ROLES = frozenset({"ingress", "worker", "sender"})
 INGRESS, WORKER, SENDER = frozenset({"ingress"}), frozenset({"worker"}), frozenset({"sender"})
 CONSUMERS = WORKER | SENDER
-METHOD = ("method",)
 STREAM_GROUP = ("stream", "group")
 PARTITIONED = ("stream", "group", "partition")
 
@@ -68,7 +68,7 @@ SPECS: tuple[Spec, ...] = (
     # --- ingress
     _spec("tg_gateway_ingress_updates_total", "counter",
           "Telegram updates received, by how they arrived and what became of them.",
-          ("source", "outcome"), INGRESS),
+          ("source", "outcome", "bot"), INGRESS),
     _spec("tg_gateway_ingress_rejected_total", "counter",
           "Requests the ingress refused, by endpoint and reason.", ("endpoint", "reason"), INGRESS),
     _spec("tg_gateway_ingress_request_duration_seconds", "histogram",
@@ -78,9 +78,9 @@ SPECS: tuple[Spec, ...] = (
           "Pipeline reply callbacks by outcome.", ("outcome",), INGRESS),
     # --- worker
     _spec("tg_gateway_worker_updates_total", "counter", "Updates a worker finished, by outcome.",
-          ("outcome",), WORKER),
+          ("outcome", "bot"), WORKER),
     _spec("tg_gateway_worker_pipeline_requests_total", "counter",
-          "Calls to the pipeline, by result.", ("status",), WORKER),
+          "Calls to the pipeline, by result.", ("status", "bot"), WORKER),
     _spec("tg_gateway_worker_pipeline_request_duration_seconds", "histogram",
           "Duration of one pipeline call (one attempt), by result.", ("status",), WORKER,
           (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
@@ -90,28 +90,32 @@ SPECS: tuple[Spec, ...] = (
     _spec("tg_gateway_worker_breaker_opened_total", "counter",
           "Times this process's breaker went to open.", (), WORKER),
     _spec("tg_gateway_worker_commands_total", "counter",
-          "Bot commands answered by the worker itself, by command.", ("command",), WORKER),
+          "Bot commands answered by the worker itself, by command.", ("command", "bot"), WORKER),
     _spec("tg_gateway_dead_letters_total", "counter",
-          "Entries moved to the dead-letter stream, by stage and reason.", ("stage", "reason"),
-          ROLES),
+          "Entries moved to the dead-letter stream, by stage and reason.",
+          ("stage", "reason", "bot"), ROLES),
     # --- sender
     _spec("tg_gateway_sender_sends_total", "counter", "Bot API send calls, by method and outcome.",
-          ("method", "outcome"), SENDER),
+          ("method", "outcome", "bot"), SENDER),
     _spec("tg_gateway_sender_telegram_errors_total", "counter",
-          "Error answers from the Bot API, by method and error code.", ("method", "code"), SENDER),
+          "Error answers from the Bot API, by method and error code.", ("method", "code", "bot"),
+          SENDER),
     _spec("tg_gateway_sender_flood_wait_seconds_total", "counter",
-          "Seconds of retry_after Telegram imposed in 429 answers, by scope.", ("scope",), SENDER),
+          "Seconds of retry_after Telegram imposed in 429 answers, by scope.", ("scope", "bot"),
+          SENDER),
     _spec("tg_gateway_sender_limiter_wait_seconds", "histogram",
-          "Time a send waited for budget in the shared rate limiter.", ("scope",), SENDER,
+          "Time a send waited for budget in the shared rate limiter.", ("scope", "bot"), SENDER,
           (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)),
     _spec("tg_gateway_sender_queue_latency_seconds", "histogram",
-          "Time from a reply's enqueued_at to Telegram's ok.", METHOD, SENDER,
+          "Time from a reply's enqueued_at to Telegram's ok.", ("method", "bot"), SENDER,
           (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
     _spec("tg_gateway_sender_end_to_end_latency_seconds", "histogram",
-          "Time from the update's received_at to Telegram's ok for its reply.", (), SENDER,
+          "Time from the update's received_at to Telegram's ok for its reply.", ("bot",), SENDER,
           (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
     _spec("tg_gateway_sender_split_parts_total", "counter",
           "Messages sent as parts of a text longer than Telegram's limit.", (), SENDER),
+    _spec("tg_gateway_sender_drafts_total", "counter",
+          "Streamed replies' drafts (sendMessageDraft), by outcome.", ("outcome",), SENDER),
     # --- stream runtime
     _spec("tg_gateway_stream_length", "gauge", "XLEN of a stream partition.",
           ("stream", "partition"), ROLES, scraped=True),
@@ -196,11 +200,22 @@ class Metrics:
     """The metrics of one process: a registry holding the catalog's metrics of ``roles``
     (and prometheus_client's process/platform/GC collectors), or nothing at all (``off``).
 
-    ``role`` is build_info's label: the role, or ``run`` for every role in one process."""
+    ``role`` is build_info's label: the role, or ``run`` for every role in one process.
+    ``bots`` gives the per-bot families their ``bot`` label (``bot_limit`` bots by name,
+    the rest ``other``: ``gateway.core.bot_labels``); it follows the process's registry
+    once the role has one (``bots.follow(registry)``)."""
 
-    def __init__(self, roles: Iterable[str], role: str, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        roles: Iterable[str],
+        role: str,
+        *,
+        enabled: bool = True,
+        bot_limit: int = DEFAULT_LIMIT,
+    ) -> None:
         self.roles = frozenset(roles)
         self.enabled = enabled
+        self.bots = BotLabels(bot_limit)
         self.registry = CollectorRegistry(auto_describe=True)
         self._families: dict[str, Family] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}

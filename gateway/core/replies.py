@@ -19,12 +19,14 @@ Richer replies (every field optional; ``gateway.core.markup`` checks the first t
 sends it unthreaded, a message id threads it to that message of the chat.
 
 A body may instead act on an earlier reply, named by the reply id the callback's 200
-returned for it (``ACTIONS``, one per body)::
+returned for it, or stream a reply's text (``ACTIONS``, one per body)::
 
     {"edit": "<reply_id>", "content": "New text", "buttons": [...]}   -> editMessageText
     {"delete": "<reply_id>"}                                            -> deleteMessage
+    {"draft": "The text so far", "reply_key": "r1"}                     -> sendMessageDraft
 
-To add a kind of body (a streamed draft, say): a dataclass, its parser in ``ACTIONS``,
+A streamed reply ends with an ordinary body carrying the same ``reply_key``
+(``gateway.core.drafts``). To add a kind of body: a dataclass, its parser in ``ACTIONS``,
 its entries in ``reply_entries``; ``ReplyBody`` is their union.
 """
 
@@ -38,6 +40,16 @@ from typing import Any
 
 from gateway.core.attachments import attachment_ref_problem
 from gateway.core.contracts import BUSINESS_METHODS, OutboundEntry
+from gateway.core.drafts import (
+    DRAFT_ID_FIELD,
+    DRAFT_METHOD,
+    DRAFT_TTL,
+    Draft,
+    draft_id,
+    drafts_shown,
+    parse_draft,
+    reply_key_of,
+)
 from gateway.core.errors import ReplyShapeError
 from gateway.core.markup import inline_keyboard, link_preview_options
 from gateway.core.tokens import Route
@@ -73,6 +85,7 @@ class Reply:
     buttons: dict[str, Any] | None = None  # reply_markup: on the text, else the last attachment
     reply_to: bool | int = True  # True: the user's message; False: none; int: that message
     link_preview: dict[str, Any] | None = None
+    reply_key: str | None = None  # the final of a streamed reply: its drafts end here
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +106,7 @@ class Delete:
     reply_id: str
 
 
-ReplyBody = Reply | Edit | Delete
+ReplyBody = Reply | Edit | Delete | Draft
 
 
 def _text_of(body: dict[str, Any], fields: Sequence[str]) -> str | None:
@@ -173,7 +186,8 @@ def _target(body: dict[str, Any], action: str) -> str:
 
 def _no_extra(body: dict[str, Any], action: str, also: Sequence[str] = ()) -> None:
     """An action does not take a new message's fields (attachments, reply_to)."""
-    extra = sorted(k for k in ("attachments", "reply_to", *also) if body.get(k) not in (None, []))
+    names = ("attachments", "reply_to", "reply_key", *also)
+    extra = sorted(k for k in names if body.get(k) not in (None, []))
     if extra:
         raise ReplyShapeError(f"'{action}' cannot be combined with {', '.join(extra)}")
 
@@ -202,11 +216,17 @@ def _parse_delete(body: dict[str, Any], fields: Sequence[str]) -> Delete:
     return Delete(_target(body, "delete"))
 
 
+def _parse_draft(body: dict[str, Any], fields: Sequence[str]) -> Draft:
+    return parse_draft(body, fields, _parse_mode(body))
+
+
 ACTIONS: dict[str, Callable[[dict[str, Any], Sequence[str]], ReplyBody]] = {
     "edit": _parse_edit,
     "delete": _parse_delete,
+    "draft": _parse_draft,
 }
-"""Bodies that act on an earlier reply instead of sending new messages, by their key."""
+"""Bodies that act on an earlier reply, or show a reply's text so far, instead of sending
+new messages, by their key."""
 
 
 def parse_reply(body: Any, fields: Sequence[str]) -> ReplyBody:
@@ -230,13 +250,14 @@ def parse_reply(body: Any, fields: Sequence[str]) -> ReplyBody:
     buttons = inline_keyboard(body.get("buttons"))
     preview = link_preview_options(body.get("link_preview_options"))
     reply_to = _reply_to(body)
+    reply_key = reply_key_of(body)
     if text is None and not attachments:
         if buttons is not None:
             raise ReplyShapeError("buttons need a reply text or an attachment to go on")
         raise NoReplyContent(
             f"no reply text: expected a non-empty string in one of {', '.join(fields)}"
         )
-    return Reply(text, attachments, parse_mode, buttons, reply_to, preview)
+    return Reply(text, attachments, parse_mode, buttons, reply_to, preview, reply_key)
 
 
 def _reply_id(route: Route, index: int, content: str) -> str:
@@ -252,10 +273,21 @@ def reply_entries(
 ) -> list[OutboundEntry]:
     """Outbound entries for one reply body: for new messages the text (threaded to the
     user's message unless told otherwise), then media; for an edit or a delete, one
-    entry naming its target (``TARGET_FIELD``)."""
+    entry naming its target (``TARGET_FIELD``); for a draft, one ``sendMessageDraft``
+    that may wait ``DRAFT_TTL`` at most (none outside private chats)."""
     now = time.time() if now is None else now
+    if isinstance(reply, Draft):
+        if not drafts_shown(route):
+            return []
+        payload: dict[str, Any] = {
+            DRAFT_ID_FIELD: draft_id(route, reply.reply_key),
+            "text": reply.text,
+        }
+        _extras(payload, reply.parse_mode, None, None)
+        content = f"draft:{reply.reply_key}:{reply.text}"
+        return [_entry(route, DRAFT_METHOD, payload, origin, now, DRAFT_TTL, 0, content)]
     if isinstance(reply, Edit):
-        payload: dict[str, Any] = {TARGET_FIELD: reply.reply_id, "text": reply.text}
+        payload = {TARGET_FIELD: reply.reply_id, "text": reply.text}
         _extras(payload, reply.parse_mode, reply.buttons, reply.link_preview)
         content = f"edit:{reply.reply_id}:{reply.text}"
         return [_entry(route, "editMessageText", payload, origin, now, ttl, 0, content)]

@@ -177,6 +177,8 @@ class WorkerSettings(_Base):
     apology_text: str = "Sorry, we could not process your message. Please try again later."
     worker_routers: CommaList = Field(default_factory=list)
     worker_max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    # Updates waiting for their bot's pipeline that is down, besides WORKER_MAX_IN_FLIGHT.
+    worker_max_waiting: int = Field(default=4096, ge=0, le=1_000_000)
     fsm_ttl_seconds: int = Field(default=86_400, ge=60)
 
     @field_validator("worker_routers", mode="before")
@@ -206,6 +208,8 @@ class SenderSettings(_Base):
     # Senders the degraded limiter assumes while it sees no membership (README, .env.example).
     sender_processes: int = Field(default=1, ge=1, le=1000)
     sender_max_in_flight: int = Field(default=512, ge=1, le=100_000)
+    # Entries of bots paused by a 429 (the whole bot), besides SENDER_MAX_IN_FLIGHT.
+    sender_max_waiting: int = Field(default=4096, ge=0, le=1_000_000)
     sender_edit_window_seconds: int = Field(default=172_800, ge=0, le=30 * 86_400)  # 0: none
 
     @model_validator(mode="after")
@@ -242,6 +246,8 @@ class MetricsSettings(_Base):
     # The worker's and the sender's listener (0 = none); the ingress uses its own port.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    # Bots with their own `bot` label value; past them, bots share bot="other" (issue 15).
+    metrics_bot_label_limit: int = Field(default=100, ge=0, le=10_000)
 
     @field_validator("metrics_token")
     @classmethod

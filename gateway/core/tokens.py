@@ -81,6 +81,22 @@ def sign_route(
     return f"{payload}.{_b64(mac)}"
 
 
+def route_bot_id(token: str) -> int:
+    """The bot a callback token *claims* to be for, read before its signature is checked
+    (the key that checks it is that bot's: ``gateway.core.bots.delivery_key``); trust
+    nothing else of the token before ``verify_route``. ``DeliveryTokenError`` if malformed."""
+    payload, sep, mac_text = token.partition(".")
+    if not sep or not payload or not mac_text or len(token) > 512:
+        raise DeliveryTokenError("malformed token")
+    try:
+        bot_id = orjson.loads(_unb64(payload))["b"]
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise DeliveryTokenError("malformed token") from None
+    if not isinstance(bot_id, int) or isinstance(bot_id, bool) or bot_id < 0:
+        raise DeliveryTokenError("malformed token")
+    return bot_id
+
+
 def verify_route(secret: bytes, token: str, *, bot_id: int, now: float | None = None) -> Route:
     """The route of a token signed for ``bot_id``; ``DeliveryTokenError`` if forged,
     malformed, expired or signed for another bot (a ``DELIVERY_SECRET`` shared between

@@ -3,12 +3,19 @@
 Bare ASGI rather than FastAPI: the webhook is the hot path, so no framework sits between
 uvicorn and the handler (figures: README, bench/ingress.py). Routes:
 
-    POST /webhook/telegram        Telegram updates  → updates stream (200 only once stored);
-                                  webhook mode only (always with a secret), else 404
-    POST /api/delivery/{token}    pipeline replies  → outbound stream (``delivery``; with
-                                  CALLBACK_SIGNING_KEYS also a Standard Webhooks
-                                  signature, else 401 with the reason)
-    GET  /api/files/{token}       a file of an inbound message, streamed from Telegram
+    POST /webhook/telegram        the default bot's (TELEGRAM_BOT_TOKEN) updates → updates
+                                  stream (200 only once stored); webhook mode only (always
+                                  with a secret), else 404
+    POST /webhook/{path_key}      a registry bot's updates, checked with that bot's own
+                                  secret (401); an unknown, removed or polled bot's key
+                                  answers as an unknown route does (404); only while the
+                                  registry's bots use webhooks (``config.bot_webhooks``)
+    POST /api/delivery/{token}    pipeline replies  → outbound stream (``delivery``: the
+                                  token signed with its bot's key, the bot one this
+                                  deployment serves, else 403; with CALLBACK_SIGNING_KEYS
+                                  also a Standard Webhooks signature, else 401)
+    GET  /api/files/{token}       a file of an inbound message, streamed from Telegram with
+                                  the token of the link's bot, which must be served (403)
                                   (``files``); only with FILES_SECRET, else 404
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
@@ -30,6 +37,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.core.bots import PATH_KEY_RE, BotSpec
 from gateway.core.errors import RedisUnavailable
 from gateway.ingress.config import IngressConfig
 from gateway.ingress.delivery import Delivery
@@ -49,6 +57,7 @@ from gateway.ingress.http import json_response as _json
 from gateway.ingress.observe import IngressMetrics, endpoint_of
 from gateway.ingress.openapi.document import served as openapi_document
 from gateway.ingress.updates import InvalidUpdate, parse_update
+from gateway.runtime.bots import BotRegistry
 from gateway.runtime.streams import UpdatePublisher, groups_present
 
 __all__ = [
@@ -62,6 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_PREFIX = "/webhook/"
 WEBHOOK_PATH = "/webhook/telegram"
 DELIVERY_PREFIX = "/api/delivery/"
 OPENAPI_PATH = "/openapi.json"
@@ -79,8 +89,11 @@ class IngressApp:
         on_startup: Callable[[IngressApp], Awaitable[None]] | None = None,
         on_shutdown: Callable[[IngressApp], Awaitable[None]] | None = None,
         observe: IngressMetrics | None = None,
+        bots: BotRegistry | None = None,
     ) -> None:
         self.config = config
+        # The bots served: the default one (config.bot_id) and the registry's.
+        self.bots = bots or BotRegistry.fixed(config.keys, [])
         self._redis_factory = redis_factory
         self._dedupe_ttl = dedupe_ttl
         self._on_startup = on_startup
@@ -89,15 +102,12 @@ class IngressApp:
         self.publisher: UpdatePublisher | None = None
         self.observe = observe or IngressMetrics.off()
         m = self.observe
-        self._accepted, self._duplicate = (
-            m.updates["webhook", "accepted"],
-            m.updates["webhook", "duplicate"],
-        )
         self.door = Door(m, max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
-        self._delivery = Delivery(config, self.door, lambda: self.redis)
-        self._files = (
-            None if config.files is None else Files(config.files, self.door, config.bot_id)
+        self._default_secret = (
+            None if config.webhook_secret is None else config.webhook_secret.encode()
         )
+        self._delivery = Delivery(config, self.door, lambda: self.redis, self.bots)
+        self._files = None if config.files is None else Files(config.files, self.door, self.bots)
 
     # --- lifespan ---------------------------------------------------------------------
 
@@ -150,7 +160,7 @@ class IngressApp:
         if scope["type"] != "http":
             return
         if self.observe.on:
-            endpoint = endpoint_of(scope["path"], WEBHOOK_PATH, DELIVERY_PREFIX, FILES_PREFIX)
+            endpoint = endpoint_of(scope["path"], WEBHOOK_PREFIX, DELIVERY_PREFIX, FILES_PREFIX)
             await self.observe.timed(self._route, endpoint, scope, receive, send)
         else:
             await self._route(scope, receive, send)
@@ -158,11 +168,20 @@ class IngressApp:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == WEBHOOK_PATH and self.config.webhook_secret is not None:
+        if path == WEBHOOK_PATH and self._default_secret is not None:
             if method != "POST":
                 await method_not_allowed(send, "POST")
                 return
-            await self._webhook(scope, receive, send)
+            await self._webhook(scope, receive, send, self.config.bot_id, self._default_secret)
+        elif path.startswith(WEBHOOK_PREFIX) and self.config.bot_webhooks:
+            bot = await self._hooked(path[len(WEBHOOK_PREFIX) :])
+            if bot is None or bot.webhook_secret is None:
+                await _json(send, 404, {"ok": False, "error": "not found"})  # as unknown
+            elif method != "POST":
+                await method_not_allowed(send, "POST")
+            else:
+                secret = bot.webhook_secret.encode()
+                await self._webhook(scope, receive, send, bot.bot_id, secret)
         elif path.startswith(DELIVERY_PREFIX):
             if method != "POST":
                 await method_not_allowed(send, "POST")
@@ -184,28 +203,36 @@ class IngressApp:
         else:
             await _json(send, 404, {"ok": False, "error": "not found"})
 
-    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _hooked(self, path_key: str) -> BotSpec | None:
+        """The active registry bot of a webhook path key (a key of another shape is not
+        looked up: no registry read for garbage)."""
+        if not PATH_KEY_RE.fullmatch(path_key):
+            return None
+        bot = await self.bots.lookup_path(path_key)
+        return bot if bot is not None and bot.active else None
+
+    async def _webhook(
+        self, scope: Scope, receive: Receive, send: Send, bot_id: int, expected: bytes
+    ) -> None:
         headers = dict(scope["headers"])
-        expected = self.config.webhook_secret
-        assert expected is not None  # no route without a secret
         given = headers.get(SECRET_HEADER, b"")
-        if not hmac.compare_digest(given, expected.encode()):
+        if not hmac.compare_digest(given, expected):
             await self.door.refuse(
-                send, "webhook", "bad_secret", 401, "bad or missing secret token"
+                send, "webhook", "bad_secret", 401, "bad or missing secret token", bot_id=bot_id
             )
             return
-        body = await self.door.read_json_body(scope, receive, send, "webhook")
+        body = await self.door.read_json_body(scope, receive, send, "webhook", bot_id)
         if body is None:
             return
         try:
             update_id, chat_id = parse_update(body)
         except InvalidUpdate as exc:
-            await self.door.refuse(send, "webhook", "bad_json", 400, str(exc))
+            await self.door.refuse(send, "webhook", "bad_json", 400, str(exc), bot_id=bot_id)
             return
         assert self.publisher is not None
         try:
             new = await self.publisher.publish(
-                bot_id=self.config.bot_id,
+                bot_id=bot_id,
                 update_id=update_id,
                 chat_id=chat_id,
                 source="webhook",
@@ -213,9 +240,11 @@ class IngressApp:
             )
         except RedisUnavailable as exc:
             log.warning("update %s not stored, answering 503: %s", update_id, exc)
-            await self.door.refuse(send, "webhook", "storage_unavailable", 503, STORAGE_ERROR)
+            await self.door.refuse(
+                send, "webhook", "storage_unavailable", 503, STORAGE_ERROR, bot_id=bot_id
+            )
             return
-        (self._accepted if new else self._duplicate).inc()
+        self.observe.for_bot(bot_id).updates["webhook", "accepted" if new else "duplicate"].inc()
         await _json(send, 200, {"ok": True, "duplicate": not new})
 
     async def _readyz(self, send: Send) -> None:

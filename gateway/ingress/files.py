@@ -1,14 +1,16 @@
 """``GET /api/files/{token}``: a file of an inbound message, streamed from Telegram.
 
-The token (``gateway.core.files``) names the bot and the file. The ingress asks Telegram's
-``getFile`` for the file's path and streams ``{TELEGRAM_API_URL}/file/bot<token>/<path>``
+The token (``gateway.core.files``) names the bot and the file. The bot must be one this
+deployment serves (the registry's, or the default bot); the ingress asks Telegram's
+``getFile`` with *that bot's* token for the file's path (a file id is only valid for the
+bot that received it) and streams ``{TELEGRAM_API_URL}/file/bot<token>/<path>``
 through in chunks of at most ``CHUNK`` bytes, at the pace the client reads. The bot token
 is in those two URLs only, and nothing here logs them: aiohttp logs no request URLs, and
 every error text passes ``redact``. Answers (JSON ``{"ok": false, "error", "reason"}``
 but the 200):
 
     200  the file: Content-Type, Content-Length (Telegram's), Content-Disposition attachment
-    403  bad_token: forged, malformed or another bot's      410  file_expired
+    403  bad_token: forged or malformed; bot_not_served      410  file_expired
     404  file_not_found: Telegram does not know the file   405  not GET
     413  file_too_big: over FILES_MAX_BYTES, or Telegram's "file is too big"
     502  telegram_unavailable: no usable answer            503  Telegram's 429 (Retry-After)
@@ -36,6 +38,7 @@ from gateway.core.logs import redact
 from gateway.ingress.config import FilesConfig
 from gateway.ingress.file_headers import content_type, disposition, download_name, download_path
 from gateway.ingress.http import Door, Receive, Scope, Send
+from gateway.runtime.bots import BotRegistry
 from gateway.telegram.client import NO_ANSWER, BotApiError, result_of
 
 log = logging.getLogger(__name__)
@@ -72,12 +75,12 @@ class Files:
         self,
         config: FilesConfig,
         door: Door,
-        bot_id: int,
+        bots: BotRegistry,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.door = door
-        self.bot_id = bot_id
+        self.bots = bots
         self._clock = clock
         self._base = config.api_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
@@ -102,7 +105,7 @@ class Files:
             await _answer(send, 405, {"ok": False, "error": "use GET"}, [(b"allow", b"GET")])
             return
         try:
-            ref = verify_file(self.config.secret, token, bot_id=self.bot_id, now=self._clock())
+            ref = verify_file(self.config.secret, token, bot_id=None, now=self._clock())
         except FileTokenError as exc:
             expired = exc.reason == "expired"
             await self._refuse(
@@ -111,21 +114,26 @@ class Files:
                         f"invalid file link: {exc}"),
             )  # fmt: skip
             return
+        bot = await self.bots.lookup(ref.bot_id)
+        if bot is None:
+            error = "bot not served: the link's bot is not one this deployment serves"
+            await self._refuse(send, Refusal(403, "bot_not_served", error))
+            return
         if ref.file_size is not None and ref.file_size > self.config.max_bytes:
             await self._refuse(send, self._over_limit(ref.file_size))
             return
-        await self._serve(ref, receive, send)
+        await self._serve(ref, bot.token, receive, send)
 
-    async def _serve(self, ref: FileRef, receive: Receive, send: Send) -> None:
+    async def _serve(self, ref: FileRef, bot_token: str, receive: Receive, send: Send) -> None:
         progress = _Progress()
         try:
             async with asyncio.timeout(self.config.timeout):
-                found = await self._locate(ref)
+                found = await self._locate(ref, bot_token)
                 if isinstance(found, Refusal):
                     await self._refuse(send, found)
                     return
                 path, file_path = found
-                url = f"{self._base}/file/bot{self.config.bot_token}/{path}"
+                url = f"{self._base}/file/bot{bot_token}/{path}"
                 headers = {"Accept-Encoding": "identity"}
                 async with self._client().get(url, headers=headers) as resp:
                     refusal = self._download_refusal(resp.status, resp.content_length)
@@ -145,9 +153,9 @@ class Files:
             self._cut(progress.sent, timeout)
         except (aiohttp.ClientError, OSError) as exc:
             if not progress.started:
-                await self._refuse(send, self._unreachable(exc))
+                await self._refuse(send, self._unreachable(exc, bot_token))
                 return
-            self._cut(progress.sent, self._detail(exc))
+            self._cut(progress.sent, self._detail(exc, bot_token))
         else:
             if progress.started:
                 log.debug("file served: %s, %d bytes", ref.kind, progress.sent)
@@ -180,9 +188,9 @@ class Files:
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _locate(self, ref: FileRef) -> Refusal | tuple[str, str]:
+    async def _locate(self, ref: FileRef, bot_token: str) -> Refusal | tuple[str, str]:
         """``getFile``: (the quoted download path, Telegram's file_path) or the refusal."""
-        url = f"{self._base}/bot{self.config.bot_token}/getFile"
+        url = f"{self._base}/bot{bot_token}/getFile"
         body = orjson.dumps({"file_id": ref.file_id})
         try:
             async with self._client().post(
@@ -190,9 +198,9 @@ class Files:
             ) as resp:
                 status, content = resp.status, await _bounded(resp)
         except (aiohttp.ClientError, OSError) as exc:
-            return self._unreachable(exc)
+            return self._unreachable(exc, bot_token)
         try:
-            result = result_of("getFile", status, content, self.config.bot_token)
+            result = result_of("getFile", status, content, bot_token)
         except BotApiError as exc:
             return self._api_refusal(exc)
         if not isinstance(result, dict):
@@ -207,7 +215,7 @@ class Files:
             if isinstance(size, int) and size > CLOUD_MAX_BYTES:  # no path past the limit
                 return Refusal(413, "file_too_big", TOO_BIG)
             return Refusal(502, "telegram_unavailable", "getFile answered no file_path")
-        path = download_path(file_path, self.config.bot_token)
+        path = download_path(file_path, bot_token)
         if path is None:
             error = "getFile answered a file_path that cannot be fetched over HTTP"
             return Refusal(502, "telegram_unavailable", error)
@@ -243,11 +251,12 @@ class Files:
         error = f"file is too big: {size} bytes, over FILES_MAX_BYTES ({limit} bytes)"
         return Refusal(413, "file_too_big", error)
 
-    def _detail(self, exc: BaseException) -> str:
-        return redact(f"{type(exc).__name__}: {exc}", (self.config.bot_token,))
+    def _detail(self, exc: BaseException, bot_token: str) -> str:
+        return redact(f"{type(exc).__name__}: {exc}", (bot_token,))
 
-    def _unreachable(self, exc: BaseException) -> Refusal:
-        return Refusal(502, "telegram_unavailable", f"Telegram unreachable: {self._detail(exc)}")
+    def _unreachable(self, exc: BaseException, bot_token: str) -> Refusal:
+        detail = self._detail(exc, bot_token)
+        return Refusal(502, "telegram_unavailable", f"Telegram unreachable: {detail}")
 
     def _cut(self, sent: int, why: str) -> None:
         log.warning("file download cut short after %d bytes: %s", sent, why)

@@ -110,21 +110,34 @@ class Door:
         self.body_timeout = body_timeout
 
     async def refuse(
-        self, send: Send, endpoint: str, reason: str, status: int, error: str, close: bool = False
+        self,
+        send: Send,
+        endpoint: str,
+        reason: str,
+        status: int,
+        error: str,
+        close: bool = False,
+        bot_id: int | None = None,
     ) -> None:
-        """Answer a refused request (counted by endpoint and reason)."""
-        self.observe.rejected(endpoint, reason)
+        """Answer a refused request (counted by endpoint and reason; a webhook's by the
+        bot its path named, ``bot_id``)."""
+        self.observe.rejected(endpoint, reason, bot_id)
         await json_response(send, status, {"ok": False, "error": error}, close=close)
 
     async def read_json_body(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: str
+        self, scope: Scope, receive: Receive, send: Send, endpoint: str, bot_id: int | None = None
     ) -> bytes | None:
         """The body of a request that must be JSON, or None once the client has its answer:
         415 (not ``application/json``), 413 (too large), 408 (not in time); none to a
         client that went away."""
         if not is_json(dict(scope["headers"])):
             await self.refuse(
-                send, endpoint, "content_type", 415, "Content-Type must be application/json"
+                send,
+                endpoint,
+                "content_type",
+                415,
+                "Content-Type must be application/json",
+                bot_id=bot_id,
             )
             return None
         try:
@@ -132,9 +145,9 @@ class Door:
                 scope, receive, limit=self.max_body_bytes, timeout=self.body_timeout
             )
         except BodyTooLarge:
-            await self.refuse(send, endpoint, "too_large", 413, "body too large")
+            await self.refuse(send, endpoint, "too_large", 413, "body too large", bot_id=bot_id)
         except BodyTimeout:
-            await self.refuse(send, endpoint, "body_timeout", 408, BODY_TIMEOUT_ERROR, close=True)
+            await self.refuse(send, endpoint, "body_timeout", 408, BODY_TIMEOUT_ERROR, True, bot_id)
         except ConnectionResetError:
             pass
         return None

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.core.bot_labels import PerBot
 from gateway.core.metrics import Metrics, status_class
 from gateway.ingress.webhook import WebhookState
 from gateway.runtime.metrics_export import Scrape
@@ -27,19 +28,34 @@ ENDPOINTS = ("webhook", "delivery", "files", "healthz", "readyz", "metrics", "ot
 STATUSES = ("2xx", "4xx", "5xx")
 
 
+class BotUpdates:
+    """One bot's ``tg_gateway_ingress_updates_total`` children, by (source, outcome)."""
+
+    def __init__(self, metrics: Metrics, bot: str) -> None:
+        self.updates = {
+            (source, outcome): metrics.child(
+                "tg_gateway_ingress_updates_total", source, outcome, bot
+            )
+            for source in ("webhook", "polling")
+            for outcome in ("accepted", "duplicate", "rejected")
+        }
+
+
 class IngressMetrics:
-    """Pre-bound children of the ingress's metrics, and its ``/metrics`` scrape."""
+    """Pre-bound children of the ingress's metrics, and its ``/metrics`` scrape.
+    ``for_bot(bot_id)``: the children of one bot's updates (None: no bot known yet)."""
 
     def __init__(self, metrics: Metrics, scrape: Scrape | None) -> None:
         self.metrics = metrics
         self.scrape = scrape  # None: no /metrics route
         self.on = scrape is not None and metrics.enabled
         m = metrics
-        self.updates = {
-            (source, outcome): m.child("tg_gateway_ingress_updates_total", source, outcome)
-            for source in ("webhook", "polling")
-            for outcome in ("accepted", "duplicate", "rejected")
-        }
+        self.for_bot: Callable[[int | None], BotUpdates] = PerBot(
+            m.bots, lambda bot: BotUpdates(m, bot)
+        )
+        if not m.enabled:
+            off = BotUpdates(m, "none")
+            self.for_bot = lambda _bot_id: off
         self.callbacks = {
             o: m.child("tg_gateway_ingress_callbacks_total", o) for o in ("stored", "rejected")
         }
@@ -54,11 +70,12 @@ class IngressMetrics:
     def off(cls) -> IngressMetrics:
         return cls(Metrics.off(), None)
 
-    def rejected(self, endpoint: str, reason: str) -> None:
-        """A refused request: by reason, and as the webhook's or the callbacks' outcome."""
+    def rejected(self, endpoint: str, reason: str, bot_id: int | None = None) -> None:
+        """A refused request: by reason, and as the webhook's or the callbacks' outcome
+        (a webhook's: of ``bot_id``, the bot its path named; None: no bot known)."""
         self.metrics.child("tg_gateway_ingress_rejected_total", endpoint, reason).inc()
         if endpoint == "webhook":
-            self.updates["webhook", "rejected"].inc()
+            self.for_bot(bot_id).updates["webhook", "rejected"].inc()
         elif endpoint == "delivery":
             self.callbacks["rejected"].inc()
 
@@ -102,8 +119,8 @@ class IngressMetrics:
         await _plain(send, 200, body, ctype=self.scrape.content_type.encode())
 
 
-def endpoint_of(path: str, webhook_path: str, delivery_prefix: str, files_prefix: str) -> str:
-    if path == webhook_path:
+def endpoint_of(path: str, webhook_prefix: str, delivery_prefix: str, files_prefix: str) -> str:
+    if path.startswith(webhook_prefix):  # every bot's: /webhook/telegram, /webhook/{key}
         return "webhook"
     if path.startswith(delivery_prefix):
         return "delivery"

@@ -1,11 +1,14 @@
 """Who talks to Telegram about a bot's updates: the one ingress replica holding its lease.
 
-Every replica serves the webhook route and the delivery callbacks. The replica holding
-``Keys.webhook_lease(bot_id)`` also, in webhook mode, registers the webhook and runs the
-watchdog (``webhook.py``); in polling mode it runs the poller. The others stand by and
-take over within about ``LEASE_TTL_MS`` of the holder dying (kill -9), within a fifth
-of it when the holder stops (SIGTERM releases the lease). A standby replica is ready
-(``/readyz`` 200): it serves the webhook and callbacks like the holder.
+Every replica serves the webhook routes and the delivery callbacks. The replica holding
+``Keys.webhook_lease(bot_id)`` also, for a bot in webhook mode, registers its webhook and
+runs the watchdog (``webhook.py``); for a bot in polling mode it runs the poller. The
+others stand by and take over within about ``LEASE_TTL_MS`` of the holder dying (kill
+-9), within a fifth of it when the holder stops (SIGTERM releases the lease). A standby
+replica is ready (``/readyz`` 200): it serves the webhooks and callbacks like the holder.
+
+``UpdatesOwner`` is one bot's work while its lease is held; ``owners.BotOwners`` takes and
+renews every bot's lease on one timer and starts and stops that work.
 """
 
 from __future__ import annotations
@@ -14,17 +17,15 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as aioredis
-
-from gateway.core.contracts import Keys
 from gateway.core.errors import TelegramFatal
 from gateway.core.settings import TelegramSettings
+from gateway.ingress.config import BotPlan
 from gateway.ingress.observe import IngressMetrics
 from gateway.ingress.poller import Poller
-from gateway.ingress.webhook import WebhookWatch
-from gateway.runtime.named_lease import NamedLease, StandBy, Take, lease_owner, while_held
+from gateway.ingress.webhook import WebhookState, WebhookWatch
+from gateway.runtime.named_lease import NamedLease, StandBy, Take
 from gateway.runtime.streams import UpdatePublisher
-from gateway.telegram.client import BotApi, webhook_params
+from gateway.telegram.client import BotApi
 
 log = logging.getLogger(__name__)
 
@@ -37,66 +38,51 @@ lease (another deployment with this token) that the old rule reported."""
 
 
 class UpdatesOwner:
-    """The ingress replica's lease on its bot's updates and the work it guards."""
+    """One bot's work while this replica holds its lease: the webhook and its watchdog, or
+    the poller. ``work`` runs afresh at each gain (and is cancelled at each loss)."""
 
     def __init__(
         self,
         api: BotApi,
+        plan: BotPlan,
         tg: TelegramSettings,
         publisher: UpdatePublisher,
-        redis: aioredis.Redis,
-        keys: Keys,
-        ttl_ms: int,
+        lease: NamedLease,
         observe: IngressMetrics | None = None,
+        state: WebhookState | None = None,
+        name: str | None = None,
     ) -> None:
         self.api = api
-        self.observe = observe
+        self.plan = plan
         self.tg = tg
+        self.observe = observe
         self.publisher = publisher
-        self.lease = NamedLease(
-            redis, keys.webhook_lease(tg.bot_id), lease_owner("ingress"), ttl_ms
-        )
+        self.lease = lease
         self.watch: WebhookWatch | None = None
-        if tg.mode == "webhook":
+        if plan.webhook is not None:
             timeout = min(tg.telegram_request_timeout, max(1.0, tg.webhook_check_seconds))
-            self.watch = WebhookWatch(api, webhook_params(tg), tg.webhook_check_seconds, timeout)
+            self.watch = WebhookWatch(
+                api, plan.webhook, tg.webhook_check_seconds, timeout, state=state, name=name
+            )
         self.poller: Poller | None = None
-        self.holding = False
         self.settled = asyncio.Event()
-        """Set once the first take is answered (standing by) or, when the lease is ours,
-        once the holder's first step is done (the webhook registered, or polling begun)."""
+        """Set once the holder's first step is done (the webhook registered, or polling
+        begun), or the work ended."""
 
     @property
     def what(self) -> str:
         return "webhook" if self.watch is not None else "polling"
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Hold the lease, or stand by, until ``stop`` (``TelegramFatal`` on 401 & co)."""
+    async def work(self) -> None:
+        """Until cancelled; ``TelegramFatal`` on 401 & co, ``StandBy`` when another
+        replica polls the bot."""
         try:
-            await while_held(
-                self.lease,
-                self._work,
-                stop,
-                what=self.what,
-                on_change=self._changed,
-                answered=self._answered,
-            )
+            if self.watch is not None:
+                await self.watch.run(on_registered=self.settled.set)
+            else:
+                await self._poll()
         finally:
             self.settled.set()
-
-    def _changed(self, holding: bool) -> None:
-        self.holding = holding
-
-    def _answered(self, answer: Take | None) -> None:
-        if answer is not Take.OURS and not self.settled.is_set():
-            log.info("%s lease held by another replica or not answered: standing by", self.what)
-            self.settled.set()
-
-    async def _work(self) -> None:
-        if self.watch is not None:
-            await self.watch.run(on_registered=self.settled.set)
-        else:
-            await self._poll()
 
     async def _poll(self) -> None:
         strikes: list[float] = []
@@ -104,8 +90,8 @@ class UpdatesOwner:
             self.poller = Poller(
                 self.api,
                 self.publisher,
-                bot_id=self.tg.bot_id,
-                allowed_updates=self.tg.telegram_allowed_updates,
+                bot_id=self.plan.bot_id,
+                allowed_updates=list(self.plan.allowed_updates),
                 timeout=self.tg.telegram_poll_timeout,
                 observe=self.observe,
             )
@@ -125,7 +111,8 @@ class UpdatesOwner:
                 if len(strikes) > TERMINATED_STRIKES:
                     raise
                 log.warning(
-                    "getUpdates was taken over by another poller while this replica holds the "
-                    "lease (one that has not seen it lost it yet): polling again"
+                    "bot %r: getUpdates was taken over by another poller while this replica "
+                    "holds the lease (one that has not seen it lost it yet): polling again",
+                    self.plan.name,
                 )
                 await asyncio.sleep(self.lease.interval)

@@ -86,12 +86,20 @@ class Poller:
         self._found_parked = False  # looked for what an earlier poller left parked
         self._finding = asyncio.Lock()
         self._chores: set[asyncio.Task[None]] = set()
-        counts = (observe or IngressMetrics.off()).updates
-        self._accepted, self._duplicate = (
-            counts["polling", "accepted"],
-            counts["polling", "duplicate"],
-        )
-        self._rejected = counts["polling", "rejected"]
+        self._observe = observe or IngressMetrics.off()
+
+    # This bot's counters, looked up per use: its `bot` label follows the bot table.
+    @property
+    def _accepted(self) -> Any:
+        return self._observe.for_bot(self._bot_id).updates["polling", "accepted"]
+
+    @property
+    def _duplicate(self) -> Any:
+        return self._observe.for_bot(self._bot_id).updates["polling", "duplicate"]
+
+    @property
+    def _rejected(self) -> Any:
+        return self._observe.for_bot(self._bot_id).updates["polling", "rejected"]
 
     def parking(self) -> dict[int, str]:
         """Partitions with parked updates, and the parking stream that takes new ones."""

@@ -1,18 +1,18 @@
-"""Running the ingress role: settings → ASGI app → uvicorn, with the poller or webhook setup."""
+"""Running the ingress role: settings → ASGI app → uvicorn, with each bot's webhook or poller."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
-from typing import Any
 
+import redis.asyncio as aioredis
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.core.backoff import backoff
+from gateway.core.bot_labels import settings_table
+from gateway.core.bots import BotsSettings
 from gateway.core.contracts import Keys
 from gateway.core.errors import ConfigError
 from gateway.core.files import FilesSettings
@@ -29,13 +29,15 @@ from gateway.core.settings import (
 )
 from gateway.core.status_urls import StatusUrls
 from gateway.ingress.app import IngressApp, IngressConfig
-from gateway.ingress.config import files_config
+from gateway.ingress.config import bot_webhooks, files_config
+from gateway.ingress.connections import bounded_protocol
 from gateway.ingress.observe import IngressMetrics, WebhookCollector
-from gateway.ingress.owner import UpdatesOwner
+from gateway.ingress.owners import BotOwners
+from gateway.runtime.bots import BotRegistry, registry_of
 from gateway.runtime.layout import ensure_layout
 from gateway.runtime.metrics_export import Scrape
 from gateway.runtime.streams import connect_with, ensure_groups
-from gateway.telegram.client import BotApi, webhook_secret_for
+from gateway.telegram.client import webhook_secret_for
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,10 @@ def ingress_config(
     outbound_ttl: float,
     files: FilesSettings | None = None,
     receipts: ReceiptSettings | None = None,
+    bots: BotsSettings | None = None,
 ) -> IngressConfig:
     """What the ingress app reads from the settings (``receipts`` None: a per-reply
-    ``status_url`` is refused)."""
+    ``status_url`` is refused; ``bots`` None: the registry's bots are polled)."""
     return IngressConfig(
         bot_id=tg.bot_id,
         keys=rs.keys,
@@ -75,8 +78,16 @@ def ingress_config(
         callback_keys=ps.callback_keys,
         files=files_config(tg, files),
         status_urls=receipts.status_urls if receipts is not None else StatusUrls(),
+        bot_webhooks=bots is not None and bot_webhooks(tg, bots),
         openapi=ing.openapi_enabled,
     )
+
+
+def ingress_registry(
+    tg: TelegramSettings, bs: BotsSettings, redis: aioredis.Redis | None, keys: Keys
+) -> BotRegistry:
+    """The bots the ingress serves (``registry_of``). Call ``load`` before use."""
+    return registry_of(tg, bs, redis, keys)
 
 
 def build_ingress(
@@ -88,24 +99,34 @@ def build_ingress(
     observe: IngressMetrics | None = None,
     files: FilesSettings | None = None,
     receipts: ReceiptSettings | None = None,
+    bots: BotsSettings | None = None,
+    registry: BotRegistry | None = None,
 ) -> IngressApp:
     return IngressApp(
-        ingress_config(tg, rs, ps, ing, outbound_ttl, files, receipts),
+        ingress_config(tg, rs, ps, ing, outbound_ttl, files, receipts, bots),
         lambda: connect_with(rs),
         rs.dedupe_ttl_seconds,
         observe=observe,
+        bots=registry,
     )
 
 
 def ingress_metrics(
-    ms: MetricsSettings, rs: RedisSettings, metrics: Metrics | None = None
+    ms: MetricsSettings,
+    rs: RedisSettings,
+    metrics: Metrics | None = None,
+    tg: TelegramSettings | None = None,
 ) -> IngressMetrics:
     """The ingress's metrics (``metrics``: the process's, shared with the other roles it
-    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``."""
+    hosts), served on its port's ``/metrics``; off without a ``METRICS_TOKEN``. ``tg``:
+    its bot labels the metrics until the ingress follows its registry."""
     token = ms.token
     if token is None:
         return IngressMetrics.off()
-    metrics = metrics or Metrics(INGRESS, "ingress")
+    if metrics is None:
+        metrics = Metrics(INGRESS, "ingress", bot_limit=ms.metrics_bot_label_limit)
+        if tg is not None:
+            metrics.bots.use(settings_table(tg))
     metrics.child("tg_gateway_settings_partitions").set(rs.partitions)
     return IngressMetrics(metrics, Scrape(metrics, token))
 
@@ -155,11 +176,40 @@ async def serve_ingress(
     observe: IngressMetrics | None = None,
     files: FilesSettings | None = None,
     receipts: ReceiptSettings | None = None,
+    bots: BotsSettings | None = None,
 ) -> None:
-    """Serve until ``stop``; polls or sets the webhook when Telegram is enabled."""
+    """Serve until ``stop``; each bot's webhook is set, or it is polled, by the replica
+    holding its lease when Telegram is enabled (``owners.BotOwners``)."""
     observe = observe or IngressMetrics.off()
-    app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files, receipts)
-    await _check_layout_first(rs, app.config.keys)
+    bs = bots or BotsSettings()
+    registry_redis = connect_with(rs)
+    try:
+        registry = ingress_registry(tg, bs, registry_redis, rs.keys)
+        observe.metrics.bots.follow(registry)  # the metrics' bot label: its names
+        app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files, receipts, bs, registry)
+        # A BOTS_FILE that cannot be used or a layout mismatch: one line, exit 2.
+        for outcome in await asyncio.gather(
+            registry.load(), _check_layout_first(rs, app.config.keys), return_exceptions=True
+        ):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        await _serve(app, registry, tg, bs, rs, ing, stop, ready, observe)
+    finally:
+        with contextlib.suppress(Exception):
+            await registry_redis.aclose()
+
+
+async def _serve(
+    app: IngressApp,
+    registry: BotRegistry,
+    tg: TelegramSettings,
+    bs: BotsSettings,
+    rs: RedisSettings,
+    ing: IngressSettings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+    observe: IngressMetrics,
+) -> None:
     server = _Server(
         uvicorn.Config(
             app,
@@ -186,26 +236,26 @@ async def serve_ingress(
         await asyncio.sleep(0.02)
     log.info("ingress listening on %s:%s", ing.ingress_host, ing.ingress_port)
     bootstrap = asyncio.create_task(_bootstrap_groups(app))
+    refreshing = asyncio.create_task(registry.run(stop))  # its end ends nothing
     background: list[asyncio.Task[None]] = []  # tasks whose end ends the role
-    api: BotApi | None = None
     if tg.telegram_enabled:
-        api = BotApi(tg.telegram_api_url, tg.token, tg.telegram_request_timeout)
         assert app.redis is not None and app.publisher is not None
-        # One replica of many polls or owns the webhook: the holder of the bot's lease.
-        owner = UpdatesOwner(
-            api, tg, app.publisher, app.redis, app.config.keys, rs.lease_ttl_ms, observe
+        # One replica of many polls or owns each bot's webhook: the holder of its lease.
+        owners = BotOwners(
+            registry, tg, bs, app.publisher, app.redis, app.config.keys, rs.lease_ttl_ms, observe
         )
-        if owner.watch is not None:  # webhook mode: Telegram's view, from the watchdog
-            watch = owner.watch
-            observe.metrics.register(WebhookCollector(lambda: watch.state))
-        owning = asyncio.create_task(owner.run(stop))
+        if tg.mode == "webhook":  # the default bot's webhook: Telegram's view, from its watchdog
+            default_id = tg.bot_id
+            observe.metrics.register(WebhookCollector(lambda: owners.webhook_state(default_id)))
+        owning = asyncio.create_task(owners.run(stop))
         background.append(owning)
         if tg.mode == "polling":
             log.info("long polling %s by the lease holder", redact_url(tg.telegram_api_url))
-        # Ready once the first take is answered and, if it is ours, the webhook registered
-        # (bounded: the take's two intervals, getWebhookInfo and setWebhook).
-        settled = asyncio.create_task(owner.settled.wait())
-        bound = 2 * owner.lease.interval + 2 * tg.telegram_request_timeout + 1
+        # Ready once the first take is answered and, for each bot it gave this replica,
+        # the webhook registered or polling begun (bounded: the take's two intervals,
+        # getWebhookInfo and setWebhook).
+        settled = asyncio.create_task(owners.settled.wait())
+        bound = 2 * owners.interval + 2 * tg.telegram_request_timeout + 1
         await asyncio.wait({owning, settled}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
         settled.cancel()
     # A fatal answer at the first step: not ready; the loop below raises it, cleaning up.
@@ -222,15 +272,13 @@ async def serve_ingress(
             if task is not stop_task and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
     finally:
-        for task in (bootstrap, *background):
+        for task in (bootstrap, refreshing, *background):
             task.cancel()
-        await asyncio.gather(bootstrap, *background, return_exceptions=True)
+        await asyncio.gather(bootstrap, refreshing, *background, return_exceptions=True)
         server.should_exit = True
         with contextlib.suppress(Exception):
             await serve_task
         stop_task.cancel()
-        if api is not None:
-            await api.aclose()
 
 
 async def serve_ingress_role(
@@ -245,146 +293,8 @@ async def serve_ingress_role(
         cfg.ingress,
         cfg.sender.outbound_ttl_seconds,
         stop,
-        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics),
+        observe=ingress_metrics(cfg.metrics, cfg.redis, metrics, cfg.telegram),
         files=cfg.files,
         receipts=cfg.receipts,
-    )
-
-
-MAX_HEADER_BYTES = 64 * 1024
-
-
-def _plain(status: bytes, text: bytes) -> bytes:
-    """A complete ``connection: close`` answer, written before the ASGI app is involved."""
-    head = b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    return head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(text) + text
-
-
-_408 = _plain(b"408 Request Timeout", b"request not received in time")
-_431 = _plain(b"431 Request Header Fields Too Large", b"request headers too large")
-_503 = _plain(b"503 Service Unavailable", b"too many connections")
-
-
-class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the bounds it lacks for slow clients.
-
-    uvicorn arms its keep-alive timer only after a response, so a fresh connection that
-    sends nothing, or one header line now and then, stays open forever, and it accepts
-    every connection. Here:
-
-    - at most ``max_connections`` are open: the next one gets 503 and is closed;
-    - a request's headers must be complete within ``header_timeout`` of the connection
-      opening (first request) or of its first byte (later ones), and at most
-      ``MAX_HEADER_BYTES`` long (431);
-    - its body must be complete within ``body_timeout`` (+1 s: the app's own deadline in
-      ``IngressApp._read_body`` answers a JSON 408 first; this one also covers bodies the
-      app never reads, e.g. after a 401).
-
-    Past a deadline: 408 (if no response started) and the connection is closed.
-    """
-
-    max_connections = 1000
-    header_timeout = 10.0
-    body_timeout = 10.0
-    observe = IngressMetrics.off()
-    _refused_logged_at = -1e9  # a flood of refusals logs a line per 10 s, not per refusal
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._fresh = True  # no request headers seen yet on this connection
-        self._in_headers = False
-        self._header_bytes = 0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.max_connections:
-            self.transport = transport
-            transport.write(_503)
-            transport.close()
-            self.observe.rejected("connection", "overloaded")
-            now = time.monotonic()
-            if now - BoundedHttpTools._refused_logged_at > 10:
-                BoundedHttpTools._refused_logged_at = now
-                log.warning(
-                    "refusing connections: %d open (INGRESS_MAX_CONNECTIONS)",
-                    len(self.connections),
-                )
-            return
-        super().connection_made(transport)
-        self._in_headers = True
-        self._arm(self.header_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        if self.parser is None or self.flow is None:  # refused in connection_made
-            return
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.flow is None:  # refused
-            return
-        super().data_received(data)
-        if self._in_headers and self.parser is not None:
-            self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES:
-                self._end(_431)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_headers = True
-        self._header_bytes = 0
-        if not self._fresh:  # a fresh connection's deadline runs from connect
-            self._arm(self.header_timeout)
-
-    def on_headers_complete(self) -> None:
-        self._fresh = self._in_headers = False
-        self._arm(self.body_timeout + 1.0)
-        limit = self.limit_concurrency  # uvicorn's own check, made just after this one
-        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
-            self.observe.rejected("connection", "overloaded")  # uvicorn answers the 503
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._disarm()
-        if self.cycle is not None and self.cycle.response_complete:
-            # Answered before the body was in (e.g. a 401): uvicorn's keep-alive timer was
-            # armed at the answer and dropped by the body's bytes; idle from now on.
-            self._arm(float(self.timeout_keep_alive))
-        super().on_message_complete()
-
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expired)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expired(self) -> None:
-        self._deadline = None
-        self._end(_408)
-
-    def _end(self, answer: bytes) -> None:
-        self._disarm()
-        if self.transport.is_closing():
-            return
-        if self.cycle is None or (self.cycle.response_complete and self._in_headers):
-            self.transport.write(answer)  # a new request, and nothing else being written
-        self.transport.close()
-
-
-def bounded_protocol(
-    ing: IngressSettings, observe: IngressMetrics | None = None
-) -> type[BoundedHttpTools]:
-    """The protocol class uvicorn builds per connection, with this ingress's bounds."""
-    return type(
-        "BoundedHttpTools",
-        (BoundedHttpTools,),
-        {
-            "max_connections": ing.ingress_max_connections,
-            "header_timeout": ing.ingress_header_timeout,
-            "body_timeout": ing.ingress_body_timeout,
-            "observe": observe or IngressMetrics.off(),
-        },
+        bots=cfg.bots,
     )

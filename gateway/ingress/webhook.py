@@ -90,12 +90,21 @@ def _shown(message: str) -> str:
 class WebhookWatch:
     """Registers the webhook at a gain and re-applies it on drift, every ``every`` s."""
 
-    def __init__(self, api: BotApi, wanted: dict[str, Any], every: float, timeout: float) -> None:
+    def __init__(
+        self,
+        api: BotApi,
+        wanted: dict[str, Any],
+        every: float,
+        timeout: float,
+        state: WebhookState | None = None,
+        name: str | None = None,
+    ) -> None:
         self.api = api
         self.wanted = wanted
         self.every = every
         self.timeout = timeout  # each call's bound
-        self.state = WebhookState()
+        self.state = state or WebhookState()  # kept across gains by the bot's owner
+        self._who = "" if name is None else f"bot {name!r}: "  # log lines name the bot
         self._acted_on: int | None = None  # last_error_date answered by a setWebhook
 
     async def run(self, on_registered: Callable[[], None] | None = None) -> None:
@@ -128,7 +137,9 @@ class WebhookWatch:
         fields = drift(info, self.wanted, self._acted_on)
         if fields:
             log.warning(
-                "webhook drifted from the settings (%s): setting it again", ", ".join(fields)
+                "%swebhook drifted from the settings (%s): setting it again",
+                self._who,
+                ", ".join(fields),
             )
             if await self._apply(fields):
                 self._acted_on = self._error_date(info) or self._acted_on
@@ -141,7 +152,11 @@ class WebhookWatch:
             self._failed("getWebhookInfo", exc)
             return None
         if not isinstance(info, dict):
-            log.warning("getWebhookInfo answered a %s, not an object: ignored", type(info).__name__)
+            log.warning(
+                "%sgetWebhookInfo answered a %s, not an object: ignored",
+                self._who,
+                type(info).__name__,
+            )
             return None
         self._record(info)
         return info
@@ -158,9 +173,13 @@ class WebhookWatch:
             text = _shown(message) if isinstance(message, str) else "(no message)"
             if st.checks > 1 or st.last_error_ts is not None:
                 st.errors_seen += 1
-                log.warning("Telegram reports a webhook delivery error: %s", text)
+                log.warning("%sTelegram reports a webhook delivery error: %s", self._who, text)
             else:
-                log.info("Telegram's last webhook delivery error (before this replica): %s", text)
+                log.info(
+                    "%sTelegram's last webhook delivery error (before this replica): %s",
+                    self._who,
+                    text,
+                )
         st.last_error_ts = date
         st.last_error_message = _shown(message) if isinstance(message, str) else None
 
@@ -177,14 +196,23 @@ class WebhookWatch:
             self._failed("setWebhook", exc)
             return False
         if fields is None:
-            log.info("webhook set to %s", redact_url(self.wanted["url"]))
+            log.info("%swebhook set to %s", self._who, self._url())
         else:
             self.state.reapplied.update(fields)
-            log.warning("webhook set again to %s", redact_url(self.wanted["url"]))
+            log.warning("%swebhook set again to %s", self._who, self._url())
         return True
 
     def _failed(self, method: str, exc: BotApiError) -> None:
         """A fatal answer stops the role; any other waits for the next check."""
         if isinstance(decision := classify(exc), Fatal):
             raise fatal(decision, exc) from None
-        log.error("%s failed (%s); trying again in %.0fs", method, exc, self.every)
+        log.error("%s%s failed (%s); trying again in %.0fs", self._who, method, exc, self.every)
+
+    def _url(self) -> str:
+        """The webhook URL for a log line: a registry bot's path key is left out (it is
+        not a secret, but a log has no need of it)."""
+        url = redact_url(self.wanted["url"])
+        if self._who:
+            head, _, _ = url.rpartition("/webhook/")
+            return f"{head}/webhook/…" if head else url
+        return url

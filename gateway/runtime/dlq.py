@@ -75,11 +75,12 @@ class Selection:
     reason: str | None = None
     older_than: float | None = None  # seconds
     all: bool = False
+    bot_id: int | None = None  # the original entry's bot_id (``--bot``)
 
     @property
     def empty(self) -> bool:
         no_filter = self.stage is None and self.reason is None and self.older_than is None
-        return not self.ids and not self.all and no_filter
+        return not self.ids and not self.all and no_filter and self.bot_id is None
 
     def matches(self, e: DeadEntry, now: float) -> bool:
         if self.ids and e.id not in self.ids:
@@ -87,6 +88,8 @@ class Selection:
         if self.stage is not None and e.stage != self.stage:
             return False
         if self.reason is not None and e.reason != self.reason:
+            return False
+        if self.bot_id is not None and e.entry.get("bot_id") != str(self.bot_id):
             return False
         return self.older_than is None or now - e.at >= self.older_than
 

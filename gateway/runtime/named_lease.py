@@ -3,7 +3,9 @@
 The partition leases' scheme (``leases.py``) for one key: the holder sets it with ``PX``
 and renews it every ``ttl / 5``; a replica standing by tries to take it as often, so it
 takes over within about a ttl of a holder dying (kill -9) and within ``ttl / 5`` of one
-releasing it (SIGTERM). One script (``scripts.TAKE_LEASE``) takes and renews.
+releasing it (SIGTERM). One script (``scripts.TAKE_LEASE``) takes and renews; the
+ingress's many bots take and renew theirs on one timer (``take_all``, used by
+``gateway.ingress.owners``, which runs and cancels each bot's work by these rules).
 
 **What ends a holding.** Redis answering that the key is someone else's (or is not a
 lease): the work is cancelled and the process stands by. Redis not answering does not:
@@ -25,14 +27,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from enum import Enum
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.core.errors import GatewayError
+from gateway.runtime.batching import Coalescer
 from gateway.runtime.scripts import RELEASE_LEASE, TAKE_LEASE
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,10 @@ class NamedLease:
                 "keeping on while it does not" if self.held else "standing by",
             )
             return None
+        return self._took(answer)
+
+    def _took(self, answer: Take) -> Take:
+        """Follow and log Redis's answer to a take (``take`` and ``take_all``)."""
         self.held = answer is Take.OURS
         if answer is Take.NO_EXPIRY:
             self._say(
@@ -129,73 +135,31 @@ class NamedLease:
                 await RELEASE_LEASE.run(self.redis, [self.key], [self.owner])
 
 
-async def while_held(
-    lease: NamedLease,
-    work: Callable[[], Awaitable[None]],
-    stop: asyncio.Event,
-    *,
-    what: str,
-    on_change: Callable[[bool], None] | None = None,
-    answered: Callable[[Take | None], None] | None = None,
-) -> None:
-    """Run ``work()`` while this process holds ``lease``, stand by while it does not, until
-    ``stop``; then cancel the work and release the lease.
-
-    The work is started afresh at each gain and cancelled when Redis says the lease is
-    someone else's. ``StandBy`` from it gives the lease up for a ttl; any other exception
-    ends this call (a fatal Telegram answer stops the role, as without a lease), and its
-    normal return releases the lease and ends it too. ``on_change(holding)`` is told each
-    change, ``answered`` every take's answer.
-    """
-    task: asyncio.Task[None] | None = None
-    stopping = asyncio.create_task(stop.wait())
-
-    def tell(holding: bool) -> None:
-        if on_change is not None:
-            on_change(holding)
-
-    try:
-        while not stop.is_set():
-            answer = await lease.take()
-            if answered is not None:
-                answered(answer)
-            if answer is Take.OURS and task is None:
-                log.info("took the %s lease (%s)", what, lease.key)
-                task = asyncio.create_task(_run(work))
-                tell(True)
-            elif answer is not None and answer is not Take.OURS and task is not None:
-                log.warning("lost the %s lease (%s): standing by", what, lease.key)
-                await _cancel(task)
-                task = None
-                tell(False)
-            waits: set[asyncio.Future[Any]] = {stopping}
-            if task is not None:
-                waits.add(task)
-            await asyncio.wait(waits, timeout=lease.interval, return_when=asyncio.FIRST_COMPLETED)
-            if task is not None and task.done():
-                done, task = task, None
-                tell(False)
-                await lease.release()
-                if not done.cancelled() and isinstance(done.exception(), StandBy):
-                    pause = lease.ttl_ms / 1000
-                    log.warning("%s: %s; standing by for %.1fs", what, done.exception(), pause)
-                    await asyncio.wait({stopping}, timeout=pause)
-                    continue
-                done.result()  # raises the work's exception
-                return
-    finally:
-        stopping.cancel()
-        if task is not None:
-            await _cancel(task)
-            tell(False)
-        await lease.release()
-
-
-async def _run(work: Callable[[], Awaitable[None]]) -> None:
-    await work()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+async def take_all(leases: Sequence[NamedLease], calls: Coalescer) -> list[Take | None]:
+    """``take`` for many leases on one timer: one round trip per Redis node (``calls``
+    coalesces them), each answer followed as ``take`` follows it (None: that lease's
+    command was refused). Raises ``RedisError``/``OSError``/``TimeoutError`` when Redis
+    did not answer the batch (bounded at two intervals of the first lease): the caller
+    says so once, and the leases' ``held`` stay as they were."""
+    if not leases:
+        return []
+    sha = calls.script(TAKE_LEASE.source)
+    commands = [("EVALSHA", sha, 1, lease.key, lease.owner, lease.ttl_ms) for lease in leases]
+    async with asyncio.timeout(2 * leases[0].interval):
+        replies = await calls.run(*commands)
+    out: list[Take | None] = []
+    for lease, reply in zip(leases, replies, strict=True):
+        try:
+            if isinstance(reply, Exception):
+                raise reply
+            out.append(lease._took(Take(int(reply))))
+        except (RedisError, ValueError) as exc:
+            lease._say(
+                f"no answer: {type(exc).__name__}",
+                logging.WARNING,
+                "lease %s: redis refused the take (%s)",
+                lease.key,
+                exc,
+            )
+            out.append(None)
+    return out

@@ -125,6 +125,42 @@ return {1, ARGV[1]}
 """,
 )
 
+# --- the bot registry (tg-gateway bots) -------------------------------------------------------
+
+PUT_BOT = Script(
+    name="put_bot",
+    keys=("the bot registry hash",),
+    argv=(
+        "the bot id (field)",
+        "the record read ('' none)",
+        "the new one ('' delete)",
+        "name",
+        "path key",
+    ),
+    returns="{1, ''} written; {0, 'changed'}: not the record read; {0, 'name'|'path', the "
+    "holder's id}: taken (a compare-and-set: two `bots` commands cannot both win)",
+    source="""
+local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if current ~= ARGV[2] then return {0, 'changed'} end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return {1, ''}
+end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local ok, rec = pcall(cjson.decode, all[i + 1])
+    if ok and type(rec) == 'table' then
+      if rec['name'] == ARGV[4] then return {0, 'name', all[i]} end
+      if rec['path_key'] == ARGV[5] then return {0, 'path', all[i]} end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return {1, ''}
+""",
+)
+
 # --- partition leases ---------------------------------------------------------------------
 
 HEARTBEAT = Script(
@@ -341,6 +377,7 @@ SCRIPTS = (
     PUBLISH_UPDATES,
     PARK_UPDATES,
     RECORD_LAYOUT,
+    PUT_BOT,
     HEARTBEAT,
     RENEW_LEASE,
     RELEASE_LEASE,

@@ -12,10 +12,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway.core.contracts import GROUP_SENDERS, GROUP_WORKERS, Keys, decode_fields
+from gateway.runtime.bot_entries import SCAN_CAP, BotShare, bot_share
 from gateway.runtime.layout import check_layout
 
 LIVE_IDLE_MS = 30_000  # without heartbeats: a consumer that read this recently is live
@@ -26,12 +28,20 @@ def _s(value: Any) -> str:
 
 
 async def stream_status(
-    redis: aioredis.Redis, keys: Keys, *, heartbeats: bool = True
+    redis: aioredis.Redis,
+    keys: Keys,
+    *,
+    heartbeats: bool = True,
+    bot: tuple[int, str] | None = None,
+    scan_cap: int = SCAN_CAP,
 ) -> dict[str, Any]:
     """A snapshot: {"layout": {...}, "roles": {role: {...}}, "dead": {...}, ...}.
 
     ``LayoutMismatch`` if ``keys`` address other partitions than the recorded layout.
-    ``heartbeats``: processes heartbeat (partition leases on); live = heartbeating."""
+    ``heartbeats``: processes heartbeat (partition leases on); live = heartbeating.
+    ``bot`` (id, name): each partition also counts that bot's unread and pending entries
+    (``bot_entries``, at most ``scan_cap`` of each read), and the dead letters are only
+    that bot's."""
     recorded = await check_layout(redis, keys)
     roles: dict[str, Any] = {}
     sec, usec = await redis.time()
@@ -55,6 +65,10 @@ async def stream_status(
             row["pending"] = 0 if ours is None else int(ours["pending"])
             owner = await redis.get(keys.lease(role, p))
             row["owner"] = None if owner is None else _s(owner)  # None: leases off or moving
+            if bot is not None:
+                share = await bot_share(redis, stream, group, bot[0], cap=scan_cap)
+                row["bot"] = {"unread": share.unread, "pending": share.pending,
+                              "exact": share.exact}  # fmt: skip
             partitions.append(row)
             if ours is None:
                 continue
@@ -73,7 +87,11 @@ async def stream_status(
             live = sorted(_s(m) for m in beating)
         else:
             live = sorted(n for n, c in consumers.items() if c["idle_ms"] < LIVE_IDLE_MS)
+        if bot is not None:
+            total = sum((BotShare(**r["bot"]) for r in partitions), BotShare())
+            by_bot = {"unread": total.unread, "pending": total.pending, "exact": total.exact}
         roles[role] = {
+            **({} if bot is None else {"bot": by_bot}),
             "partitions": partitions,
             "processes": processes,
             "consumers": consumers,
@@ -84,9 +102,12 @@ async def stream_status(
     dead_rows: Any = await redis.xrange(keys.dead)
     for _, fields in dead_rows:
         f = decode_fields(fields)
+        if bot is not None and dead_bot(f) != bot[0]:
+            continue
         dead[f"{f.get('stage', '?')}/{f.get('reason', '?')}"] += 1
     flood = await redis.get(keys.counter("flood_waits"))
     return {
+        **({} if bot is None else {"bot": {"id": bot[0], "name": bot[1]}}),
         "layout": None if recorded is None else recorded.as_dict(),
         "roles": roles,
         "dead": dict(dead),
@@ -95,8 +116,20 @@ async def stream_status(
     }
 
 
+def dead_bot(fields: dict[str, str]) -> int | None:
+    """The bot of a dead letter: its original entry's ``bot_id`` (None: it names none)."""
+    try:
+        original = orjson.loads(fields.get("entry") or "{}")
+        return int(original["bot_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def render(status: dict[str, Any]) -> str:
     lines: list[str] = []
+    bot_name = status["bot"]["name"] if "bot" in status else None
+    if bot_name is not None:
+        lines.append(f"bot {bot_name} ({status['bot']['id']}): its entries counted per partition")
     layout = status.get("layout")
     if layout is None:
         lines.append("layout: none recorded yet (the first role to start records its own)")
@@ -114,21 +147,35 @@ def render(status: dict[str, Any]) -> str:
         for name, owned in sorted(info["processes"].items()):
             shown = ", ".join(map(str, owned)) or "none yet"
             lines.append(f"  process {name}: partitions {shown}")
-        lines.append("  partition  length      lag  pending  group    owner")
+        mine = info.get("bot")
+        if mine is not None:
+            lines.append(f"  bot {bot_name}: {_share(mine)}")
+        head = "  partition  length      lag  pending  group    owner"
+        lines.append(head if mine is None else f"{head}  (bot {bot_name})")
         for row in info["partitions"]:
             lag = "-" if row["lag"] is None else str(row["lag"])
             group = "ok" if row["group"] else "MISSING"
             p, length, pending = row["partition"], row["length"], row["pending"]
             owner = row["owner"] or "-"
-            lines.append(f"  {p:>9}  {length:>6}  {lag:>7}  {pending:>7}  {group:<7}  {owner}")
+            line = f"  {p:>9}  {length:>6}  {lag:>7}  {pending:>7}  {group:<7}  {owner}"
+            lines.append(line if mine is None else f"{line}  ({_share(row['bot'])})")
         for name, c in sorted(info["consumers"].items()):
             lines.append(f"  consumer {name}: {c['pending']} pending, idle {c['idle_ms']} ms")
     dead = status["dead"]
     total = sum(dead.values())
+    of = "" if bot_name is None else f" of bot {bot_name}"
     lines.append(
-        f"dead letters: {total}" + "".join(f"\n  {k}: {v}" for k, v in sorted(dead.items()))
+        f"dead letters{of}: {total}" + "".join(f"\n  {k}: {v}" for k, v in sorted(dead.items()))
     )
+    every = "" if bot_name is None else " (every bot's)"
     lines.append(
         f"results: {status['results']}; 429 flood waits: {status['counters']['flood_waits']}"
+        + every
     )
     return "\n".join(lines)
+
+
+def _share(share: dict[str, Any]) -> str:
+    """``3 unread, 1 pending``; ``≥`` before counts a capped scan only bounds."""
+    at_least = "" if share["exact"] else "≥"
+    return f"{at_least}{share['unread']} unread, {at_least}{share['pending']} pending"

@@ -61,12 +61,13 @@ def map_case(context: Any, case: Any) -> Any:
     bot_id = int(os.environ["FUZZ_BOT_ID"])
     path = case.operation.path
     params = dict(case.path_parameters or {})
-    if path == "/webhook/{path_key}" and not _forged(params.get("path_key")):
+    drawn = (params, case.body, case.headers)  # the whole case: forged ones in every run
+    if path == "/webhook/{path_key}" and not _forged(drawn):
         params["path_key"] = "telegram"
-    elif path == "/api/delivery/{token}" and not _forged(params.get("token")):
+    elif path == "/api/delivery/{token}" and not _forged(drawn):
         params["token"] = _delivery_token(bot_id)
-    elif path == "/api/files/{token}" and not _forged(params.get("token")):
-        params["token"] = _file_token(bot_id, params.get("token"))
+    elif path == "/api/files/{token}" and not _forged(drawn):
+        params["token"] = _file_token(bot_id, drawn)
     if params:
         case.path_parameters = params
     if isinstance(case.body, dict) and case.body.get("status_url"):

@@ -11,7 +11,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.app.roles import learn_me, make_bot, serve_worker
+from gateway.app.roles import make_bot, serve_worker
+from gateway.app.worker_bots import learn_me
 from gateway.core.contracts import partition_for, update_fields
 from gateway.core.errors import TelegramFatal
 from gateway.runtime.streams import ensure_groups

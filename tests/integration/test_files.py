@@ -162,7 +162,7 @@ async def test_an_expired_link_is_410_and_a_forged_or_foreign_one_403(
             signed(file_id, expires_at=int(time.time()) - 1): (410, "file_expired"),
             f"{payload}.{mac[:-2]}AA": (403, "bad_token"),  # forged signature
             f"{payload[:-4]}AAAA.{mac}": (403, "bad_token"),  # payload changed
-            signed(file_id, bot_id=BOT_ID + 1): (403, "bad_token"),  # another bot's
+            signed(file_id, bot_id=BOT_ID + 1): (403, "bot_not_served"),  # a bot not served
             sign_route(SECRET.encode(), bot_id=BOT_ID, chat_id=1, reply_to=None,
                        update_id=1, ttl=60): (403, "bad_token"),  # a callback token
         }  # fmt: skip

@@ -75,9 +75,10 @@ async def scrape(url: str, headers: dict[str, str] | None = None) -> httpx.Respo
         return await client.get(url, headers=AUTH if headers is None else headers)
 
 
-def check_labels(text: str, partitions: int) -> None:
+def check_labels(text: str, partitions: int, bots: frozenset[str] = frozenset({"default"})) -> None:
     """Every label value of every tg_gateway_ sample is one the catalog lists (or a
-    bounded one: partition, version, python): no chat, user or update id anywhere."""
+    bounded one: partition, version, python, and bot, one of ``bots``): no chat, user or
+    update id anywhere."""
     cat = catalog()
     for name, labels, _ in samples(text):
         if not name.startswith("tg_gateway_"):
@@ -94,6 +95,8 @@ def check_labels(text: str, partitions: int) -> None:
             spec = allowed[label]
             if label == "partition":
                 assert 0 <= int(got) < partitions, (name, labels)
+            elif label == "bot":
+                assert got in bots, (name, labels)
             elif isinstance(spec, list):
                 assert got in [str(v) for v in spec], (name, label, got)
 
@@ -141,6 +144,10 @@ async def test_every_role_exports_its_catalog_metrics_and_counts_what_happened(
     # The emulator's view: every message it got was counted as sent, once.
     assert len(emu.sent()) == 4
     assert value(s, "tg_gateway_sender_sends_total", outcome="sent") == 4
+    # One bot (TELEGRAM_BOT_TOKEN's): every per-bot series is the default bot's.
+    assert value(s, "tg_gateway_sender_sends_total", outcome="sent", bot="default") == 4
+    assert value(w, "tg_gateway_worker_updates_total", bot="default") == 4
+    assert value(i, "tg_gateway_ingress_updates_total", outcome="accepted", bot="default") == 4
     assert value(s, "tg_gateway_sender_queue_latency_seconds_count", method="sendMessage") == 4
     # Every reply answers an update (the command's, the pipeline's): each carries its
     # update's received_at, through the signed callback route for the pipeline's.

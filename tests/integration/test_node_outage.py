@@ -48,6 +48,7 @@ from tests.helpers import (
     running,
     wait_for,
 )
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.ratelimit import RateLimiter
@@ -372,13 +373,12 @@ async def test_a_part_sent_while_its_node_goes_down_is_sent_once(
     )
     await ensure_groups(client, keys)
     tg = cfg.telegram
+    limiter = RateLimiter(client, keys, tg.bot_id, Limits(chat_per_second=100.0))
     sender = Sender(
         client,
         keys,
-        make_bot(tg),
-        RateLimiter(client, keys, tg.bot_id, Limits(chat_per_second=100.0)),
+        SenderBots.single(client, keys, make_bot(tg), limiter),
         backoff_max=0.5,
-        token=tg.token,
         name="sender-a",
     )
     consumer = StreamConsumer(
@@ -426,7 +426,7 @@ async def test_a_part_sent_while_its_node_goes_down_is_sent_once(
         emu.faults.delay("sendMessage", 0)
         consumer.stop()
         await asyncio.wait_for(task, 30)
-        await sender.bot.session.close()
+        await sender.bots.aclose()
 
 
 def key_on(cluster: RedisClusterProcesses, node: RedisProcess, tag: str) -> str:

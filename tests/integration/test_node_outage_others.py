@@ -36,6 +36,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.integration.test_node_outage import node_of, restart, stop_node
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.ratelimit import RateLimiter
@@ -145,9 +146,8 @@ class Senders:
         for name in names:
             redis = connect(url, cluster=True)
             limiter = RateLimiter(redis, keys, tg.bot_id, limits)
-            sender = Sender(
-                redis, keys, make_bot(tg), limiter, backoff_max=0.5, token=tg.token, name=name
-            )
+            bots = SenderBots.single(redis, keys, make_bot(tg), limiter)
+            sender = Sender(redis, keys, bots, backoff_max=0.5, name=name)
             consumer = StreamConsumer(
                 redis,
                 keys,
@@ -190,7 +190,7 @@ class Senders:
                 await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 30)
             finally:  # closed even past the bound: a leak would fail a later test
                 for s in self.senders:
-                    await s.bot.session.close()
+                    await s.bots.aclose()
                 for redis in self.clients:
                     await redis.aclose()
         for task in self.tasks:  # no role exits

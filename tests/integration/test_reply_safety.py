@@ -130,11 +130,12 @@ async def test_callback_still_takes_urls_and_file_ids(
 async def test_callback_token_of_another_bot_is_403(
     ingress: tuple[str, Keys], redis: aioredis.Redis
 ) -> None:
-    """Signed with the same DELIVERY_SECRET, but for another bot: not ours to send."""
+    """Signed with the same DELIVERY_SECRET, but for a bot this deployment does not serve:
+    not ours to send."""
     base, keys = ingress
     resp = await post(base, token(bot_id=BOT_ID + 1), b'{"content": "pwned"}')
     assert resp.status_code == 403
-    assert "another bot" in resp.json()["error"]
+    assert "bot not served" in resp.json()["error"]
     assert await outbound(redis, keys) == []
 
 

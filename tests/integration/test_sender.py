@@ -38,6 +38,7 @@ from tests.helpers import (
     running,
     wait_for,
 )
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.marks import BLOCKED_TTL
@@ -440,13 +441,12 @@ def fenced_sender(redis: aioredis.Redis, cfg: Any) -> tuple[StreamConsumer, Send
     so a test can freeze its lease renewals."""
     tg, ss = cfg.telegram, cfg.sender
     limits = Limits(chat_per_second=ss.sender_chat_per_second)
+    limiter = RateLimiter(redis, cfg.keys, tg.bot_id, limits)
     sender = Sender(
         redis,
         cfg.keys,
-        make_bot(tg),
-        RateLimiter(redis, cfg.keys, tg.bot_id, limits),
+        SenderBots.single(redis, cfg.keys, make_bot(tg), limiter),
         backoff_max=ss.sender_backoff_max,
-        token=tg.token,
         name="sender-a",
     )
     consumer = StreamConsumer(
@@ -554,13 +554,12 @@ def outbound_item(cfg: Any, e: OutboundEntry) -> Item:
 
 def by_hand_sender(redis: aioredis.Redis, cfg: Any) -> Sender:
     """A ``Sender`` called as a plain function, no consumer around it."""
+    limiter = RateLimiter(redis, cfg.keys, BOT_ID, Limits(chat_per_second=100.0))
     return Sender(
         redis,
         cfg.keys,
-        make_bot(cfg.telegram),
-        RateLimiter(redis, cfg.keys, BOT_ID, Limits(chat_per_second=100.0)),
+        SenderBots.single(redis, cfg.keys, make_bot(cfg.telegram), limiter),
         backoff_max=0.5,
-        token=cfg.telegram.token,
         name="by-hand",
     )
 
@@ -598,7 +597,7 @@ async def test_the_sender_handler_is_a_plain_function_of_an_entry_and_its_fence(
             await sender(stale, theirs)
         assert [m["text"] for m in emu.messages(CHAT)] == ["hi"]
     finally:
-        await sender.bot.session.close()
+        await sender.bots.aclose()
 
 
 async def test_a_5xx_ends_the_try_with_a_retry_that_resumes_at_the_failed_part(
@@ -627,4 +626,4 @@ async def test_a_5xx_ends_the_try_with_a_retry_that_resumes_at_the_failed_part(
         assert len(sent) == 2 and " ".join(m["text"] for m in sent).split() == text.split()
         assert result.fields["ok"] == "1" and result.fields["attempts"] == "3"
     finally:
-        await sender.bot.session.close()
+        await sender.bots.aclose()

@@ -18,6 +18,7 @@ from gateway.telegram.direct import DirectApi
 from gateway.testkit.emulator import Emulator
 from gateway.testkit.ports import reserve_port
 from tests.helpers import BOT_ID, TOKEN, make_config
+from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.ratelimit import RateLimiter
@@ -54,13 +55,12 @@ async def test_a_reply_costs_the_sender_four_redis_round_trips_before_its_finish
     cfg = make_config(redis_url, emu.api_url)
     pool = aioredis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
     client = aioredis.Redis(connection_pool=pool)
+    limiter = RateLimiter(client, cfg.keys, BOT_ID, Limits(global_per_second=1000))
     sender = Sender(
         client,
         cfg.keys,
-        make_bot(cfg.telegram),
-        RateLimiter(client, cfg.keys, BOT_ID, Limits(global_per_second=1000)),
+        SenderBots.single(client, cfg.keys, make_bot(cfg.telegram), limiter),
         backoff_max=0.5,
-        token=cfg.telegram.token,
         name="counted",
     )
     try:
@@ -74,7 +74,7 @@ async def test_a_reply_costs_the_sender_four_redis_round_trips_before_its_finish
         assert CountingConnection.writes == 4
         assert [m["text"] for m in emu.messages(chat)] == ["b"]
     finally:
-        await sender.bot.session.close()
+        await sender.bots.aclose()
         await client.aclose()
 
 

@@ -9,7 +9,6 @@ import json
 from collections import Counter
 from typing import Any
 
-from aiogram import Bot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import gateway.runtime.pause
@@ -17,7 +16,7 @@ from gateway.core.contracts import Keys, update_fields
 from gateway.runtime.activity import SAMPLE, WINDOW_S, Count, HourStats, _scaled, render_stats
 from gateway.runtime.consumer import Fence, Item, Retry
 from gateway.runtime.pause import PAUSE_POLL, PauseFlag
-from tests.helpers import BOT_ID, FIXTURES, TOKEN
+from tests.helpers import BOT_ID, FIXTURES, worker_bots
 from workers.worker.context import WorkerOptions, WorkerServices
 from workers.worker.handler import PAUSED, UpdateHandler, budget_since, build_dispatcher
 
@@ -128,7 +127,7 @@ async def paused_try(update: dict[str, Any], retries: int) -> tuple[Any, list[st
         keys=KEYS,
         calls=calls,  # type: ignore[arg-type]
         pipeline=NoPipeline(),  # type: ignore[arg-type]
-        options=WorkerOptions(bot_id=BOT_ID),
+        options=WorkerOptions(),
     )
     services.pause.known(True)
     chat = (update.get("message") or update["callback_query"]["message"])["chat"]["id"]
@@ -141,13 +140,8 @@ async def paused_try(update: dict[str, Any], retries: int) -> tuple[Any, list[st
     )
     encoded = {k.encode(): v.encode() for k, v in fields.items()}
     item = Item(KEYS.updates(0), "1-0", encoded, 1, retries=retries, since=1.0)
-    bot = Bot(TOKEN)
-    try:
-        outcome = await UpdateHandler(services, bot, build_dispatcher([]), direct=True)(
-            item, Fence("k", "me", lambda: 10.0, lambda: True, lambda: True)
-        )
-    finally:
-        await bot.session.close()
+    handler = UpdateHandler(services, worker_bots(services), build_dispatcher([]), direct=True)
+    outcome = await handler(item, Fence("k", "me", lambda: 10.0, lambda: True, lambda: True))
     return outcome, [str(c[0]) for c in calls.commands]
 
 

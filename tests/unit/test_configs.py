@@ -6,7 +6,7 @@ import pytest
 
 from gateway.app.configs import consumer_config, worker_options
 from gateway.core.settings import Config
-from tests.helpers import TOKEN, make_config
+from tests.helpers import make_config
 
 
 def config(monkeypatch: pytest.MonkeyPatch, **env: str) -> Config:
@@ -35,6 +35,17 @@ def test_each_role_reads_its_own_streams_and_bounds(monkeypatch: pytest.MonkeyPa
     assert sender.trim[-1] == (cfg.keys.results, cfg.redis.results_retention_seconds, False)
 
 
+def test_each_role_bounds_its_own_waiting_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WORKER_MAX_WAITING bounds the updates waiting for their bot's pipeline,
+    SENDER_MAX_WAITING the entries of a bot waiting out a 429 pause; each role its own."""
+    defaults = config(monkeypatch)
+    assert consumer_config(defaults, "worker").max_waiting == 4096
+    assert consumer_config(defaults, "sender").max_waiting == 4096
+    cfg = config(monkeypatch, WORKER_MAX_WAITING="77", SENDER_MAX_WAITING="0")
+    assert consumer_config(cfg, "worker").max_waiting == 77
+    assert consumer_config(cfg, "sender").max_waiting == 0
+
+
 def test_keys_are_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config(monkeypatch)
     assert cfg.keys is cfg.keys is cfg.redis.keys
@@ -43,7 +54,6 @@ def test_keys_are_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_worker_options_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config(monkeypatch, ADMIN_USER_IDS="5,6", PIPELINE_REPLY_FIELDS="a,b")
     options = worker_options(cfg)
-    assert options.bot_id == int(TOKEN.split(":")[0])
     assert options.admin_ids == frozenset({5, 6})
     assert options.reply_fields == ("a", "b")
     assert options.delivery_secret == b"test-delivery-secret-0123"

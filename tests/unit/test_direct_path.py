@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import workers.worker.handler as worker_module
+from gateway.core.bots import default_bot
 from gateway.runtime.consumer import Ack
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, TOKEN
 from workers.worker.handler import build_dispatcher, plain_message
 
 BOT_USER = User(id=7689012345, is_bot=True, first_name="Gateway", username="gw_bot")
@@ -27,6 +29,7 @@ class FakeGateway:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.bot = SimpleNamespace(spec=default_bot(TOKEN))  # no texts of its own
 
     async def reply(self, text: str, **kw: Any) -> str:
         self.calls.append("reply")

@@ -61,7 +61,7 @@ def test_metrics_off_count_nothing_and_a_typo_fails_at_once() -> None:
 def test_build_info_and_created_series() -> None:
     """build_info says the role; counters have no *_created series (not in the catalog)."""
     m = Metrics({"worker"}, "worker")
-    m.child("tg_gateway_worker_updates_total", "replied").inc()
+    m.child("tg_gateway_worker_updates_total", "replied", "default").inc()
     names = {s.name for f in m.registry.collect() for s in f.samples}
     assert "tg_gateway_worker_updates_total" in names
     assert not any(n.endswith("_created") for n in names)

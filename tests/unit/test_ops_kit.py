@@ -35,7 +35,7 @@ K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests promise to work on
 TYPES = {"counter", "gauge", "histogram"}
 ROLES = {"ingress", "worker", "sender"}
 # Labels whose values are not enumerated in the catalog; each is small by construction.
-BOUNDED_LABELS = {"partition", "version", "python"}
+BOUNDED_LABELS = {"partition", "version", "python", "bot"}
 # No label may name one chat, user or message: the cardinality would follow traffic.
 ID_LABEL = re.compile(r"chat|user|update|message|reply_id|entry|consumer|token|url|error_text")
 MAX_VALUES = 32  # per enumerated label
@@ -206,7 +206,7 @@ def test_catalog_labels_are_low_cardinality() -> None:
             assert all(isinstance(v, str) for v in values), f"{name}: {label} values: {values}"
             assert len(values) == len(set(values)) <= MAX_VALUES, (name, label)
             series *= len(values)
-        assert series <= 500, f"{name}: up to {series} series per process"
+        assert series <= 500, f"{name}: up to {series} series per process (and bot)"
 
 
 def test_dead_letter_reasons_and_methods_are_the_codes_the_gateway_uses() -> None:
@@ -365,6 +365,29 @@ def test_dashboard_covers_rates_lag_latency_429s_dead_letters_and_breaker() -> N
         assert needed in used, needed
     provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "tg-gateway.yml")
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_dashboard_filters_every_per_bot_series_by_its_bot_variable() -> None:
+    """Issue 15: a `bot` variable (all bots by default) that every selector of a family
+    with the `bot` label honours, and a row of panels split by bot."""
+    board = json.loads(DASHBOARD.read_text())
+    [var] = [v for v in board["templating"]["list"] if v["name"] == "bot"]
+    assert var["includeAll"] and var["multi"] and var["allValue"] == ".*"
+    assert "bot)" in var["query"]["query"]
+    per_bot = {n for n, m in catalog().items() if "bot" in m["labels"]}
+    assert len(per_bot) >= 10
+    filtered = 0
+    for expr in dashboard_exprs():
+        for name, matchers in re.findall(
+            r"(tg_gateway_\w+?)(?:_bucket)?(\{[^}]*\})?(?=[\[\s)])", expr
+        ):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if base in per_bot:
+                assert 'bot=~"$bot"' in matchers, (name, expr)
+                filtered += 1
+    assert filtered >= 20
+    split = [e for e in dashboard_exprs() if re.search(r"by \([^)]*\bbot\b", e)]
+    assert len(split) >= 6
 
 
 # --- Kubernetes -------------------------------------------------------------------------

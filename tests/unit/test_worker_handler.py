@@ -9,14 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from aiogram import Bot
 
-import workers.worker.handler
+import workers.worker.submit
 from gateway.core.contracts import Keys, Reason, partition_for, update_fields
 from gateway.core.errors import PipelineUnavailable
 from gateway.runtime.batching import Command
 from gateway.runtime.consumer import Ack, Dead, Fence, Item, LeaseLost, Marker, Publish, Retry
-from tests.helpers import BOT_ID, FIXTURES, TOKEN
+from tests.helpers import BOT_ID, FIXTURES, worker_bots
 from workers.worker.adapter import PipelineMessage
 from workers.worker.context import WorkerOptions, WorkerServices
 from workers.worker.handler import UpdateHandler, build_dispatcher, idempotency_key
@@ -65,13 +64,11 @@ async def handle(
         keys=KEYS,
         calls=Calls(),  # type: ignore[arg-type]
         pipeline=pipeline,
-        options=options or WorkerOptions(bot_id=BOT_ID),
+        options=options or WorkerOptions(),
     )
-    bot = Bot(TOKEN)
-    try:
-        return await UpdateHandler(services, bot, build_dispatcher([]), direct=True)(item, f)
-    finally:
-        await bot.session.close()
+    return await UpdateHandler(services, worker_bots(services), build_dispatcher([]), direct=True)(
+        item, f
+    )
 
 
 def update_item(update: dict[str, Any]) -> Item:
@@ -97,7 +94,7 @@ async def test_a_valid_fence_lets_the_update_through_to_its_reply_and_handed_mar
     assert reply.stream == KEYS.outbound(partition_for(chat, KEYS.partitions, BOT_ID))
     assert json.loads(reply.fields["payload"])["text"] == "hello back"
     key = idempotency_key(BOT_ID, UPDATE["update_id"])
-    assert outcome.marker == Marker(KEYS.handed(0, key), WorkerOptions(bot_id=BOT_ID).handed_ttl)
+    assert outcome.marker == Marker(KEYS.handed(0, key), WorkerOptions().handed_ttl)
     assert pipeline.posts == [key]
 
 
@@ -129,7 +126,7 @@ class DownPipeline(Pipeline):
 
 
 async def handle_down(pipeline: Pipeline, item: Item, retry_seconds: float) -> Any:
-    options = WorkerOptions(bot_id=BOT_ID, retry_seconds=retry_seconds, delay_notice="")
+    options = WorkerOptions(retry_seconds=retry_seconds, delay_notice="")
     return await handle(pipeline, item, fence(valid=True), options)
 
 
@@ -144,7 +141,7 @@ async def test_a_pipeline_away_is_retried_by_the_lane_with_a_growing_delay(
         asked.append(attempt)
         return base * 2**attempt
 
-    monkeypatch.setattr(workers.worker.handler, "backoff", backoff)
+    monkeypatch.setattr(workers.worker.submit, "backoff", backoff)
     pipeline = DownPipeline()
     item = update_item(UPDATE)
     now = time.monotonic()
@@ -169,9 +166,7 @@ async def test_a_pipeline_away_past_the_retry_time_dead_letters_with_the_apology
     assert isinstance(outcome, Dead) and outcome.reason is Reason.PIPELINE_UNAVAILABLE
     assert "gave up after 6 attempts" in outcome.error
     [apology] = [e for e in outcome.effects if isinstance(e, Publish)]
-    assert (
-        json.loads(apology.fields["payload"])["text"] == WorkerOptions(bot_id=BOT_ID).apology_text
-    )
+    assert json.loads(apology.fields["payload"])["text"] == WorkerOptions().apology_text
 
 
 class StatusUrlPipeline(Pipeline):
@@ -194,7 +189,7 @@ async def test_a_synchronous_reply_s_status_url_is_checked_like_a_callback_s() -
     from gateway.core.status_urls import StatusUrls
 
     url = "https://crm.example.com/receipts"
-    allowed = WorkerOptions(bot_id=BOT_ID, status_urls=StatusUrls.parse(["crm.example.com"]))
+    allowed = WorkerOptions(status_urls=StatusUrls.parse(["crm.example.com"]))
     outcome = await handle(StatusUrlPipeline(url), update_item(UPDATE), fence(valid=True), allowed)
     assert isinstance(outcome, Ack)
     [reply] = outcome.publishes

@@ -1,4 +1,8 @@
-"""The sender: outbound stream → Telegram Bot API (aiogram ``Bot``), rate-limited.
+"""The sender: outbound stream → Telegram Bot API, rate-limited, each entry with its bot.
+
+Each entry goes out with the bot it names (``OutboundEntry.bot_id``): its client, its
+limiter, its 401 state (``workers.sender.bots``); a bot the registry does not know is a
+dead letter ``unknown_bot``.
 
 One entry is one or more parts (``parts.plan_parts``), each sent once, in order
 (``sending.PartSender``; a part to retry after a backoff ends the try with ``Retry``,
@@ -7,8 +11,12 @@ outcome for the consumer's fenced finish: the result
 entry, and for a chat that blocked the bot its mark. Telegram errors are translated by
 ``gateway.telegram.answers`` (one table for every Bot API client) into: wait (429),
 retry with backoff (5xx, HTML bodies, network), resend (migrate_to_chat_id, no
-parse_mode), dead-letter with a reason code (403, 400s, 404, 409, 413: never retried), or
-stop the role (401).
+parse_mode), dead-letter with a reason code (403, 400s, 404, 409, 413: never retried);
+a 401 is a dead letter ``bot_unauthorized`` (the bot's later entries too, with no call,
+until it has a new token), but stops the role when the bot is ``TELEGRAM_BOT_TOKEN``'s and
+the only one (a single-bot deployment, as before). A streamed reply's draft
+(``sendMessageDraft``) goes its own best-effort way (``drafts.DraftSender``: sent at once
+or dropped, no result), with its own bot.
 """
 
 from __future__ import annotations
@@ -18,11 +26,12 @@ import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from aiogram import Bot
 from pydantic import ValidationError
 
 from gateway.core.contracts import EnvelopeError, Keys, OutboundEntry, Reason, result_fields
+from gateway.core.drafts import DRAFT_METHOD
 from gateway.core.logs import redact
+from gateway.runtime.bots import MISS_REFRESH
 from gateway.runtime.consumer import (
     Ack,
     Dead,
@@ -36,14 +45,17 @@ from gateway.runtime.consumer import (
 )
 from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
+from workers.sender.bots import SenderBots
+from workers.sender.drafts import DraftSender
 from workers.sender.marks import BLOCKED_TTL, Marks
 from workers.sender.observe import SenderMetrics
 from workers.sender.parts import COUNTED, PAID_BROADCAST_METHODS, Resume, plan_parts
-from workers.sender.ratelimit import RateLimiter
 from workers.sender.rich import Replies, Target, acted_on, plan_by_reply
-from workers.sender.sending import PartSender
+from workers.sender.sending import PartSender, unauthorized
 
 log = logging.getLogger(__name__)
+
+UNKNOWN_ONCE = "unknown bot, asked once"  # the memo of an entry whose bot was not found
 
 
 @dataclass(slots=True)
@@ -52,6 +64,7 @@ class Tally:
 
     entry: OutboundEntry
     started: float  # when the sender took it (wall clock)
+    token: str = field(default="", repr=False)  # its bot's: redacted from the result
     message_ids: list[int] = field(default_factory=list)
     attempts: int = 0
 
@@ -64,13 +77,10 @@ class Sender:
         self,
         redis: aioredis.Redis,
         keys: Keys,
-        bot: Bot,
-        limiter: RateLimiter,
+        bots: SenderBots,
         *,
         max_attempts: int = 0,
         backoff_max: float,
-        token: str,
-        paid_broadcast: bool = False,
         name: str = "",
         default_ttl: float = 3600.0,
         observe: SenderMetrics | None = None,
@@ -80,23 +90,20 @@ class Sender:
         self.name = name  # the consumer name, written into each result
         self.redis = redis
         self.keys = keys
-        self.bot = bot
-        self._token = token
-        self.paid_broadcast = paid_broadcast
+        self.bots = bots
         self.marks = Marks(redis)
         self.replies = Replies(redis, keys, edit_window)  # edits and deletes by reply id
         self.parts = PartSender(
             redis,
             keys,
-            bot,
-            limiter,
+            bots,
             self.marks,
             max_attempts=max_attempts,
             backoff_max=backoff_max,
             default_ttl=default_ttl,
-            token=token,
             observe=counts,
         )
+        self.drafts = DraftSender(redis, keys, counts)
         self.sent = 0
 
     @property
@@ -118,15 +125,37 @@ class Sender:
             entry = OutboundEntry.from_fields(item.fields)
         except (EnvelopeError, ValidationError) as exc:
             return Dead(Reason.INVALID_ENTRY, redact(str(exc)[:500]))
+        obs = self.observe.for_bot(entry.bot_id)
         resume = item.memo if isinstance(item.memo, Resume) else None  # after a Retry
         tally = Tally(entry, resume.started if resume else time.time())
         if resume is not None:
             tally.attempts = resume.attempts
+        bot = await self.bots.lookup(entry.bot_id)
+        if entry.method == DRAFT_METHOD:  # best effort: shown now or dropped, no result
+            return await self.drafts.send(entry, fence, bot)
+        if bot is None and item.memo is not UNKNOWN_ONCE:
+            # Asked once more after the registry's next read: a bot added a moment ago,
+            # just after another miss had the registry read its sources, is not lost.
+            why = f"bot {entry.bot_id} unknown: asked again after the registry's next read"
+            return Retry(MISS_REFRESH, why, UNKNOWN_ONCE)
+        if bot is None:
+            obs.send(entry.method, "dead_lettered")
+            why = (
+                f"bot {entry.bot_id} is not a bot of this deployment (not TELEGRAM_BOT_TOKEN's, "
+                "BOTS_FILE's or in the registry of tg-gateway bots)"
+            )
+            return self._dead(tally, answers.Dead(Reason.UNKNOWN_BOT, None, why))
+        tally.token = bot.token
         best_effort = entry.method not in COUNTED
         chat_id = entry.chat_id
         expired = entry.deadline is not None and time.time() > entry.deadline
         if best_effort and expired:  # a stale typing/callback answer is harmless
             return self._ack(tally, True, description="skipped: expired", reason=Reason.EXPIRED)
+        if bot.unauthorized:  # its token got a 401: no call until it has a new one
+            obs.send(entry.method, "dead_lettered")
+            if best_effort:
+                return self._drop(tally, chat_id, unauthorized(bot), ())
+            return self._dead(tally, unauthorized(bot))
         # One round trip (the chat's partition's slot): the chat's blocked-chat mark (not
         # for best-effort calls; unknown, its node away, counts as not blocked), its
         # migration (only groups migrate) and the first part's sent marker.
@@ -138,10 +167,10 @@ class Sender:
             else None,
         )
         if look.blocked:
-            self.observe.send(entry.method, "dead_lettered")  # given up before any call
+            obs.send(entry.method, "dead_lettered")  # given up before any call
             return self._dead(tally, answers.Dead(Reason.BOT_BLOCKED, 403, "chat blocked the bot"))
         if expired:
-            self.observe.send(entry.method, "dead_lettered")
+            obs.send(entry.method, "dead_lettered")
             return self._dead(tally, answers.Dead(Reason.EXPIRED, None, "deadline passed"))
         if look.moved is not None:  # unknown: Telegram's 400 migrate_to_chat_id tells again
             chat_id = int(look.moved)
@@ -149,12 +178,12 @@ class Sender:
         if self.replies.by_reply(entry):  # an edit or delete of an earlier reply
             found = await self.replies.target(entry)
             if isinstance(found, answers.Dead):
-                self.observe.send(entry.method, "dead_lettered")
+                obs.send(entry.method, "dead_lettered")
                 return self._dead(tally, found)
             target, chat_id = found, found.chat_id
         parts = plan_parts(entry) if target is None else plan_by_reply(entry, target)
         for index, (method, payload) in enumerate(parts):
-            if self.paid_broadcast and method in PAID_BROADCAST_METHODS:
+            if bot.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
             marker = sent_marker(self.keys, entry, index)
             if index == 0 and look.sent_read:
@@ -164,24 +193,25 @@ class Sender:
             if done is None:
                 state = resume.part if resume is not None and resume.index == index else None
                 outcome = await self.parts.send(
-                    entry, method, payload, chat_id, marker, fence, state
+                    entry, bot, method, payload, chat_id, marker, fence, state
                 )
                 if outcome.retry is not None and outcome.state is not None:
                     # A 5xx or network error: the lane tries the entry again after the
                     # backoff (the chat waits); the parts sent have their markers.
                     memo = Resume(index, outcome.state, tally.started, tally.attempts)
-                    return Retry(outcome.retry, f"part {index} to be sent again", memo)
+                    why = f"part {index} to be sent again"
+                    return Retry(outcome.retry, why, memo, release=outcome.release)
                 tally.attempts += outcome.attempts
                 if outcome.dead is not None:
                     mark = self._blocked_mark(entry, outcome.chat_id, outcome.dead)
-                    self.observe.send(method, "dead_lettered")
+                    obs.send(method, "dead_lettered")
                     if best_effort and outcome.dead.reason is not Reason.UNSUPPORTED:
                         # Nothing for an operator to act on: drop it, say so, no dead letter.
                         return self._drop(tally, chat_id, outcome.dead, mark)
                     return self._dead(tally, outcome.dead, mark)
                 done = outcome.already
             if done is not None:  # sent before (a crash, a redelivery, another owner)
-                self.observe.send(method, "already_sent")
+                obs.send(method, "already_sent")
                 if done.isdigit():
                     tally.message_ids.append(int(done))
                 continue
@@ -189,7 +219,7 @@ class Sender:
             mid = (
                 outcome.message_id if outcome.message_id is not None else acted_on(method, payload)
             )
-            self.observe.send(method, "sent")
+            obs.send(method, "sent")
             if len(parts) > 1:
                 self.observe.split_parts.inc()
             await self.marks.mark_sent(marker, str(mid) if mid is not None else "1")
@@ -197,12 +227,12 @@ class Sender:
                 tally.message_ids.append(mid)
         await self.replies.after(entry, chat_id, tally.message_ids, target)
         self.sent += 1
-        latency = self.observe.queue_latency.get(entry.method)
+        latency = obs.queue_latency.get(entry.method)
         now = time.time()
         if latency is not None:
             latency.observe(max(0.0, now - entry.enqueued_at))
         if entry.received_at is not None:  # a reply to an update (not a CRM's own message)
-            self.observe.end_to_end.observe(max(0.0, now - entry.received_at))
+            obs.end_to_end.observe(max(0.0, now - entry.received_at))
         tally.attempts = max(tally.attempts, 1)
         return self._ack(tally, True)
 
@@ -268,9 +298,10 @@ class Sender:
             queue_latency_ms=max(0.0, (tally.started - entry.enqueued_at) * 1000),
             send_latency_ms=(now - tally.started) * 1000,
             error_code=error_code,
-            description=redact(description, (self._token,)),
+            description=redact(description, (tally.token,)),
             update_id=entry.update_id,
             sender=self.name,
             reason=reason,  # the receipt's status and code (gateway.core.receipts)
             status_url=entry.status_url,
+            bot_id=entry.bot_id,
         )

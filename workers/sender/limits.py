@@ -67,6 +67,10 @@ is away spends its loop on reconnects, so its sends leave with more jitter than 
 limits' own ``margin`` absorbs (a real run: two sends to one chat granted 1.02 s apart
 reached Telegram under 1 s apart, and got a 429). Degraded mode is rare; it gives up a
 tenth of its rate rather than risk Telegram's 429."""
+PAUSE_SEEN = 1.0
+"""Seconds of a global wait past which it is the bot's 429 pause (no budget's wait is
+longer than one interval): ``RateLimiter.acquire`` answers ``PAUSED`` instead of waiting."""
+PAUSED = "paused"  # acquire's answer then: nothing granted, the caller waits it out
 LOCAL_CHATS_MAX = 4096  # local per-chat schedules kept before the expired ones are dropped
 
 
@@ -112,6 +116,18 @@ class LocalBudget:
         if len(self.flood_chat_until) > LOCAL_CHATS_MAX:
             now = time.monotonic()
             self.flood_chat_until = {c: u for c, u in self.flood_chat_until.items() if u > now}
+
+    def note_pause(self, wait_g: float) -> None:
+        """A global wait from Redis (seconds): of ``PAUSE_SEEN`` or more it is the bot's
+        429 pause, set by another sender: kept here too, for this sender's lanes."""
+        if wait_g >= PAUSE_SEEN:
+            until = time.monotonic() + wait_g
+            self.flood_global_until = max(self.flood_global_until, until)
+
+    def pause_left(self) -> float:
+        """Seconds left of the bot's 429 pause when ``PAUSE_SEEN`` or more, else 0."""
+        left = self.flood_global_until - time.monotonic()
+        return left if left >= PAUSE_SEEN else 0.0
 
     def take(self, chat_id: int | str, share_us: int) -> tuple[float, float]:
         """The script's arithmetic in process, at ``share_us`` for the bot (seconds to

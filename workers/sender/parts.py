@@ -97,9 +97,11 @@ class Part:
         dead: answers.Dead | None = None,
         already: bytes | None = None,
         retry: float | None = None,
+        release: bool = False,
     ) -> PartOutcome:
+        state = self if retry else None
         return PartOutcome(
-            self.attempts, self.chat_id, message_id, dead, already, retry, self if retry else None
+            self.attempts, self.chat_id, message_id, dead, already, retry, state, release
         )
 
 
@@ -114,6 +116,7 @@ class PartOutcome:
     already: bytes | None = None  # the part's sent marker, found at the last check
     retry: float | None = None  # 5xx/network: try again after this many seconds
     state: Part | None = None  # with ``retry``: the part as it stands, for that next try
+    release: bool = False  # with ``retry``: the bot's own 429 pause (``Retry.release``)
 
 
 @dataclass(frozen=True, slots=True)

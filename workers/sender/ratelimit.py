@@ -41,33 +41,30 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from gateway.core.contracts import COUNTER_MINUTE_TTL, Keys
+from gateway.core.contracts import Keys
 from gateway.runtime.redis_errors import as_connection_error, is_transient
 from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
-from workers.sender.limits import LATE_CREDIT_US, Limits, LocalBudget, now_us, share_interval_us
-from workers.sender.standby import slow_standby, standby_index
+from workers.sender.limits import (
+    LATE_CREDIT_US,
+    PAUSED,
+    Limits,
+    LocalBudget,
+    now_us,
+    share_interval_us,
+)
+from workers.sender.observe import count_flood
+from workers.sender.standby import (
+    CONFIRM_AFTER,
+    LIMITER_TIMEOUT,
+    PROBE_EVERY,
+    RECOVER_GRACE_MS,
+    STANDBY_RETRY,
+    slow_standby,
+    standby_index,
+)
 
 log = logging.getLogger(__name__)
-
-LIMITER_TIMEOUT = 1.0
-"""Seconds a limiter call may take; past it (or on a transient error) the sender turns to
-the standby set or counts in process instead of waiting for the limiter's node. Only the call that
-finds the node away (one per probe) waits this long; the others count in process."""
-PROBE_EVERY = 0.75
-"""Seconds between tries of the own set while on the standby or degraded."""
-CONFIRM_AFTER = 0.25
-"""Seconds after a first failure before Redis is asked again; only if that fails too does
-the sender turn to the standby or count in process (until then its sends wait): a blip
-seen by this sender alone, while the others still take the full rate from Redis, adds
-nothing."""
-STANDBY_RETRY = 3.0
-"""Seconds in process before a standby that failed twice is tried again."""
-RECOVER_GRACE_MS = 5000
-"""How long the shared limiter stays at one share after a sender came back: longer than
-any other degraded sender needs to probe Redis and come back too (``PROBE_EVERY`` plus a
-``LIMITER_TIMEOUT``), and than the cluster clients' reconnects after a node's restart,
-during which a sender may fail once more and count in process again."""
 
 
 class RateLimiter:
@@ -94,7 +91,7 @@ class RateLimiter:
         self._redis = redis
         self._keys = keys
         self._bot_id = bot_id
-        self._limits = limits
+        self.limits = limits
         self._global_queue = asyncio.Lock()
         self._recent_floods: deque[tuple[float, int | str]] = deque(maxlen=16)
         self.senders = senders
@@ -111,6 +108,12 @@ class RateLimiter:
         self._answered_at = 0.0  # monotonic: when a call last started that Redis answered
         self._owe_recover = False  # back from degraded mode, no shared grant taken yet
         self.local = LocalBudget(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (the registry changed the bot's own): the next grant uses them."""
+        if limits != self.limits:
+            self.limits = limits
+            self.local.limits = limits
 
     @property
     def degraded_grants(self) -> int:
@@ -164,6 +167,7 @@ class RateLimiter:
             self._owe_recover = False
             if wait_g == 0 and wait_c == 0:
                 self.local.mirror(chat_id, started_us)
+        self.local.note_pause(wait_g)  # a 429 pause of the bot another sender met
         return wait_g, wait_c
 
     async def _from_standby(
@@ -206,7 +210,7 @@ class RateLimiter:
         keys = [k.flood_wait(bot, None, set_), k.flood_wait(bot, chat_id, set_)]
         args: list[int] = []
         if counts:
-            global_us, chat_us = self._limits.intervals_us(chat_id)
+            global_us, chat_us = self.limits.intervals_us(chat_id)
             keys += [
                 k.rate_global(bot, set_),
                 k.rate_chat(bot, chat_id, set_),
@@ -227,7 +231,7 @@ class RateLimiter:
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
 
     def _share_us(self) -> int:
-        lim = self._limits
+        lim = self.limits
         return share_interval_us(lim.global_per_second, self.live_senders(), lim.margin)
 
     def _failed(self, exc: BaseException, started: float) -> None:
@@ -282,7 +286,7 @@ class RateLimiter:
             "this sender's share of %g/s among %d sender(s); probing every %.2fs",
             type(exc).__name__,
             1_000_000 / share,
-            self._limits.global_per_second,
+            self.limits.global_per_second,
             self.live_senders(),
             PROBE_EVERY,
         )
@@ -325,12 +329,16 @@ class RateLimiter:
 
     async def acquire(self, chat_id: int | str, *, counts: bool = True) -> str:
         """Return once one send to ``chat_id`` may go (its budget is taken): the limit that
-        made it wait first (``none``, ``global``, ``chat`` or ``group``, for the metrics)."""
+        made it wait first (``none``, ``global``, ``chat`` or ``group``, for the metrics);
+        or at once ``PAUSED`` (nothing taken) while the bot as a whole waits out a 429
+        (``LocalBudget.pause_left``): the caller waits it out where it holds up no other bot."""
         scope = "none"
         while True:
             wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
             if wait_g == 0 and wait_c == 0:
                 return scope
+            if wait_g > wait_c and self.local.pause_left():
+                return PAUSED
             if wait_c >= wait_g:
                 if scope == "none":
                     scope = "group" if isinstance(chat_id, str) or chat_id < 0 else "chat"
@@ -348,18 +356,9 @@ class RateLimiter:
                     wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
                     if wait_g == 0 and wait_c == 0:
                         return scope
-                    if wait_c >= wait_g:
-                        break
+                    if wait_c >= wait_g or self.local.pause_left():
+                        break  # the chat's own wait, or the bot's 429 pause (see above)
                     due = time.monotonic() + wait_g
-
-    async def _count_flood(self) -> None:
-        """The total and this minute's bucket (``/stats`` sums the last hour's)."""
-        bucket = self._keys.counter_minute("flood_waits", int(time.time()) // 60)
-        pipe = self._redis.pipeline(transaction=False)  # two slots on a cluster
-        pipe.incr(self._keys.counter("flood_waits"))
-        pipe.incr(bucket)
-        pipe.expire(bucket, COUNTER_MINUTE_TTL)
-        await pipe.execute()
 
     async def flood(self, chat_id: int | str, retry_after: float) -> bool:
         """Record Telegram's 429 so every replica waits; True if it looked global.
@@ -392,7 +391,7 @@ class RateLimiter:
             return scope is None
         try:  # a counter for ops, on whichever node holds it: never worth a failure
             async with asyncio.timeout(LIMITER_TIMEOUT):
-                await self._count_flood()
+                await count_flood(self._redis, self._keys)
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise

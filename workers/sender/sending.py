@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from aiogram import Bot
 from pydantic import ValidationError
 
 from gateway.core.backoff import backoff
@@ -21,11 +20,11 @@ from gateway.core.logs import redact
 from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
-from gateway.telegram.direct import DirectApi
+from workers.sender.bots import BotClient, SenderBot, SenderBots
+from workers.sender.limits import PAUSED
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
 from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
-from workers.sender.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +46,29 @@ class PartSender:
         self,
         redis: aioredis.Redis,
         keys: Keys,
-        bot: Bot,
-        limiter: RateLimiter,
+        bots: SenderBots,
         marks: Marks,
         *,
         max_attempts: int,
         backoff_max: float,
         default_ttl: float,
-        token: str,
         observe: SenderMetrics | None = None,
     ) -> None:
         self.redis = redis
         self.observe = observe or SenderMetrics.off()
         self.keys = keys
-        self.bot = bot
-        self.api = DirectApi(bot)
-        self.limiter = limiter
+        self.bots = bots
         self.marks = marks
         self.max_attempts = max_attempts  # 0: retry 5xx/network errors until the deadline
         self.backoff_max = backoff_max
         self.default_ttl = default_ttl  # the retry deadline of an entry that has none
-        self._token = token
         self.flood_waits = 0
         self.fenced = 0  # sends not made because the lease was gone at the last moment
 
     async def send(
         self,
         entry: OutboundEntry,
+        bot: SenderBot,
         method: str,
         payload: dict[str, Any],
         chat_id: int | str,
@@ -81,13 +76,14 @@ class PartSender:
         fence: Fence,
         part: Part | None = None,
     ) -> PartOutcome:
-        """Send one part (``part``: its state from an earlier try of the entry); each failed
-        call is decided by the answers table and applied by ``_answered``: a 429 waits for
-        the budget and a resend goes at once, here; a 5xx or network error comes back as
-        ``retry`` (the delay), for the lane to try the entry again then. Raises
-        ``LeaseLost`` (not sent: left to the partition's owner)."""
+        """Send one part of ``bot``'s (``part``: its state from an earlier try of the
+        entry); each failed call is decided by the answers table and applied by
+        ``_answered``: a 429 waits for the bot's budget and a resend goes at once, here; a
+        5xx or network error comes back as ``retry`` (the delay), for the lane to try the
+        entry again then. Raises ``LeaseLost`` (not sent: left to the partition's owner)."""
         if part is None:
             part = Part(chat_id, payload, counts=method in COUNTED)
+        obs = self.observe.for_bot(entry.bot_id)
         while True:
             remaining = None if entry.deadline is None else entry.deadline - time.time()
             if part.counts and remaining is not None and remaining <= 0:
@@ -95,8 +91,11 @@ class PartSender:
             try:
                 waited = time.perf_counter()
                 async with asyncio.timeout(remaining if part.counts else None):
-                    scope = await self.limiter.acquire(part.chat_id, counts=part.counts)
-                self.observe.limiter_wait[scope].observe(time.perf_counter() - waited)
+                    scope = await bot.limiter.acquire(part.chat_id, counts=part.counts)
+                if scope == PAUSED:  # the bot's 429 pause: waited out with its lane released
+                    pause = max(bot.limiter.local.pause_left(), 0.05)
+                    return part.outcome(retry=pause, release=True)
+                obs.limiter_wait[scope].observe(time.perf_counter() - waited)
             except TimeoutError:
                 why = "deadline passed waiting for budget"
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, why))
@@ -109,8 +108,10 @@ class PartSender:
                 METHODS[method](**params)  # aiogram's model checks them; they go as sent
             except (ValidationError, TypeError) as exc:
                 part.attempts += 1
-                why = redact(str(exc)[:300])
+                why = redact(str(exc)[:300], (bot.token,))
                 return part.outcome(dead=answers.Dead(Reason.UNSUPPORTED, None, why))
+            if bot.unauthorized:  # another lane's call got the 401: no call with this token
+                return part.outcome(dead=unauthorized(bot))
             try:
                 trust_left, already = await self._gate(marker, fence)
             except LeaseLost:
@@ -124,19 +125,20 @@ class PartSender:
             if already is not None:
                 return part.outcome(already=already)
             part.attempts += 1
+            client = bot.client  # the current token's (a rotation: the new one)
             try:
-                result = await self._call(method, params, trust_left, marker)
+                result = await self._call(bot, client, method, params, trust_left, marker)
             except Exception as exc:
                 decision = answers.classify(exc)
                 if decision is None:
                     raise  # not a Bot API answer (a bug, Redis): the consumer's business
                 if isinstance(decision, answers.Done):  # a redone edit or delete
                     return part.outcome()
-                self.observe.error(method, exc)
-                after = await self._answered(entry, part, decision, exc, fence)
+                obs.error(method, exc)
+                after = await self._answered(entry, bot, client, part, decision, exc, fence)
                 if isinstance(after, answers.Dead):
                     return part.outcome(dead=after)
-                self.observe.send(method, "retried")
+                obs.send(method, "retried")
                 if after is not None:
                     return part.outcome(retry=after)
                 continue
@@ -165,16 +167,21 @@ class PartSender:
         return left, None
 
     async def _call(
-        self, method: str, params: dict[str, Any], trust_left: float | None, marker: str
+        self,
+        bot: SenderBot,
+        client: BotClient,
+        method: str,
+        params: dict[str, Any],
+        trust_left: float | None,
+        marker: str,
     ) -> Any:
         """The request to Telegram. A cancel that arrives while it is in flight (the end
         of a shutdown's grace) waits for its answer, at most ``CUT_WAIT`` seconds, and a
         success gets its sent marker before the cancel goes on: Telegram may already have
         delivered it, and without the marker the partition's next owner (or this
         process's next run) would send it again."""
-        request = asyncio.ensure_future(
-            self.api.call(method, params, self._request_timeout(trust_left))
-        )
+        timeout = self._request_timeout(client, trust_left)
+        request = asyncio.ensure_future(bot.call(client, method, params, timeout))
         try:
             return await asyncio.shield(request)
         except asyncio.CancelledError:
@@ -186,18 +193,22 @@ class PartSender:
             request.cancel()
             raise
 
-    def _request_timeout(self, trust_left: float | None) -> aiohttp.ClientTimeout | None:
+    def _request_timeout(
+        self, client: BotClient, trust_left: float | None
+    ) -> aiohttp.ClientTimeout | None:
         """The call's timeouts: the usual total, and at most ``trust_left`` to get a
         connection (from the pool or a new one), after which the request is written at
         once; a request that could only start after the trust ended is never written."""
         if trust_left is None:
             return None
-        total = self.api.timeout
+        total = client.api.timeout
         return aiohttp.ClientTimeout(total=total, connect=min(total, trust_left))
 
     async def _answered(
         self,
         entry: OutboundEntry,
+        bot: SenderBot,
+        client: BotClient,
         part: Part,
         decision: answers.Decision,
         exc: Exception,
@@ -205,20 +216,36 @@ class PartSender:
     ) -> answers.Dead | float | None:
         """Apply the table's decision on a failed call: the part's dead letter, the delay
         before the entry's next try (a backoff), or None once it may be sent again (after
-        a wait, a resend's change); raises
-        ``TelegramFatal`` (401) or ``LeaseLost``. A 403's blocked-chat mark is not written
-        here: it is a ``Marker`` of the entry's outcome (``Sender``)."""
+        a wait, a resend's change); raises ``LeaseLost``, or ``TelegramFatal`` for a 401
+        of the deployment's only bot, ``TELEGRAM_BOT_TOKEN``'s (any other bot's 401 marks
+        its token: its entries are dead letters ``bot_unauthorized`` without a call until
+        it has a new one). A 403's blocked-chat mark is not written here: it is a
+        ``Marker`` of the entry's outcome (``Sender``)."""
         if isinstance(decision, answers.Fatal):
-            raise answers.fatal(decision, exc) from None
+            if self.bots.stops_role(bot):
+                raise answers.fatal(decision, exc) from None
+            if not client.unauthorized:
+                client.unauthorized = True
+                log.error(
+                    "bot %s (%d): Telegram answered 401 Unauthorized: its token is wrong or "
+                    "revoked. Its entries are dead-lettered bot_unauthorized, with no call, "
+                    "until it has a new one (tg-gateway bots rotate-token %s); then "
+                    "tg-gateway dlq requeue --reason bot_unauthorized. Other bots go on.",
+                    bot.name,
+                    bot.bot_id,
+                    bot.name,
+                )
+            return unauthorized(bot)
         if isinstance(decision, answers.Dead):
             return decision
         if isinstance(decision, answers.Wait):  # spends no attempt of the budget
             self.flood_waits += 1
-            is_global = await self.limiter.flood(part.chat_id, decision.seconds)
+            is_global = await bot.limiter.flood(part.chat_id, decision.seconds)
             scope = "global" if is_global else chat_scope(part.chat_id)
-            self.observe.flood_seconds[scope].inc(decision.seconds)
+            self.observe.for_bot(entry.bot_id).flood_seconds[scope].inc(decision.seconds)
             log.warning(
-                "429 for chat %s: %s waits %ss",
+                "429 for bot %s, chat %s: %s waits %ss",
+                bot.name,
                 part.chat_id,
                 "the whole bot" if is_global else "this chat",
                 decision.seconds,
@@ -245,7 +272,7 @@ class PartSender:
         # Retry: 5xx/network errors are retried until the entry's deadline (its lane
         # waits, so the chat's later replies stay behind it); best-effort calls give up
         # sooner.
-        detail = redact(f"{type(exc).__name__}: {exc}", (self._token,))[:300]
+        detail = redact(f"{type(exc).__name__}: {exc}", (client.token,))[:300]
         part.failures += 1
         if self.max_attempts and part.failures >= self.max_attempts:
             return answers.Dead(Reason.RETRIES_EXHAUSTED, None, detail)
@@ -262,6 +289,12 @@ class PartSender:
             raise LeaseLost from None  # the partition moves, or its trust lapsed
         log.warning("send to %s failed (%s); retry in %.1fs", part.chat_id, detail, delay)
         return delay
+
+
+def unauthorized(bot: SenderBot) -> answers.Dead:
+    """The dead letter of an entry of a bot whose token Telegram refused (401)."""
+    why = f"Unauthorized: the token of bot {bot.name} is wrong or revoked (bots rotate-token)"
+    return answers.Dead(Reason.BOT_UNAUTHORIZED, 401, why)
 
 
 def message_id(result: Any) -> int | None:

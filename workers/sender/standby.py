@@ -1,5 +1,6 @@
-"""Which standby set of the limiter's keys a sender uses while its own set's node is away
-(``workers.sender.ratelimit``, module docstring)."""
+"""Which standby set of the limiter's keys a sender uses while its own set's node is away,
+and how long it waits, probes and confirms meanwhile (``workers.sender.ratelimit``, module
+docstring)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ from gateway.core.contracts import Keys
 from gateway.runtime.scripts import GCRA
 from gateway.runtime.streams import is_cluster
 
+LIMITER_TIMEOUT = 1.0
+"""Seconds a limiter call may take; past it (or on a transient error) the sender turns to
+the standby set or counts in process instead of waiting for the limiter's node. Only the call that
+finds the node away (one per probe) waits this long; the others count in process."""
+PROBE_EVERY = 0.75
+"""Seconds between tries of the own set while on the standby or degraded."""
+CONFIRM_AFTER = 0.25
+"""Seconds after a first failure before Redis is asked again; only if that fails too does
+the sender turn to the standby or count in process (until then its sends wait): a blip
+seen by this sender alone, while the others still take the full rate from Redis, adds
+nothing."""
+STANDBY_RETRY = 3.0
+"""Seconds in process before a standby that failed twice is tried again."""
+RECOVER_GRACE_MS = 5000
+"""How long the shared limiter stays at one share after a sender came back: longer than
+any other degraded sender needs to probe Redis and come back too (``PROBE_EVERY`` plus a
+``LIMITER_TIMEOUT``), and than the cluster clients' reconnects after a node's restart,
+during which a sender may fail once more and count in process again."""
 STANDBY_CANDIDATES = 64  # standby sets tried for one on another node (3 nodes: 1-2 tries)
 
 

@@ -34,6 +34,15 @@ class CircuitBreaker:
             return "closed"
         return "half-open" if self._clock() - self._opened_at >= self.cooldown else "open"
 
+    @property
+    def probing(self) -> bool:
+        """A half-open probe is out (right after ``wait_time`` gave 0: the caller's)."""
+        return self._probing
+
+    def abandon(self) -> None:
+        """The probe ended with no answer either way (cancelled): let another probe."""
+        self._probing = False
+
     def wait_time(self) -> float:
         """Seconds until a call may go (0 = now). Takes the probe slot when half-open."""
         if self._opened_at is None:

@@ -1,5 +1,6 @@
 """Bot commands the gateway answers itself (aiogram Router): /start, /help, /status, and
-for ``ADMIN_USER_IDS`` /stats and /admin (``workers/worker/admin.py``).
+for ``ADMIN_USER_IDS`` /stats and /admin (``workers/worker/admin.py``). A bot of the
+registry may bring its own /help text, /start greeting and admins (issue 15).
 
 A ``/start <payload>`` deep link is greeted here too, and then goes on like any message
 (the user's routers, then the pipeline, with ``metadata.start_param``): a CRM learns the
@@ -32,6 +33,18 @@ HELP_TEXT = (
 )
 
 
+GREETING = (
+    "Hello, {name}! I am the support bot. Write your question and our team will answer "
+    "here. /help lists what I can do."
+)
+
+
+def greeting_text(template: str | None, name: str) -> str:
+    """/start's greeting: the bot's own (``greeting``; ``{name}`` in it becomes the
+    user's first name) or ``GREETING``. Only ``{name}`` is replaced: other braces stay."""
+    return (template or GREETING).replace("{name}", name)
+
+
 def commands_router() -> Router:
     router = Router(name="tg-gateway-commands")
 
@@ -39,10 +52,7 @@ def commands_router() -> Router:
     async def start(message: Message, gw: WorkerContext, command: CommandObject) -> None:
         gw.command = "start"
         name = message.from_user.first_name if message.from_user else "there"
-        greeting = (
-            f"Hello, {name}! I am the support bot. Write your question and our team will "
-            "answer here. /help lists what I can do."
-        )
+        greeting = greeting_text(gw.bot.spec.greeting, name)
         payload = start_param(command.args)
         if payload is None:
             await gw.reply(greeting, reply_to=message.message_id)
@@ -57,7 +67,7 @@ def commands_router() -> Router:
     @router.message(Command("help"))
     async def help_(message: Message, gw: WorkerContext) -> None:
         gw.command = "help"
-        await gw.reply(HELP_TEXT, reply_to=message.message_id)
+        await gw.reply(gw.bot.spec.help_text or HELP_TEXT, reply_to=message.message_id)
 
     @router.message(Command("status"))
     async def status(message: Message, gw: WorkerContext) -> None:

@@ -23,6 +23,7 @@ from gateway.runtime.batching import Coalescer
 from gateway.runtime.consumer import Fence
 from gateway.runtime.pause import PauseFlag
 from gateway.runtime.routing import outbound_stream
+from workers.worker.bots import WorkerBot
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.files import FileLinks
 from workers.worker.observe import WorkerMetrics
@@ -34,11 +35,10 @@ class WorkerOptions:
     """What a worker's handlers read from the settings; built once, by
     ``gateway.app.configs.worker_options``."""
 
-    bot_id: int
-    admin_ids: frozenset[int] = frozenset()
+    admin_ids: frozenset[int] = frozenset()  # a bot's own admin_ids replace them
     outbound_ttl: float = 3600.0
     gateway_public_url: str = "http://127.0.0.1:8080"
-    delivery_secret: bytes | None = None  # None: no callback URL is offered
+    delivery_secret: bytes | None = None  # None: no callback URL (a bot's own replaces it)
     token_ttl: int = 7 * 86_400
     retry_seconds: float = 120.0
     apology_text: str = "Sorry, we could not process your message. Please try again later."
@@ -56,7 +56,9 @@ class WorkerOptions:
 @dataclass
 class WorkerServices:
     """A worker process's runtime: its resources (built once in its lifespan), its
-    options, and what it counts while it runs."""
+    options, and what it counts while it runs. ``pipeline`` and ``breaker`` are the
+    process's (``PIPELINE_URL``'s or the embedded one); each bot's are its
+    ``WorkerBot``'s (``workers/worker/bots.py``)."""
 
     redis: aioredis.Redis
     keys: Keys
@@ -70,8 +72,8 @@ class WorkerServices:
     """Typing indicators of the updates waiting for the pipeline, by idempotency key: one
     runs across an update's retries (``Retry`` outcomes) until its reply is stored or
     its cap (``workers/worker/typing_indicator.py``)."""
-    typing_chats: dict[int, str] = field(default_factory=dict)
-    """chat id -> the idempotency key of its typing indicator: one per chat."""
+    typing_chats: dict[tuple[int, int], str] = field(default_factory=dict)
+    """(bot id, chat id) -> the idempotency key of its typing indicator: one per chat."""
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics.off)
     pause: PauseFlag = field(init=False)
     """The operator's pipeline pause, as this process sees it (``gateway/runtime/pause.py``)."""
@@ -99,6 +101,7 @@ class WorkerContext:
     """
 
     services: WorkerServices
+    bot: WorkerBot  # the entry's bot: its pipeline, keys, admins and texts
     entry: UpdateEntry
     chat_id: int
     fence: Fence  # the partition's lease check: ``forward`` asks it before each POST
@@ -112,7 +115,9 @@ class WorkerContext:
     business_connection_id: str | None = None  # a business chat's: every reply goes through it
 
     def is_admin(self, user_id: int) -> bool:
-        return user_id in self.services.options.admin_ids
+        """Is ``user_id`` an operator of this update's bot (its admin_ids, else
+        ``ADMIN_USER_IDS``)?"""
+        return user_id in self.bot.admin_ids
 
     async def reply(
         self,
@@ -155,7 +160,7 @@ class WorkerContext:
             payload = {**payload, "business_connection_id": self.business_connection_id}
         return OutboundEntry(
             reply_id=f"u{self.entry.update_id}-{key}",
-            bot_id=self.services.options.bot_id,
+            bot_id=self.bot.bot_id,
             chat_id=self.chat_id,
             method=method,
             payload=payload,
@@ -195,10 +200,11 @@ class WorkerContext:
             redis_ok = True
         except (RedisError, OSError):
             redis_ok = False
-        pipeline_ok = await s.pipeline.healthy()
+        pipeline = self.bot.pipeline
+        pipeline_ok = await pipeline.healthy()
         lines = [
             f"Gateway: {'ok' if redis_ok else 'DEGRADED (storage unreachable)'}",
-            f"Pipeline ({s.pipeline.name}): {'ok' if pipeline_ok else 'UNREACHABLE'}",
+            f"Pipeline ({pipeline.name}): {'ok' if pipeline_ok else 'UNREACHABLE'}",
         ]
         if detailed and redis_ok:
             lines.append(f"Uptime: {int(time.time() - s.started_at)} s")

@@ -7,18 +7,16 @@ import logging
 import time
 from typing import Any
 
-from aiogram import Bot, Dispatcher, Router
+from aiogram import Dispatcher, Router
 from aiogram.dispatcher.event.bases import UNHANDLED
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 from pydantic import ValidationError
 
-from gateway.core.backoff import backoff
 from gateway.core.contracts import EnvelopeError, Reason, UpdateEntry
+from gateway.core.drafts import Draft
 from gateway.core.errors import (
-    PipelineRejected,
-    PipelineUnavailable,
     ReplyShapeError,
 )
 from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
@@ -30,7 +28,6 @@ from gateway.runtime.consumer import (
     Dead,
     Fence,
     Item,
-    LeaseLost,
     Marker,
     Outcome,
     Publish,
@@ -38,11 +35,13 @@ from gateway.runtime.consumer import (
 )
 from gateway.runtime.pause import PAUSE_POLL
 from gateway.runtime.routing import partitions_of
-from workers.worker.adapter import PipelineMessage, UnusableUpdate, business_chat
+from workers.worker.adapter import UnusableUpdate, business_chat
+from workers.worker.bots import WorkerBots
 from workers.worker.commands import commands_router
 from workers.worker.context import WorkerContext, WorkerServices
 from workers.worker.events import pipeline_message
 from workers.worker.files import with_files
+from workers.worker.submit import bad_reply, submit
 from workers.worker.triage import blocking_command, plain_message
 from workers.worker.typing_indicator import start_typing, stop_typing
 
@@ -106,11 +105,11 @@ def build_dispatcher(user_routers: list[Router], storage: BaseStorage | None = N
 async def forward(gw: WorkerContext) -> Outcome:
     """Hand the update to the pipeline; while it is away, ``Retry`` (the lane tries again
     after the backoff) until ``PIPELINE_RETRY_SECONDS`` since the first try."""
-    s = gw.services
+    s, bot_id = gw.services, gw.bot.bot_id
     try:
         message = pipeline_message(
             gw.entry.update,
-            s.options.bot_id,
+            bot_id,
             deep_link=gw.start_param,
             contact_status=s.options.contact_status,
         )
@@ -119,10 +118,10 @@ async def forward(gw: WorkerContext) -> Outcome:
     if message is None:
         s.count("unhandled")
         return Ack()
-    message = with_files(message, gw.entry.update, s.options.files, s.options.bot_id, time.time())
+    message = with_files(message, gw.entry.update, s.options.files, bot_id, time.time())
     bcid = message.business_connection_id
     route = Route(
-        bot_id=s.options.bot_id,
+        bot_id=bot_id,
         chat_id=message.chat_id,
         reply_to=message.reply_to,
         update_id=gw.entry.update_id,
@@ -131,10 +130,10 @@ async def forward(gw: WorkerContext) -> Outcome:
         business_connection_id=bcid,
     )
     callback_url = None
-    if s.options.delivery_secret is not None:
+    if gw.bot.delivery_secret is not None:  # the bot's own, else DELIVERY_SECRET
         token = sign_route(
-            s.options.delivery_secret,
-            bot_id=s.options.bot_id,
+            gw.bot.delivery_secret,
+            bot_id=bot_id,
             chat_id=message.chat_id,
             reply_to=message.reply_to,
             update_id=gw.entry.update_id,
@@ -152,13 +151,13 @@ async def forward(gw: WorkerContext) -> Outcome:
         # order kept); the retry budget starts again once the pause ends.
         s.count("paused")
         return Retry(PAUSE_POLL, "pipeline paused by an operator", memo=PAUSED)
-    key = idempotency_key(s.options.bot_id, gw.entry.update_id)
+    key = idempotency_key(bot_id, gw.entry.update_id)
     # One typing indicator across the retries, until the reply is stored (or its cap);
     # none for an event or a deep link (``quiet``).
     if not message.quiet:
         start_typing(gw, key)
     try:
-        outcome, body = await _submit(gw, message, callback_url, key)
+        outcome, body = await submit(gw, message, callback_url, key)
     except BaseException:
         stop_typing(s, key)
         raise
@@ -174,72 +173,10 @@ async def forward(gw: WorkerContext) -> Outcome:
             replied = _deliver_body(gw, route, body)
         except ReplyShapeError as exc:
             stop_typing(s, key)
-            return await _bad_reply(gw, message, exc)
+            return await bad_reply(gw, message, exc)
         if replied:  # the reply goes out with this update's finish
             stop_typing(s, key)
     return Ack()  # no reply yet: the indicator goes on until the callback brings it
-
-
-async def _submit(
-    gw: WorkerContext, message: PipelineMessage, callback_url: str | None, key: str
-) -> tuple[Outcome | None, dict[str, Any] | None]:
-    """One POST to the pipeline: (None, its answer) once it took the update, ``Retry``
-    while it is away and the retry time lasts, else the dead letter. The retries are the
-    lane's (``Retry``): the chat waits, other chats go on."""
-    s = gw.services
-    await s.breaker.ready()
-    if not gw.fence.valid():
-        raise LeaseLost  # another worker owns this chat's partition now
-    try:
-        body = await s.metrics.submit(s.pipeline, message, callback_url, key)
-    except PipelineRejected as exc:
-        s.breaker.success()  # it answered: up, even if it refused this one
-        s.count("pipeline_rejected")
-        await _apologise(gw, message)
-        return Dead(Reason.PIPELINE_REJECTED, str(exc)), None
-    except ReplyShapeError as exc:  # it answered, with a body that cannot be used
-        s.breaker.success()
-        return await _bad_reply(gw, message, exc), None
-    except PipelineUnavailable as exc:
-        s.breaker.failure()
-        elapsed = time.monotonic() - (gw.since or time.monotonic())
-        delay = backoff(gw.retries, base=0.5, cap=15.0)
-        attempts = gw.retries + 1
-        if elapsed + delay > s.options.retry_seconds:
-            s.count("pipeline_unavailable")
-            await _apologise(gw, message)
-            why = f"{exc} (gave up after {attempts} attempts, {elapsed:.0f}s)"
-            return Dead(Reason.PIPELINE_UNAVAILABLE, why), None
-        log.warning(
-            "pipeline unavailable for update %s: %s; retry in %.1fs",
-            gw.entry.update_id,
-            exc,
-            delay,
-            extra={"update_id": gw.entry.update_id},
-        )
-        if s.options.delay_notice and elapsed >= s.options.delay_notice_after and not message.quiet:
-            await _notify_delay(gw, message)
-        # memo: when the retry budget started (a pause before it does not count)
-        start = gw.since or time.monotonic()
-        return Retry(delay, f"pipeline unavailable: {exc}", memo=start), None
-    s.breaker.success()
-    return None, body
-
-
-async def _bad_reply(gw: WorkerContext, message: PipelineMessage, exc: ReplyShapeError) -> Dead:
-    """A synchronous reply that cannot be sent: dead-lettered at once (asking again would
-    get the same body), and the user gets the apology instead of silence."""
-    gw.services.count("pipeline_bad_reply")
-    await _apologise(gw, message)
-    return Dead(Reason.PIPELINE_BAD_REPLY, f"unusable reply body: {exc}")
-
-
-async def _notify_delay(gw: WorkerContext, message: PipelineMessage) -> None:
-    """At most one "we are delayed" note per chat per outage (shared across workers)."""
-    s = gw.services
-    marker = s.keys.delay_notice(s.options.bot_id, message.chat_id)
-    if await s.redis.set(marker, "1", nx=True, ex=int(s.options.delay_notice_window)):
-        await gw.reply(s.options.delay_notice, origin="gateway", key="delayed", now=True)
 
 
 def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> bool:
@@ -251,20 +188,13 @@ def _deliver_body(gw: WorkerContext, route: Route, body: dict[str, Any]) -> bool
         reply = parse_reply(body, gw.services.options.reply_fields)
     except NoReplyContent:
         return False  # e.g. {"status": "accepted"}: the reply comes on the callback
+    if isinstance(reply, Draft):  # text so far is for the callback: the final comes there
+        log.info("update %s: a draft in the pipeline's answer is not shown", route.update_id)
+        return False
     status_url = reply_status_url(body, gw.services.options.status_urls)  # ReplyShapeError
     entries = reply_entries(route, reply, origin="pipeline", ttl=gw.services.options.outbound_ttl)
     gw.outbox.extend(with_status_url(entries, status_url))
     return True
-
-
-async def _apologise(gw: WorkerContext, message: PipelineMessage) -> None:
-    """One short note to the user; the reply id makes a redelivery not send it again.
-    None for an event or a deep link: the user asked nothing."""
-    if message.quiet:
-        return
-    await gw.reply(
-        gw.services.options.apology_text, reply_to=message.reply_to, origin="gateway", key="apology"
-    )
 
 
 def budget_since(item: Item) -> float:
@@ -290,13 +220,20 @@ class UpdateHandler:
     With ``direct`` (no routers of the user's), a ``plain_message`` goes straight to
     ``forward``, which is where aiogram would route it: building and dispatching its
     ``Update`` model cost more than everything else the worker does (bench/workers.py).
+
+    Each entry is handled as its own bot (``UpdateEntry.bot_id``, ``bots``): an entry of
+    a bot the deployment does not serve is dead-lettered ``unknown_bot``.
     """
 
     def __init__(
-        self, services: WorkerServices, bot: Bot, dispatcher: Dispatcher, direct: bool = False
+        self,
+        services: WorkerServices,
+        bots: WorkerBots,
+        dispatcher: Dispatcher,
+        direct: bool = False,
     ) -> None:
         self.services = services
-        self.bot = bot
+        self.bots = bots
         self.dp = dispatcher
         self.direct = direct
         keys = services.keys
@@ -307,20 +244,24 @@ class UpdateHandler:
             entry = UpdateEntry.from_fields(item.fields)
         except EnvelopeError as exc:
             return Dead(Reason.INVALID_ENTRY, str(exc))
+        s = self.services
+        wb = await self.bots.get(entry.bot_id)
+        if wb is None:
+            s.count("unknown_bot")
+            return Dead(Reason.UNKNOWN_BOT, f"bot {entry.bot_id} is not served here")
         update: Update | None = None
         if not (self.direct and plain_message(entry.update)):
             try:
-                update = Update.model_validate(entry.update, context={"bot": self.bot})
+                update = Update.model_validate(entry.update, context={"bot": wb.bot})
             except ValidationError as exc:
                 errors = exc.error_count()
                 return Dead(Reason.INVALID_ENTRY, f"not a Telegram Update: {errors} errors")
-        s = self.services
         chat_id = entry.chat_id if entry.chat_id is not None else 0
         handed = s.keys.handed(
-            self._partition.get(item.stream, 0), idempotency_key(s.options.bot_id, entry.update_id)
+            self._partition.get(item.stream, 0), idempotency_key(wb.bot_id, entry.update_id)
         )
         commands: list[Command] = [("EXISTS", handed)]
-        blocking = blocking_command(s.keys, s.options.bot_id, entry.update, chat_id)
+        blocking = blocking_command(s.keys, wb.bot_id, entry.update, chat_id)
         if blocking is not None:
             commands.append(blocking)
         for reply in (replies := await s.calls.run(*commands)):
@@ -328,6 +269,7 @@ class UpdateHandler:
                 raise reply  # a RedisError: retried in place, not counted as a delivery
         gw = WorkerContext(
             services=s,
+            bot=wb,
             entry=entry,
             chat_id=chat_id,
             fence=fence,
@@ -339,7 +281,7 @@ class UpdateHandler:
         if update is None:
             result: Any = await forward(gw)
         else:
-            result = await self.dp.feed_update(self.bot, update, gw=gw)
+            result = await self.dp.feed_update(wb.bot, update, gw=gw)
         outbox = tuple(Publish(s.outbound_stream(e), e.to_fields()) for e in gw.outbox)
         if isinstance(result, Retry):
             return result  # the pipeline is away: the lane tries the update again later
@@ -347,7 +289,7 @@ class UpdateHandler:
             # e.g. the apology: it goes out in the finish that dead-letters the update
             return dataclasses.replace(result, effects=(*result.effects, *outbox))
         if result is UNHANDLED:
-            s.metrics.updates["no_reply"].inc()
+            s.metrics.for_bot(entry.bot_id).updates["no_reply"].inc()
             s.count("unhandled")
             log.info(
                 "update %s (%s) not handled; acknowledged",
@@ -356,9 +298,9 @@ class UpdateHandler:
                 extra={"update_id": entry.update_id},
             )
         elif not isinstance(result, Ack):
-            s.metrics.command(gw.command)
+            s.metrics.for_bot(entry.bot_id).command(gw.command)
             s.count("handled")
         else:
-            s.metrics.updates["replied" if outbox else "no_reply"].inc()
+            s.metrics.for_bot(entry.bot_id).updates["replied" if outbox else "no_reply"].inc()
         marker = (Marker(handed, s.options.handed_ttl),) if gw.handed else ()
         return Ack((*outbox, *marker))

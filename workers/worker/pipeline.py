@@ -8,6 +8,7 @@ reply body that does not decode, e.g. nested past the decoder's depth limit).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -56,17 +57,17 @@ class HttpPipeline:
         self.base_url = base_url.rstrip("/")
         self._keys = signing_keys if signing_keys is not None else SigningKeys()
         self._clock = clock
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = _Pool(aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0)))
+
+    def with_keys(self, signing_keys: SigningKeys) -> HttpPipeline:
+        """The same pipeline (URL, connection pool) signing with other keys: a bot's own
+        ``pipeline_secret`` (issue 15). Closing either closes the pool they share."""
+        other = copy.copy(self)
+        other._keys = signing_keys
+        return other
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created inside the running loop
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=256),
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            )
-        return self._session
+        return self._pool.session()
 
     async def submit(
         self, message: PipelineMessage, callback_url: str | None, idempotency_key: str
@@ -111,6 +112,26 @@ class HttpPipeline:
                 return resp.status < 500
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class _Pool:
+    """One pipeline URL's aiohttp session, created inside the running loop on first use."""
+
+    def __init__(self, timeout: aiohttp.ClientTimeout) -> None:
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=256),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+        return self._session
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -12,7 +12,7 @@ From the update's first POST, "typing…" is sent every ``TYPING_EVERY`` seconds
 - the update's lane stopping without an outcome (its partition moved): the handler stops
   it; the worker's shutdown stops every one (``stop_all``).
 
-A chat has at most one: a later update of the chat takes it over. Each indicator is an
+A chat (of one bot) has at most one: a later update of the chat takes it over. Each indicator is an
 outbound entry published at once (best effort: one Redis cannot take is skipped).
 """
 
@@ -38,18 +38,19 @@ def start_typing(gw: WorkerContext, key: str) -> None:
     pipeline is the embedded one, or the cap has passed since the update's first try."""
     s = gw.services
     cap = s.options.typing_seconds
-    if s.pipeline.name == "embedded" or cap <= 0 or key in s.typing:
+    if gw.bot.pipeline.name == "embedded" or cap <= 0 or key in s.typing:
         return
     end = (gw.since or time.monotonic()) + cap
     if time.monotonic() >= end:
         return
-    before = s.typing_chats.get(gw.chat_id)
+    chat = (gw.bot.bot_id, gw.chat_id)
+    before = s.typing_chats.get(chat)
     if before is not None:
         stop_typing(s, before)  # the chat's later update takes over
     task = asyncio.create_task(_keep_typing(gw, end), name=f"typing {key}")
     s.typing[key] = task
-    s.typing_chats[gw.chat_id] = key
-    task.add_done_callback(lambda t: _forget(s, key, gw.chat_id, t))
+    s.typing_chats[chat] = key
+    task.add_done_callback(lambda t: _forget(s, key, chat, t))
 
 
 def stop_typing(s: WorkerServices, key: str) -> None:
@@ -69,18 +70,18 @@ async def stop_all(s: WorkerServices) -> None:
             await task
 
 
-def _forget(s: WorkerServices, key: str, chat_id: int, task: asyncio.Task[None]) -> None:
+def _forget(s: WorkerServices, key: str, chat: tuple[int, int], task: asyncio.Task[None]) -> None:
     """An ended indicator leaves the registry (unless a newer one holds its place)."""
     if s.typing.get(key) is task:
         del s.typing[key]
-    if s.typing_chats.get(chat_id) == key and key not in s.typing:
-        del s.typing_chats[chat_id]
+    if s.typing_chats.get(chat) == key and key not in s.typing:
+        del s.typing_chats[chat]
 
 
 async def _keep_typing(gw: WorkerContext, end: float) -> None:
     s = gw.services
     sha = s.calls.script(TYPING.source)
-    replied = s.keys.replied(s.options.bot_id, gw.chat_id, gw.entry.update_id)
+    replied = s.keys.replied(gw.bot.bot_id, gw.chat_id, gw.entry.update_id)
     n = 0
     while (left := end - time.monotonic()) > 0:
         entry = gw.outbound(

@@ -134,6 +134,11 @@ class ResultFields(BaseModel):
     model_config = ConfigDict(extra="forbid", title="ResultEntry", json_schema_extra=tidy)
 
     schema_: SchemaVersion = Field(alias="schema", description=SCHEMA_DOC)
+    bot_id: str = Field(
+        pattern=OPT_INT,
+        description="The bot that sent it (the outbound entry's `bot_id`), or empty; absent "
+        "from results written before issue 15.",
+    )
     reply_id: str = Field(description="The outbound entry's `reply_id`.")
     chat_id: str = Field(description="The chat it went to.")
     method: OutboundMethod = Field(description="The outbound entry's method.")

@@ -7,12 +7,14 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.app.cli.argtypes import positive_int
 from gateway.app.cli.timeouts import REDIS_BULK_TIMEOUT, REDIS_COMMAND_TIMEOUT, bounded
 from gateway.core.errors import ConfigError
 from gateway.core.settings import IngressSettings, RedisSettings, TelegramSettings, load
+from gateway.runtime.bot_entries import SCAN_CAP
 
 if TYPE_CHECKING:
     from gateway.app.cli.argtypes import Subcommands
@@ -86,6 +88,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     """Dead letters: list, show, requeue, purge (filters: --stage, --reason, --older-than)."""
     import json
 
+    from gateway.app.cli.botref import resolve_bot
     from gateway.runtime import dlq
     from gateway.runtime.layout import check_layout
     from gateway.runtime.streams import connect_with
@@ -99,16 +102,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         older_than=getattr(args, "older_than", None),
         all=getattr(args, "all", False),
     )
-    if args.action in ("requeue", "purge") and sel.empty:
+    if args.action in ("requeue", "purge") and sel.empty and args.bot is None:
         raise ConfigError(
-            f"dlq {args.action}: select entries (ids, --stage, --reason, "
+            f"dlq {args.action}: select entries (ids, --stage, --reason, --bot, "
             "--older-than) or pass --all"
         )
 
     async def go() -> int:
         redis = connect_with(rs)
         try:
-            chosen = await bounded(dlq.select(redis, keys, sel))
+            bot = await bounded(resolve_bot(redis, keys, args.bot))
+            chosen = await bounded(
+                dlq.select(redis, keys, sel if bot is None else replace(sel, bot_id=bot.bot_id))
+            )
             if args.action == "list":
                 for e in chosen[-args.limit :]:
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at))
@@ -141,6 +147,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
     lease owners; dead letters by reason."""
     import json
 
+    from gateway.app.cli.botref import resolve_bot
     from gateway.runtime.status import render, stream_status
     from gateway.runtime.streams import connect_with
 
@@ -150,7 +157,9 @@ def cmd_streams(args: argparse.Namespace) -> int:
         redis = connect_with(rs)
         try:
             keys = rs.keys
-            return await stream_status(redis, keys, heartbeats=rs.partition_leases)
+            ref = await resolve_bot(redis, keys, args.bot)
+            bot = None if ref is None else (ref.bot_id, ref.name)
+            return await stream_status(redis, keys, heartbeats=rs.partition_leases, bot=bot)
         finally:
             await redis.aclose()
 
@@ -223,6 +232,12 @@ def add_health(sub: Subcommands) -> None:
     he.set_defaults(func=cmd_health)
 
 
+BOT_FILTER = (
+    "only the dead letters of this bot (a name or id of the registry; an id it no longer "
+    "holds is taken as it is)"
+)
+
+
 def add_dlq(sub: Subcommands) -> None:
     dq = sub.add_parser(
         "dlq",
@@ -240,6 +255,7 @@ def add_dlq(sub: Subcommands) -> None:
         p = dq_sub.add_parser(action, help=help_, description=help_)
         p.add_argument("--stage", choices=["ingress", "worker", "sender"])
         p.add_argument("--reason", help="a reason code, e.g. pipeline_unavailable")
+        p.add_argument("--bot", metavar="NAME|ID", help=BOT_FILTER)
         if action == "list":
             p.add_argument("--limit", type=positive_int, default=50, help="newest N (≥ 1)")
         else:
@@ -257,6 +273,13 @@ def add_streams(sub: Subcommands) -> None:
         description="A snapshot of the streams for ops (REDIS_URL, STREAM_PREFIX, PARTITIONS).",
     )
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument(
+        "--bot",
+        metavar="NAME|ID",
+        help="also count this bot's unread and pending entries per partition (at most "
+        f"{SCAN_CAP:,} of each read per partition; past that a lower bound, shown ≥) and "
+        "show only its dead letters",
+    )
     st.set_defaults(func=cmd_streams)
 
 

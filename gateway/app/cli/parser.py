@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from gateway.app.cli import asyncapi, load, openapi, ops, send, serve, tapes, testkit
+from gateway.app.cli import asyncapi, bots, load, openapi, ops, send, serve, tapes, testkit
 from gateway.app.running import EXIT_CONFIG
 
 # Each adds one subcommand (``serve.add_roles``: the four roles), its options and its
@@ -13,6 +13,7 @@ from gateway.app.running import EXIT_CONFIG
 SUBCOMMANDS = (
     serve.add_roles,
     serve.add_webhook,
+    bots.add_bots,
     testkit.add_emulator,
     testkit.add_pipeline,
     ops.add_health,

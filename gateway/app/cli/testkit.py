@@ -27,6 +27,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     setup_logging(load(LogSettings).log_level)
     limits = EmulatorLimits() if args.limits else None
+    more = [(token, None) for token in args.bot]
     print(
         f"Bot API emulator on http://{args.host}:{args.port} "
         f"(TELEGRAM_API_URL=http://{args.host}:{args.port}, token {args.token.split(':')[0]}:…)",
@@ -34,7 +35,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     )
     return run_async(
         lambda stop: _until(
-            stop, run_emulator(args.host, args.port, args.token, args.username, limits)
+            stop, run_emulator(args.host, args.port, args.token, args.username, limits, more)
         )
     )
 
@@ -73,6 +74,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         "max_body_bytes": rp.reference_max_body_bytes,
         "callback_timeout": rp.reference_callback_timeout,
         "callback_signing_keys": ps.callback_keys,  # what the gateway's ingress verifies
+        "stream": args.stream or 0.0,
     }
     setup_logging(load(LogSettings).log_level)
     log.info("reference pipeline on http://%s:%s (%s mode)", args.host, args.port, args.mode)
@@ -100,6 +102,13 @@ def add_emulator(sub: Subcommands) -> None:
     em.add_argument("--token", default="7689012345:SANDBOXsandboxSANDBOXsandbox00")
     em.add_argument("--username", default="example_gateway_bot")
     em.add_argument("--limits", action="store_true", help="enforce Telegram's rate limits (429)")
+    em.add_argument(
+        "--bot",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="serve another bot besides --token (repeat; each with its own state and limits)",
+    )
     em.set_defaults(func=cmd_emulator)
 
 
@@ -122,6 +131,13 @@ def add_pipeline(sub: Subcommands) -> None:
         "--callback-hosts",
         metavar="HOSTS",
         help="comma-separated host[:port] an X-Webhook-URL may name (REFERENCE_CALLBACK_HOSTS)",
+    )
+    pl.add_argument(
+        "--stream",
+        type=positive_float,
+        metavar="SECONDS",
+        help="stream each reply as drafts, SECONDS apart, then the final (async mode; "
+        "Telegram shows them in private chats)",
     )
     pl.set_defaults(func=cmd_pipeline)
 

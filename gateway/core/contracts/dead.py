@@ -37,6 +37,8 @@ class Reason(StrEnum):
     RECEIPT_UNDELIVERED = "receipt_undelivered"  # 5xx/timeouts past RECEIPTS_RETRY_SECONDS
     RECEIPT_URL_REFUSED = "receipt_url_refused"  # a status URL the allow-list does not take
     UNKNOWN_REPLY = "unknown_reply"  # an edit or delete names a reply not known (or expired)
+    UNKNOWN_BOT = "unknown_bot"  # an entry of a bot the deployment does not serve (issue 15)
+    BOT_UNAUTHORIZED = "bot_unauthorized"  # 401: the bot's token revoked; requeue after rotate
 
 
 def dead_fields(

@@ -120,6 +120,17 @@ class Keys:
         scope = "global" if chat_id is None else f"chat:{chat_id}"
         return f"{self.prefix}:flood:{self._rate_tag(bot_id, standby)}:{scope}"
 
+    def rate_draft(self, bot_id: int, chat_id: int | str) -> str:
+        """A chat's draft schedule (a GCRA TAT, like ``rate_chat``): at most one
+        ``sendMessageDraft`` per interval, apart from the chat's messages' own schedule
+        (``workers/sender/drafts.py``). Drafts use the bot's own set only."""
+        return f"{self.prefix}:rate:{self._rate_tag(bot_id, 0)}:draft:{chat_id}"
+
+    def draft_flood(self, bot_id: int, chat_id: int | str) -> str:
+        """Telegram's 429 ``retry_after`` on a chat's drafts: its drafts wait, its
+        messages do not."""
+        return f"{self.prefix}:flood:{self._rate_tag(bot_id, 0)}:draft:{chat_id}"
+
     def handed(self, p: int, idempotency_key: str) -> str:
         """Set once the pipeline accepted an update: a redelivery does not POST it again."""
         return f"{self.prefix}:handed:{{{p}}}:{idempotency_key}"
@@ -134,6 +145,13 @@ class Keys:
         """Present (briefly) once a pipeline's callback reply to an update is stored: the
         typing indicator for that update stops (``workers/worker/typing_indicator.py``)."""
         return f"{self.prefix}:replied:{self.chat_tag(bot_id, chat_id)}:{bot_id}:{update_id}"
+
+    def draft_final(self, bot_id: int, chat_id: int | str, draft_id: int) -> str:
+        """Present once a streamed reply's final is stored (``DRAFT_FINAL_TTL``): the
+        sender drops that reply's drafts still queued or arriving late
+        (``gateway/core/drafts.py``). In the chat's tag, set before the final's XADD."""
+        tag = self.chat_tag(bot_id, chat_id)
+        return f"{self.prefix}:drafted:{tag}:{bot_id}:{chat_id}:{draft_id}"
 
     def delay_notice(self, bot_id: int, chat_id: int | str) -> str:
         """Present while a chat has been told its messages are delayed (pipeline outage)."""

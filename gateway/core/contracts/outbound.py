@@ -29,6 +29,7 @@ OutboundMethod = Literal[
     "answerCallbackQuery",
     "editMessageText",
     "deleteMessage",
+    "sendMessageDraft",  # a streamed reply's text so far (best effort: gateway.core.drafts)
 ]
 BUSINESS_METHODS = frozenset({"sendMessage", "sendPhoto", "sendDocument", "sendChatAction"})
 """The methods that take ``business_connection_id`` in their payload (a business chat's)."""
@@ -132,12 +133,16 @@ def result_fields(
     sender: str = "",
     reason: Reason | None = None,
     status_url: str | None = None,
+    bot_id: int | None = None,
 ) -> dict[str, str]:
     """Fields of a ``{prefix}:results`` entry: one per outbound entry's final outcome.
     ``sender`` names the process that reached it (its consumer name); ``reason`` the
-    dead-letter code of a failure (or of a skip); ``status_url`` the entry's own."""
+    dead-letter code of a failure (or of a skip); ``status_url`` the entry's own;
+    ``bot_id`` the bot that sent it (issue 15; empty: not known, absent from results
+    written before)."""
     return {
         "schema": SCHEMA,
+        "bot_id": field_text(bot_id),
         "reply_id": reply_id,
         "chat_id": str(chat_id),
         "method": method,

@@ -18,6 +18,7 @@ REPLY_ID = r"^[!-z|~]{1,128}$"  # printable ASCII but space, { and } (every repl
 SIGNATURE_REASONS = ("missing", "malformed", "stale", "bad_signature")
 FILE_REASONS = (
     "bad_token",
+    "bot_not_served",
     "file_expired",
     "file_not_found",
     "file_too_big",
@@ -139,12 +140,20 @@ def answer_schemas() -> dict[str, Schema]:
                 "ok": {"const": True},
                 "reply_ids": {
                     "description": "One per outbound entry stored (the text, then each "
-                    "attachment; one for an edit or a delete): keep the text's to edit or "
-                    "delete the reply later, and to match its delivery receipt.",
+                    "attachment; one for an edit, a delete or a draft): keep the text's to "
+                    "edit or delete the reply later, and to match its delivery receipt. "
+                    "Empty for a draft that is not shown (`draft` says why).",
                     "type": "array",
                     "items": {"type": "string", "pattern": REPLY_ID},
-                    "minItems": 1,
                 },
+                "draft_id": {
+                    "description": "A shown draft's Bot API `draft_id` (the same for every "
+                    "draft of one reply).",
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 2**31 - 1,
+                },
+                "draft": {"description": "Why a draft was not shown.", "type": "string"},
             },
             "additionalProperties": False,
         },

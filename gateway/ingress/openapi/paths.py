@@ -141,7 +141,10 @@ def delivery() -> Schema:
                     "missing, malformed, stale or wrong (`reason`); sign it anew.",
                     "content": json_content(ref("SignatureRefusal")),
                 },
-                "403": error_response("The token is forged, malformed, expired or another bot's."),
+                "403": error_response(
+                    "The token is forged, malformed or expired, or its bot is not one this "
+                    "deployment serves (`bot not served`)."
+                ),
                 "404": {"$ref": "#/components/responses/NotFound"},
                 "405": {"$ref": "#/components/responses/MethodNotAllowed"},
                 "408": {"$ref": "#/components/responses/BodyTimeout"},
@@ -210,7 +213,8 @@ def files() -> Schema:
                     },
                 },
                 "403": {
-                    "description": "`bad_token`: forged, malformed or another bot's.",
+                    "description": "`bad_token`: forged or malformed; `bot_not_served`: the "
+                    "link's bot is not one this deployment serves.",
                     "content": refusal,
                 },
                 "404": {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from gateway.core.attachments import FILE_ID
 from gateway.core.attachments import MAX_URL_LENGTH as MAX_REF_LENGTH
+from gateway.core.drafts import _NOT_WITH_DRAFT, _REPLY_KEY, DRAFT_LIMIT
 from gateway.core.markup import (
     MAX_BUTTON_TEXT,
     MAX_BUTTONS,
@@ -222,6 +223,33 @@ def _attachment_schemas() -> dict[str, Schema]:
     }
 
 
+def _draft(fields: tuple[str, ...], actions: dict[str, Schema]) -> Schema:
+    """A streamed reply's text so far (``gateway.core.drafts.parse_draft``)."""
+    empty = {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+    return {
+        "title": "DraftReply",
+        "description": "The text so far of the streamed reply `reply_key`, shown with "
+        "sendMessageDraft (private chats; elsewhere skipped: `draft` in the answer says so) "
+        "until the final body with the same `reply_key`. Text only: nothing else of a reply.",
+        "type": "object",
+        "required": ["draft", "reply_key"],
+        "properties": {
+            **{name: empty for name in (*_NOT_WITH_DRAFT, *fields)},
+            "status_url": {"type": "null"},  # [] passes the draft's check, not the URL's
+            **actions,
+            "draft": {
+                "type": "string",
+                "pattern": NONBLANK,
+                "maxLength": DRAFT_LIMIT // 2,
+                "description": f"At most {DRAFT_LIMIT} UTF-16 code units (the schema's bound "
+                f"is {DRAFT_LIMIT // 2} characters, the most that always fit).",
+            },
+            "reply_key": ref("ReplyKey"),
+            "parse_mode": ref("ParseMode"),
+        },
+    }
+
+
 def reply_schemas() -> dict[str, Schema]:
     """``ReplyBody`` and the schemas it references."""
     fields = reply_fields()
@@ -265,6 +293,7 @@ def reply_schemas() -> dict[str, Schema]:
                 ],
             },
             **actions,
+            "reply_key": _null_or(ref("ReplyKey")),
         },
         "anyOf": [
             ref("ReplyWithText"),
@@ -285,6 +314,7 @@ def reply_schemas() -> dict[str, Schema]:
             "edit": target,
             **_absent("attachments"),
             "reply_to": {"type": "null"},
+            "reply_key": {"type": "null"},
         },
         "allOf": [ref("ReplyWithText")],
     }
@@ -297,6 +327,7 @@ def reply_schemas() -> dict[str, Schema]:
             **text_props,
             **actions,
             "delete": target,
+            "reply_key": {"type": "null"},
             "status_url": status_url,
             **_absent("attachments", "buttons"),
             "reply_to": {"type": "null"},
@@ -310,7 +341,15 @@ def reply_schemas() -> dict[str, Schema]:
             "description": "A pipeline's reply (the README's pipeline contract). Text "
             f"fields: {', '.join(fields)} (PIPELINE_REPLY_FIELDS); fields not listed are "
             "ignored. A body the gateway cannot use is answered 422 with the reason.",
-            "oneOf": [new, edit, delete],
+            "oneOf": [new, edit, delete, _draft(fields, actions)],
+        },
+        "ReplyKey": {
+            "description": "The pipeline's key of a streamed reply: its drafts and its final "
+            "body carry the same (an integer is taken as its digits).",
+            "anyOf": [
+                {"type": "string", "pattern": f"^{_REPLY_KEY.pattern}$"},
+                {"type": "integer", "minimum": -(10**62), "maximum": 10**63},
+            ],
         },
         **_text_schemas(fields),
         **_markup_schemas(),

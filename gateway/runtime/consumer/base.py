@@ -58,6 +58,10 @@ class ConsumerConfig:
     claim_every: float = 5.0
     max_deliveries: int = 5
     max_in_flight: int = 256
+    # Entries waiting in a releasing ``Retry`` (and the rest of their chats' lanes) that
+    # do not count against ``max_in_flight``; past it they count again. Memory holds at
+    # most max_in_flight + max_waiting entries. 0: every held entry counts.
+    max_waiting: int = 0
     # (stream, retention seconds, respect consumer groups) trimmed every ``trim_every``
     trim: tuple[tuple[str, float, bool], ...] = ()
     trim_every: float = 60.0
@@ -102,6 +106,8 @@ class ConsumerState:
     _lane_tasks: set[asyncio.Task[None]]
     _held: dict[str, set[str]]
     _in_flight: int
+    _waiting: int  # held entries of lanes whose head waits in a releasing Retry
+    _waiting_lanes: set[tuple[str, bytes]]
     _capacity: asyncio.Event
     _fatal: BaseException | None
     _partition_of: dict[str, int]

@@ -2,6 +2,9 @@
 
 - reads every partition of a role with bounded XREADGROUPs and keeps at most
   ``max_in_flight`` entries fetched but unfinished, so a stop leaves little in flight;
+  entries waiting on something of their own (a ``Retry`` with ``release``: their bot's
+  pipeline is down) are kept apart, up to ``max_waiting``, so they do not stop the reads
+  for every other chat and bot;
 - gives every chat a *lane*: one chat's entries run strictly in order, different chats
   run concurrently, and a slow chat (a slow pipeline call, a rate-limit wait) holds only
   its own lane while reads continue for the others;
@@ -99,6 +102,8 @@ class StreamConsumer(Lanes, Reads, Retention):
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._held: dict[str, set[str]] = defaultdict(set)  # stream -> fetched, unfinished ids
         self._in_flight = 0
+        self._waiting = 0
+        self._waiting_lanes = set()
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._fatal: BaseException | None = None
@@ -188,7 +193,7 @@ class StreamConsumer(Lanes, Reads, Retention):
             try:
                 self._maintain()
                 await self._keep_held_fresh()
-                free = self.config.max_in_flight - self._in_flight
+                free = self._free()
                 if free <= 0:
                     self._capacity.clear()
                     await self._wait_capacity()

@@ -31,11 +31,16 @@ class Finishing(ConsumerState):
     """Finishing an entry: its effects and its XACK in one fenced script."""
 
     async def _finish(
-        self, stream: str, entry_id: str, outcome: Ack, dead: Dead | None = None
+        self,
+        stream: str,
+        entry_id: str,
+        outcome: Ack,
+        dead: Dead | None = None,
+        bot_id: int | None = None,
     ) -> Status:
         """Write the entry's effects and ack it, retrying Redis errors in place: the
         effects (a reply) must land before the chat's next entry is handled. ``dead``:
-        the effects include the entry's dead letter."""
+        the effects include the entry's dead letter (counted as ``bot_id``'s)."""
         attempt = 0
         written: set[int] = set()  # effects elsewhere a failed try already wrote
         while True:
@@ -72,7 +77,7 @@ class Finishing(ConsumerState):
                 )
             elif dead is not None:
                 self.dead += 1
-                self._count_dead(dead)
+                self._count_dead(dead, bot_id)
                 log.warning(
                     "dead-lettered %s %s from %s: %s (%s)",
                     self.config.stage.value,
@@ -85,11 +90,12 @@ class Finishing(ConsumerState):
                 self.handled += 1
             return Status.DONE
 
-    def _count_dead(self, dead: Dead) -> None:
-        stage = self.config.stage
-        self.metrics.child("tg_gateway_dead_letters_total", stage.value, dead.reason.value).inc()
+    def _count_dead(self, dead: Dead, bot_id: int | None) -> None:
+        stage, m = self.config.stage, self.metrics
+        bot = m.bots.label(bot_id) if m.enabled else ""
+        m.child("tg_gateway_dead_letters_total", stage.value, dead.reason.value, bot).inc()
         if stage is Stage.WORKER:
-            self.metrics.child("tg_gateway_worker_updates_total", "dead_lettered").inc()
+            m.child("tg_gateway_worker_updates_total", "dead_lettered", bot).inc()
 
     async def _finish_once(
         self, stream: str, entry_id: str, outcome: Ack, written: set[int]
@@ -169,4 +175,13 @@ class Finishing(ConsumerState):
             error=outcome.error,
         )
         effects = Ack((*outcome.effects, Publish(self.keys.dead, letter)))
-        return await self._finish(stream, entry_id, effects, dead=outcome)
+        return await self._finish(stream, entry_id, effects, outcome, bot_of(fields))
+
+
+def bot_of(fields: Mapping[bytes, bytes]) -> int | None:
+    """The bot id an entry names (its ``bot_id`` field; None: none, or not a number)."""
+    raw = fields.get(b"bot_id")
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None

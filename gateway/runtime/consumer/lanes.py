@@ -63,6 +63,8 @@ class Lanes(Finishing):
         lane = self._lanes.get(key)
         if lane is not None:
             lane.append(item)
+            if key in self._waiting_lanes:
+                self._waiting += 1  # it waits behind the lane's head
             return
         self._lanes[key] = deque([item])
         task = asyncio.create_task(self._run_lane(key))
@@ -96,7 +98,7 @@ class Lanes(Finishing):
                     return
                 if isinstance(status, Retry):  # the handler's own delay, not a failure
                     lane[0] = dataclasses.replace(item, retries=item.retries + 1, memo=status.memo)
-                    await self._sleep(status.delay)
+                    await self._wait_retry(key, lane, status)
                     continue
                 if status is Status.LOST and not self._holds(stream):
                     break  # leave this and the rest pending for the partition's new owner
@@ -121,6 +123,32 @@ class Lanes(Finishing):
                 self._in_flight -= 1
             del self._lanes[key]
             self._capacity.set()
+
+    async def _wait_retry(self, key: tuple[str, bytes], lane: deque[Item], retry: Retry) -> None:
+        """Sleep a ``Retry``'s delay. A releasing one (``Retry.release``: its bot's pipeline
+        is down) takes the lane out of the read capacity meanwhile: every entry it holds
+        counts as waiting (``_waiting``; entries that join it too, in ``_dispatch``), so
+        reads go on for the other chats. Only this lane's task changes the lane's length
+        by popping, and it is here: the same ``len(lane)`` is added and taken back."""
+        if not retry.release or self.config.max_waiting <= 0:
+            await self._sleep(retry.delay)
+            return
+        self._waiting_lanes.add(key)
+        self._waiting += len(lane)
+        self._capacity.set()
+        try:
+            await self._sleep(retry.delay)
+        finally:
+            self._waiting_lanes.discard(key)
+            self._waiting -= len(lane)
+
+    def _free(self) -> int:
+        """How many more entries may be fetched now: ``max_in_flight`` minus the entries
+        held that are not waiting in a releasing ``Retry``, and minus the waiting ones
+        past ``max_waiting`` (memory holds ``max_in_flight + max_waiting`` at most)."""
+        cfg = self.config
+        active = self._in_flight - self._waiting
+        return cfg.max_in_flight - active - max(0, self._waiting - cfg.max_waiting)
 
     async def _handle_one(self, item: Item) -> Status | Retry:
         entry_id = item.entry_id

@@ -81,11 +81,18 @@ class Retry:
     ``delay`` seconds (its chat waits behind it), its delivery count unchanged. Nothing
     is written; ``why`` goes to the log. ``memo`` is handed back to the handler with the
     entry (``Item.memo``) at the next try: what it needs to go on where it stopped (the
-    sender: which part, and that part's tries so far)."""
+    sender: which part, and that part's tries so far).
+
+    ``release``: the wait is on something of the entry's own (its bot's pipeline, which is
+    down), not the process's: while it waits, the entry and its chat's lane do not count
+    against ``max_in_flight`` (up to ``ConsumerConfig.max_waiting`` entries), so the reads
+    go on for the other chats and bots. Without it (the pipeline's pause, a rate-limit
+    wait) the entry holds its share of the read capacity as it always did."""
 
     delay: float
     why: str = ""
     memo: object = None
+    release: bool = False
 
 
 Outcome = Ack | Dead | Retry

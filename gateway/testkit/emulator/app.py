@@ -1,4 +1,5 @@
-"""aiohttp application: the Bot API at ``/bot{token}/{method}`` and the user side at ``/_emu/``."""
+"""aiohttp application: the Bot API at ``/bot{token}/{method}`` (the token picks the bot;
+an unknown one is 401) and the user side at ``/_emu/``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.testkit.emulator import bot_send, bot_updates  # noqa: F401 - they register the methods
+from gateway.testkit.emulator import bot_draft, bot_send, bot_updates  # noqa: F401 - they register the methods
 from gateway.testkit.emulator.api import Described, lookup
 from gateway.testkit.emulator.errors import ApiError
 from gateway.testkit.emulator.files import download
@@ -15,6 +16,7 @@ from gateway.testkit.emulator.params import Params, read_params
 from gateway.testkit.emulator.userapi import add_user_routes, json_response
 
 if TYPE_CHECKING:
+    from gateway.testkit.emulator.bots import BotDirectory
     from gateway.testkit.emulator.core import EmulatorCore
 
 MAX_BODY = 64 * 1024 * 1024
@@ -24,10 +26,10 @@ def error_response(exc: ApiError) -> web.Response:
     return json_response(exc.body(), exc.status, exc.headers() or None)
 
 
-async def bot_call(emu: EmulatorCore, request: web.Request) -> web.Response:
-    """One Bot API call: token, faults, method lookup, parameters, handler."""
-    faults = emu.faults
-    if faults.is_unauthorized or request.match_info["token"] != emu.token:
+async def bot_call(bots: BotDirectory, request: web.Request) -> web.Response:
+    """One Bot API call: the token's bot, faults, method lookup, parameters, handler."""
+    emu = bots.for_token(request.match_info["token"])
+    if emu is None or emu.faults.is_unauthorized:
         return error_response(ApiError(401, "Unauthorized"))
     name = request.match_info["method"]
     entry = lookup(name)
@@ -67,18 +69,18 @@ async def not_found(request: web.Request) -> web.Response:
     return error_response(ApiError(404, "Not Found"))
 
 
-def build_app(emu: EmulatorCore) -> web.Application:
-    """The emulator's routes bound to ``emu``."""
+def build_app(bots: BotDirectory) -> web.Application:
+    """The emulator's routes for the bots it serves (the token picks the bot)."""
     app = web.Application(client_max_size=MAX_BODY)
 
     async def bot_api(request: web.Request) -> web.Response:
-        return await bot_call(emu, request)
+        return await bot_call(bots, request)
 
     async def file_download(request: web.Request) -> web.StreamResponse:
-        return await download(emu, request)
+        return await download(bots.for_token(request.match_info["token"]), request)
 
     app.router.add_route("*", "/bot{token}/{method}", bot_api)
     app.router.add_route("*", "/file/bot{token}/{path:.+}", file_download)
-    add_user_routes(app, emu)
+    add_user_routes(app, bots)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from gateway.testkit.emulator import contacts, users
+from gateway.testkit.emulator.drafts import draft_obj
 from gateway.testkit.emulator.faults import Faults
 from gateway.testkit.emulator.limits import EmulatorLimits
 from gateway.testkit.emulator.notify import Signal
@@ -21,6 +22,14 @@ from gateway.testkit.emulator.webhook import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 DEFAULT_TOKEN = "7689012345:SANDBOXsandboxSANDBOXsandbox00"  # noqa: S105 - fake
+
+
+def token_bot_id(token: str) -> int:
+    """The bot id of ``<bot id>:<secret>``; ValueError for anything else."""
+    bot_id, sep, secret = token.partition(":")
+    if not (sep and bot_id.isdigit() and secret):
+        raise ValueError("a bot token looks like <bot id>:<secret>")
+    return int(bot_id)
 
 
 class EmulatorCore:
@@ -42,12 +51,10 @@ class EmulatorCore:
         max_poll_timeout: float = 50.0,
         clock: Clock | None = None,
     ) -> None:
-        bot_id, sep, _ = token.partition(":")
-        if not (sep and bot_id.isdigit()):
-            raise ValueError("a bot token looks like <bot id>:<secret>")
         self.token = token
+        bot_id = token_bot_id(token)
         self.max_poll_timeout = max_poll_timeout
-        bot = user_obj(int(bot_id), bot_name, username=bot_username, is_bot=True)
+        bot = user_obj(bot_id, bot_name, username=bot_username, is_bot=True)
         self.state = EmulatorState(bot, limits, clock=clock or time.monotonic)
         self.signal = Signal()
         self.state.on_change = self.signal.fire
@@ -58,6 +65,27 @@ class EmulatorCore:
         self._webhook = WebhookDeliverer(
             self.state, self.signal, webhook_retry_delay, webhook_timeout
         )
+
+    @property
+    def bot_id(self) -> int:
+        """The bot's user id (the token's digits before the colon)."""
+        return int(self.state.bot["id"])
+
+    @property
+    def username(self) -> str:
+        return str(self.state.bot.get("username", ""))
+
+    def open(self) -> None:
+        """Start answering (from the event loop's thread): long polls wait, the webhook
+        delivers."""
+        self.closing = False
+        self._webhook.start()
+
+    async def close(self) -> None:
+        """Answer pending long polls, stop webhook delivery."""
+        self.closing = True
+        self.signal.fire()
+        await self._webhook.stop()
 
     def reset(self) -> None:
         """Forget chats, messages, updates, the webhook, logs and faults."""
@@ -220,6 +248,15 @@ class EmulatorCore:
             have = len(self.state.messages(chat_id))
             raise TimeoutError(f"chat {chat_id}: {have} of {count} messages after {timeout}s")
         return got
+
+    def drafts(self, chat_id: int) -> list[Obj]:
+        """Every draft the bot streamed to ``chat_id`` (``sendMessageDraft``), in order,
+        each with ``visible``: on the user's screen now (for 30 s, until the bot's next
+        message to the chat). Drafts are not messages: ``messages()`` never lists them."""
+        state = self.state
+        messages = len(state.logs.bot_messages.get(chat_id, ()))
+        shown = {id(c) for c in state.drafts.visible(chat_id, state.now(), messages)}
+        return [draft_obj(c, id(c) in shown) for c in state.drafts.calls(chat_id)]
 
     def sent(self) -> list[Obj]:
         """Every successful message-sending call: method, chat_id, ts (epoch), message,

@@ -47,9 +47,13 @@ class StoredFile:
 
 
 class FileStore:
-    """Every file the emulator gave out, by file id and by download path."""
+    """Every file the emulator gave out, by file id and by download path.
 
-    def __init__(self) -> None:
+    ``owner`` (the bot id) goes into the ids: like Telegram's, a file id one bot got means
+    nothing to another bot."""
+
+    def __init__(self, owner: int | str = "") -> None:
+        self.owner = owner
         self.download_limit: int | None = CLOUD_DOWNLOAD_LIMIT  # kept across ``reset``
         self.reset()
 
@@ -74,7 +78,9 @@ class FileStore:
             raise ValueError("give the file's content or its size")
         n = len(self.by_id)
         folder, default_ext, prefix = KINDS[kind]
-        digest = hashlib.blake2b(f"{kind}:{n}:{file_name}".encode(), digest_size=12).hexdigest()
+        digest = hashlib.blake2b(
+            f"{self.owner}:{kind}:{n}:{file_name}".encode(), digest_size=12
+        ).hexdigest()
         ext = default_ext
         if file_name and "." in file_name.strip(".") and kind == "document":
             ext = file_name.rsplit(".", 1)[1][:8].lower() or default_ext

@@ -6,7 +6,8 @@ Bot API serves them.
 ``Bad Request: invalid file_id`` for an id it never gave out, and ``Bad Request: file is
 too big`` past the download limit (20 MiB, telegram-bot-api's ``MAX_DOWNLOAD_FILE_SIZE``;
 ``FileStore.download_limit = None`` plays a local Bot API server). The download path
-answers the bytes, 401 for another token and 404 for a path it never gave out. Faults
+answers the bytes, 401 for an unknown token and 404 for a path it never gave out (each
+bot has its own files: another bot's path is 404). Faults
 named ``"file"`` (``fail_next("file", …)``, ``delay("file", …)``) apply to downloads.
 """
 
@@ -42,9 +43,9 @@ async def get_file(emu: EmulatorCore, p: Params) -> Any:
     return stored.answer()
 
 
-async def download(emu: EmulatorCore, request: web.Request) -> web.StreamResponse:
-    """``GET /file/bot<token>/<file_path>``: the file's bytes."""
-    if emu.faults.is_unauthorized or request.match_info["token"] != emu.token:
+async def download(emu: EmulatorCore | None, request: web.Request) -> web.StreamResponse:
+    """``GET /file/bot<token>/<file_path>``: the file's bytes (``emu``: the token's bot)."""
+    if emu is None or emu.faults.is_unauthorized or request.match_info["token"] != emu.token:
         return json_response(ApiError(401, "Unauthorized").body(), 401)
     delay = emu.faults.delay_for(DOWNLOAD_FAULTS)
     if delay > 0:

@@ -8,6 +8,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from gateway.testkit.emulator.drafts import DraftLog
 from gateway.testkit.emulator.file_store import FileStore
 from gateway.testkit.emulator.limits import EmulatorLimits, SendWindows, window_maxima
 from gateway.testkit.emulator.objects import Obj, chat_obj, infer_chat_type
@@ -105,7 +106,7 @@ class EmulatorState:
         self.first_update_id = first_update_id  # None: from the wall clock (time_based_update_id)
         self.next_update_id = 0
         self.on_change: Callable[[], None] = _noop
-        self.files = FileStore()  # what getFile and the download path serve
+        self.files = FileStore(bot.get("id", ""))  # what getFile and the download path serve
         self.reset()
 
     def reset(self) -> None:
@@ -130,6 +131,7 @@ class EmulatorState:
         self.callback_queries: dict[str, Obj] = {}
         self.windows = SendWindows(self.limits)
         self.logs = Logs()
+        self.drafts = DraftLog()  # sendMessageDraft's (gateway.testkit.emulator.drafts)
         self.files.reset()
         self.on_change()
 

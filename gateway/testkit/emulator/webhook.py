@@ -32,7 +32,8 @@ class WebhookDeliverer:
         self._main: asyncio.Task[None] | None = None
         self._active: dict[str, asyncio.Task[None]] = {}
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Start delivering (from the event loop's thread: it creates the session and task)."""
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         self._main = asyncio.create_task(self._run(), name="emulator-webhook")
 

@@ -32,6 +32,7 @@ from gateway.testkit.reference.policy import (
     redact_url,
 )
 from gateway.testkit.reference.rules import respond
+from gateway.testkit.reference.stream import streamed_bodies
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ class ReferencePipelineServer:
     callbacks pending (beyond it: 503). ``max_body_bytes``: larger requests get 413.
     ``callback_signing_keys``: sign each callback per Standard Webhooks (``webhook-id``:
     the reply's ``message_id``, the same on every retry), as the gateway expects when its
-    ``CALLBACK_SIGNING_KEYS`` is set.
+    ``CALLBACK_SIGNING_KEYS`` is set. ``stream``: seconds between a reply's drafts (async
+    mode; 0: no drafts): the reply is streamed as an LLM pipeline would (``stream.py``),
+    each draft posted once, then the final with its ``reply_key``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class ReferencePipelineServer:
         max_records: int = DEFAULT_MAX_RECORDS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         callback_signing_keys: SigningKeys | None = None,
+        stream: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -97,6 +101,7 @@ class ReferencePipelineServer:
         self.max_records = max_records
         self.max_body_bytes = max_body_bytes
         self.callback_keys = callback_signing_keys or SigningKeys()
+        self.stream = stream
         self.faults = Faults()
         self._requests: deque[dict[str, Any]] = deque(maxlen=max_records)
         self._timings: deque[dict[str, Any]] = deque(maxlen=max_records)
@@ -271,21 +276,28 @@ class ReferencePipelineServer:
         return answer
 
     async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
-        """POST the reply to the callback URL, retrying with doubling backoff."""
+        """POST the reply to the callback URL, retrying with doubling backoff; streamed
+        (``stream``): its drafts first, each posted once, ``stream`` seconds apart."""
+        if self.stream > 0:
+            *drafts, payload = streamed_bodies(payload, payload["message_id"])
+            for i, draft in enumerate(drafts):
+                await self._post(url, draft, f"{payload['message_id']}-d{i}", retries=0)
+                await asyncio.sleep(self.stream)
+        await self._post(url, payload, payload["message_id"], self.callback_retries)
+
+    async def _post(self, url: str, payload: dict[str, Any], msg_id: str, retries: int) -> None:
         session = self._session
         if session is None:
             return
         shown = redact_url(url)  # the URL carries a signed token: never logged whole
         data = json.dumps(payload).encode()
         backoff = self.callback_backoff
-        for attempt in range(self.callback_retries + 1):
+        for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(backoff)
                 backoff *= 2
             headers = {"Content-Type": "application/json"}
-            headers.update(
-                self.callback_keys.headers(payload["message_id"], int(time.time()), data)
-            )
+            headers.update(self.callback_keys.headers(msg_id, int(time.time()), data))
             try:
                 # No redirects: a 3xx must not carry the reply to a host not allowed.
                 post = session.post(url, data=data, headers=headers, allow_redirects=False)
@@ -302,13 +314,13 @@ class ReferencePipelineServer:
                 )
                 continue
             if 200 <= status < 300:
-                log.info("callback %s delivered to %s", payload["message_id"], shown)
+                log.info("callback %s delivered to %s", msg_id, shown)
                 return
             if 300 <= status < 500 and status not in _RETRYABLE_4XX:
                 log.error("callback to %s rejected with %d; giving up", shown, status)
                 return
             log.warning("callback to %s answered %d (attempt %d)", shown, status, attempt + 1)
-        log.error("callback %s to %s not delivered; giving up", payload["message_id"], shown)
+        log.error("callback %s to %s not delivered; giving up", msg_id, shown)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

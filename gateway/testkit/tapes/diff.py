@@ -168,11 +168,20 @@ def _compare_replies(
     return out
 
 
-def diff_tapes(base: Tape, run: Tape, ignore: Iterable[str] = ()) -> DiffReport:
-    """Every difference in the answers of ``run`` against ``base``."""
-    if base.header.bot_id != run.header.bot_id:
+def diff_tapes(
+    base: Tape, run: Tape, ignore: Iterable[str] = (), bots: tuple[str, str] | None = None
+) -> DiffReport:
+    """Every difference in the answers of ``run`` against ``base``: tapes of one bot, or
+    of the two ``bots`` names (``--bot BASE_BOT=RUN_BOT``: each an id or header name)."""
+    bh, rh = base.header, run.header
+    if bots is not None:
+        for side, header, want in (("base", bh, bots[0]), ("run", rh, bots[1])):
+            if want not in (str(header.bot_id), header.bot_name):
+                raise TapeError(f"--bot {bots[0]}={bots[1]}: {side} is a tape of bot {header.bot}")
+    elif bh.bot_id != rh.bot_id:
         raise TapeError(
-            f"tapes of two bots: base is bot {base.header.bot_id}, run is bot {run.header.bot_id}"
+            f"tapes of two bots: base is bot {bh.bot}, run is bot {rh.bot} (compare them "
+            f"anyway with --bot {bh.bot_name or bh.bot_id}={rh.bot_name or rh.bot_id})"
         )
     drop = DEFAULT_IGNORE | frozenset(ignore)
     bc, rc = conversations(base), conversations(run)
@@ -260,13 +269,14 @@ def run_diff(
     ignore: Iterable[str] = (),
     update: bool = False,
     report: ReportWriter | None = None,
+    bots: tuple[str, str] | None = None,
 ) -> int:
     """``tg-gateway diff``: print the report (and hand it with each tape's latencies to
     ``report``, ``--report``'s writer, which says what it wrote); 0 same (or BASE
     rewritten), 1 differ. A bad tape raises ``TapeError`` (exit 2) before anything is
     printed or rewritten."""
     base, run = read_tape(base_path), read_tape(run_path)
-    found = diff_tapes(base, run, ignore)
+    found = diff_tapes(base, run, ignore, bots)
     print(render(found, base_path, run_path))
     if report is not None:
         print(report(found, {"base": reply_latencies_ms(base), "run": reply_latencies_ms(run)}))

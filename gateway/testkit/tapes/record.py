@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +99,7 @@ def stream_event(kind: str, entry_id: Any, fields: dict[Any, Any]) -> Event:
     return {
         "type": "result",
         "at": float(f.get("at") or _entry_time(eid)),
+        **({"bot_id": int(f["bot_id"])} if f.get("bot_id", "").isdigit() else {}),
         "reply_id": f.get("reply_id", ""),
         "chat_id": _chat(f.get("chat_id", "")),
         "method": f.get("method", ""),
@@ -134,6 +135,7 @@ class Selection:
     types: frozenset[str] = frozenset()
     bot_id: int | None = None
     _answered: set[int] = field(default_factory=set)  # update ids kept so far
+    _sent: set[str] = field(default_factory=set)  # reply ids of the sends kept so far
 
     def keep(self, event: Event) -> bool:
         at = event["at"]
@@ -141,7 +143,7 @@ class Selection:
             self.until is not None and at > self.until
         ):
             return False
-        if self.bot_id is not None and event.get("bot_id", self.bot_id) != self.bot_id:
+        if self.bot_id is not None and not self._of_bot(event):
             return False
         if event["type"] == "update":
             if self.chats and event["chat_id"] not in self.chats:
@@ -152,9 +154,18 @@ class Selection:
             return True
         if self.chats and event.get("chat_id") not in self.chats:
             return False
-        if self.types:  # only the answers of selected updates
-            return event.get("update_id") in self._answered
+        if self.types and event.get("update_id") not in self._answered:
+            return False  # only the answers of selected updates
+        if event["type"] == "send":
+            self._sent.add(event["reply_id"])
         return True
+
+    def _of_bot(self, event: Event) -> bool:
+        """Is ``event`` of ``bot_id``'s? A result written before results named their bot
+        is its send's: kept when that send was (the send comes first, in time order)."""
+        if "bot_id" in event:
+            return bool(event["bot_id"] == self.bot_id)
+        return event["type"] == "result" and event.get("reply_id") in self._sent
 
 
 def _ordered(events: list[Event]) -> list[Event]:
@@ -295,15 +306,21 @@ async def record(
     bot_username: str | None,
     key: SecretStr | None,
     stop: asyncio.Event | None = None,
+    bot_name: str | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> tuple[int, bool]:
-    """Write the tape ``req.out``; (events written, whether ``--limit`` cut it short)."""
+    """Write the tape ``req.out`` of ``bot_id``'s events only (0: the one bot the
+    window's entries name; ``UsageError`` if they name several); its header names the
+    bot (``bot_name``, else its name in ``names``). Returns (events written, whether
+    ``--limit`` cut it short)."""
     redactor = build_redactor(req, bot_id, key)
     sel = replace(req.selection, bot_id=bot_id or None)
     unit = "events" if req.follow else "entries read"
     bar = progress("record", None, unit=unit) if req.show_progress else None
     try:
         return await _record(redis, keys, req, sel, redactor, bar, bot_id=bot_id,
-                             bot_username=bot_username, key=key, stop=stop)  # fmt: skip
+                             bot=(bot_username, bot_name), names=names or {}, key=key,
+                             stop=stop)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -318,7 +335,8 @@ async def _record(
     bar: Progress | None,
     *,
     bot_id: int,
-    bot_username: str | None,
+    bot: tuple[str | None, str | None],  # the header's username and name
+    names: Mapping[int, str],
     key: SecretStr | None,
     stop: asyncio.Event | None,
 ) -> tuple[int, bool]:
@@ -333,18 +351,27 @@ async def _record(
     if not req.follow:
         on_read = bar.advance if bar is not None else None
         events, cut = await read_window(redis, keys, sel, limit=req.limit, on_read=on_read)
-        if not bot_id:  # no TELEGRAM_BOT_TOKEN here: the bot the entries name
-            bot_id = next((e["bot_id"] for e in events if e.get("bot_id")), 0)
+        if not bot_id:  # no bot asked for (nor TELEGRAM_BOT_TOKEN): the bot the entries name
+            named = sorted({e["bot_id"] for e in events if e.get("bot_id")})
+            if len(named) > 1:
+                shown = ", ".join(map(str, named[:10]))
+                raise UsageError(
+                    f"the window holds entries of {len(named)} bots ({shown}): a tape is of "
+                    "one bot, pick it with --bot NAME|ID"
+                )
+            bot_id = named[0] if named else 0
             redactor = build_redactor(req, bot_id, key)
+            bot = (bot[0], bot[1] or names.get(bot_id))
         if redactor:
             redactor.learn(events)
         span = (sel.since if sel.since is not None else (events[0]["at"] if events else None),
                 sel.until if sel.until is not None else time.time())  # fmt: skip
-        header = Header(bot_id, bot_username, source, span, redaction)
+        header = Header(bot_id, bot[0], source, span, redaction, bot_name=bot[1])
         return write_tape(req.out, header, [clean(e) for e in events]), cut
     start = "$" if sel.since is None else f"{int(sel.since * 1000)}-0"
     await redis.ping()  # an unreachable Redis fails before the tape file exists
-    header = Header(bot_id, bot_username, source, (sel.since or time.time(), None), redaction)
+    live: tuple[float | None, float | None] = (sel.since or time.time(), None)
+    header = Header(bot_id, bot[0], source, live, redaction, bot_name=bot[1])
     with TapeWriter(req.out, header) as writer:
 
         def emit(batch: list[Event]) -> None:

@@ -335,7 +335,7 @@ async def replay(
 ) -> int:
     """Replay, then (``capture``) write the replies as a tape; 0 done, 1 some unanswered.
     The guard and the bot check have run before: this sends."""
-    ids = IdMap(keep=(bot_id,)) if req.remap_ids else None
+    ids = IdMap(keep=(bot_id, req.tape.header.bot_id)) if req.remap_ids else None
     steps = plan(req.tape, req.timing, req.selection, ids=ids)
     started = time.time()
     redis = connect() if req.to is None or req.capture else None

@@ -32,7 +32,9 @@ class TapeError(UsageError):
 
 @dataclass(slots=True)
 class Header:
-    """The tape's first line. ``redaction`` says what was hidden, never the key."""
+    """The tape's first line. ``redaction`` says what was hidden, never the key.
+    ``bot_name``: the bot's name in the deployment's registry (issue 15; absent from
+    tapes recorded before, and from a tape of no registered bot)."""
 
     bot_id: int
     bot_username: str | None = None
@@ -40,12 +42,21 @@ class Header:
     time_range: tuple[float | None, float | None] = (None, None)
     redaction: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
     schema: int = TAPE_SCHEMA
+    bot_name: str | None = None
+
+    @property
+    def bot(self) -> str:
+        """How a line names the tape's bot: ``alpha (201)``, or its id."""
+        return f"{self.bot_name} ({self.bot_id})" if self.bot_name else str(self.bot_id)
 
     def to_json(self) -> dict[str, Any]:
+        bot: dict[str, Any] = {"id": self.bot_id, "username": self.bot_username}
+        if self.bot_name is not None:
+            bot["name"] = self.bot_name
         return {
             "kind": "tape",
             "schema": self.schema,
-            "bot": {"id": self.bot_id, "username": self.bot_username},
+            "bot": bot,
             "source": self.source,
             "time_range": {"from": self.time_range[0], "to": self.time_range[1]},
             "redaction": self.redaction,
@@ -70,6 +81,7 @@ class Header:
                 time_range=(span.get("from"), span.get("to")),
                 redaction=dict(data.get("redaction") or {}),
                 schema=schema,
+                bot_name=None if bot.get("name") is None else str(bot["name"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeError(f"{where}: bad tape header ({type(exc).__name__}: {exc})") from exc
@@ -181,7 +193,7 @@ def read_tape(path: str | os.PathLike[str], *, bot_id: int | None = None) -> Tap
         if header is None:
             header = Header.from_json(data, str(p))
             if bot_id is not None and header.bot_id != bot_id:
-                raise TapeError(f"{p}: tape of bot {header.bot_id}, not of this bot ({bot_id})")
+                raise TapeError(f"{p}: tape of bot {header.bot}, not of this bot ({bot_id})")
         else:
             events.append(_check_event(data, where))
     if header is None:
