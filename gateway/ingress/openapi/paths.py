@@ -95,9 +95,10 @@ def delivery() -> Schema:
             "(DELIVERY_TOKEN_TTL). The reply's entries are stored in the chat's outbound "
             "stream before the 200. With CALLBACK_SIGNING_KEYS the request must also be "
             "signed (Standard Webhooks: `webhook-id`, `webhook-timestamp`, "
-            "`webhook-signature`). Checked in this order: method, DELIVERY_SECRET set, "
-            "token, signature headers, Content-Type, body size and time, signature, JSON, "
-            "reply shape.",
+            "`webhook-signature`). Checked in this order: method, the token's form, its "
+            "bot served, a key to check it (DELIVERY_SECRET or the bot's own), its HMAC "
+            "and expiry, signature headers, Content-Type, body size and time, signature, "
+            "JSON, reply shape.",
             "tags": ["pipeline"],
             "parameters": [
                 {
