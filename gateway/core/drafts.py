@@ -55,6 +55,8 @@ def reply_key_of(body: dict[str, Any]) -> str | None:
     value = body.get("reply_key")
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():  # JSON's 7.0 is the number 7
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not _REPLY_KEY.fullmatch(value):

@@ -164,6 +164,8 @@ def _reply_to(body: dict[str, Any]) -> bool | int:
         return value
     if value is None:
         return False
+    if isinstance(value, float) and value.is_integer():  # JSON's 7.0 is the number 7
+        value = int(value)
     if isinstance(value, int) and 0 < value < 2**31:
         return value
     raise ReplyShapeError("reply_to must be true, false or a message id")

@@ -156,6 +156,8 @@ class IngressSettings(_Base):
     ingress_max_connections: int = Field(default=1000, ge=1, le=100_000)
     # Longest a webhook or callback waits for Redis before answering 503 (Telegram retries).
     ingress_store_timeout: float = Field(default=3.0, gt=0, le=60)
+    # GET /openapi.json (the HTTP API's document, public: no secret in it); off: 404.
+    openapi_enabled: bool = False
 
 
 class ConsumerSettings(_Base):

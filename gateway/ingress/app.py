@@ -20,6 +20,10 @@ uvicorn and the handler (figures: README, bench/ingress.py). Routes:
     GET  /healthz                 process up
     GET  /readyz                  Redis reachable, streams and groups present
     GET  /metrics                 Prometheus, with the METRICS_TOKEN bearer; else 404
+    GET  /openapi.json            this API's OpenAPI 3.1 document (``openapi``), public;
+                                  only with OPENAPI_ENABLED, else 404
+
+Another method than a route's is 405 with ``Allow``; any other path is 404.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ from gateway.ingress.http import (
     Receive,
     Scope,
     Send,
+    method_not_allowed,
 )
 from gateway.ingress.http import json_response as _json
 from gateway.ingress.observe import IngressMetrics, endpoint_of
+from gateway.ingress.openapi.document import served as openapi_document
 from gateway.ingress.updates import InvalidUpdate, parse_update
 from gateway.runtime.bots import BotRegistry
 from gateway.runtime.streams import UpdatePublisher, groups_present
@@ -68,6 +74,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_PREFIX = "/webhook/"
 WEBHOOK_PATH = "/webhook/telegram"
 DELIVERY_PREFIX = "/api/delivery/"
+OPENAPI_PATH = "/openapi.json"
 SECRET_HEADER = b"x-telegram-bot-api-secret-token"
 
 
@@ -163,7 +170,7 @@ class IngressApp:
         method: str = scope["method"]
         if path == WEBHOOK_PATH and self._default_secret is not None:
             if method != "POST":
-                await _json(send, 405, {"ok": False, "error": "use POST"})
+                await method_not_allowed(send, "POST")
                 return
             await self._webhook(scope, receive, send, self.config.bot_id, self._default_secret)
         elif path.startswith(WEBHOOK_PREFIX) and self.config.bot_webhooks:
@@ -171,21 +178,26 @@ class IngressApp:
             if bot is None or bot.webhook_secret is None:
                 await _json(send, 404, {"ok": False, "error": "not found"})  # as unknown
             elif method != "POST":
-                await _json(send, 405, {"ok": False, "error": "use POST"})
+                await method_not_allowed(send, "POST")
             else:
                 secret = bot.webhook_secret.encode()
                 await self._webhook(scope, receive, send, bot.bot_id, secret)
         elif path.startswith(DELIVERY_PREFIX):
             if method != "POST":
-                await _json(send, 405, {"ok": False, "error": "use POST"})
+                await method_not_allowed(send, "POST")
                 return
             await self._delivery(scope, receive, send, path[len(DELIVERY_PREFIX) :])
         elif path.startswith(FILES_PREFIX) and self._files is not None:
             await self._files(scope, receive, send, path[len(FILES_PREFIX) :])
-        elif path == "/healthz":
-            await _json(send, 200, {"status": "ok"})
-        elif path == "/readyz":
-            await self._readyz(send)
+        elif path in ("/healthz", "/readyz") or (path == OPENAPI_PATH and self.config.openapi):
+            if method not in ("GET", "HEAD"):
+                await method_not_allowed(send, "GET, HEAD")
+            elif path == "/healthz":
+                await _json(send, 200, {"status": "ok"})
+            elif path == "/readyz":
+                await self._readyz(send)
+            else:
+                await _document(send, openapi_document())
         elif path == "/metrics" and self.observe.scrape is not None:
             await self.observe.serve(scope, send)
         else:
@@ -250,3 +262,9 @@ class IngressApp:
             await _json(send, 503, {"ready": False, "error": "groups missing", "streams": missing})
             return
         await _json(send, 200, {"ready": True})
+
+
+async def _document(send: Send, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

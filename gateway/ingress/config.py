@@ -43,6 +43,7 @@ class IngressConfig:
     files: FilesConfig | None = None  # None: no /api/files/ route (404)
     status_urls: StatusUrls = field(default_factory=StatusUrls)  # empty: status_url refused
     bot_webhooks: bool = False  # the registry's bots have /webhook/{path_key} routes
+    openapi: bool = False  # GET /openapi.json served (OPENAPI_ENABLED); else 404
 
 
 def files_config(tg: TelegramSettings, fs: FilesSettings | None) -> FilesConfig | None:

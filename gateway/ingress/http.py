@@ -74,17 +74,31 @@ def is_json(headers: dict[bytes, bytes]) -> bool:
 
 
 async def json_response(
-    send: Send, status: int, body: dict[str, Any], *, close: bool = False
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    *,
+    close: bool = False,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     payload = orjson.dumps(body)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        *extra,
     ]
     if close:  # the rest of the request may still be on its way: do not read it
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def method_not_allowed(send: Send, allow: str) -> None:
+    """405 with the ``Allow`` header RFC 9110 asks for (``allow``: ``"POST"``, ...)."""
+    error = f"use {allow.replace(', ', ' or ')}"
+    await json_response(
+        send, 405, {"ok": False, "error": error}, extra=((b"allow", allow.encode()),)
+    )
 
 
 class Door:

@@ -110,7 +110,7 @@ class IngressMetrics:
         assert self.scrape is not None
         headers = dict(scope["headers"])
         if scope["method"] not in ("GET", "HEAD"):
-            await _plain(send, 405, b"use GET")
+            await _plain(send, 405, b"use GET or HEAD", ((b"allow", b"GET, HEAD"),))
             return
         if not self.scrape.authorized(headers.get(b"authorization")):
             await _plain(send, 401, b"unauthorized", ((b"www-authenticate", b"Bearer"),))

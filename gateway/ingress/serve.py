@@ -79,6 +79,7 @@ def ingress_config(
         files=files_config(tg, files),
         status_urls=receipts.status_urls if receipts is not None else StatusUrls(),
         bot_webhooks=bots is not None and bot_webhooks(tg, bots),
+        openapi=ing.openapi_enabled,
     )
 
 

@@ -115,7 +115,7 @@ def test_good_urls_pass(url: str) -> None:
 
 @pytest.mark.parametrize(
     ("reply_to", "expected"),
-    [(True, 1287), (None, None), (False, None), (7, 7)],
+    [(True, 1287), (None, None), (False, None), (7, 7), (7.0, 7)],  # 7.0: JSON's number 7
 )
 def test_reply_to_threads_the_text(reply_to: object, expected: int | None) -> None:
     body: dict[str, Any] = {"content": "Hi"}
@@ -134,7 +134,7 @@ def test_reply_to_absent_keeps_todays_threading() -> None:
     assert entry.payload["reply_parameters"]["message_id"] == 1287
 
 
-@pytest.mark.parametrize("bad", ["yes", "12", 0, -5, 1.5, [1], 2**31])
+@pytest.mark.parametrize("bad", ["yes", "12", 0, -5, 1.5, 0.0, [1], 2**31, float(2**31)])
 def test_reply_to_must_be_a_flag_or_a_message_id(bad: object) -> None:
     with pytest.raises(ReplyShapeError, match="reply_to"):
         parse_reply({"content": "x", "reply_to": bad}, FIELDS)

@@ -11,7 +11,7 @@ one and turns every failure a user can cause or fix into one stderr line and an 
 - ``send``: ``send``; ``ops``: ``health``, ``dlq``, ``streams``, ``layout``
 - ``bots``: ``bots add|list|show|rotate-token``; ``bots_remove``: ``bots remove``
 - ``tapes``: ``record``, ``replay``, ``diff``; ``load``: ``load``
-- ``asyncapi``: ``asyncapi`` (loads FastStream only when it runs)
+- ``asyncapi``: ``asyncapi`` (loads FastStream only when it runs); ``openapi``: ``openapi``
 - ``timeouts``: how long the operator's commands wait for Redis (``bounded``)
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from gateway.app.cli import asyncapi, bots, load, ops, send, serve, tapes, testkit
+from gateway.app.cli import asyncapi, bots, load, openapi, ops, send, serve, tapes, testkit
 from gateway.app.running import EXIT_CONFIG
 
 # Each adds one subcommand (``serve.add_roles``: the four roles), its options and its
@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     ops.add_layout,
     ops.add_pipeline_pause,
     asyncapi.add_asyncapi,
+    openapi.add_openapi,
     tapes.add_record,
     tapes.add_replay,
     tapes.add_diff,
