@@ -243,6 +243,15 @@ async def test_replies_go_out_within_the_limits_while_the_limiters_node_is_down(
         assert {lim.standby for lim in group.limiters} == {standby}  # the same set
         await restart(cluster, down)
         await wait_for(lambda: len(limited.sent()) >= len(plan), timeout=40, message="every reply")
+        # Replies after the node is back: a sender leaves the standby at its next counted
+        # call (one whose partitions were done before the restart has made none yet).
+        after = [
+            OutboundEntry(bot_id=BOT_ID, chat_id=chat, payload={"text": f"c{chat}-after"})
+            for chat in chats
+        ]
+        await publish_outbound(client, keys, after)
+        plan += after
+        await wait_for(lambda: len(limited.sent()) >= len(plan), timeout=40, message="after it")
     for chat, want in texts(plan).items():
         assert [m["text"] for m in limited.messages(chat)] == want, chat
     stats = limited.stats()
