@@ -21,10 +21,10 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.types import User
 
 from gateway.core.backoff import backoff
-from gateway.core.bots import DEFAULT_PATH_KEY, BotSpec, default_bot
+from gateway.core.bots import DEFAULT_PATH_KEY, BotSpec
 from gateway.core.errors import TelegramFatal
 from gateway.core.settings import Config, TelegramSettings
-from gateway.runtime.bots import BotRegistry, registry_for
+from gateway.runtime.bots import BotRegistry, registry_of
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
 from workers.worker.bots import WorkerBot
@@ -35,20 +35,11 @@ PLACEHOLDER_TOKEN = "1:telegram-disabled-no-calls-are-made"  # noqa: S105 - not 
 
 
 def worker_registry(cfg: Config, redis: aioredis.Redis) -> BotRegistry:
-    """The worker's registry: ``registry_for``'s, and with ``TELEGRAM_ENABLED=false`` the
-    token's bot all the same (its updates are handled as before; only the sender idles),
-    or bot 0 without a token (what such a worker handled its updates as)."""
-    tg, bs = cfg.telegram, cfg.bots
-    if tg.telegram_enabled:
-        return registry_for(cfg, redis)
-    default = (
-        default_bot(tg.token, tg.webhook_secret)
-        if tg.telegram_bot_token is not None
-        else BotSpec(0, PLACEHOLDER_TOKEN, "default", DEFAULT_PATH_KEY, source="env")
-    )
-    return BotRegistry(
-        redis, cfg.keys, default=default, file=bs.bots_file, refresh=bs.bots_refresh_seconds
-    )
+    """The worker's registry: ``registry_for``'s, and with ``TELEGRAM_ENABLED=false`` and no
+    token bot 0 as the default bot (what such a worker handled its updates as)."""
+    placeholder = BotSpec(0, PLACEHOLDER_TOKEN, "default", DEFAULT_PATH_KEY, source="env")
+    fallback = None if cfg.telegram.telegram_enabled else placeholder
+    return registry_of(cfg.telegram, cfg.bots, redis, cfg.keys, fallback)
 
 
 def assumed_me(tg: TelegramSettings, spec: BotSpec | None = None) -> User:

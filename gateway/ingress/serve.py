@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.core.backoff import backoff
@@ -81,13 +80,6 @@ def ingress_config(
         bot_webhooks=bots is not None and bot_webhooks(tg, bots),
         openapi=ing.openapi_enabled,
     )
-
-
-def ingress_registry(
-    tg: TelegramSettings, bs: BotsSettings, redis: aioredis.Redis | None, keys: Keys
-) -> BotRegistry:
-    """The bots the ingress serves (``registry_of``). Call ``load`` before use."""
-    return registry_of(tg, bs, redis, keys)
 
 
 def build_ingress(
@@ -184,7 +176,7 @@ async def serve_ingress(
     bs = bots or BotsSettings()
     registry_redis = connect_with(rs)
     try:
-        registry = ingress_registry(tg, bs, registry_redis, rs.keys)
+        registry = registry_of(tg, bs, registry_redis, rs.keys)
         observe.metrics.bots.follow(registry)  # the metrics' bot label: its names
         app = build_ingress(tg, rs, ps, ing, outbound_ttl, observe, files, receipts, bs, registry)
         # A BOTS_FILE that cannot be used or a layout mismatch: one line, exit 2.

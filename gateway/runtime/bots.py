@@ -138,17 +138,21 @@ def registry_for(cfg: Config, redis: aioredis.Redis | None) -> BotRegistry:
 
 
 def registry_of(
-    tg: TelegramSettings, bs: BotsSettings, redis: aioredis.Redis | None, keys: Keys
+    tg: TelegramSettings,
+    bs: BotsSettings,
+    redis: aioredis.Redis | None,
+    keys: Keys,
+    fallback: BotSpec | None = None,
 ) -> BotRegistry:
     """``TELEGRAM_BOT_TOKEN``'s bot whenever it is set (with ``TELEGRAM_ENABLED=false`` too:
     the ingress still serves its webhook route and callbacks, the worker its updates),
-    ``BOTS_FILE``'s and the Redis registry's (``redis``; None: no Redis source). Call
-    ``load`` before use."""
+    ``BOTS_FILE``'s and the Redis registry's (``redis``; None: no Redis source);
+    ``fallback``: the default bot when no token is set. Call ``load`` before use."""
     token = tg.token if tg.telegram_bot_token is not None else None
     return BotRegistry(
         redis,
         keys,
-        default=default_bot(token, tg.webhook_secret),
+        default=default_bot(token, tg.webhook_secret) or fallback,
         file=bs.bots_file,
         refresh=bs.bots_refresh_seconds,
     )

@@ -29,7 +29,11 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
         )
     from gateway.app.asyncapi.document import render  # FastStream is loaded here, not before
 
-    text = render(fmt)
+    return write_document(render(fmt), output, f"the AsyncAPI document ({fmt})")
+
+
+def write_document(text: str, output: Path | None, what: str) -> int:
+    """A generated document to stdout, or to ``output`` (``tg-gateway asyncapi|openapi``)."""
     if output is None:
         sys.stdout.write(text)
         return 0
@@ -37,7 +41,7 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--output {output}: {exc.strerror or exc}") from None
-    print(f"wrote the AsyncAPI document ({fmt}) to {output}", file=sys.stderr)
+    print(f"wrote {what} to {output}", file=sys.stderr)
     return 0
 
 

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.core.errors import UsageError
+from gateway.app.cli.asyncapi import write_document
 
 if TYPE_CHECKING:
     from gateway.app.cli.argtypes import Subcommands
@@ -21,17 +20,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     """Print the document, or write it to ``--output``; no Redis, no settings read."""
     from gateway.ingress.openapi.document import render
 
-    text = render()
-    output: Path | None = args.output
-    if output is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--output {output}: {exc.strerror or exc}") from None
-    print(f"wrote the OpenAPI document to {output}", file=sys.stderr)
-    return 0
+    return write_document(render(), args.output, "the OpenAPI document")
 
 
 def add_openapi(sub: Subcommands) -> None:
