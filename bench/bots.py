@@ -26,7 +26,6 @@ import os
 import platform
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, start_gateway
 from bench.limits import _child_env, _stop, max_in_window
 from gateway.app.sandbox import free_port, private_redis
 from gateway.core.bots import BotSpec
@@ -122,22 +121,11 @@ async def run_one(
     keys = Keys(PREFIX, PARTITIONS)
     port = free_port()
     more = [a for b in range(1, n_bots) for a in ("--bot", token_of(b))]
-    with (log_dir / f"bots-{n_bots}-emulator.log").open("wb") as fh:
-        emulator = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "emulator",
-            "--limits",
-            "--port",
-            str(port),
-            "--token",
-            token_of(0),
-            *more,
-            env=_child_env({}),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    emulator = await start_gateway(
+        ["emulator", "--limits", "--port", str(port), "--token", token_of(0), *more],
+        _child_env({}),
+        log_dir / f"bots-{n_bots}-emulator.log",
+    )
     api_url = f"http://{HOST}:{port}"
     ids = [FIRST_BOT + b for b in range(n_bots)]
     try:
@@ -171,19 +159,8 @@ async def run_one(
             started = time.time()
             try:
                 for s in range(senders):
-                    with (log_dir / f"bots-{n_bots}-sender{s}.log").open("wb") as fh:
-                        procs.append(
-                            await asyncio.create_subprocess_exec(
-                                sys.executable,
-                                "-m",
-                                "gateway",
-                                "sender",
-                                env=env,
-                                cwd=cwd,
-                                stdout=fh,
-                                stderr=subprocess.STDOUT,
-                            )
-                        )
+                    log = log_dir / f"bots-{n_bots}-sender{s}.log"
+                    procs.append(await start_gateway(["sender"], env, log, cwd))
                 total = len(entries)
                 deadline = time.monotonic() + seconds * 6 + 60
                 while time.monotonic() < deadline:

@@ -7,16 +7,26 @@ private redis-server (``private_redis``) come from ``gateway.app.sandbox``, as i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from gateway.app.sandbox import free_port
 
-__all__ = ["HOST", "BenchBroken", "cpu_seconds", "free_port", "proc_status", "wait_port"]
+__all__ = [
+    "HOST",
+    "BenchBroken",
+    "cpu_seconds",
+    "free_port",
+    "proc_status",
+    "start_gateway",
+    "wait_port",
+]
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,3 +63,20 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def start_gateway(
+    args: list[str], env: dict[str, str], log: Path, cwd: str | None = None
+) -> asyncio.subprocess.Process:
+    """``python -m gateway <args>`` (the `tg-gateway` entry point), its output in ``log``."""
+    with log.open("wb") as fh:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            *args,
+            env=env,
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )

@@ -42,6 +42,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench.common import start_gateway
 from gateway.app.sandbox import private_redis
 from gateway.core.contracts import Keys, OutboundEntry
 from gateway.core.settings import RedisSettings, SenderSettings
@@ -285,19 +286,7 @@ async def run_ours(
     started = time.time()
     try:
         for path in logs:
-            with path.open("wb") as fh:
-                procs.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "gateway",
-                        "sender",
-                        env=env,
-                        cwd=cwd,
-                        stdout=fh,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            procs.append(await start_gateway(["sender"], env, path, cwd))
         deadline = time.monotonic() + scenario.expect_s * 1.5 + 60
         complete = await _until(emu, len(scenario.plan), deadline)
     finally:
