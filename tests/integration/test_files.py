@@ -292,11 +292,12 @@ async def test_telegram_failing_is_a_5xx_with_a_reason_and_no_token(
         emu.faults.fail_next("getFile", 1, 429, html=False)
         resp = await http.get(entry["url"])
         assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
-        emu.faults.unauthorized()
+        # Only getFile answers 401: the ingress also polls this emulator, and a poll
+        # that met a 401 would stop the role (as it must for a revoked token).
+        emu.faults.fail_next("getFile", 1, 401, html=False)
         resp = await http.get(entry["url"])
         assert resp.status_code == 502 and "401" in resp.json()["error"]
         no_token_in(resp.text)
-        emu.faults.unauthorized(False)
         assert (await http.get(entry["url"])).content == PDF
 
 
