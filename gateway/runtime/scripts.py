@@ -296,8 +296,11 @@ GCRA = Script(
         "late credit µs",
         "share interval µs (0: this sender is not just back from degraded mode)",
         "recovering ms",
+        "push µs: the global TAT moves this much later first, granted or not (a late "
+        "arrival, ``workers.sender.arrivals``; 0: none)",
     ),
-    returns="{global wait µs, chat wait µs}; both 0: allowed and both TATs advanced. "
+    returns="{global wait µs, chat wait µs, Redis TIME µs (a counted call that reached the "
+    "budgets)}; both waits 0: allowed and both TATs advanced. "
     "While ``recovering`` exists the global interval is at least its value (one sender's "
     "share); a sender back from degraded mode sets it and pushes the global TAT one share "
     "into the future, so its local schedule goes on without a step. Keys get a TTL so "
@@ -319,6 +322,11 @@ local interval_g = tonumber(ARGV[1])
 local slow = tonumber(redis.call('GET', KEYS[5]) or '0')
 local share = tonumber(ARGV[4])
 local tat_g = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now - credit)
+local push = tonumber(ARGV[6] or '0')
+if push > 0 then
+  tat_g = tat_g + push
+  redis.call('SET', KEYS[3], digits(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
+end
 if share > 0 then
   share = math.max(share, slow)
   redis.call('SET', KEYS[5], digits(share), 'PX', ARGV[5])
@@ -329,13 +337,13 @@ end
 interval_g = math.max(interval_g, slow)
 local tat_c = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now - credit)
 if tat_g > now or tat_c > now then
-  return {math.max(tat_g - now, 0), math.max(tat_c - now, 0)}
+  return {math.max(tat_g - now, 0), math.max(tat_c - now, 0), now}
 end
 tat_g = tat_g + interval_g
 tat_c = tat_c + tonumber(ARGV[2])
 redis.call('SET', KEYS[3], digits(tat_g), 'PX', math.ceil((tat_g - now) / 1000) + 1000)
 redis.call('SET', KEYS[4], digits(tat_c), 'PX', math.ceil((tat_c - now) / 1000) + 1000)
-return {0, 0}
+return {0, 0, now}
 """,
 )
 

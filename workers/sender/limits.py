@@ -11,19 +11,24 @@ import math
 import time
 from dataclasses import dataclass
 
+from workers.sender.arrivals import IN_PROCESS, ArrivalGuard
+
 LATE_CREDIT_US = 2_000  # lateness a send may make up (bench: sends land ~0.6 ms late)
 
 
-def gcra(now_us: int, tat_us: int, interval_us: int, credit_us: int = 0) -> tuple[bool, int, int]:
+def gcra(
+    now_us: int, tat_us: int, interval_us: int, credit_us: int = 0, push_us: int = 0
+) -> tuple[bool, int, int]:
     """(allowed, new TAT, wait µs) for one limit (pure mirror of the script).
 
     A send that comes up to ``credit_us`` late keeps the schedule (the next is due one
     interval after the *scheduled* time, not after now), so the small lateness of every
     real send does not add up; ``credit_us`` ≪ interval, so no burst ever forms.
+    ``push_us`` moves the schedule later first, granted or not (``workers.sender.arrivals``).
     """
-    tat = max(tat_us, now_us - credit_us)
+    tat = max(tat_us, now_us - credit_us) + push_us
     if tat > now_us:
-        return False, tat_us, tat - now_us
+        return False, tat if push_us else tat_us, tat - now_us
     return True, tat + interval_us, 0
 
 
@@ -90,6 +95,7 @@ class LocalBudget:
         self.flood_global_until = 0.0  # in-process 429 waits (monotonic seconds)
         self.flood_chat_until: dict[int | str, float] = {}
         self.grants = 0  # sends granted in process
+        self.arrivals = ArrivalGuard()  # every grant's time, to judge its answer's
 
     def own_wait_us(self, chat_id: int | str) -> int:
         """How long the chat's own schedule holds its next send (0: it may go)."""
@@ -140,8 +146,12 @@ class LocalBudget:
         # apart, the first one after the switch included.
         tat_c = self.tat_chat.get(chat_id, 0)
         tat_c += int(chat_us * DEGRADED_SLACK) if tat_c else 0
-        ok_g, tat_g, wait_g = gcra(now, self.tat_global, share, LATE_CREDIT_US)
+        push = self.arrivals.take_push()
+        ok_g, tat_g, wait_g = gcra(now, self.tat_global, share, LATE_CREDIT_US, push)
         ok_c, tat_c, wait_c = gcra(now, tat_c, chat_us, LATE_CREDIT_US)
+        if push:
+            self.tat_global = tat_g if not ok_g else tat_g - share
+        self.arrivals.told(IN_PROCESS, [now], push, chat_id if ok_g and ok_c else None)
         if not (ok_g and ok_c):
             return wait_g / 1_000_000, wait_c / 1_000_000
         self.tat_global = tat_g
@@ -156,6 +166,12 @@ class LocalBudget:
         a send that Redis would let go."""
         _, chat_us = self.limits.intervals_us(chat_id)
         self._set_chat(chat_id, max(self.tat_chat.get(chat_id, 0), asked_us + chat_us))
+
+    def answered(self, chat_id: int | str) -> None:
+        """Telegram took a send granted here: a late one shifts the schedules after it."""
+        for chat, shift in self.arrivals.answered(chat_id, now_us(), self.limits):
+            if chat in self.tat_chat:
+                self.tat_chat[chat] += shift
 
     def _set_chat(self, chat_id: int | str, tat: int) -> None:
         self.tat_chat[chat_id] = tat

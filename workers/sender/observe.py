@@ -7,6 +7,8 @@ and latencies. The split parts are counted for the process.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,8 +18,11 @@ import redis.asyncio as aioredis
 from gateway.core.bot_labels import PerBot
 from gateway.core.contracts import COUNTER_MINUTE_TTL, Keys
 from gateway.core.metrics import Metrics
+from gateway.runtime.redis_errors import is_transient
 from gateway.telegram import answers
 from workers.sender.parts import METHODS
+
+log = logging.getLogger(__name__)
 
 SEND_OUTCOMES = ("sent", "already_sent", "retried", "dead_lettered")
 DRAFT_OUTCOMES = ("sent", "throttled", "final_stored", "expired", "skipped", "failed")
@@ -107,12 +112,19 @@ def chat_scope(chat_id: int | str) -> str:
     return "group" if isinstance(chat_id, str) or chat_id < 0 else "chat"
 
 
-async def count_flood(redis: aioredis.Redis, keys: Keys) -> None:
+async def count_flood(redis: aioredis.Redis, keys: Keys, timeout: float) -> None:
     """One more 429 in the ops counters: the total and this minute's bucket (``/stats``
-    sums the last hour's)."""
+    sums the last hour's). On whichever node holds them, within ``timeout``: a counter
+    for ops is never worth a failure, so a transient one is logged and let go."""
     bucket = keys.counter_minute("flood_waits", int(time.time()) // 60)
     pipe = redis.pipeline(transaction=False)  # two slots on a cluster
     pipe.incr(keys.counter("flood_waits"))
     pipe.incr(bucket)
     pipe.expire(bucket, COUNTER_MINUTE_TTL)
-    await pipe.execute()
+    try:
+        async with asyncio.timeout(timeout):
+            await pipe.execute()
+    except Exception as exc:
+        if not (isinstance(exc, TimeoutError) or is_transient(exc)):
+            raise
+        log.info("flood_waits counter not incremented (%s)", type(exc).__name__)

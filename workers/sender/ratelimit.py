@@ -1,10 +1,9 @@
 """Rate limits shared by every sender process: GCRA in one Lua call (state in Redis).
 
-Pure arithmetic (``workers.sender.limits.gcra``) mirrors the script
-(``gateway.runtime.scripts.GCRA``) and is unit-tested, and held to it on real Redis; the
-Redis clock (``TIME``) is the only clock, so replicas with skewed clocks still agree.
-Emission interval ``T = period / limit``; burst 1 (no bursts): a sliding window of one
-period never holds more than ``limit`` sends when ``margin`` ≥ one interval's slack.
+``workers.sender.limits.gcra`` is the script's pure mirror (held to it on real Redis);
+Redis ``TIME`` is the only clock, so replicas with skewed clocks agree. Interval ``T =
+period / limit``, burst 1: a window of one period holds at most ``limit`` grants, and
+``workers.sender.arrivals`` pushes the grants after a send that reached Telegram late.
 
 The limiter's keys share one hash tag, so on a Redis Cluster they live on one node. While
 that node does not answer (a transient error, or no answer within ``LIMITER_TIMEOUT``,
@@ -47,7 +46,6 @@ from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
 from workers.sender.limits import (
     LATE_CREDIT_US,
-    PAUSED,
     Limits,
     LocalBudget,
     now_us,
@@ -63,6 +61,7 @@ from workers.sender.standby import (
     slow_standby,
     standby_index,
 )
+from workers.sender.waiting import BudgetQueue
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,6 @@ class RateLimiter:
         self._keys = keys
         self._bot_id = bot_id
         self.limits = limits
-        self._global_queue = asyncio.Lock()
         self._recent_floods: deque[tuple[float, int | str]] = deque(maxlen=16)
         self.senders = senders
         self.assumed_senders = assumed_senders
@@ -108,6 +106,9 @@ class RateLimiter:
         self._answered_at = 0.0  # monotonic: when a call last started that Redis answered
         self._owe_recover = False  # back from degraded mode, no shared grant taken yet
         self.local = LocalBudget(limits)
+        self._queue = BudgetQueue(
+            lambda chat, counts: self.try_acquire(chat, counts=counts), self.local.pause_left
+        )
 
     def set_limits(self, limits: Limits) -> None:
         """New limits (the registry changed the bot's own): the next grant uses them."""
@@ -216,18 +217,23 @@ class RateLimiter:
                 k.rate_chat(bot, chat_id, set_),
                 k.rate_recovering(bot, set_),
             ]
-            # On the own set, a probe or the first counted call after one that was not
-            # counted: if Redis answers, this sender is back and the others may still count
-            # in process or on the standby. On a fresh standby: one interval ahead.
-            if set_:
-                share = global_us if self._standby_fresh else 0
-            else:
-                # (A suspect sender, confirming a first failure, never counted anywhere
-                # else: its probe slows nobody.)
+            # On the own set, a probe or the first counted call after one not counted: if
+            # Redis answers, this sender is back (the others may still count in process or
+            # on the standby). On a fresh standby: one interval ahead.
+            share = global_us if self._standby_fresh else 0
+            if not set_:  # (a suspect sender's probe slows nobody: it never counted elsewhere)
                 back = self.degraded or self.standby > 0 or self._owe_recover
                 share = self._share_us() if back else 0
-            args = [global_us, chat_us, LATE_CREDIT_US, share, RECOVER_GRACE_MS]
-        wait_g, wait_c = await GCRA.run(self._redis, keys, args)
+            push = self.local.arrivals.take_push()  # a late arrival's (workers.sender.arrivals)
+            args = [global_us, chat_us, LATE_CREDIT_US, share, RECOVER_GRACE_MS, push]
+        try:
+            wait_g, wait_c, *at = await GCRA.run(self._redis, keys, args)
+        except BaseException:
+            self.local.arrivals.give_back(args[5] if args else 0)  # for the next call
+            raise
+        if args:  # a counted call: when it reached the budgets (Redis TIME), its grant
+            granted = None if int(wait_g) or int(wait_c) else chat_id
+            self.local.arrivals.told(set_, at, args[5], granted)
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
 
     def _share_us(self) -> int:
@@ -328,37 +334,9 @@ class RateLimiter:
         return self.local.take(chat_id, self._share_us())
 
     async def acquire(self, chat_id: int | str, *, counts: bool = True) -> str:
-        """Return once one send to ``chat_id`` may go (its budget is taken): the limit that
-        made it wait first (``none``, ``global``, ``chat`` or ``group``, for the metrics);
-        or at once ``PAUSED`` (nothing taken) while the bot as a whole waits out a 429
-        (``LocalBudget.pause_left``): the caller waits it out where it holds up no other bot."""
-        scope = "none"
-        while True:
-            wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
-            if wait_g == 0 and wait_c == 0:
-                return scope
-            if wait_g > wait_c and self.local.pause_left():
-                return PAUSED
-            if wait_c >= wait_g:
-                if scope == "none":
-                    scope = "group" if isinstance(chat_id, str) or chat_id < 0 else "chat"
-                await asyncio.sleep(wait_c)  # this chat's own wait: others go on
-                continue
-            if scope == "none":
-                scope = "global"
-            # The wait counts from when it was told, not from this lane's turn at the
-            # queue: after a 429's pause the lanes behind the first go one by one at once,
-            # instead of each sleeping the whole pause again.
-            due = time.monotonic() + wait_g
-            async with self._global_queue:  # only the global budget is missing: queue up
-                while True:
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    wait_g, wait_c = await self.try_acquire(chat_id, counts=counts)
-                    if wait_g == 0 and wait_c == 0:
-                        return scope
-                    if wait_c >= wait_g or self.local.pause_left():
-                        break  # the chat's own wait, or the bot's 429 pause (see above)
-                    due = time.monotonic() + wait_g
+        """Return once one send to ``chat_id`` may go: the limit that made it wait first,
+        or ``PAUSED`` during the bot's 429 pause (``workers.sender.waiting``)."""
+        return await self._queue.acquire(chat_id, counts)
 
     async def flood(self, chat_id: int | str, retry_after: float) -> bool:
         """Record Telegram's 429 so every replica waits; True if it looked global.
@@ -389,11 +367,5 @@ class RateLimiter:
             self._failed(as_connection_error(exc), now)
             await self._slots.after_failure()
             return scope is None
-        try:  # a counter for ops, on whichever node holds it: never worth a failure
-            async with asyncio.timeout(LIMITER_TIMEOUT):
-                await count_flood(self._redis, self._keys)
-        except Exception as exc:
-            if not (isinstance(exc, TimeoutError) or is_transient(exc)):
-                raise
-            log.info("flood_waits counter not incremented (%s)", type(exc).__name__)
+        await count_flood(self._redis, self._keys, LIMITER_TIMEOUT)
         return scope is None

@@ -142,6 +142,8 @@ class PartSender:
                 if after is not None:
                     return part.outcome(retry=after)
                 continue
+            if part.counts:
+                bot.limiter.local.answered(part.chat_id)  # a late one pushes the budget after it
             return part.outcome(message_id=message_id(result))
 
     async def _gate(self, marker: str, fence: Fence) -> tuple[float | None, bytes | None]:

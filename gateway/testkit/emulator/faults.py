@@ -64,6 +64,7 @@ class Faults:
         """Remove every fault."""
         self._fail: list[_FailRule] = []
         self._delay: dict[str | None, float] = {}
+        self._delay_next: dict[str | None, list[float]] = {}  # method: [calls left, s]
         self._forbidden: dict[int, str] = {}
         self._flood_chat: dict[int, list[int]] = {}
         self._flood_global: list[int] = [0, 0]
@@ -84,6 +85,11 @@ class Faults:
             self._delay[_norm(method)] = seconds
         else:
             self._delay.pop(_norm(method), None)
+
+    def delay_next(self, method: str | None, count: int, seconds: float) -> None:
+        """Sleep ``seconds`` before answering the next ``count`` calls of ``method`` (None =
+        any): late arrivals, as a cold connection's first requests are."""
+        self._delay_next[_norm(method)] = [count, seconds]
 
     def forbid_chat(self, chat_id: int, description: str = BLOCKED) -> None:
         """Calls aimed at ``chat_id`` answer 403 with ``description``."""
@@ -117,6 +123,12 @@ class Faults:
         return self._unauthorized
 
     def delay_for(self, method: str) -> float:
+        """The delay of one call of ``method`` (a ``delay_next`` rule is used up by it)."""
+        for key in (method.lower(), None):
+            rule = self._delay_next.get(key)
+            if rule is not None and rule[0] > 0:
+                rule[0] -= 1
+                return rule[1]
         return self._delay.get(method.lower(), self._delay.get(None, 0.0))
 
     def take_failure(self, method: str) -> RawFailure | None:
