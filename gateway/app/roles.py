@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ import workers  # noqa: F401
 # isort: split
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.middlewares.manager import RequestMiddlewareManager
 from aiogram.client.telegram import TelegramAPIServer
 
 from gateway.app.configs import consumer_config, worker_options
@@ -40,6 +42,7 @@ from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.observe import SenderMetrics
+from workers.sender.parts import warm_up
 from workers.worker.bots import Pipelines, WorkerBots
 from workers.worker.breaker import CircuitBreaker
 from workers.worker.commands import load_routers
@@ -58,11 +61,32 @@ def make_bot(tg: TelegramSettings, token: str | None = None) -> Bot:
     ``token``'s, else ``TELEGRAM_BOT_TOKEN``'s."""
     if token is None:
         token = tg.token if tg.telegram_bot_token is not None else PLACEHOLDER_TOKEN
-    session = AiohttpSession(
-        api=TelegramAPIServer.from_base(tg.telegram_api_url),
-        timeout=tg.telegram_request_timeout,
-    )
-    return Bot(token, session=session)
+    return Bot(token, session=bot_session(tg))
+
+
+_SESSIONS: dict[tuple[str, float], AiohttpSession] = {}
+
+
+def session_template(tg: TelegramSettings) -> AiohttpSession:
+    """This process's never-started session for ``tg``'s API URL and timeout."""
+    key = (tg.telegram_api_url, tg.telegram_request_timeout)
+    template = _SESSIONS.get(key)
+    if template is None:
+        api = TelegramAPIServer.from_base(tg.telegram_api_url)
+        template = _SESSIONS[key] = AiohttpSession(api=api, timeout=tg.telegram_request_timeout)
+    return template
+
+
+def bot_session(tg: TelegramSettings) -> AiohttpSession:
+    """A new aiogram session (its own connection pool) for one bot. aiogram's constructor
+    loads certifi's CA bundle into a new TLS context each time: 40-45 ms of CPU on the
+    event loop (measured), so a sender meeting a bot's first send stalled every lane of
+    every bot that long, and their sends reached Telegram late (a 429 a second later). A
+    shallow copy of one never-started session per process shares that context (read only:
+    each session builds its own connector from it on first use)."""
+    session = copy.copy(session_template(tg))
+    session.middleware = RequestMiddlewareManager()  # never one bot's middlewares on another
+    return session
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -248,6 +272,10 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
             await _listen(stack, cfg, m, redis)
         if await ensure_layout_until(redis, cfg.keys, "sender", stop) is None:
             return  # stopped while Redis was away
+        # No first send leaves late for pydantic's first use of a model, or for the TLS
+        # context of the first bot's session.
+        warm_up()
+        session_template(tg)
         limits = Limits(
             global_per_second=ss.sender_global_per_second,
             chat_per_second=ss.sender_chat_per_second,

@@ -30,6 +30,17 @@ METHODS: dict[str, type[TelegramMethod[Any]]] = {
     "editMessageText": EditMessageText,
     "deleteMessage": DeleteMessage,
 }
+
+
+def warm_up() -> None:
+    """Complete every method's model now. Pydantic completes an aiogram model that has
+    forward references on its first use (20-70 ms each, measured), so a fresh sender's
+    first send left that much after its grant, and the chat's next send, granted 1.02 s
+    after it, reached Telegram within the second: a 429 (bench.limits (b))."""
+    for model in METHODS.values():
+        model.model_rebuild()
+
+
 # Count toward the limits, and are never best effort (a failure is a dead letter). Edits
 # and deletes too: Telegram limits them as well, and the limiter keeps them clear of 429s.
 COUNTED = frozenset(
