@@ -1,10 +1,11 @@
-"""The late-arrival estimate (``workers.sender.arrivals``): a send that answered later than
-its peers pushes the grants after it by its excess past the window's slack, once for a
-run of late sends, judged again when a faster answer lowers the baseline."""
+"""The late-arrival estimate (``workers.sender.arrivals``): a send that left (or, past the
+answers' noise, was answered) later after its grant than its peers pushes the grants
+after it by its excess past the window's slack, once for a run of late sends, judged
+again when a faster one lowers the baseline."""
 
 from __future__ import annotations
 
-from workers.sender.arrivals import IN_PROCESS, ArrivalGuard, chat_slack_us
+from workers.sender.arrivals import ANSWER_NOISE_US, IN_PROCESS, ArrivalGuard, chat_slack_us
 from workers.sender.limits import Limits
 
 LIMITS = Limits()  # 30/s, 1/s per chat, 20/min per group, 2 % margin
@@ -12,18 +13,21 @@ INTERVAL = 34_000  # µs: (1 + 0.02) / 30
 SLACK = 20_000  # µs: 30 grants span 1.02 s of a 1 s window
 CLOCK = 1_764_547_200_000_000  # Redis TIME µs; this process's clock is another one
 LOCAL = 5_000_000
+BACK = 2_000  # µs from a request leaving to its answer, steadily
 
 
 def grant_and_answer(
     guard: ArrivalGuard, sends: list[tuple[int, int]], start: int = 0
 ) -> list[tuple[int | str, int]]:
-    """Grant send i at ``start + i`` intervals to chat ``1000 + i`` and answer it after its
-    latency; ``sends`` holds (chat offset, latency µs), answers in the order given."""
+    """Grant send i at ``start + i`` intervals to chat ``1000 + i``; it leaves after its
+    latency and is answered ``BACK`` later. ``sends``: (chat offset, latency µs), answered
+    in the order given."""
     shifts: list[tuple[int | str, int]] = []
     for i, _ in sends:
         guard.told(0, [CLOCK + start + i * INTERVAL], 0, 1000 + i)
     for i, latency in sends:
-        shifts += guard.answered(1000 + i, LOCAL + start + i * INTERVAL + latency, LIMITS)
+        left = LOCAL + start + i * INTERVAL + latency
+        shifts += guard.answered(1000 + i, left, left + BACK, LIMITS)
     return shifts
 
 
@@ -65,7 +69,8 @@ def test_a_run_of_late_sends_pushes_once() -> None:
     for i in range(4):
         guard.told(0, [CLOCK + start + i * INTERVAL], 0, 2000 + i)
     for i in range(4):
-        guard.answered(2000 + i, LOCAL + start + i * INTERVAL + 150_000, LIMITS)
+        left = LOCAL + start + i * INTERVAL + 150_000
+        guard.answered(2000 + i, left, left + BACK, LIMITS)
         push = guard.take_push()
         guard.told(0, [CLOCK + start + i * INTERVAL + 150_000], push, None)  # applied
     assert guard.pushed_us == 146_000 - SLACK
@@ -107,7 +112,8 @@ def test_a_clock_switch_starts_afresh() -> None:
     guard = ArrivalGuard()
     grant_and_answer(guard, [(i, 4_000) for i in range(5)])
     guard.told(IN_PROCESS, [LOCAL + 10 * INTERVAL], 0, 3000)
-    assert guard.answered(3000, LOCAL + 10 * INTERVAL + 5_000, LIMITS) == []
+    left = LOCAL + 10 * INTERVAL + 5_000
+    assert guard.answered(3000, left, left + BACK, LIMITS) == []
     assert guard.take_push() == 0
 
 
@@ -122,4 +128,27 @@ def test_a_call_that_stopped_early_keeps_the_push() -> None:
 
 def test_an_answer_without_a_grant_here_is_ignored() -> None:
     guard = ArrivalGuard()
-    assert guard.answered(77, LOCAL, LIMITS) == []
+    assert guard.answered(77, LOCAL, LOCAL + BACK, LIMITS) == []
+
+
+def answer_late(guard: ArrivalGuard, late: int) -> None:
+    """Ten steady sends, then one that left on time and was answered ``late`` µs late."""
+    grant_and_answer(guard, [(i, 4_000) for i in range(10)])
+    guard.told(0, [CLOCK + 10 * INTERVAL], 0, 5000)
+    left = LOCAL + 10 * INTERVAL + 4_000
+    guard.answered(5000, left, left + BACK + late, LIMITS)
+
+
+def test_an_answer_late_past_the_noise_pushes_what_is_past_it() -> None:
+    """It left on time but its answer was 150 ms late: the network or Telegram side was
+    slow (a new connection's handshakes), so it may have arrived that late."""
+    guard = ArrivalGuard()
+    answer_late(guard, 150_000)
+    assert guard.take_push() == 150_000 - ANSWER_NOISE_US - SLACK
+
+
+def test_an_answer_late_within_the_noise_pushes_nothing() -> None:
+    """A busy loop resumes a lane tens of ms after its answer came: not a late arrival."""
+    guard = ArrivalGuard()
+    answer_late(guard, ANSWER_NOISE_US + SLACK)
+    assert guard.take_push() == 0

@@ -11,18 +11,23 @@ Telegram answers 429, which pauses the bot for a whole second (measured: the fir
 sends of a fresh sender answered 50-60 ms slower than the rest, and each run met one or
 two 429s at 0.93 s).
 
-The sender cannot see arrivals, but it sees each send's answer. ``e`` is estimated as
-the send's latency (its grant, on the limiter's clock, → its answer, on this process's)
-over the lowest latency of the last ``BASELINE_US`` (the fastest a partner send may be;
-the two clocks' offset cancels out). Past the slack, every grant after now is pushed by
-the excess (a global *push* the limiter's next call carries, the chat's own schedule
-shifted in process: its lane is this sender's). Pushes since a send's grant count
-toward it, so a run of late sends pushes once. When the baseline drops (a first fast
-answer after slow ones), the recent sends are judged again: the first answers of a
-fresh sender have no baseline yet. Grants are timed on the clock that made them (Redis
-TIME of the own or the standby set, or this process's while counting in process); a
-switch starts the estimate afresh. Costs nothing while latency is steady; a late send
-costs its excess once instead of a 429's second-long pause.
+The sender cannot see arrivals, but it sees when each request left and when its answer
+came. ``e`` is the larger of two estimates, each over its lowest of the last
+``BASELINE_US`` (the fastest a partner send may be; the offset between the limiter's
+clock and this process's cancels out): grant → request leaving (lateness on this side:
+a first fence behind a herd of budget calls, a busy loop; exact), and grant → answer
+less ``ANSWER_NOISE_US`` (a late network or Telegram side, or a new connection's
+handshakes; the answer's own way back and this loop's lag after it add to it, so only
+what is past that noise counts: measured, a CPU-bound sender's answers wander by tens
+of ms, and counting them in full cost a quarter of its rate). Past the slack, every grant
+after now is pushed by the excess (a global *push* the limiter's next call carries, the
+chat's own schedule shifted in process: its lane is this sender's). Pushes since a
+send's grant count toward it, so a run of late sends pushes once. When a baseline
+drops (a first fast send after slow ones), the recent sends are judged again: the first
+sends of a fresh sender have no baseline yet. Grants are timed on the clock that made
+them (Redis TIME of the own or the standby set, or this process's while counting in
+process); a switch starts the estimate afresh. Costs nothing while latency is steady; a
+late send costs its excess once instead of a 429's second-long pause.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ if TYPE_CHECKING:  # limits.py keeps an ArrivalGuard in its LocalBudget
 
 WINDOW_US = 1_100_000  # a send can matter to a send granted up to ~1 s later (+ slack)
 BASELINE_US = 2_000_000  # the lowest latency of the last 2 s: the fastest a partner may be
+ANSWER_NOISE_US = 50_000  # an answer's lateness below this is the way back and loop lag
 GRANTS_MAX = 4096  # grant times kept for answers still to come
 IN_PROCESS = -1  # the clock of grants counted in process (Redis sets are 0, 1, …)
 
@@ -43,9 +49,26 @@ IN_PROCESS = -1  # the clock of grants counted in process (Redis sets are 0, 1, 
 @dataclass(slots=True)
 class _Sent:
     granted: int  # µs on the limiter's clock
-    latency: int  # µs: grant → answer (the two clocks' offset included)
+    left: int  # µs: grant → the request left (the two clocks' offset included)
+    answer: int  # µs: grant → its answer (the same offset)
     chat_id: int | str
     chat_shifted: int = 0  # µs its chat's schedule was already shifted for it
+
+
+class _Lowest:
+    """The lowest value of the last ``BASELINE_US`` (a monotonic deque)."""
+
+    def __init__(self) -> None:
+        self._values: deque[tuple[int, int]] = deque()  # (local µs, value), rising
+
+    def add(self, now: int, value: int) -> int:
+        values = self._values
+        while values and values[-1][1] >= value:
+            values.pop()
+        values.append((now, value))
+        while values[0][0] < now - BASELINE_US:
+            values.popleft()
+        return values[0][1]
 
 
 class ArrivalGuard:
@@ -60,9 +83,9 @@ class ArrivalGuard:
     def _forget(self) -> None:
         self._grants: dict[int | str, int] = {}
         self._recent: deque[_Sent] = deque()
-        self._lows: deque[tuple[int, int]] = deque()  # (local µs, latency), rising
+        self._left, self._answer = _Lowest(), _Lowest()
         self._pushes: deque[tuple[int, int]] = deque()  # (clock µs applied, µs)
-        self._baseline: int | None = None
+        self._baseline: tuple[int, int] | None = None  # (left, answer)
         self._clock = 0  # the limiter clock's latest reading
 
     def take_push(self) -> int:
@@ -94,33 +117,32 @@ class ArrivalGuard:
                 edge = now - WINDOW_US
                 self._grants = {c: t for c, t in self._grants.items() if t > edge}
 
-    def answered(self, chat_id: int | str, now: int, limits: Limits) -> list[tuple[int | str, int]]:
-        """A send granted here succeeded at ``now`` (this process's clock): (chat, µs)
-        shifts for the chats' own schedules; a global push is added to ``pending``."""
+    def answered(
+        self, chat_id: int | str, left: int, now: int, limits: Limits
+    ) -> list[tuple[int | str, int]]:
+        """A send granted here left at ``left`` and succeeded at ``now`` (this process's
+        clock): (chat, µs) shifts for the chats' own schedules; a global push is added to
+        ``pending``."""
         granted = self._grants.pop(chat_id, None)
         if granted is None:
             return []
-        sent = _Sent(granted, now - granted, chat_id)
+        sent = _Sent(granted, left - granted, now - granted, chat_id)
         edge = self._clock - WINDOW_US
-        recent, pushes, lows = self._recent, self._pushes, self._lows
+        recent, pushes = self._recent, self._pushes
         recent.append(sent)
         while recent and recent[0].granted < edge:
             recent.popleft()
         while pushes and pushes[0][0] < edge:
             pushes.popleft()
-        while lows and lows[-1][1] >= sent.latency:
-            lows.pop()
-        lows.append((now, sent.latency))
-        while lows[0][0] < now - BASELINE_US:
-            lows.popleft()
-        baseline, before = lows[0][1], self._baseline
-        self._baseline = baseline
-        judged = list(recent) if before is not None and baseline < before else [sent]
+        baseline = (self._left.add(now, sent.left), self._answer.add(now, sent.answer))
+        before, self._baseline = self._baseline, baseline
+        dropped = before is not None and (baseline[0] < before[0] or baseline[1] < before[1])
+        judged = list(recent) if dropped else [sent]
         global_us, _ = limits.intervals_us(0)
         slack_g = int(limits.global_per_second) * global_us - 1_000_000
         shifts: list[tuple[int | str, int]] = []
         for s in judged:
-            excess = s.latency - baseline
+            excess = max(s.left - baseline[0], s.answer - baseline[1] - ANSWER_NOISE_US)
             since = self.pending + sum(us for at, us in pushes if at > s.granted)
             need = excess - slack_g - since
             if need > 0:

@@ -167,9 +167,10 @@ class LocalBudget:
         _, chat_us = self.limits.intervals_us(chat_id)
         self._set_chat(chat_id, max(self.tat_chat.get(chat_id, 0), asked_us + chat_us))
 
-    def answered(self, chat_id: int | str) -> None:
-        """Telegram took a send granted here: a late one shifts the schedules after it."""
-        for chat, shift in self.arrivals.answered(chat_id, now_us(), self.limits):
+    def left(self, chat_id: int | str, at_us: int) -> None:
+        """A send granted here left at ``at_us`` and Telegram took it: a late one shifts the
+        schedules after it (``workers.sender.arrivals``)."""
+        for chat, shift in self.arrivals.answered(chat_id, at_us, now_us(), self.limits):
             if chat in self.tat_chat:
                 self.tat_chat[chat] += shift
 

@@ -21,7 +21,7 @@ from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
 from workers.sender.bots import BotClient, SenderBot, SenderBots
-from workers.sender.limits import PAUSED
+from workers.sender.limits import PAUSED, now_us
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
 from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
@@ -127,6 +127,7 @@ class PartSender:
             part.attempts += 1
             client = bot.client  # the current token's (a rotation: the new one)
             try:
+                leaves = now_us()  # the request leaves: how late after its grant, for the limiter
                 result = await self._call(bot, client, method, params, trust_left, marker)
             except Exception as exc:
                 decision = answers.classify(exc)
@@ -143,7 +144,7 @@ class PartSender:
                     return part.outcome(retry=after)
                 continue
             if part.counts:
-                bot.limiter.local.answered(part.chat_id)  # a late one pushes the budget after it
+                bot.limiter.local.left(part.chat_id, leaves)  # late: the budget after it waits
             return part.outcome(message_id=message_id(result))
 
     async def _gate(self, marker: str, fence: Fence) -> tuple[float | None, bytes | None]:
