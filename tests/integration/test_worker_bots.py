@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.app.roles import serve_worker
 from gateway.core.bots import BotsSettings
-from gateway.core.contracts import OutboundEntry, update_fields
+from gateway.core.contracts import GROUP_WORKERS, OutboundEntry, update_fields
 from gateway.core.errors import DeliveryTokenError, TelegramFatal
 from gateway.core.settings import load
 from gateway.core.tokens import verify_route
@@ -357,3 +357,32 @@ async def test_a_401_stops_the_worker_only_when_its_bot_is_the_only_one(
             refused = f"bot {name}: getMe refused (401)"
             await wait_for(lambda r=refused: r in caplog.text, message=refused)  # type: ignore[misc]
         assert not stop.is_set()
+
+
+async def test_a_bot_added_just_after_another_miss_is_not_taken_for_unknown(
+    redis: aioredis.Redis, redis_url: str, emu: Emulator, p1: Recorder, tmp_path: Path
+) -> None:
+    """An unknown bot's update has the registry read its sources (at most once a second);
+    bot C, added to BOTS_FILE a moment later, gets its first update within that second:
+    the worker asks once more after the registry's next read instead of dead-lettering
+    C's update (the sender does the same for replies: test_sender_bots.py)."""
+    path = bots_file(tmp_path, brand_b(p1.url))
+    cfg = worker_config(redis_url, emu, p1, path)
+    cfg.bots = load(BotsSettings, bots_file=path, bots_refresh_seconds=60)
+    await ensure_groups(redis, cfg.keys)
+    stranger = text_update(1000, ALICE, "who am I talking to?")
+    await publish(redis, cfg, UNKNOWN, stranger)
+    stream = cfg.keys.updates(cfg.keys.partition(UNKNOWN, ALICE))
+
+    async def stranger_read() -> bool:
+        pending = int((await redis.xpending(stream, GROUP_WORKERS))["pending"])
+        return pending > 0 or bool(await dead_letters(redis, cfg))
+
+    async with running(lambda stop: serve_worker(cfg, stop)):
+        await wait_for(stranger_read, message="the stranger's update read")
+        bots_file(tmp_path, brand_b(p1.url), brand_c())  # C added, within the second
+        await publish(redis, cfg, BOT_C, text_update(1000, 503, "question for C"))
+        replies = await wait_for(lambda: sent(redis, cfg), timeout=10, message="C's reply")
+        [dead] = await wait_for(lambda: dead_letters(redis, cfg), message="the stranger's")
+    assert [(e.bot_id, e.payload["text"]) for e in replies] == [(BOT_C, "p1: question for C")]
+    assert dead["reason"] == "unknown_bot" and str(UNKNOWN) in dead["error"]

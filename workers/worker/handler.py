@@ -23,6 +23,7 @@ from gateway.core.replies import NoReplyContent, parse_reply, reply_entries
 from gateway.core.status_urls import reply_status_url, with_status_url
 from gateway.core.tokens import Route, sign_route
 from gateway.runtime.batching import Command
+from gateway.runtime.bots import MISS_REFRESH
 from gateway.runtime.consumer import (
     Ack,
     Dead,
@@ -48,6 +49,7 @@ from workers.worker.typing_indicator import start_typing, stop_typing
 log = logging.getLogger(__name__)
 
 PAUSED = "paused"  # the memo of a paused update's Retry
+UNKNOWN_ONCE = "unknown bot, asked once"  # the memo of an update whose bot was not found
 
 
 def pipeline_router() -> Router:
@@ -246,6 +248,12 @@ class UpdateHandler:
             return Dead(Reason.INVALID_ENTRY, str(exc))
         s = self.services
         wb = await self.bots.get(entry.bot_id)
+        if wb is None and item.memo is not UNKNOWN_ONCE:
+            # Asked once more after the registry's next read, as the sender does: a bot
+            # added a moment ago, just after another miss had the registry read its
+            # sources, is not dead-lettered.
+            why = f"bot {entry.bot_id} unknown: asked again after the registry's next read"
+            return Retry(MISS_REFRESH, why, memo=UNKNOWN_ONCE)
         if wb is None:
             s.count("unknown_bot")
             return Dead(Reason.UNKNOWN_BOT, f"bot {entry.bot_id} is not served here")
