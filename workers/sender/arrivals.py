@@ -34,10 +34,21 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # limits.py keeps an ArrivalGuard in its LocalBudget
-    from workers.sender.limits import Limits
+
+class Limits(Protocol):
+    """``workers.sender.limits.Limits`` as used here (that module keeps an ArrivalGuard in
+    its LocalBudget, so this one does not import it)."""
+
+    @property
+    def global_per_second(self) -> float: ...
+    @property
+    def chat_per_second(self) -> float: ...
+    @property
+    def group_per_minute(self) -> float: ...
+    def intervals_us(self, chat_id: int | str) -> tuple[int, int]: ...
+
 
 WINDOW_US = 1_100_000  # a send can matter to a send granted up to ~1 s later (+ slack)
 BASELINE_US = 2_000_000  # the lowest latency of the last 2 s: the fastest a partner may be

@@ -148,7 +148,7 @@ class DraftSender:
         args = [global_us, draft_us, LATE_CREDIT_US, 0, RECOVER_GRACE_MS]
         try:
             async with asyncio.timeout(DRAFT_REDIS_TIMEOUT):
-                wait_g, wait_c = await GCRA.run(self.redis, keys, args)
+                wait_g, wait_c, *_ = await GCRA.run(self.redis, keys, args)
         except Exception as exc:
             if not (isinstance(exc, TimeoutError) or is_transient(exc)):
                 raise
