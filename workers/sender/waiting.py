@@ -7,6 +7,8 @@ queue at once instead of asking too: a sender's start (or a burst of new chats) 
 otherwise put hundreds of calls in flight together, and the fence and the Bot API calls
 of the first grants would wait behind them: measured, 180 ms late at a fresh sender's
 start, which a late arrival's push (``workers.sender.arrivals``) then has to make up.
+During the bot's 429 pause none queues: each is answered ``PAUSED`` at once (from the
+pause kept in process), so it gives its room up without waiting for a turn.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class BudgetQueue:
         the caller waits it out where it holds up no other bot."""
         scope, first = "none", True
         while True:
-            if first and counts and (self._asking or self._lock.locked()):
+            herd = self._asking or self._lock.locked()
+            if first and counts and herd and not self._pause_left():
                 wait_g, scope = 0.0, "global"  # others are asking: queue up behind them
             else:
                 self._asking += counts
