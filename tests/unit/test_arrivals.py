@@ -152,3 +152,17 @@ def test_an_answer_late_within_the_noise_pushes_nothing() -> None:
     guard = ArrivalGuard()
     answer_late(guard, ANSWER_NOISE_US + SLACK)
     assert guard.take_push() == 0
+
+
+def test_a_stall_that_held_the_grants_back_too_needs_no_push() -> None:
+    """The sender's loop stalled 250 ms: the send granted before it left 200 ms late, but
+    no grant was made during the stall either, so the send ``limit`` grants after it is
+    already late enough (a push here would only cost rate)."""
+    guard = ArrivalGuard()
+    grant_and_answer(guard, [(i, 4_000) for i in range(10)])
+    granted = CLOCK + 10 * INTERVAL
+    guard.told(0, [granted], 0, 4000)
+    guard.told(0, [granted + 250_000], 0, 4001)  # the next grant, after the stall
+    left = LOCAL + 10 * INTERVAL + 204_000
+    guard.answered(4000, left, left + BACK, LIMITS)
+    assert guard.take_push() == 0

@@ -32,6 +32,7 @@ late send costs its excess once instead of a 429's second-long pause.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,6 +99,7 @@ class ArrivalGuard:
         self._pushes: deque[tuple[int, int]] = deque()  # (clock µs applied, µs)
         self._baseline: tuple[int, int] | None = None  # (left, answer)
         self._clock = 0  # the limiter clock's latest reading
+        self._granted_at: list[int] = []  # this bot's grants here (limiter clock), rising
 
     def take_push(self) -> int:
         """The push for the next counted call (µs), cleared: ``told`` says it was applied."""
@@ -124,6 +126,10 @@ class ArrivalGuard:
             self._pushes.append((now, push))
         if granted is not None:
             self._grants[granted] = now
+            times = self._granted_at
+            times.append(now)
+            if len(times) > 2 * GRANTS_MAX or (len(times) > 64 and times[0] < now - WINDOW_US):
+                del times[: bisect.bisect_left(times, now - WINDOW_US)]
             if len(self._grants) > GRANTS_MAX:
                 edge = now - WINDOW_US
                 self._grants = {c: t for c, t in self._grants.items() if t > edge}
@@ -150,12 +156,19 @@ class ArrivalGuard:
         dropped = before is not None and (baseline[0] < before[0] or baseline[1] < before[1])
         judged = list(recent) if dropped else [sent]
         global_us, _ = limits.intervals_us(0)
-        slack_g = int(limits.global_per_second) * global_us - 1_000_000
+        n = int(limits.global_per_second)
+        times = self._granted_at
         shifts: list[tuple[int | str, int]] = []
         for s in judged:
             excess = max(s.left - baseline[0], s.answer - baseline[1] - ANSWER_NOISE_US)
-            since = self.pending + sum(us for at, us in pushes if at > s.granted)
-            need = excess - slack_g - since
+            # The send `n` grants after it comes no sooner than `n - p` intervals after the
+            # last grant since (`p` of them): a schedule that idled (a stall, fewer sends)
+            # has moved it later already. Pushes after that grant, or still to make, too.
+            after = bisect.bisect_right(times, s.granted)
+            last = times[-1] if after < len(times) else s.granted
+            since = self.pending + sum(us for at, us in pushes if at > last)
+            partner = last + (n - (len(times) - after)) * global_us + since
+            need = s.granted + excess + 1_000_000 - partner
             if need > 0:
                 self.pending += need
                 self.pushed_us += need
