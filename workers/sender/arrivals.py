@@ -19,10 +19,14 @@ a first fence behind a herd of budget calls, a busy loop; exact), and grant → 
 less ``ANSWER_NOISE_US`` (a late network or Telegram side, or a new connection's
 handshakes; the answer's own way back and this loop's lag after it add to it, so only
 what is past that noise counts: measured, a CPU-bound sender's answers wander by tens
-of ms, and counting them in full cost a quarter of its rate). Past the slack, every grant
-after now is pushed by the excess (a global *push* the limiter's next call carries, the
-chat's own schedule shifted in process: its lane is this sender's). Pushes since a
-send's grant count toward it, so a run of late sends pushes once. When a baseline
+of ms, and counting them in full cost a quarter of its rate). The send ``limit`` grants
+after a late one comes no sooner than ``limit - p`` intervals after the last of the
+``p`` grants made here since it (and any push since): where that is still within one
+second of the late send's arrival, every grant after now is pushed by the difference (a
+global *push* the limiter's next call carries; the chat's own schedule is shifted in
+process by the excess past its slack: its lane is this sender's). In a full schedule
+that is the excess past the slack; a schedule that idled (a stall) needs less. A run of
+late sends pushes once. When a baseline
 drops (a first fast send after slow ones), the recent sends are judged again: the first
 sends of a fresh sender have no baseline yet. Grants are timed on the clock that made
 them (Redis TIME of the own or the standby set, or this process's while counting in
