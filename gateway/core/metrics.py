@@ -103,6 +103,8 @@ SPECS: tuple[Spec, ...] = (
     _spec("tg_gateway_sender_flood_wait_seconds_total", "counter",
           "Seconds of retry_after Telegram imposed in 429 answers, by scope.", ("scope", "bot"),
           SENDER),
+    _spec("tg_gateway_sender_arrival_push_seconds_total", "counter",
+          "Seconds the bot's sends were held back after late arrivals.", ("bot",), SENDER),
     _spec("tg_gateway_sender_limiter_wait_seconds", "histogram",
           "Time a send waited for budget in the shared rate limiter.", ("scope", "bot"), SENDER,
           (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)),

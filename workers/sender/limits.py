@@ -167,12 +167,15 @@ class LocalBudget:
         _, chat_us = self.limits.intervals_us(chat_id)
         self._set_chat(chat_id, max(self.tat_chat.get(chat_id, 0), asked_us + chat_us))
 
-    def left(self, chat_id: int | str, at_us: int) -> None:
+    def left(self, chat_id: int | str, at_us: int) -> int:
         """A send granted here left at ``at_us`` and Telegram took it: a late one shifts the
-        schedules after it (``workers.sender.arrivals``)."""
+        schedules after it (``workers.sender.arrivals``). Returns the µs the bot's global
+        schedule is to be pushed for it (0 for a send on time)."""
+        before = self.arrivals.pushed_us
         for chat, shift in self.arrivals.answered(chat_id, at_us, now_us(), self.limits):
             if chat in self.tat_chat:
                 self.tat_chat[chat] += shift
+        return self.arrivals.pushed_us - before
 
     def _set_chat(self, chat_id: int | str, tat: int) -> None:
         self.tat_chat[chat_id] = tat

@@ -70,6 +70,7 @@ class BotSends:
             lambda method: m.child("tg_gateway_sender_queue_latency_seconds", method, bot), METHODS
         )
         self.end_to_end = m.child("tg_gateway_sender_end_to_end_latency_seconds", bot)
+        self.arrival_push = m.child("tg_gateway_sender_arrival_push_seconds_total", bot)
 
     def send(self, method: str, outcome: str) -> None:
         child = self.sends.get((method, outcome))

@@ -144,7 +144,9 @@ class PartSender:
                     return part.outcome(retry=after)
                 continue
             if part.counts:
-                bot.limiter.local.left(part.chat_id, leaves)  # late: the budget after it waits
+                pushed = bot.limiter.local.left(part.chat_id, leaves)  # late: the rest waits
+                if pushed:
+                    obs.arrival_push.inc(pushed / 1e6)
             return part.outcome(message_id=message_id(result))
 
     async def _gate(self, marker: str, fence: Fence) -> tuple[float | None, bytes | None]:
