@@ -45,6 +45,7 @@ PREFIX = "pk"
 REFUSED = 3  # the partition the ACL refuses on a single Redis
 PASSWORD = "parking-test-password"
 RESUMED_WITHIN = 2.0  # after cluster_state:ok again (issue 10)
+STOP_WITHIN = 10.0  # a cancelled poller's stop, and its clients' close
 
 
 def user_in(p: int, partitions: int = P) -> int:
@@ -67,10 +68,12 @@ async def polling(redis: aioredis.Redis, keys: Keys, emu: Emulator) -> AsyncIter
         yield poller
         assert not task.done(), task  # it polls until stopped
     finally:
+        # Bounded: a poller that does not stop is this test's failure, not a hung run.
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await publisher.aclose()
-        await api.aclose()
+        done, _ = await asyncio.wait([task], timeout=STOP_WITHIN)
+        await asyncio.wait_for(publisher.aclose(), STOP_WITHIN)
+        await asyncio.wait_for(api.aclose(), STOP_WITHIN)
+        assert done, f"the poller did not stop within {STOP_WITHIN}s of its cancel"
 
 
 async def texts(redis: aioredis.Redis, stream: str) -> list[str]:

@@ -67,11 +67,8 @@ log = logging.getLogger(__name__)
 
 
 class RateLimiter:
-    """Takes send budget from Redis; waits where needed, fairly.
-
-    A lane whose chat has no budget sleeps on its own. Lanes waiting only for the global
-    budget queue on one in-process lock (FIFO), so one of them polls Redis at a time
-    instead of all of them at every tick. While the limiter's node does not answer, the
+    """Takes send budget from Redis; waits where needed, fairly (how the lanes wait:
+    ``workers.sender.waiting.BudgetQueue``). While the limiter's node does not answer, the
     budget comes from the standby set or is counted in process (see the module
     docstring); ``senders`` says how many sender processes share the global limit (the
     live membership last seen; None when unknown, then ``assumed_senders``).
