@@ -63,7 +63,7 @@ def unrelay(fields: Mapping[bytes, bytes]) -> tuple[str | None, dict[bytes, byte
     return (target.decode() if target else None), own
 
 
-def _reraise_cancel() -> None:
+def reraise_cancel() -> None:
     """Raise CancelledError if this task has a cancel pending. Called in a handler of
     ``Exception``: redis-py and ``asyncio.wait_for`` on Python 3.11 can turn a cancel
     that races a timeout into an ordinary exception, and a loop that retries it would
@@ -167,7 +167,7 @@ class Relay:
                 try:
                     await self.move(p)
                 except Exception as exc:
-                    _reraise_cancel()  # a cancel that asyncio.timeout turned into TimeoutError
+                    reraise_cancel()  # a cancel that asyncio.timeout turned into TimeoutError
                     self.dirty.add(p)  # the next round tries again
                     if _failure(exc):
                         await self._slots.after_failure()
