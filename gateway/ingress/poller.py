@@ -27,7 +27,7 @@ from gateway.core.backoff import backoff
 from gateway.core.contracts import extract_update_ids, update_fields
 from gateway.core.errors import RedisUnavailable
 from gateway.ingress.observe import IngressMetrics
-from gateway.runtime.relay import reraise_cancel
+from gateway.runtime.redis_errors import reraise_cancel
 from gateway.runtime.streams import Fields, UpdatePublisher
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
@@ -263,11 +263,10 @@ class Poller:
                 attempt = 0
                 continue
             except RedisUnavailable as exc:
-                reraise_cancel()  # a cancel the Redis call's timeout turned into an error
                 if attempt == 0:
                     log.info("partition %d: cannot move parked updates yet (%s)", p, exc)
             except Exception:  # a bug must not leave the partition parked for good
-                reraise_cancel()
+                reraise_cancel()  # a cancel that code under it turned into an error
                 if attempt == 0:
                     log.exception("partition %d: moving parked updates failed", p)
             delay = backoff(attempt, base=0.05, cap=MOVE_BACKOFF_CAP)

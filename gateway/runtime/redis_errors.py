@@ -20,6 +20,7 @@ instead of being retried forever:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from types import TracebackType
 
@@ -34,6 +35,17 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def reraise_cancel() -> None:
+    """Raise CancelledError if this task has a cancel pending. Called in a handler of
+    ``Exception``: redis-py and ``asyncio.wait_for``/``asyncio.timeout`` on Python 3.11 can
+    turn a cancel that races a timeout into an ordinary exception, and a loop that retries
+    it would never end."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 
 TRANSIENT_REPLIES = frozenset(
     {"CLUSTERDOWN", "TRYAGAIN", "LOADING", "READONLY", "MASTERDOWN", "MOVED", "ASK", "UNBLOCKED"}

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.runtime.redis_errors import as_connection_error, is_transient
+from gateway.runtime.redis_errors import as_connection_error, is_transient, reraise_cancel
 from gateway.runtime.slots import SlotRefresher
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,6 @@ def unrelay(fields: Mapping[bytes, bytes]) -> tuple[str | None, dict[bytes, byte
     target = fields.get(RELAY_FIELD.encode())
     own = {k: v for k, v in fields.items() if k != RELAY_FIELD.encode()}
     return (target.decode() if target else None), own
-
-
-def reraise_cancel() -> None:
-    """Raise CancelledError if this task has a cancel pending. Called in a handler of
-    ``Exception``: redis-py and ``asyncio.wait_for`` on Python 3.11 can turn a cancel
-    that races a timeout into an ordinary exception, and a loop that retries it would
-    never end."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _failure(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ from gateway.core.errors import RedisUnavailable
 from gateway.core.settings import RedisSettings
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.cluster import GatewayCluster
+from gateway.runtime.redis_errors import reraise_cancel
 from gateway.runtime.routing import outbound_stream
 from gateway.runtime.scripts import PARK_UPDATES, PUBLISH_UPDATE, PUBLISH_UPDATES
 
@@ -208,6 +209,7 @@ class UpdatePublisher:
         try:
             [res] = await self._calls.run(self._publish_command(p, bot_id, update_id, fields))
         except Exception as exc:  # Redis away, or e.g. a packing error: an answer, not a hang
+            reraise_cancel()
             raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         if isinstance(res, Exception):
             raise RedisUnavailable(f"redis: {res}")
@@ -242,6 +244,7 @@ class UpdatePublisher:
         try:
             replies = await self._calls.run(*commands)
         except Exception as exc:
+            reraise_cancel()
             return [RedisUnavailable(f"redis: {type(exc).__name__}: {exc}")] * len(entries)
         for where, reply in zip(by_partition.values(), replies, strict=True):
             for n, i in enumerate(where):
@@ -261,6 +264,7 @@ class UpdatePublisher:
         try:
             [reply] = await self._calls.run(command)
         except Exception as exc:
+            reraise_cancel()
             return f"redis: {type(exc).__name__}: {exc}"
         return f"redis: {reply}" if isinstance(reply, Exception) else None
 
@@ -272,6 +276,7 @@ class UpdatePublisher:
             async with asyncio.timeout(self._timeout):
                 rows: Any = await self._redis.xrange(key, min=start, count=count)
         except Exception as exc:  # as ``publish``: its node away, whatever redis-py raises
+            reraise_cancel()  # a cancel that raced the timeout: not an unavailable node
             raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return [(i.decode() if isinstance(i, bytes) else str(i), f) for i, f in rows]
 
@@ -283,6 +288,7 @@ class UpdatePublisher:
             async with asyncio.timeout(self._timeout):
                 await self._redis.xdel(key, *ids)
         except Exception as exc:
+            reraise_cancel()
             raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def count_parked(self, n: int) -> None:

@@ -271,6 +271,36 @@ async def test_publish_entries_stores_each_update_once_in_order(redis: aioredis.
     assert await texts(redis, keys.updates(2)) == ["b1"]
 
 
+async def test_a_cancel_that_races_a_redis_timeout_stays_a_cancel(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 a cancel that comes as a call's timeout fires can surface as
+    TimeoutError. The mover's calls raise CancelledError for it, not RedisUnavailable, so
+    its retry loop never takes a stopping poller for a refusing node (that hung a CI run)."""
+
+    async def raced(*_args: Any, **_kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            raise TimeoutError("the timeout that fired with the cancel") from None
+
+    publisher = UpdatePublisher(redis, Keys("rc", P), 3600, timeout=2.0)
+    monkeypatch.setattr(redis, "xrange", raced)
+    monkeypatch.setattr(redis, "xdel", raced)
+    try:
+        for call in (
+            lambda: publisher.read_parked("rc:parked", "-", 1),
+            lambda: publisher.unpark("rc:parked", ["1-1"]),
+        ):
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.create_task(call())
+    finally:
+        await publisher.aclose()
+
+
 async def test_a_full_parking_stream_refuses_and_keeps_what_it_holds(
     redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
