@@ -375,7 +375,8 @@ async def publish_outbound(
         ]
         try:
             replies = await Coalescer(redis).run(*commands)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError) as exc:  # OSError: TimeoutError too
+            reraise_cancel()
             raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         for reply in replies:
             if isinstance(reply, Exception):
@@ -390,5 +391,6 @@ async def publish_outbound(
     try:
         ids = await pipe.execute()
     except (RedisError, OSError) as exc:
+        reraise_cancel()
         raise RedisUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
     return [i.decode() if isinstance(i, bytes) else str(i) for i in ids[skip:]]
