@@ -53,6 +53,16 @@ def import_aiogram() -> bool:
         return None
 
     pydantic.BaseModel.model_rebuild = classmethod(deferred)  # type: ignore[method-assign,assignment]
+    # Models aiogram does not rebuild itself are completed at class creation (~250 of them,
+    # ~0.2 s CPU of every role's start): pydantic's own ``defer_build`` default, switched on
+    # only while aiogram imports, builds them on first use instead. A private dict: if a
+    # pydantic release drops it, this part is skipped and the import stays correct.
+    from pydantic._internal import _config
+
+    defaults: dict[str, Any] = getattr(_config, "config_defaults", {})
+    defer_before = defaults.get("defer_build", False)
+    if "defer_build" in defaults:
+        defaults["defer_build"] = True
     try:
         import aiogram.methods
         import aiogram.types
@@ -66,6 +76,8 @@ def import_aiogram() -> bool:
         return False
     finally:
         pydantic.BaseModel.model_rebuild = original  # type: ignore[method-assign]
+        if "defer_build" in defaults:
+            defaults["defer_build"] = defer_before
     types_ns = {k: v for k, v in vars(aiogram.types).items() if not k.startswith("_")}
     for _, kw in recorded:  # names aiogram passed to its rebuilds (List, Optional, Default)
         for name, value in (kw.get("_types_namespace") or {}).items():
@@ -73,10 +85,11 @@ def import_aiogram() -> bool:
     # Models built later as parts of others (``Response[Message]`` is parametrized at call
     # time) resolve forward refs in their own module's globals, where aiogram imports the
     # types only under TYPE_CHECKING: give every aiogram module the names it lacks.
+    # (One C-level update per module: a setdefault per name is ~650,000 calls, measured
+    # 0.11 s against 0.04 s for this, on every worker's and sender's start.)
     for module_name, module in list(sys.modules.items()):
         if module_name.startswith("aiogram.") and module is not None:
             module_ns = vars(module)
-            for name, value in types_ns.items():
-                module_ns.setdefault(name, value)
+            module_ns.update({**types_ns, **module_ns})
     _state["lazy"] = True
     return True
