@@ -1,8 +1,10 @@
 """A fault-test harness: every role as its own process, a known workload, an exact ledger.
 
-``Harness`` starts, the way users start them (``python -m gateway <role>``), the Bot API
-emulator, the reference pipeline (async mode: 202, then a callback), ingress, N workers
-and M senders, against a private ``redis-server``. It can kill -9, SIGTERM and restart any
+``Harness`` starts, each as ``gateway.app.cli.main([<role>])`` in its own process (forked
+from ``tests/forkserver.py``, which has the imports done; ``TG_TEST_FORKSERVER=0``: as
+``python -m gateway <role>``, the way users start them), the Bot API emulator, the
+reference pipeline (async mode: 202, then a callback), ingress, N workers and M senders,
+against a private ``redis-server``. It can kill -9, SIGTERM and restart any
 role, restart Redis, inject pipeline and Telegram faults, and push a numbered workload
 (``m{chat}-{seq}`` from many chats through the emulator's user API). ``Harness.report()``
 then accounts for every user message: pipeline requests by idempotency key, replies the
@@ -44,6 +46,8 @@ from redis.exceptions import RedisError
 
 from gateway.core.contracts import partition_for
 from gateway.testkit.ports import release_port
+from tests.forkserver import ForkedProcess, ForkServer
+from tests.forkserver import enabled as forkserver_enabled
 from tests.helpers import (
     BOT_ID,
     TOKEN,
@@ -55,6 +59,9 @@ from tests.helpers import (
 )
 
 T = TypeVar("T")
+# A role's process: forked from tests/forkserver.py's preloaded server (the default: the
+# same ``gateway.app.cli.main`` without 2 s of imports per start), or ``python -m gateway``.
+Proc = subprocess.Popen[bytes] | ForkedProcess
 
 DELIVERY_SECRET = "faults-delivery-secret-0123456789"
 WEBHOOK_SECRET = "faults_webhook-secret"
@@ -342,7 +349,7 @@ class NodeOutage:
 class Role:
     name: str
     kind: str
-    proc: subprocess.Popen[bytes]
+    proc: Proc
     log_offset: int
     exit_codes: list[int] = field(default_factory=list)
     stopped: bool = False  # the harness stopped it (kill or SIGTERM) on purpose
@@ -385,7 +392,7 @@ class Harness:
         self.pipe_url = f"http://127.0.0.1:{self.pipe_port}"
         self.ingress_url = f"http://127.0.0.1:{self.ingress_port}"
         self.roles: dict[str, Role] = {}
-        self.services: dict[str, subprocess.Popen[bytes]] = {}
+        self.services: dict[str, Proc] = {}
         self.faults: list[str] = []
         self.marker_windows: list[tuple[float, float, str]] = []
         # A window opened by one cluster node's fault explains only its partitions' replies.
@@ -476,7 +483,7 @@ class Harness:
         return codes
 
     @staticmethod
-    def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    def _reap(proc: Proc, timeout: float) -> int:
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -526,10 +533,15 @@ class Harness:
         env.update(o.env)
         return env
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with (self.dir / f"{name}.log").open("ab") as log:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        path = self.dir / f"{name}.log"
+        with path.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} {' '.join(args)}\n".encode())
             log.flush()
+            if forkserver_enabled():
+                return ForkServer.shared().spawn(
+                    args, env={**env_without_gateway_vars(), **env}, cwd=self.dir, log=path
+                )
             return subprocess.Popen(
                 [sys.executable, "-m", "gateway", *args],
                 env={**env_without_gateway_vars(), **env},
