@@ -436,9 +436,9 @@ async def test_best_effort_calls_that_fail_for_good_are_dropped_not_dead_lettere
 # --- fencing: nothing leaves a sender that lost its partition (issue 9, item 11) -------
 
 
-def fenced_sender(redis: aioredis.Redis, cfg: Any) -> tuple[StreamConsumer, Sender]:
+def fenced_sender(redis: aioredis.Redis, cfg: Any) -> tuple[StreamConsumer, Sender, RateLimiter]:
     """The sender role as ``serve_sender`` builds it, with partition leases, kept at hand
-    so a test can freeze its lease renewals."""
+    so a test can freeze its lease renewals and step into its limiter's waits."""
     tg, ss = cfg.telegram, cfg.sender
     limits = Limits(chat_per_second=ss.sender_chat_per_second)
     limiter = RateLimiter(redis, cfg.keys, tg.bot_id, limits)
@@ -464,7 +464,7 @@ def fenced_sender(redis: aioredis.Redis, cfg: Any) -> tuple[StreamConsumer, Send
         sender,
         name="sender-a",
     )
-    return consumer, sender
+    return consumer, sender, limiter
 
 
 async def _frozen() -> None:
@@ -486,26 +486,38 @@ async def test_a_sender_whose_lease_goes_while_it_waits_for_budget_sends_nothing
     partition is taken over by another sender (``taken_over``: the Redis lease names
     someone else, though this process still trusts it locally), or this process's own
     trust ends (``trust_lapsed``: a pause, renewals late; Redis still names it). When the
-    budget comes, nothing may reach Telegram, and the entry stays pending for the owner."""
+    budget comes, nothing may reach Telegram, and the entry stays pending for the owner.
+
+    The lease goes from inside the limiter's wait, after the budget came and before the
+    lane goes on: the moment the test is about, whatever the machine's load (a lease
+    taken from outside once came after the wait had ended, and the send was right)."""
     cfg = make_config(redis_url, emu.api_url, redis={"lease_ttl_ms": 60_000})
     await ensure_groups(redis, cfg.keys)
-    await _budget_taken_for(redis, cfg, CHAT, 5.0)
+    await _budget_taken_for(redis, cfg, CHAT, 1.0)
     await publish(redis, cfg, entry(text="waits for budget"))
     p = partition_for(CHAT, cfg.keys.partitions, BOT_ID)
     stream = cfg.keys.outbound(p)
-    consumer, sender = fenced_sender(redis, cfg)
-    task = asyncio.create_task(consumer.run())
-    try:
-        await wait_for(
-            lambda: _pending(redis, stream), timeout=4, message="the entry read, in its lane"
-        )
+    consumer, sender, limiter = fenced_sender(redis, cfg)
+    acquire = limiter.acquire
+    waits: list[float] = []
+
+    async def lease_goes_during_the_wait(chat_id: int | str, *, counts: bool = True) -> str:
+        began = time.monotonic()
+        scope = await acquire(chat_id, counts=counts)
+        waits.append(time.monotonic() - began)
         assert consumer.leases is not None
         consumer.leases.tick = _frozen  # type: ignore[method-assign]  # no more renewals
         if how == "taken_over":
             await redis.set(cfg.keys.lease("sender", p), "sender-b", px=60_000)
         else:
             consumer.leases.valid_until[p] = 0.0
-        await wait_for(lambda: sender.fenced >= 1, timeout=10, message="the fenced send")
+        return scope
+
+    limiter.acquire = lease_goes_during_the_wait  # type: ignore[method-assign]
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: sender.fenced >= 1, timeout=15, message="the fenced send")
+        assert waits and waits[0] > 0.1  # it did wait for the chat's budget
         assert emu.stats()["requests"].get("sendMessage", 0) == 0
         assert emu.sent() == []
         assert await _pending(redis, stream) == 1  # left for the partition's owner
