@@ -198,11 +198,18 @@ async def test_a_drifted_secret_shows_as_401s_and_is_reapplied(
 
 @pytest.fixture
 def poll_spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float, float]]:
-    """Every getUpdates call: (which BotApi, start, end), on the caller's clock."""
+    """Every getUpdates call: (which BotApi, start, end), on the caller's clock.
+
+    Each BotApi is kept alive here: a replica builds its client when it takes the lease,
+    so the standby's could otherwise reuse the stopped holder's freed address, and two
+    replicas would count as one (``id()`` is unique only among live objects)."""
     spans: list[tuple[int, float, float]] = []
+    alive: list[BotApi] = []
     real = BotApi.get_updates_raw
 
     async def recorded(self: BotApi, *args: Any, **kwargs: Any) -> Any:
+        if not any(api is self for api in alive):
+            alive.append(self)
         start = time.monotonic()
         try:
             return await real(self, *args, **kwargs)
