@@ -178,22 +178,23 @@ class ForkedProcess:
         message: dict[str, Any] = json.loads(line)
         return message
 
-    def poll(self) -> int | None:
+    def _exited(self, timeout: float | None) -> int | None:
+        """The exit code, once the server has sent it (waiting up to ``timeout``)."""
         if self.returncode is None:
-            message = self._read_message(timeout=0)
+            message = self._read_message(timeout)
             if message is not None:
                 self.returncode = int(message["status"])
                 self._conn.close()
         return self.returncode
 
+    def poll(self) -> int | None:
+        return self._exited(timeout=0)
+
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None:
-            message = self._read_message(timeout)
-            if message is None:
-                raise subprocess.TimeoutExpired(["gateway", str(self.pid)], timeout or 0)
-            self.returncode = int(message["status"])
-            self._conn.close()
-        return self.returncode
+        code = self._exited(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(["gateway", str(self.pid)], timeout or 0)
+        return code
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:

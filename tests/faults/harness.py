@@ -535,16 +535,15 @@ class Harness:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         path = self.dir / f"{name}.log"
+        env = {**env_without_gateway_vars(), **env}
         with path.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} {' '.join(args)}\n".encode())
             log.flush()
             if forkserver_enabled():
-                return ForkServer.shared().spawn(
-                    args, env={**env_without_gateway_vars(), **env}, cwd=self.dir, log=path
-                )
+                return ForkServer.shared().spawn(args, env=env, cwd=self.dir, log=path)
             return subprocess.Popen(
                 [sys.executable, "-m", "gateway", *args],
-                env={**env_without_gateway_vars(), **env},
+                env=env,
                 cwd=self.dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -204,12 +204,11 @@ def poll_spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float, float]
     so the standby's could otherwise reuse the stopped holder's freed address, and two
     replicas would count as one (``id()`` is unique only among live objects)."""
     spans: list[tuple[int, float, float]] = []
-    alive: list[BotApi] = []
+    alive: dict[int, BotApi] = {}
     real = BotApi.get_updates_raw
 
     async def recorded(self: BotApi, *args: Any, **kwargs: Any) -> Any:
-        if not any(api is self for api in alive):
-            alive.append(self)
+        alive.setdefault(id(self), self)
         start = time.monotonic()
         try:
             return await real(self, *args, **kwargs)
