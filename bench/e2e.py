@@ -3,6 +3,7 @@ and 1000 updates/s (issue 12's goal: p99 <= 10 ms at 500/s).
 
   .venv/bin/python -m bench.e2e [--rates 100,500,1000] [--duration 10] [--plot docs/bench-e2e.png]
   .venv/bin/python -m bench.e2e --sender-only 500    # the sender alone: CPU ms per entry
+  .venv/bin/python -m bench.e2e --idle 10            # no traffic: each process's CPU
 
 Starts a private redis-server, the emulator (Telegram's limits enforced, lifted as for a
 bot that pays for broadcasts: 1000/s; see ``LIFTED``) and one ``tg-gateway ingress``,
@@ -265,6 +266,23 @@ def run_sender_only(rate: float, duration: float) -> int:
     return 0
 
 
+def run_idle(seconds: float) -> int:
+    """The deployment with no traffic: each process's CPU over ``seconds`` (polling cost)."""
+    with private_redis() as url:
+        dep = Deployment(url, Path(tempfile.mkdtemp(prefix="bench-e2e-idle-")))
+        try:
+            dep.start()
+            time.sleep(8)  # past the start: leases taken, the webhook set
+            before = dep.cpu()
+            time.sleep(seconds)
+            after = dep.cpu()
+        finally:
+            dep.stop()
+    shares = ", ".join(f"{n} {(after[n] - before[n]) / seconds * 100:.1f}" for n in after)
+    print(f"idle for {seconds:g} s, % of a core: {shares}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="100,500,1000")
@@ -277,7 +295,11 @@ def main() -> int:
         metavar="RATE",
         help="only the sender, replies published at RATE/s: its CPU per entry",
     )
+    ap.add_argument("--idle", type=float, metavar="SECONDS",
+                    help="no traffic: each process's CPU over SECONDS")  # fmt: skip
     args = ap.parse_args()
+    if args.idle:
+        return run_idle(args.idle)
     if args.serve_emulator:  # the child process: the emulator with the limits lifted
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_emulator("127.0.0.1", args.serve_emulator, TOKEN, limits=LIFTED))

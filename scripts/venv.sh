@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the project with the given extras; prints nothing on success.
 #
-# uv installs the same versions pip would resolve from PyPI, in ~16 s where pip takes
-# ~85 s (measured on a clean clone here: most of pip's time is its resolver and the
-# extra indexes in this machine's pip config). pip stays the fallback when uv itself
-# cannot be installed or fails, so the script never depends on uv to work.
+# uv installs the same versions pip resolves from PyPI, in ~16 s where pip took ~85 s on
+# a clean clone here (2026-12-03: `time bash scripts/venv.sh dev` on a fresh clone, and
+# `python3 -m venv v && time v/bin/pip install -q -e '.[dev]'`; this machine's pip
+# config adds extra indexes). pip stays the fallback when uv itself cannot be installed
+# or fails, so the script never depends on uv to work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"

@@ -1,11 +1,15 @@
 """A fork server for the tests' gateway processes: ``python -m gateway`` without the import.
 
-Every role process pays about 2 s of CPU importing aiogram, pydantic, aiohttp and the
-gateway before it does anything (``python -X importtime -m gateway worker``). The fault
-suite starts some 200 of them, and on CI's two cores that startup was most of its CPU
-time. The server imports all of it once, then forks one child per request; the child
-becomes the process ``subprocess.Popen([python, "-m", "gateway", *argv])`` would have
-started (its own session, the given environment, working directory and log file on
+Every role process pays about 1.5 s of CPU importing aiogram, pydantic, aiohttp and the
+gateway before it does anything (``/usr/bin/time .venv/bin/python -c 'import
+gateway.app.roles'``; ``-X importtime`` says by module). The fault suite starts some 200
+of them, and on CI's two cores that startup was most of its CPU time:
+``/usr/bin/time .venv/bin/python -m pytest -n 3 tests/faults`` took 335 s and 571 CPU-s
+with ``TG_TEST_FORKSERVER=0``, 160 s and 231 CPU-s with the server (2026-12-03).
+
+The server imports all of it once, then forks one child per request; the child becomes
+the process ``subprocess.Popen([python, "-m", "gateway", *argv])`` would have started
+(its own session, the given environment, working directory and log file on
 stdout and stderr, default signal dispositions) and runs ``gateway.app.cli.main(argv)``,
 then exits through the interpreter's normal shutdown (threads joined, ``atexit`` run).
 What it does not exercise is the interpreter start itself: ``tests/e2e`` starts every
