@@ -197,3 +197,17 @@ async def test_a_synchronous_reply_s_status_url_is_checked_like_a_callback_s() -
     refused = await handle(StatusUrlPipeline(url), update_item(UPDATE), fence(valid=True))
     assert isinstance(refused, Dead) and refused.reason is Reason.PIPELINE_BAD_REPLY
     assert "status_url" in refused.error and "RECEIPTS_STATUS_URL_HOSTS" in refused.error
+
+
+def test_every_filter_and_handler_of_the_gateway_s_routers_is_a_coroutine() -> None:
+    """aiogram runs a plain callable (a magic ``F.data.startswith(...)`` filter among them)
+    in a thread per call; the gateway's own routers never pay that hop per update."""
+    dp = build_dispatcher([])
+    sync: list[str] = []
+    for router in dp.chain_tail:
+        for name, observer in router.observers.items():
+            for handler in observer.handlers:
+                for obj in (handler, *(handler.filters or ())):
+                    if not obj.awaitable:
+                        sync.append(f"{router.name}.{name}: {obj.callback!r}")
+    assert not sync

@@ -14,7 +14,7 @@ import asyncio
 import re
 from typing import Any
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, Filter
 from aiogram.types import CallbackQuery, Message
 
@@ -33,6 +33,15 @@ REASONS = frozenset(r.value for r in Reason)
 NOT_ALLOWED = "Only the bot's operators can use this."
 
 Keyboard = list[list[tuple[str, str]]]
+
+
+class AdminPress(Filter):
+    """A press of one of the menu's buttons (its data starts with ``PREFIX``). A coroutine
+    on purpose: aiogram runs a plain callable filter (a magic ``F.data...`` one among
+    them) in a thread per call (``asyncio.to_thread``), a thread hop for every press."""
+
+    async def __call__(self, query: CallbackQuery) -> bool:
+        return (query.data or "").startswith(PREFIX)
 
 
 class FromAdmin(Filter):
@@ -57,7 +66,7 @@ def admin_router() -> Router:
         text, keyboard = await menu(gw)
         await send_menu(gw, text, keyboard)
 
-    @router.callback_query(F.data.startswith(PREFIX))
+    @router.callback_query(AdminPress())
     async def pressed(query: CallbackQuery, gw: WorkerContext) -> None:
         gw.command = "admin"
         user = query.from_user
