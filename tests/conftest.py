@@ -7,6 +7,12 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 
+# Imported (and rewritten by pytest) now, while the session has one thread. Its pytest
+# plugin imports it lazily at the session's end otherwise, and CPython 3.11 shares one
+# AST recursion counter between threads: a background thread's ast.parse (3.11's
+# traceback carets use it) can make that import fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905), seen in single-process runs.
+import hypothesis  # noqa: F401
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
