@@ -24,6 +24,7 @@ from gateway.runtime.consumer import (
     Publish,
     Retry,
     StreamConsumer,
+    Write,
 )
 from gateway.runtime.streams import connect, ensure_groups
 from tests.helpers import RedisProcess, RedisProxy, wait_for
@@ -48,6 +49,7 @@ def consumer(redis: aioredis.Redis, handler: Handler, **kw: object) -> StreamCon
         claim_every=0.1,
         max_deliveries=int(kw.pop("max_deliveries", 3)),  # type: ignore[call-overload]
         max_in_flight=int(kw.pop("max_in_flight", 64)),  # type: ignore[call-overload]
+        leases=bool(kw.pop("leases", False)),
     )
     name = str(kw["name"]) if "name" in kw else None
     return StreamConsumer(redis, KEYS, cfg, handler, name=name)
@@ -133,6 +135,79 @@ async def test_effects_are_written_with_the_ack(redis: aioredis.Redis) -> None:
     for chat in range(6):
         ttl = await redis.ttl(f"t:done:{{{chat % 2}}}:{chat}:19")
         assert 0 < ttl <= 600
+
+
+async def test_a_write_lands_in_the_finish_s_trip_even_when_the_lease_is_gone(
+    redis: aioredis.Redis,
+) -> None:
+    """A ``Write`` (the sender's sent marker: Telegram took the part) is unfenced: it goes
+    in the finish's round trip, ahead of the script, and lands even when the script finds
+    the lease taken by another process and writes nothing else (no publish, no ack)."""
+    await add(redis, 0, 0)
+    taken: list[str] = []
+
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        await redis.set(fence.lease_key, "someone-else", px=60_000)  # the lease moved
+        return Ack(
+            (
+                Publish("t:out:{0}", {"seq": "0"}),
+                Write(("SET", "t:sent:{0}:x", "42", "EX", 600), written=lambda: taken.append("x")),
+            )
+        )
+
+    c = consumer(redis, handler, leases=True)
+    await run_until(c, lambda: taken)
+    assert await redis.get("t:sent:{0}:x") == b"42"
+    assert 0 < await redis.ttl("t:sent:{0}:x") <= 600
+    assert await redis.xlen("t:out:{0}") == 0  # the fenced effects: none
+    assert (await redis.xpending(KEYS.updates(0), GROUP))["pending"] == 1  # not acked
+
+
+@pytest.mark.parametrize("how", ["lease_taken", "stopping"])
+async def test_a_finish_that_gives_its_entry_up_makes_its_writes_through_their_fallback(
+    own_redis: RedisProcess, how: str
+) -> None:
+    """Redis goes away between the handler's outcome and its finish; then the partition
+    is dropped (a renewal answered that another process holds it now), or the process
+    stops: the finish gives the entry up without reaching Redis. Its ``Write`` is a fact
+    (the sender's "Telegram took this part") the next owner must see, so it is handed to
+    its ``fallback`` (the sender's marker, retried in place) instead of being lost with
+    the finish; ``written`` is not called."""
+    redis = connect(own_redis.url)
+    calls: list[str] = []
+
+    async def fallback() -> None:
+        calls.append("fallback")
+
+    c: StreamConsumer | None = None
+
+    async def handler(item: Item, fence: Fence) -> Outcome:
+        assert c is not None and c.leases is not None
+        await asyncio.to_thread(own_redis.stop, kill=True)  # before the finish
+        c.leases.tick = _frozen  # type: ignore[method-assign]  # no more renewals
+        if how == "lease_taken":
+            c.leases.state.pop(0)  # what the lease manager does on "lease taken"
+        else:
+            c.stop()
+        written = lambda: calls.append("written")  # noqa: E731
+        return Ack((Write(("SET", "t:sent:{0}:x", "1"), written=written, fallback=fallback),))
+
+    try:
+        await add(redis, 0, 0)
+        c = consumer(redis, handler, leases=True)
+        task = asyncio.create_task(c.run())
+        await wait_for(lambda: calls, timeout=20, message="the fallback")
+        c.stop()
+        await asyncio.wait_for(task, 20)
+        assert calls == ["fallback"]
+    finally:
+        if own_redis.proc is None:
+            own_redis.start()
+        await redis.aclose()
+
+
+async def _frozen() -> None:
+    await asyncio.Event().wait()
 
 
 async def _pending_zero(redis: aioredis.Redis) -> bool:

@@ -1,5 +1,6 @@
 """What one reply costs the sender (docs/bench-e2e.md): its Redis round trips before the
-consumer's finish, and its Bot API request, a JSON POST read without aiogram's models."""
+consumer's finish (the sent marker and the reply record ride the finish's), and its Bot
+API request, a JSON POST read without aiogram's models."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import redis.asyncio as aioredis
 from gateway.app.roles import make_bot
 from gateway.core.contracts import OutboundEntry, Reason, partition_for
 from gateway.runtime.consumer import Ack, Fence, Item
+from gateway.runtime.routing import sent_marker
 from gateway.telegram import answers
 from gateway.telegram.client import NO_ANSWER, BotApiError
 from gateway.telegram.direct import DirectApi
@@ -22,6 +24,7 @@ from workers.sender.bots import SenderBots
 from workers.sender.handler import Sender
 from workers.sender.limits import Limits
 from workers.sender.ratelimit import RateLimiter
+from workers.sender.rich import record_value
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +45,14 @@ def item_of(cfg: Any, e: OutboundEntry) -> Item:
 
 
 @pytest.mark.parametrize("chat", [5101, -5102], ids=["private", "group"])
-async def test_a_reply_costs_the_sender_four_redis_round_trips_before_its_finish(
+async def test_a_reply_costs_the_sender_three_redis_round_trips_before_its_finish(
     redis_url: str, emu: Emulator, chat: int
 ) -> None:
     """The first look (the blocked-chat mark, for a group its migration too, and the sent
-    marker: one pipeline), the budget (GCRA), the fence, the sent marker. Each of those
-    reads used to be a round trip of its own (measured before: five for a private chat,
-    seven for a group)."""
+    marker: one pipeline), the budget (GCRA), the fence. The sent marker and the reply
+    record are the outcome's ``Write``s, sent in the finish's round trip. Each of those
+    used to be a round trip of its own (measured before: six for a private chat, eight
+    for a group, then four, and five with the record)."""
     warm = chat * 10
     for c in (chat, warm):
         emu.add_chat(c, type="group" if c < 0 else "private")
@@ -62,17 +66,27 @@ async def test_a_reply_costs_the_sender_four_redis_round_trips_before_its_finish
         SenderBots.single(client, cfg.keys, make_bot(cfg.telegram), limiter),
         backoff_max=0.5,
         name="counted",
+        edit_window=3600,
     )
     try:
         first = item_of(cfg, OutboundEntry(bot_id=BOT_ID, chat_id=warm, payload={"text": "a"}))
         assert isinstance(await sender(first, Fence.unfenced(first.stream)), Ack)  # scripts
         await asyncio.sleep(0.05)  # past the global interval (1 ms): no wait, one GCRA call
         CountingConnection.writes = 0
-        reply = item_of(cfg, OutboundEntry(bot_id=BOT_ID, chat_id=chat, payload={"text": "b"}))
+        entry = OutboundEntry(bot_id=BOT_ID, chat_id=chat, payload={"text": "b"})
+        reply = item_of(cfg, entry)
         outcome = await sender(reply, Fence.unfenced(reply.stream))
         assert isinstance(outcome, Ack) and outcome.publishes[0].fields["ok"] == "1"
-        assert CountingConnection.writes == 4
-        assert [m["text"] for m in emu.messages(chat)] == ["b"]
+        assert CountingConnection.writes == 3
+        [sent] = emu.messages(chat)
+        assert sent["text"] == "b"
+        marker = sent_marker(cfg.keys, entry, 0)
+        record = cfg.keys.reply(BOT_ID, chat, entry.reply_id)
+        assert [w.command[:3] for w in outcome.writes] == [
+            ("SET", marker, str(sent["message_id"])),
+            ("SET", record, record_value(chat, [sent["message_id"]])),
+        ]
+        assert sender.unmarked[marker] == str(sent["message_id"])  # until a finish wrote it
     finally:
         await sender.bots.aclose()
         await client.aclose()

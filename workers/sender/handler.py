@@ -182,6 +182,7 @@ class Sender:
                 return self._dead(tally, found)
             target, chat_id = found, found.chat_id
         parts = plan_parts(entry) if target is None else plan_by_reply(entry, target)
+        writes: list[Effect] = []  # the last part's marker and the record: in the finish
         for index, (method, payload) in enumerate(parts):
             if bot.paid_broadcast and method in PAID_BROADCAST_METHODS:
                 payload = {**payload, "allow_paid_broadcast": True}
@@ -222,10 +223,16 @@ class Sender:
             obs.send(method, "sent")
             if len(parts) > 1:
                 self.observe.split_parts.inc()
-            await self.marks.mark_sent(marker, str(mid) if mid is not None else "1")
+            value = str(mid) if mid is not None else "1"
+            if index == len(parts) - 1:  # nothing is sent after it: in the finish's trip
+                writes.append(self.marks.deferred(marker, value))
+            else:
+                await self.marks.mark_sent(marker, value)
             if mid is not None:
                 tally.message_ids.append(mid)
-        await self.replies.after(entry, chat_id, tally.message_ids, target)
+        record = self.replies.record(entry, chat_id, tally.message_ids, target)
+        if record is not None:
+            writes.append(record)
         self.sent += 1
         latency = obs.queue_latency.get(entry.method)
         now = time.time()
@@ -234,7 +241,7 @@ class Sender:
         if entry.received_at is not None:  # a reply to an update (not a CRM's own message)
             obs.end_to_end.observe(max(0.0, now - entry.received_at))
         tally.attempts = max(tally.attempts, 1)
-        return self._ack(tally, True)
+        return self._ack(tally, True, effects=tuple(writes))
 
     def _blocked_mark(
         self, entry: OutboundEntry, chat_id: int | str, dead: answers.Dead

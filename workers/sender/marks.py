@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
 from gateway.runtime.batching import Coalescer
+from gateway.runtime.consumer import Write
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.slots import SlotRefresher
 from gateway.runtime.streams import is_cluster
@@ -144,6 +145,24 @@ class Marks:
                 continue
             self.unmarked.pop(marker, None)
             return
+
+    def deferred(self, marker: str, value: str) -> Write:
+        """A sent part's marker as a ``Write`` of the entry's finish: it goes in the
+        finish's round trip instead of one of its own (the entry's last part; nothing is
+        sent after it before the finish). Remembered in ``unmarked`` until Redis took it,
+        so a retry of the entry in this process writes it and never resends; a finish that
+        cannot reach Redis and gives the entry up (its lease lost, or the process
+        stopping) falls back to ``mark_sent``, retried in place as before."""
+        self.unmarked[marker] = value
+        return Write(
+            ("SET", marker, value, "EX", SENT_TTL),
+            written=lambda: self._took(marker, value),
+            fallback=lambda: self.mark_sent(marker, value),
+        )
+
+    def _took(self, marker: str, value: str) -> None:
+        if self.unmarked.get(marker) == value:
+            del self.unmarked[marker]
 
     async def cached(
         self, what: str, command: Callable[..., Awaitable[T]], key: str, *args: Any, **kw: Any

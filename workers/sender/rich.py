@@ -4,8 +4,8 @@ For every message it sends for the pipeline or a CRM (any origin but the gateway
 ``command`` and ``gateway`` messages), the sender remembers which Telegram chat and
 message ids the reply became: ``Keys.reply`` (in the chat's partition tag, so on the
 node of its streams), JSON ``{"c": chat id, "m": [message ids]}``, written once the
-reply's last part was sent (before the finish that writes its result; a redelivery
-writes it again from the parts' sent markers), expiring after
+reply's last part was sent (in the round trip of the finish that writes its result,
+ahead of it; a redelivery writes it again from the parts' sent markers), expiring after
 ``SENDER_EDIT_WINDOW_SECONDS``.
 
 An ``editMessageText`` or ``deleteMessage`` entry whose payload names
@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys, OutboundEntry, Reason
 from gateway.core.replies import TARGET_FIELD
+from gateway.runtime.consumer import Write
 from gateway.telegram import answers
 
 BY_REPLY = frozenset({"editMessageText", "deleteMessage"})
@@ -115,30 +116,31 @@ class Replies:
             return answers.Dead(Reason.UNKNOWN_REPLY, None, why)
         return found
 
-    async def after(
+    def record(
         self,
         entry: OutboundEntry,
         chat_id: int | str,
         message_ids: list[int],
         target: Target | None,
-    ) -> None:
-        """Once every part is sent: remember a new reply, or what an edit or delete left.
-        An edit or delete rewrites the record only while it exists, keeping its TTL."""
+    ) -> Write | None:
+        """Once every part is sent: the write that remembers a new reply, or what an edit
+        or delete left (None: nothing to write). A ``Write`` of the entry's finish, so it
+        lands before the result in the same round trip. An edit or delete rewrites the
+        record only while it exists, keeping its TTL."""
         if target is not None:
             if entry.method == "deleteMessage" and not target.deleted:
                 value = record_value(target.chat_id, [], deleted=True)
             elif entry.method == "editMessageText" and len(target.message_ids) > 1:
                 value = record_value(target.chat_id, list(target.message_ids[:1]))
             else:
-                return
-            await self.redis.set(target.key, value, xx=True, keepttl=True)
-            return
+                return None
+            return Write(("SET", target.key, value, "XX", "KEEPTTL"))
         if (
             self.window <= 0
             or entry.method not in RECORDED
             or entry.origin in NOT_RECORDED_ORIGINS
             or not message_ids
         ):
-            return
+            return None
         key = self.keys.reply(entry.bot_id, entry.chat_id, entry.reply_id)
-        await self.redis.set(key, record_value(chat_id, message_ids), ex=self.window)
+        return Write(("SET", key, record_value(chat_id, message_ids), "EX", self.window))

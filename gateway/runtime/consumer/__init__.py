@@ -4,7 +4,7 @@
 in one sitting (``StreamConsumer`` in ``core`` composes them):
 
 - ``outcome``: what a handler returns (``Ack``, ``Dead``, ``Retry`` with typed effects
-  ``Publish``, ``Marker``) and is given (``Fence``, ``Item``);
+  ``Publish``, ``Marker``, ``Write``) and is given (``Fence``, ``Item``);
 - ``base``: ``ConsumerConfig``, the state the parts share, the lease predicates;
 - ``reads``: reads, claims, recovery of the entries a lost read delivered;
 - ``lanes``: per-chat lanes, dispatch, capacity, take-over and hand-back;
@@ -38,6 +38,7 @@ from gateway.runtime.consumer.outcome import (
     Publish,
     RelayFullError,
     Retry,
+    Write,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "RelayFullError",
     "Retry",
     "StreamConsumer",
+    "Write",
     "consumer_name",
     "run_until_stopped",
 ]

@@ -1,18 +1,27 @@
 """The fenced finish: ``scripts.FINISH`` writes an entry's effects and acks it, all or none
-(on a cluster, effects elsewhere first or through the partition's relay); dead letters."""
+(on a cluster, effects elsewhere first or through the partition's relay); an outcome's
+unfenced ``Write``s go in the same round trip, ahead of the script; dead letters."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Stage, dead_fields, decode_fields
 from gateway.runtime.consumer.base import REDIS_RETRY_CAP, ConsumerState
-from gateway.runtime.consumer.outcome import Ack, Dead, Publish, RelayFullError, Status
+from gateway.runtime.consumer.outcome import (
+    Ack,
+    Dead,
+    Publish,
+    RelayFullError,
+    Status,
+    Write,
+)
 from gateway.runtime.redis_errors import is_transient
 from gateway.runtime.relay import relay_fields
 from gateway.runtime.scripts import FINISH
@@ -54,8 +63,10 @@ class Finishing(ConsumerState):
                     kept = tuple(e for e in outcome.effects if e is not outcome.marker)
                     outcome = Ack(kept)
                 if self.stopping:
+                    await self._fall_back(outcome.writes)
                     return Status.RETRY  # handed back; the next run redoes the entry
                 if self.leases is not None and not self._holds(stream):
+                    await self._fall_back(outcome.writes)
                     return Status.LOST
                 delay = backoff(attempt, base=0.1, cap=REDIS_RETRY_CAP)
                 attempt += 1
@@ -107,6 +118,7 @@ class Finishing(ConsumerState):
         p = self._partition_of[stream]
         publish = [(e.stream, e.fields) for e in outcome.publishes]
         marker = (outcome.marker.key, outcome.marker.ttl) if outcome.marker else None
+        writes = outcome.writes
         relayed = 0
         relay = self.keys.relay(cfg.role, p)
         if self.relay is not None:
@@ -135,6 +147,11 @@ class Finishing(ConsumerState):
             if marker is not None and key_slot(marker[0].encode()) != slot:
                 await self.redis.set(marker[0], "1", ex=marker[1])
                 marker = None
+            elsewhere = [w for w in writes if key_slot(w.key.encode()) != slot]
+            if elsewhere:  # on their own node, first, like the marker above
+                replies = [await self._write_alone(w) for w in elsewhere]
+                await self._after_writes(elsewhere, replies)
+                writes = tuple(w for w in writes if w not in elsewhere)
         if self.leases is not None:
             lease, owner = self.keys.lease(cfg.role, p), self.name
         else:
@@ -146,7 +163,12 @@ class Finishing(ConsumerState):
             args.append(2 * len(entry))
             for k, v in entry.items():
                 args += [k, v]
-        [acked] = await self._calls.run(("EVALSHA", self._finish_sha, len(keys), *keys, *args))
+        # The writes first, in the same pipeline: unfenced, they land whatever the script
+        # finds (Redis runs a connection's commands in order).
+        *replies, acked = await self._calls.run(
+            *(w.command for w in writes), ("EVALSHA", self._finish_sha, len(keys), *keys, *args)
+        )
+        await self._after_writes(writes, replies)
         if isinstance(acked, Exception):
             raise acked
         if int(acked) == RELAY_FULL:
@@ -154,6 +176,42 @@ class Finishing(ConsumerState):
         if relayed and int(acked) >= 0 and self.relay is not None:
             self.relay.note_relayed(p, relayed)
         return int(acked)
+
+    async def _write_alone(self, write: Write) -> Any:
+        """A write outside the partition's slot, on its own: its reply, or the error Redis
+        answered it with (a transient one raises: the finish is tried again)."""
+        try:
+            return await self.redis.execute_command(*write.command)  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            if is_transient(exc):
+                raise
+            return exc
+
+    async def _after_writes(self, writes: Sequence[Write], replies: list[Any]) -> None:
+        """Each write Redis took is ``written``; one it refused gets its ``fallback``."""
+        for write, reply in zip(writes, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.warning("%s: write of %s refused: %s", self.config.role, write.key, reply)
+                await self._fall_back((write,))
+            elif write.written is not None:
+                write.written()
+
+    async def _fall_back(self, writes: Sequence[Write]) -> None:
+        """The finish ends without having made its writes: each makes its own (bounded by
+        the fallback); one that fails even so is logged."""
+        for write in writes:
+            if write.fallback is None:
+                continue
+            try:
+                await write.fallback()
+            except Exception as exc:
+                log.error(
+                    "%s: write of %s not made (%s: %s)",
+                    self.config.role,
+                    write.key,
+                    type(exc).__name__,
+                    exc,
+                )
 
     async def _dead(
         self,

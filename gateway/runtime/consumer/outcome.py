@@ -33,9 +33,33 @@ class Marker:
     cache: bool = False
 
 
-Effect = Publish | Marker
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Effect: one idempotent Redis write (a SET) that must land whether or not the lease
+    still holds: a fact about the outside world, such as the sender's sent marker ("Telegram
+    took this part"). It goes in the finish's round trip, ahead of its script, so it costs
+    no round trip of its own, and it lands even when the script then finds the lease gone.
+    It is not fenced, and not atomic with the ack.
+
+    ``written`` is called once Redis took it. A finish that cannot reach Redis and ends
+    without acking (the lease lost meanwhile, or the process stopping) awaits ``fallback``,
+    which makes the write on its own (the sender's retries its marker in place); a write
+    Redis refused (an error reply) awaits it too, or is logged if there is none. A finish
+    tried again repeats it."""
+
+    command: tuple[str | int, ...]
+    written: Callable[[], None] | None = None
+    fallback: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.command[1])
+
+
+Effect = Publish | Marker | Write
 """What a handler asks the runtime to write for it; ``scripts.FINISH`` writes an outcome's
-effects with the entry's XACK, fenced by the partition's lease: all of them or none."""
+``Publish`` and ``Marker`` effects with the entry's XACK, fenced by the partition's lease:
+all of them or none. A ``Write`` goes in the same round trip, unfenced."""
 
 
 def _checked(effects: tuple[Effect, ...]) -> None:
@@ -60,6 +84,10 @@ class Ack:
     @property
     def marker(self) -> Marker | None:
         return next((e for e in self.effects if isinstance(e, Marker)), None)
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        return tuple(e for e in self.effects if isinstance(e, Write))
 
 
 @dataclass(frozen=True, slots=True)
