@@ -189,14 +189,17 @@ async def bench(dep: Deployment, rates: list[float], duration: float, plot_to: s
     await asyncio.sleep(2)  # past the per-chat limit's second for the warm-up's chats
     rows, series = [], {}
     for rate in rates:
-        before = dep.cpu()
+        before, load_before = dep.cpu(), cpu_seconds(os.getpid())
         got = await one_load(dep, rate, duration)
-        after = dep.cpu()
+        after, load = dep.cpu(), cpu_seconds(os.getpid()) - load_before
         per = {n: (after[n] - before.get(n, 0.0)) / max(got.sent, 1) * 1000 for n in after}
         cpu = sum(per.values())
+        load_per = load / max(got.sent, 1) * 1000
         print(render(got), file=sys.stderr)
-        print("CPU s per 1000 updates: " + ", ".join(f"{n} {v:.2f}" for n, v in per.items()),
-              file=sys.stderr)  # fmt: skip
+        print("CPU s per 1000 updates: " + ", ".join(f"{n} {v:.2f}" for n, v in per.items())
+              + f"; the load tool (this process, not in the sum) {load_per:.2f}; CPU demand "
+              f"at {rate:g}/s, all of them: {(cpu + load_per) * rate / 1000:.2f} cores of "
+              f"{os.cpu_count()}", file=sys.stderr)  # fmt: skip
         rows.append(row(rate, got, cpu))
         series[f"{rate:g}/s: gateway own"] = shares(got.replies)["gateway own"]
         await asyncio.sleep(2)  # the sender's queue drained before the next rate
