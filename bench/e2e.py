@@ -222,10 +222,12 @@ async def bench(dep: Deployment, rates: list[float], duration: float, plot_to: s
     return 0
 
 
-async def sender_only(dep: Deployment, rate: float, duration: float) -> float:
+async def sender_only(dep: Deployment, rate: float, duration: float) -> tuple[float, float]:
     """The sender's CPU per entry with nothing else running: plain replies published
     straight into the outbound streams at ``rate`` (twice as many chats as entries per
-    second), from the moment the first is published to the last result."""
+    second), from the moment the first is published to the last result; and Redis' socket
+    reads per entry meanwhile (``INFO stats``: one per round trip, the publisher's XADD
+    among them)."""
     keys, bot_id = Keys(PREFIX, 4), int(TOKEN.split(":")[0])
     chats = [10_000 + c for c in range(int(2 * rate))]
     async with aiohttp.ClientSession() as http:
@@ -245,13 +247,19 @@ async def sender_only(dep: Deployment, rate: float, duration: float) -> float:
         await asyncio.sleep(2.5)
         base, total = await redis.xlen(keys.results), int(rate * duration)
         pid = dep.procs["sender"].pid
-        before = cpu_seconds(pid)
+        before, reads = cpu_seconds(pid), await _reads(redis)
         await publish(total, rate)
         while await redis.xlen(keys.results) < base + total:
             await asyncio.sleep(0.05)
-        return (cpu_seconds(pid) - before) / total * 1000
+        cpu, reads = cpu_seconds(pid) - before, await _reads(redis) - reads
+        return cpu / total * 1000, reads / total
     finally:
         await redis.aclose()
+
+
+async def _reads(redis: Any) -> int:
+    stats: dict[str, Any] = await redis.info("stats")
+    return int(stats["total_reads_processed"])
 
 
 def run_sender_only(rate: float, duration: float) -> int:
@@ -262,10 +270,11 @@ def run_sender_only(rate: float, duration: float) -> int:
             wait_port(dep.emu_port, dep._start_emulator(env))
             dep._start("sender", ["sender"], role_env(url, dep.api_url, dep.ingress_port))
             time.sleep(3)  # the sender takes its leases
-            ms = asyncio.run(sender_only(dep, rate, duration))
+            ms, reads = asyncio.run(sender_only(dep, rate, duration))
         finally:
             dep.stop()
-    print(f"sender alone at {rate:g}/s: {ms:.3f} ms CPU per entry")
+    print(f"sender alone at {rate:g}/s: {ms:.3f} ms CPU per entry; Redis socket reads per "
+          f"entry {reads:.2f} (the publisher's XADD included)")  # fmt: skip
     return 0
 
 
