@@ -170,9 +170,9 @@ async def test_a_finish_that_gives_its_entry_up_makes_its_writes_through_their_f
     """Redis goes away between the handler's outcome and its finish; then the partition
     is dropped (a renewal answered that another process holds it now), or the process
     stops: the finish gives the entry up without reaching Redis. Its ``Write`` is a fact
-    (the sender's "Telegram took this part") the next owner must see, so it is handed to
-    its ``fallback`` (the sender's marker, retried in place) instead of being lost with
-    the finish; ``written`` is not called."""
+    (the sender's "Telegram took this part") the next owner must see, so the first failed
+    try hands it to its ``fallback`` (the sender's marker, retried in place), once, not
+    again at each try nor when the entry is given up; ``written`` is not called."""
     redis = connect(own_redis.url)
     calls: list[str] = []
 

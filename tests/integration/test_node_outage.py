@@ -405,7 +405,7 @@ async def test_a_part_sent_while_its_node_goes_down_is_sent_once(
         requests = emu.state.logs.requests
         await wait_for(lambda: requests["sendMessage"] == 1, timeout=15, message="the send")
         await asyncio.to_thread(shutdown_save, down)
-        await wait_for(lambda: sender.unmarked, timeout=10, message="the marker write failing")
+        await wait_for(lambda: sender.unmarked, timeout=10, message="the sent part unmarked")
         await emu.wait_messages(chat, 1, timeout=5)
         assert requests["sendMessage"] == 1  # the second waits: its fence cannot run
         emu.faults.delay("sendMessage", 0)

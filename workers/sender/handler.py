@@ -117,7 +117,8 @@ class Sender:
 
     @property
     def unmarked(self) -> dict[str, str]:
-        """Parts sent whose marker could not be written yet (``Marks.unmarked``)."""
+        """Parts sent whose marker Redis has not taken yet (``Marks.unmarked``): the last
+        part's until its entry's finish wrote it, any part whose write failed."""
         return self.marks.unmarked
 
     async def __call__(self, item: Item, fence: Fence) -> Outcome:

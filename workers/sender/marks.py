@@ -150,9 +150,9 @@ class Marks:
         """A sent part's marker as a ``Write`` of the entry's finish: it goes in the
         finish's round trip instead of one of its own (the entry's last part; nothing is
         sent after it before the finish). Remembered in ``unmarked`` until Redis took it,
-        so a retry of the entry in this process writes it and never resends; a finish that
-        cannot reach Redis and gives the entry up (its lease lost, or the process
-        stopping) falls back to ``mark_sent``, retried in place as before."""
+        so a retry of the entry in this process writes it and never resends. A finish
+        whose try fails falls back to ``mark_sent`` at once (retried in place, as the
+        marker of a part with more to come), whatever becomes of the entry next."""
         self.unmarked[marker] = value
         return Write(
             ("SET", marker, value, "EX", SENT_TTL),

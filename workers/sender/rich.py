@@ -5,7 +5,7 @@ For every message it sends for the pipeline or a CRM (any origin but the gateway
 message ids the reply became: ``Keys.reply`` (in the chat's partition tag, so on the
 node of its streams), JSON ``{"c": chat id, "m": [message ids]}``, written once the
 reply's last part was sent (in the round trip of the finish that writes its result,
-ahead of it; a redelivery writes it again from the parts' sent markers), expiring after
+ahead of its script; a redelivery writes it again from the parts' sent markers), expiring after
 ``SENDER_EDIT_WINDOW_SECONDS``.
 
 An ``editMessageText`` or ``deleteMessage`` entry whose payload names
@@ -124,8 +124,8 @@ class Replies:
         target: Target | None,
     ) -> Write | None:
         """Once every part is sent: the write that remembers a new reply, or what an edit
-        or delete left (None: nothing to write). A ``Write`` of the entry's finish, so it
-        lands before the result in the same round trip. An edit or delete rewrites the
+        or delete left (None: nothing to write). A ``Write`` of the entry's finish, in its
+        round trip. An edit or delete rewrites the
         record only while it exists, keeping its TTL."""
         if target is not None:
             if entry.method == "deleteMessage" and not target.deleted:

@@ -4,6 +4,8 @@ unfenced ``Write``s go in the same round trip, ahead of the script; dead letters
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,6 +36,8 @@ there), by the name the consumer's tests load it with."""
 
 LEASE_LOST = -1
 RELAY_FULL = -2
+LAST_CHANCE = 5.0
+"""Seconds a cancelled finish spends on its unmade facts (``Write``s with a fallback)."""
 
 
 class Finishing(ConsumerState):
@@ -52,10 +56,18 @@ class Finishing(ConsumerState):
         the effects include the entry's dead letter (counted as ``bot_id``'s)."""
         attempt = 0
         written: set[int] = set()  # effects elsewhere a failed try already wrote
+        made: set[int] = set()  # ids of the outcome's Writes Redis took (or their fallback made)
         while True:
             try:
-                acked = await self._finish_once(stream, entry_id, outcome, written)
+                acked = await self._finish_once(stream, entry_id, outcome, written, made)
+            except asyncio.CancelledError:
+                await self._last_chance(outcome.writes, made)
+                raise
             except Exception as exc:
+                # The first failed try makes its writes on their own at once, the way they
+                # were made before they rode the finish (the sender's marker, retried in
+                # place), whatever happens to the finish next.
+                await self._fall_back(outcome.writes, made)
                 if not (is_transient(exc) or isinstance(exc, RelayFullError)):
                     raise  # refused for good: counted as a failed delivery (_handle_one)
                 if outcome.marker is not None and outcome.marker.cache:
@@ -63,10 +75,8 @@ class Finishing(ConsumerState):
                     kept = tuple(e for e in outcome.effects if e is not outcome.marker)
                     outcome = Ack(kept)
                 if self.stopping:
-                    await self._fall_back(outcome.writes)
                     return Status.RETRY  # handed back; the next run redoes the entry
                 if self.leases is not None and not self._holds(stream):
-                    await self._fall_back(outcome.writes)
                     return Status.LOST
                 delay = backoff(attempt, base=0.1, cap=REDIS_RETRY_CAP)
                 attempt += 1
@@ -109,11 +119,12 @@ class Finishing(ConsumerState):
             m.child("tg_gateway_worker_updates_total", "dead_lettered", bot).inc()
 
     async def _finish_once(
-        self, stream: str, entry_id: str, outcome: Ack, written: set[int]
+        self, stream: str, entry_id: str, outcome: Ack, written: set[int], made: set[int]
     ) -> int:
         """One ``FINISH`` call (coalesced with other lanes'); -1 if the lease was lost.
         ``written``: indexes of ``outcome.publishes`` already written elsewhere (by an
-        earlier try of this finish, whose script then failed), updated here."""
+        earlier try of this finish, whose script then failed), updated here; ``made``:
+        ids of the outcome's ``Write``s made, updated here (a try repeats them all)."""
         cfg = self.config
         p = self._partition_of[stream]
         publish = [(e.stream, e.fields) for e in outcome.publishes]
@@ -150,7 +161,7 @@ class Finishing(ConsumerState):
             elsewhere = [w for w in writes if key_slot(w.key.encode()) != slot]
             if elsewhere:  # on their own node, first, like the marker above
                 replies = [await self._write_alone(w) for w in elsewhere]
-                await self._after_writes(elsewhere, replies)
+                await self._after_writes(elsewhere, replies, made)
                 writes = tuple(w for w in writes if w not in elsewhere)
         if self.leases is not None:
             lease, owner = self.keys.lease(cfg.role, p), self.name
@@ -168,7 +179,7 @@ class Finishing(ConsumerState):
         *replies, acked = await self._calls.run(
             *(w.command for w in writes), ("EVALSHA", self._finish_sha, len(keys), *keys, *args)
         )
-        await self._after_writes(writes, replies)
+        await self._after_writes(writes, replies, made)
         if isinstance(acked, Exception):
             raise acked
         if int(acked) == RELAY_FULL:
@@ -187,21 +198,26 @@ class Finishing(ConsumerState):
                 raise
             return exc
 
-    async def _after_writes(self, writes: Sequence[Write], replies: list[Any]) -> None:
+    async def _after_writes(
+        self, writes: Sequence[Write], replies: list[Any], made: set[int]
+    ) -> None:
         """Each write Redis took is ``written``; one it refused gets its ``fallback``."""
         for write, reply in zip(writes, replies, strict=True):
             if isinstance(reply, Exception):
                 log.warning("%s: write of %s refused: %s", self.config.role, write.key, reply)
-                await self._fall_back((write,))
-            elif write.written is not None:
-                write.written()
+                await self._fall_back((write,), made)
+            else:
+                made.add(id(write))
+                if write.written is not None:
+                    write.written()
 
-    async def _fall_back(self, writes: Sequence[Write]) -> None:
-        """The finish ends without having made its writes: each makes its own (bounded by
-        the fallback); one that fails even so is logged."""
+    async def _fall_back(self, writes: Sequence[Write], made: set[int]) -> None:
+        """Writes not made yet, each on its own (bounded by its fallback; one without a
+        fallback waits for the finish's next try); one that fails even so is logged."""
         for write in writes:
-            if write.fallback is None:
+            if write.fallback is None or id(write) in made:
                 continue
+            made.add(id(write))  # tried once: not again at each failed try of the finish
             try:
                 await write.fallback()
             except Exception as exc:
@@ -212,6 +228,19 @@ class Finishing(ConsumerState):
                     type(exc).__name__,
                     exc,
                 )
+
+    async def _last_chance(self, writes: Sequence[Write], made: set[int]) -> None:
+        """Cancelled (the end of a shutdown's grace) before the writes were made: each
+        write that has a fallback (a fact, like a sent marker) gets one direct try, at
+        most ``LAST_CHANCE`` seconds, so it is not lost with the process."""
+        for write in writes:
+            if write.fallback is None or id(write) in made:
+                continue
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(LAST_CHANCE):
+                    await self.redis.execute_command(*write.command)  # type: ignore[no-untyped-call]
+                if write.written is not None:
+                    write.written()
 
     async def _dead(
         self,

@@ -41,11 +41,12 @@ class Write:
     no round trip of its own, and it lands even when the script then finds the lease gone.
     It is not fenced, and not atomic with the ack.
 
-    ``written`` is called once Redis took it. A finish that cannot reach Redis and ends
-    without acking (the lease lost meanwhile, or the process stopping) awaits ``fallback``,
-    which makes the write on its own (the sender's retries its marker in place); a write
-    Redis refused (an error reply) awaits it too, or is logged if there is none. A finish
-    tried again repeats it."""
+    ``written`` is called once Redis took it. A finish whose try fails (Redis away, an
+    error) awaits ``fallback`` at once, once, to make the write on its own (the sender's
+    marker, retried in place), whatever the finish does next; so does a write Redis
+    refused. A finish cancelled before the write was made gives one with a fallback a
+    last direct try. A finish tried again repeats every write: each must be idempotent.
+    """
 
     command: tuple[str | int, ...]
     written: Callable[[], None] | None = None
