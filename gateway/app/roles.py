@@ -32,6 +32,7 @@ from gateway.core.errors import ConfigError
 from gateway.core.metrics import ROLES, SENDER, WORKER, Metrics
 from gateway.core.redact import redact_url
 from gateway.core.settings import Config, PipelineSettings, TelegramSettings
+from gateway.core.tasks import cancel_and_wait
 from gateway.runtime.batching import Coalescer
 from gateway.runtime.bots import registry_for
 from gateway.runtime.consumer import StreamConsumer, consumer_name, run_until_stopped
@@ -90,9 +91,7 @@ def bot_session(tg: TelegramSettings) -> AiohttpSession:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await cancel_and_wait(task)
 
 
 def make_pipeline(ps: PipelineSettings) -> Pipeline:

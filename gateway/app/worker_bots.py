@@ -12,7 +12,6 @@ goes on with its assumed ``me`` (its token's rotation builds it anew and asks ag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import redis.asyncio as aioredis
@@ -24,6 +23,7 @@ from gateway.core.backoff import backoff
 from gateway.core.bots import DEFAULT_PATH_KEY, BotSpec
 from gateway.core.errors import TelegramFatal
 from gateway.core.settings import Config, TelegramSettings
+from gateway.core.tasks import cancel_all
 from gateway.runtime.bots import BotRegistry, registry_of
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
@@ -168,8 +168,4 @@ class BotsMe:
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)

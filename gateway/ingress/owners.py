@@ -41,6 +41,7 @@ from gateway.core.bots import BotSpec, BotsSettings
 from gateway.core.contracts import Keys
 from gateway.core.errors import TelegramFatal
 from gateway.core.settings import TelegramSettings
+from gateway.core.tasks import cancel_and_wait
 from gateway.ingress.config import BotPlan, bot_plan
 from gateway.ingress.observe import IngressMetrics
 from gateway.ingress.owner import UpdatesOwner
@@ -212,9 +213,7 @@ class BotOwners:
             await self._cancel_work(b)
             leaving, b.leaving = b.leaving, None
             if leaving is not None:  # taken back before its webhook was deleted
-                leaving.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await leaving
+                await cancel_and_wait(leaving)
             await self._close(b)
             b.plan, b.left = plan, False
 
@@ -328,10 +327,7 @@ class BotOwners:
 
     async def _cancel_work(self, b: _Bot) -> None:
         task, b.task = b.task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
 
     async def _close(self, b: _Bot) -> None:
         owner, b.owner = b.owner, None
@@ -341,10 +337,7 @@ class BotOwners:
 
     async def _drop(self, b: _Bot) -> None:
         """Forget a bot: its lease released, its client closed."""
-        if b.leaving is not None:
-            b.leaving.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await b.leaving
+        await cancel_and_wait(b.leaving)
         await b.lease.release()
         await self._close(b)
         if self._bots.get(b.plan.bot_id) is b:

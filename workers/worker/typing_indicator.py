@@ -19,12 +19,12 @@ outbound entry published at once (best effort: one Redis cannot take is skipped)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from redis.exceptions import RedisError
 
+from gateway.core.tasks import cancel_all
 from gateway.runtime.scripts import TYPING
 from workers.worker.context import WorkerContext, WorkerServices
 
@@ -63,11 +63,7 @@ def stop_typing(s: WorkerServices, key: str) -> None:
 async def stop_all(s: WorkerServices) -> None:
     """Stop every indicator (the worker's shutdown) and wait for them to end."""
     tasks = list(s.typing.values())
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_all(tasks)
 
 
 def _forget(s: WorkerServices, key: str, chat: tuple[int, int], task: asyncio.Task[None]) -> None:

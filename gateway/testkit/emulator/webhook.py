@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
 import orjson
 
+from gateway.core.tasks import cancel_all
 from gateway.testkit.emulator.notify import Signal
 from gateway.testkit.emulator.objects import Obj
 from gateway.testkit.emulator.state import EmulatorState, WebhookConfig
@@ -39,11 +39,7 @@ class WebhookDeliverer:
 
     async def stop(self) -> None:
         tasks = [t for t in (self._main, *self._active.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks, errors=True)
         self._main = None
         self._active.clear()
         if self._session is not None:

@@ -15,6 +15,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys, decode_fields
+from gateway.core.tasks import cancel_and_wait
 from gateway.testkit.load.measure import Calls, Inbound, Reply, answer, decompose, pipeline_times
 from gateway.testkit.load.synth import REPLIES, Synthetic, synthesize
 from gateway.testkit.tapes.replay import SECRET_HEADER, Step, deliver, guard_bot_api
@@ -117,9 +118,7 @@ async def _until(work: Any, stop: asyncio.Event) -> bool:
     if task.done():
         task.result()
         return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task, errors=True)
     return False
 
 
