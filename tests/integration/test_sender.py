@@ -488,10 +488,9 @@ async def test_a_sender_whose_lease_goes_while_it_waits_for_budget_sends_nothing
     trust ends (``trust_lapsed``: a pause, renewals late; Redis still names it). When the
     budget comes, nothing may reach Telegram, and the entry stays pending for the owner.
 
-    The lease goes from inside the limiter's wait: after its first answer ("wait") and
-    before the call that grants the budget, which the fence rides (one round trip): the
-    moment the test is about, whatever the machine's load (a lease taken from outside
-    once came after the wait had ended, and the send was right)."""
+    The lease goes from inside the limiter's wait, after the budget came and before the
+    lane goes on: the moment the test is about, whatever the machine's load (a lease
+    taken from outside once came after the wait had ended, and the send was right)."""
     cfg = make_config(redis_url, emu.api_url, redis={"lease_ttl_ms": 60_000})
     await ensure_groups(redis, cfg.keys)
     await _budget_taken_for(redis, cfg, CHAT, 1.0)
@@ -499,24 +498,22 @@ async def test_a_sender_whose_lease_goes_while_it_waits_for_budget_sends_nothing
     p = partition_for(CHAT, cfg.keys.partitions, BOT_ID)
     stream = cfg.keys.outbound(p)
     consumer, sender, limiter = fenced_sender(redis, cfg)
-    try_acquire = limiter.try_acquire
+    acquire = limiter.acquire
     waits: list[float] = []
 
-    async def lease_goes_during_the_wait(
-        chat_id: int | str, *, counts: bool = True
-    ) -> tuple[float, float]:
-        wait_g, wait_c = await try_acquire(chat_id, counts=counts)
-        if (wait_g or wait_c) and not waits:  # told to wait: the lease goes meanwhile
-            waits.append(max(wait_g, wait_c))
-            assert consumer.leases is not None
-            consumer.leases.tick = _frozen  # type: ignore[method-assign]  # no more renewals
-            if how == "taken_over":
-                await redis.set(cfg.keys.lease("sender", p), "sender-b", px=60_000)
-            else:
-                consumer.leases.valid_until[p] = 0.0
-        return wait_g, wait_c
+    async def lease_goes_during_the_wait(chat_id: int | str, *, counts: bool = True) -> str:
+        began = time.monotonic()
+        scope = await acquire(chat_id, counts=counts)
+        waits.append(time.monotonic() - began)
+        assert consumer.leases is not None
+        consumer.leases.tick = _frozen  # type: ignore[method-assign]  # no more renewals
+        if how == "taken_over":
+            await redis.set(cfg.keys.lease("sender", p), "sender-b", px=60_000)
+        else:
+            consumer.leases.valid_until[p] = 0.0
+        return scope
 
-    limiter.try_acquire = lease_goes_during_the_wait  # type: ignore[method-assign]
+    limiter.acquire = lease_goes_during_the_wait  # type: ignore[method-assign]
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(lambda: sender.fenced >= 1, timeout=15, message="the fenced send")

@@ -76,23 +76,6 @@ PAUSE_SEEN = 1.0
 """Seconds of a global wait past which it is the bot's 429 pause (no budget's wait is
 longer than one interval): ``RateLimiter.acquire`` answers ``PAUSED`` instead of waiting."""
 PAUSED = "paused"  # acquire's answer then: nothing granted, the caller waits it out
-
-
-@dataclass(slots=True)
-class Rider:
-    """A read-only script that rides the budget call granting a send (``acquire(...,
-    rider=)``): the sender's fence (``FENCE``: the lease and the part's marker), so the
-    last check before the request costs no round trip of its own. ``reply`` is its answer
-    when the call that granted the budget carried it (a single Redis, the own set of
-    keys); else None, and the caller runs it on its own."""
-
-    source: str
-    sha: str
-    keys: list[str]
-    args: list[str]
-    reply: object = None
-
-
 LOCAL_CHATS_MAX = 4096  # local per-chat schedules kept before the expired ones are dropped
 
 

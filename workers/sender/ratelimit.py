@@ -37,22 +37,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from contextvars import ContextVar
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from gateway.core.contracts import Keys
-from gateway.runtime.batching import Coalescer
 from gateway.runtime.redis_errors import as_connection_error, is_transient
 from gateway.runtime.scripts import GCRA
 from gateway.runtime.slots import SlotRefresher
-from gateway.runtime.streams import is_cluster
 from workers.sender.limits import (
     LATE_CREDIT_US,
     Limits,
     LocalBudget,
-    Rider,
     now_us,
     share_interval_us,
 )
@@ -69,10 +64,6 @@ from workers.sender.standby import (
 from workers.sender.waiting import BudgetQueue
 
 log = logging.getLogger(__name__)
-
-_RIDER: ContextVar[Rider | None] = ContextVar("limiter_rider", default=None)
-"""The rider of the lane's ``acquire`` in progress (each lane is its own task, so its own
-context): read where the budget call goes to Redis, below ``BudgetQueue``'s waiting."""
 
 
 class RateLimiter:
@@ -109,11 +100,6 @@ class RateLimiter:
         self._suspect_at: float | None = None  # monotonic: a first failure, not confirmed
         self._next_probe = 0.0  # monotonic: the next try of the own set while away
         self._slots = SlotRefresher(redis)
-        # A rider goes with the budget call in one pipeline on a single Redis; on a cluster
-        # the limiter's keys and the rider's (a partition's) are in different slots.
-        self._rides = not is_cluster(redis)
-        self._calls = Coalescer(redis)
-        self._gcra_sha = self._calls.script(GCRA.source)
         self._answered_at = 0.0  # monotonic: when a call last started that Redis answered
         self._owe_recover = False  # back from degraded mode, no shared grant taken yet
         self.local = LocalBudget(limits)
@@ -237,12 +223,8 @@ class RateLimiter:
                 share = self._share_us() if back else 0
             push = self.local.arrivals.take_push()  # a late arrival's (workers.sender.arrivals)
             args = [global_us, chat_us, LATE_CREDIT_US, share, RECOVER_GRACE_MS, push]
-        rider = _RIDER.get() if self._rides and not set_ else None
         try:
-            if rider is None:
-                wait_g, wait_c, *at = await GCRA.run(self._redis, keys, args)
-            else:
-                wait_g, wait_c, *at = await self._with_rider(keys, args, rider)
+            wait_g, wait_c, *at = await GCRA.run(self._redis, keys, args)
         except BaseException:
             self.local.arrivals.give_back(args[5] if args else 0)  # for the next call
             raise
@@ -250,21 +232,6 @@ class RateLimiter:
             granted = None if int(wait_g) or int(wait_c) else chat_id
             self.local.arrivals.told(set_, at, args[5], granted)
         return int(wait_g) / 1_000_000, int(wait_c) / 1_000_000
-
-    async def _with_rider(self, keys: list[str], args: list[int], rider: Rider) -> list[Any]:
-        """The budget call and the rider in one pipeline; the rider's reply kept only if
-        the budget was granted (else it is asked again after the wait)."""
-        rider.reply = None
-        self._calls.script(rider.source)  # reloaded with the GCRA after a NOSCRIPT
-        got, ridden = await self._calls.run(
-            ("EVALSHA", self._gcra_sha, len(keys), *keys, *args),
-            ("EVALSHA", rider.sha, len(rider.keys), *rider.keys, *rider.args),
-        )
-        if isinstance(got, Exception):
-            raise got
-        if not int(got[0]) and not int(got[1]) and not isinstance(ridden, Exception):
-            rider.reply = ridden
-        return list(got)
 
     def _share_us(self) -> int:
         lim = self.limits
@@ -363,17 +330,10 @@ class RateLimiter:
             return 0.0, 0.0  # 429 waits were checked before; nothing else to count
         return self.local.take(chat_id, self._share_us())
 
-    async def acquire(
-        self, chat_id: int | str, *, counts: bool = True, rider: Rider | None = None
-    ) -> str:
+    async def acquire(self, chat_id: int | str, *, counts: bool = True) -> str:
         """Return once one send to ``chat_id`` may go: the limit that made it wait first,
-        or ``PAUSED`` during the bot's 429 pause (``workers.sender.waiting``). ``rider``:
-        see ``Rider``; its ``reply`` is set if the granting call carried it."""
-        token = _RIDER.set(rider)
-        try:
-            return await self._queue.acquire(chat_id, counts)
-        finally:
-            _RIDER.reset(token)
+        or ``PAUSED`` during the bot's 429 pause (``workers.sender.waiting``)."""
+        return await self._queue.acquire(chat_id, counts)
 
     async def flood(self, chat_id: int | str, retry_after: float) -> bool:
         """Record Telegram's 429 so every replica waits; True if it looked global.

@@ -21,7 +21,7 @@ from gateway.runtime.consumer import Fence, LeaseLost
 from gateway.runtime.scripts import FENCE
 from gateway.telegram import answers
 from workers.sender.bots import BotClient, SenderBot, SenderBots
-from workers.sender.limits import PAUSED, Rider, now_us
+from workers.sender.limits import PAUSED, now_us
 from workers.sender.marks import MIGRATION_TTL, SENT_TTL, Marks
 from workers.sender.observe import SenderMetrics, chat_scope
 from workers.sender.parts import COUNTED, METHODS, Part, PartOutcome
@@ -90,10 +90,8 @@ class PartSender:
                 return part.outcome(dead=answers.Dead(Reason.EXPIRED, None, "deadline passed"))
             try:
                 waited = time.perf_counter()
-                # The fence rides the call that grants the budget: no round trip of its own.
-                rider = Rider(FENCE.source, FENCE.sha, [fence.lease_key, marker], [fence.owner])
                 async with asyncio.timeout(remaining if part.counts else None):
-                    scope = await bot.limiter.acquire(part.chat_id, counts=part.counts, rider=rider)
+                    scope = await bot.limiter.acquire(part.chat_id, counts=part.counts)
                 if scope == PAUSED:  # the bot's 429 pause: waited out with its lane released
                     pause = max(bot.limiter.local.pause_left(), 0.05)
                     return part.outcome(retry=pause, release=True)
@@ -115,7 +113,7 @@ class PartSender:
             if bot.unauthorized:  # another lane's call got the 401: no call with this token
                 return part.outcome(dead=unauthorized(bot))
             try:
-                trust_left, already = await self._gate(marker, fence, rider.reply)
+                trust_left, already = await self._gate(marker, fence)
             except LeaseLost:
                 self.fenced += 1
                 log.warning(
@@ -151,23 +149,17 @@ class PartSender:
                     obs.arrival_push.inc(pushed / 1e6)
             return part.outcome(message_id=message_id(result))
 
-    async def _gate(
-        self, marker: str, fence: Fence, answered: Any = None
-    ) -> tuple[float | None, bytes | None]:
+    async def _gate(self, marker: str, fence: Fence) -> tuple[float | None, bytes | None]:
         """The last check before a request: (seconds the request has to reach the socket,
         None) to go, (…, the marker's value) if the part was sent meanwhile; raises
         ``LeaseLost`` if the lease is gone or no longer trusted.
 
         Local trust first (a process paused past its lease must not even ask), then one
         script on the partition's keys (they share its hash tag, so it runs on a Redis
-        Cluster too): "the lease is mine and the part has no sent marker". ``answered``:
-        that script's answer when it rode the budget call that granted this send (the
-        same round trip; nothing awaited since), else it is asked now."""
+        Cluster too): "the lease is mine and the part has no sent marker"."""
         if fence.trust_left() <= 0:
             raise LeaseLost
-        if answered is None:
-            answered = await FENCE.run(self.redis, [fence.lease_key, marker], [fence.owner])
-        verdict, *value = answered
+        verdict, *value = await FENCE.run(self.redis, [fence.lease_key, marker], [fence.owner])
         if int(verdict) < 0:
             raise LeaseLost
         if int(verdict) == 0:
