@@ -90,10 +90,6 @@ def bot_session(tg: TelegramSettings) -> AiohttpSession:
     return session
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    await cancel_and_wait(task)
-
-
 def make_pipeline(ps: PipelineSettings) -> Pipeline:
     if ps.pipeline_url:
         ps.require_secret()
@@ -211,7 +207,7 @@ async def serve_worker(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
         )
         bots.follow()
         refresh = asyncio.create_task(registry.run(stop), name="bot registry")
-        stack.push_async_callback(_cancel, refresh)
+        stack.push_async_callback(cancel_and_wait, refresh)
         stack.push_async_callback(stop_all, services)  # typing indicators still running
         # Without routers of the user's, plain messages skip aiogram (UpdateHandler).
         storage = fsm_storage(
@@ -296,7 +292,7 @@ async def serve_sender(cfg: Config, stop: asyncio.Event, metrics: Metrics | None
         )
         stack.push_async_callback(bots.aclose)
         refresh = asyncio.create_task(registry.run(stop), name="bot registry")
-        stack.push_async_callback(_cancel, refresh)
+        stack.push_async_callback(cancel_and_wait, refresh)
         name = consumer_name("sender")
         sender = Sender(
             redis,

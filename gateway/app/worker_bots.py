@@ -23,7 +23,7 @@ from gateway.core.backoff import backoff
 from gateway.core.bots import DEFAULT_PATH_KEY, BotSpec
 from gateway.core.errors import TelegramFatal
 from gateway.core.settings import Config, TelegramSettings
-from gateway.core.tasks import cancel_all
+from gateway.core.tasks import cancel_and_wait
 from gateway.runtime.bots import BotRegistry, registry_of
 from gateway.telegram.answers import Dead, Fatal, Resend, Wait, classify, fatal
 from gateway.telegram.client import BotApi, BotApiError
@@ -168,4 +168,4 @@ class BotsMe:
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        await cancel_all(tasks)
+        await cancel_and_wait(*tasks)

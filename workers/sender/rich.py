@@ -5,8 +5,8 @@ For every message it sends for the pipeline or a CRM (any origin but the gateway
 message ids the reply became: ``Keys.reply`` (in the chat's partition tag, so on the
 node of its streams), JSON ``{"c": chat id, "m": [message ids]}``, written once the
 reply's last part was sent (in the round trip of the finish that writes its result,
-ahead of its script; a redelivery writes it again from the parts' sent markers), expiring after
-``SENDER_EDIT_WINDOW_SECONDS``.
+ahead of its script; a redelivery writes it again from the parts' sent markers),
+expiring after ``SENDER_EDIT_WINDOW_SECONDS``.
 
 An ``editMessageText`` or ``deleteMessage`` entry whose payload names
 ``target_reply_id`` (``gateway.core.replies.TARGET_FIELD``) is planned from that record:
@@ -124,9 +124,9 @@ class Replies:
         target: Target | None,
     ) -> Write | None:
         """Once every part is sent: the write that remembers a new reply, or what an edit
-        or delete left (None: nothing to write). A ``Write`` of the entry's finish, in its
-        round trip. An edit or delete rewrites the
-        record only while it exists, keeping its TTL."""
+        or delete left (None: nothing to write), a ``Write`` of the entry's finish, in its
+        round trip. An edit or delete rewrites the record only while it exists, keeping
+        its TTL."""
         if target is not None:
             if entry.method == "deleteMessage" and not target.deleted:
                 value = record_value(target.chat_id, [], deleted=True)

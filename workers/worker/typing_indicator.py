@@ -24,7 +24,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from gateway.core.tasks import cancel_all
+from gateway.core.tasks import cancel_and_wait
 from gateway.runtime.scripts import TYPING
 from workers.worker.context import WorkerContext, WorkerServices
 
@@ -62,8 +62,7 @@ def stop_typing(s: WorkerServices, key: str) -> None:
 
 async def stop_all(s: WorkerServices) -> None:
     """Stop every indicator (the worker's shutdown) and wait for them to end."""
-    tasks = list(s.typing.values())
-    await cancel_all(tasks)
+    await cancel_and_wait(*list(s.typing.values()))
 
 
 def _forget(s: WorkerServices, key: str, chat: tuple[int, int], task: asyncio.Task[None]) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError
 
 from gateway.core.backoff import backoff
 from gateway.core.contracts import Stage, dead_fields, decode_fields
@@ -56,7 +55,7 @@ class Finishing(ConsumerState):
         the effects include the entry's dead letter (counted as ``bot_id``'s)."""
         attempt = 0
         written: set[int] = set()  # effects elsewhere a failed try already wrote
-        made: set[int] = set()  # ids of the outcome's Writes Redis took (or their fallback made)
+        made: set[Write] = set()  # the outcome's Writes Redis took (or their fallback made)
         while True:
             try:
                 acked = await self._finish_once(stream, entry_id, outcome, written, made)
@@ -119,17 +118,16 @@ class Finishing(ConsumerState):
             m.child("tg_gateway_worker_updates_total", "dead_lettered", bot).inc()
 
     async def _finish_once(
-        self, stream: str, entry_id: str, outcome: Ack, written: set[int], made: set[int]
+        self, stream: str, entry_id: str, outcome: Ack, written: set[int], made: set[Write]
     ) -> int:
         """One ``FINISH`` call (coalesced with other lanes'); -1 if the lease was lost.
         ``written``: indexes of ``outcome.publishes`` already written elsewhere (by an
         earlier try of this finish, whose script then failed), updated here; ``made``:
-        ids of the outcome's ``Write``s made, updated here (a try repeats them all)."""
+        the outcome's ``Write``s made, updated here (a try repeats them all)."""
         cfg = self.config
         p = self._partition_of[stream]
         publish = [(e.stream, e.fields) for e in outcome.publishes]
         marker = (outcome.marker.key, outcome.marker.ttl) if outcome.marker else None
-        writes = outcome.writes
         relayed = 0
         relay = self.keys.relay(cfg.role, p)
         if self.relay is not None:
@@ -158,11 +156,6 @@ class Finishing(ConsumerState):
             if marker is not None and key_slot(marker[0].encode()) != slot:
                 await self.redis.set(marker[0], "1", ex=marker[1])
                 marker = None
-            elsewhere = [w for w in writes if key_slot(w.key.encode()) != slot]
-            if elsewhere:  # on their own node, first, like the marker above
-                replies = [await self._write_alone(w) for w in elsewhere]
-                await self._after_writes(elsewhere, replies, made)
-                writes = tuple(w for w in writes if w not in elsewhere)
         if self.leases is not None:
             lease, owner = self.keys.lease(cfg.role, p), self.name
         else:
@@ -175,7 +168,9 @@ class Finishing(ConsumerState):
             for k, v in entry.items():
                 args += [k, v]
         # The writes first, in the same pipeline: unfenced, they land whatever the script
-        # finds (Redis runs a connection's commands in order).
+        # finds (Redis runs a connection's commands in order; on a cluster one in another
+        # slot goes to its own node's pipeline in the same call).
+        writes = outcome.writes
         *replies, acked = await self._calls.run(
             *(w.command for w in writes), ("EVALSHA", self._finish_sha, len(keys), *keys, *args)
         )
@@ -188,18 +183,8 @@ class Finishing(ConsumerState):
             self.relay.note_relayed(p, relayed)
         return int(acked)
 
-    async def _write_alone(self, write: Write) -> Any:
-        """A write outside the partition's slot, on its own: its reply, or the error Redis
-        answered it with (a transient one raises: the finish is tried again)."""
-        try:
-            return await self.redis.execute_command(*write.command)  # type: ignore[no-untyped-call]
-        except RedisError as exc:
-            if is_transient(exc):
-                raise
-            return exc
-
     async def _after_writes(
-        self, writes: Sequence[Write], replies: list[Any], made: set[int]
+        self, writes: Sequence[Write], replies: list[Any], made: set[Write]
     ) -> None:
         """Each write Redis took is ``written``; one it refused gets its ``fallback``."""
         for write, reply in zip(writes, replies, strict=True):
@@ -207,17 +192,17 @@ class Finishing(ConsumerState):
                 log.warning("%s: write of %s refused: %s", self.config.role, write.key, reply)
                 await self._fall_back((write,), made)
             else:
-                made.add(id(write))
+                made.add(write)
                 if write.written is not None:
                     write.written()
 
-    async def _fall_back(self, writes: Sequence[Write], made: set[int]) -> None:
+    async def _fall_back(self, writes: Sequence[Write], made: set[Write]) -> None:
         """Writes not made yet, each on its own (bounded by its fallback; one without a
         fallback waits for the finish's next try); one that fails even so is logged."""
         for write in writes:
-            if write.fallback is None or id(write) in made:
+            if write.fallback is None or write in made:
                 continue
-            made.add(id(write))  # tried once: not again at each failed try of the finish
+            made.add(write)  # tried once: not again at each failed try of the finish
             try:
                 await write.fallback()
             except Exception as exc:
@@ -229,12 +214,12 @@ class Finishing(ConsumerState):
                     exc,
                 )
 
-    async def _last_chance(self, writes: Sequence[Write], made: set[int]) -> None:
+    async def _last_chance(self, writes: Sequence[Write], made: set[Write]) -> None:
         """Cancelled (the end of a shutdown's grace) before the writes were made: each
         write that has a fallback (a fact, like a sent marker) gets one direct try, at
         most ``LAST_CHANCE`` seconds, so it is not lost with the process."""
         for write in writes:
-            if write.fallback is None or id(write) in made:
+            if write.fallback is None or write in made:
                 continue
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(LAST_CHANCE):

@@ -8,7 +8,7 @@ import logging
 import aiohttp
 import orjson
 
-from gateway.core.tasks import cancel_all
+from gateway.core.tasks import cancel_and_wait
 from gateway.testkit.emulator.notify import Signal
 from gateway.testkit.emulator.objects import Obj
 from gateway.testkit.emulator.state import EmulatorState, WebhookConfig
@@ -38,8 +38,7 @@ class WebhookDeliverer:
         self._main = asyncio.create_task(self._run(), name="emulator-webhook")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._main, *self._active.values()) if t is not None]
-        await cancel_all(tasks, errors=True)
+        await cancel_and_wait(self._main, *self._active.values(), errors=True)
         self._main = None
         self._active.clear()
         if self._session is not None:
